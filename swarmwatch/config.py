@@ -1,0 +1,67 @@
+"""Settings, declared once: environment variables with the SWARMWATCH_ prefix.
+
+Every default carries a one-line reason. Read them through get_settings() so
+tests can override the environment and call get_settings.cache_clear().
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARMWATCH_", extra="ignore")
+
+    # Embedded default: a file in the working directory needs no server to run.
+    database_url: str = "sqlite:///swarmwatch.db"
+
+    # Safe by default: a fresh install talks only to loopback until told otherwise.
+    loopback_only: bool = True
+
+    # None means the embedded (stale, 2018) GeoLite2 City from maxminddb-geolite2.
+    geoip_city: str | None = None
+    # The ASN database is optional; without it sightings carry no ASN.
+    geoip_asn: str | None = None
+    # Where `swarmwatch geoip install` puts a downloaded database.
+    geoip_dir: str = "geoip"
+    # Needed only for MaxMind downloads; DB-IP City Lite needs none.
+    maxmind_license_key: str | None = None
+
+    # Empty: a loopback test network must never fall back to the public routers.
+    dht_bootstrap: str = ""
+    # 0 lets the OS choose; set a fixed port for a long-running crawler behind a firewall.
+    dht_port: int = 0
+    # Name of this worker's vantage point, recorded with every sample and sighting.
+    vantage: str = "default"
+
+    # alpha60's k-anonymity default: counts below 5 are never published.
+    k_threshold_default: int = Field(default=5, ge=1)
+
+    # Politeness floor: never re-announce to a tracker more often than this,
+    # whatever min interval it advertises (alpha60 used 30 s; 60 s halves the load).
+    tracker_min_interval: float = Field(default=60.0, ge=0)
+    # Cap on the interval we wait: a tracker asking for hours would starve the sample.
+    tracker_max_interval: float = Field(default=1800.0, gt=0)
+    # Peers asked for per announce: most trackers cap at 50-200.
+    tracker_numwant: int = Field(default=200, ge=1, le=10_000)
+    # Seconds before an unanswered tracker request counts as a failure.
+    tracker_timeout: float = Field(default=15.0, gt=0)
+    # DHT queries per second across all lookups: gentle on a home connection.
+    dht_query_rate: float = Field(default=200.0, gt=0)
+
+    # Largest .torrent upload accepted: real ones are < 1 MiB, 4 MiB covers huge v2 hybrids.
+    max_torrent_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Bounded queue between crawlers and pipeline: a full queue slows crawlers, never grows memory.
+    pipeline_queue_size: int = Field(default=100_000, ge=1)
+    # Sightings per write transaction: big batches amortise commits.
+    writer_batch_size: int = Field(default=5_000, ge=1)
+    # Longest a sighting waits in memory before it is flushed (the crash-loss bound).
+    writer_flush_seconds: float = Field(default=1.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,287 @@
+"""The data model (SQLAlchemy 2): registry, samples, anonymous sightings, places.
+
+No table has a column for a peer's IP address or port: the privacy model
+(DESIGN.md) is enforced by the schema itself. Migrations live in migrations/.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so Alembic migrations are identical on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: An autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite keeps no zone; PostgreSQL's timestamptz does. Both give aware UTC here.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: swarmwatch stores UTC-aware timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored, the key itself is shown once."""
+
+    __tablename__ = "api_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Study(Base):
+    __tablename__ = "study"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    k_threshold: Mapped[int] = mapped_column(Integer, default=5)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    titles: Mapped[list[Title]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class StudyKey(Base):
+    """The study's secret for peer keys, apart from the study so `study seal` can delete it."""
+
+    __tablename__ = "study_key"
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("study.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class Title(Base):
+    """The work whose downloads are counted (an episode); torrents are its releases."""
+
+    __tablename__ = "title"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+
+    study: Mapped[Study] = relationship(back_populates="titles")
+
+
+class Torrent(Base):
+    __tablename__ = "torrent"
+    __table_args__ = (
+        UniqueConstraint("study_id", "infohash_v1"),
+        UniqueConstraint("study_id", "infohash_v2"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    title_id: Mapped[int] = mapped_column(ForeignKey("title.id", ondelete="CASCADE"), index=True)
+    infohash_v1: Mapped[str | None] = mapped_column(String(40), index=True)
+    infohash_v2: Mapped[str | None] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(1000))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    # pending: magnet only, waiting for BEP 9 metadata; complete: info dict known; failed.
+    metadata_state: Mapped[str] = mapped_column(String(16), default="pending")
+    magnet: Mapped[str | None] = mapped_column(Text)
+    # The bencoded info dictionary once known (from a .torrent upload or BEP 9).
+    info: Mapped[bytes | None] = mapped_column(LargeBinary)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    trackers: Mapped[list[Tracker]] = relationship(
+        back_populates="torrent",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="(Tracker.tier, Tracker.id)",
+    )
+
+    @property
+    def infohash(self) -> str:
+        """The swarm's name: v1 where there is one (hybrids announce both)."""
+        return self.infohash_v1 or self.infohash_v2 or ""
+
+
+class Tracker(Base):
+    """One announce URL of a torrent, with the crawler's state for it (BEP 12 tiers)."""
+
+    __tablename__ = "tracker"
+    __table_args__ = (UniqueConstraint("torrent_id", "url"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    torrent_id: Mapped[int] = mapped_column(
+        ForeignKey("torrent.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    tier: Mapped[int] = mapped_column(Integer, default=0)
+    last_announce: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_announce: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    interval: Mapped[int | None] = mapped_column(Integer)
+    min_interval: Mapped[int | None] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    seeders: Mapped[int | None] = mapped_column(Integer)
+    leechers: Mapped[int | None] = mapped_column(Integer)
+
+    torrent: Mapped[Torrent] = relationship(back_populates="trackers")
+
+
+# --- observations --------------------------------------------------------------------------
+
+
+class Sample(Base):
+    """One announce, DHT lookup or swarm poll, and what it returned."""
+
+    __tablename__ = "sample"
+    __table_args__ = (Index("ix_sample_torrent_started", "torrent_id", "started_at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    torrent_id: Mapped[int] = mapped_column(ForeignKey("torrent.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(16))
+    vantage: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    tracker_url: Mapped[str | None] = mapped_column(String(2000))
+    peers_returned: Mapped[int] = mapped_column(Integer, default=0)
+    seeders: Mapped[int | None] = mapped_column(Integer)  # tracker scrape or BEP 33 estimate
+    leechers: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Sighting(Base):
+    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model)."""
+
+    __tablename__ = "sighting"
+    __table_args__ = (Index("ix_sighting_study_seen", "study_id", "seen_at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"))
+    title_id: Mapped[int] = mapped_column(ForeignKey("title.id", ondelete="CASCADE"))
+    torrent_id: Mapped[int] = mapped_column(ForeignKey("torrent.id", ondelete="CASCADE"))
+    peer_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16))
+    vantage: Mapped[str] = mapped_column(String(100))
+    seed: Mapped[bool | None] = mapped_column(Boolean)
+    country: Mapped[str | None] = mapped_column(String(2))
+    geoname_id: Mapped[int | None] = mapped_column(Integer)
+    metro_id: Mapped[int | None] = mapped_column(Integer)
+    h3_cell: Mapped[int | None] = mapped_column(BigInteger)
+    asn: Mapped[int | None] = mapped_column(Integer)
+
+
+class Peer(Base):
+    """One unique peer of a title: the table behind download estimates and rankings."""
+
+    __tablename__ = "peer"
+    title_id: Mapped[int] = mapped_column(
+        ForeignKey("title.id", ondelete="CASCADE"), primary_key=True
+    )
+    peer_key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    country: Mapped[str | None] = mapped_column(String(2))
+    geoname_id: Mapped[int | None] = mapped_column(Integer)
+    metro_id: Mapped[int | None] = mapped_column(Integer)
+    h3_cell: Mapped[int | None] = mapped_column(BigInteger)
+    asn: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[bool | None] = mapped_column(Boolean)  # ever seen as a seed
+    sightings: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# --- places ------------------------------------------------------------------------------------
+
+
+class Metro(Base):
+    """An urban area built from GeoNames (see swarmwatch/pipeline for the method)."""
+
+    __tablename__ = "metro"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the core city's geoname_id
+    name: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str] = mapped_column(String(2))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    population: Mapped[int] = mapped_column(BigInteger)
+
+
+class City(Base):
+    """A GeoNames place; GeoIP2's city.geoname_id joins here directly."""
+
+    __tablename__ = "city"
+    geoname_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str] = mapped_column(String(2), index=True)
+    admin1: Mapped[str | None] = mapped_column(String(20))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    population: Mapped[int] = mapped_column(BigInteger)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    metro_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "City",
+    "Metro",
+    "Peer",
+    "Sample",
+    "Sighting",
+    "Study",
+    "StudyKey",
+    "Title",
+    "Torrent",
+    "Tracker",
+    "UTCDateTime",
+    "utcnow",
+]
