@@ -62,4 +62,10 @@ def loopback_ip_filter() -> Any:
     return f
 
 
-__all__ = ["DestinationRefused", "check_destination", "is_loopback", "loopback_ip_filter", "resolve_checked"]
+__all__ = [
+    "DestinationRefused",
+    "check_destination",
+    "is_loopback",
+    "loopback_ip_filter",
+    "resolve_checked",
+]

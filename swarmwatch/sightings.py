@@ -6,10 +6,12 @@ the pipeline (DESIGN.md, privacy model). Its repr never shows the address.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -41,4 +43,54 @@ class PeerSighting:
         return f"PeerSighting({self.infohash[:8]}…, {self.source}, {self.seen_at.isoformat()})"
 
 
-__all__ = ["IPAddress", "PeerSighting", "Source"]
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """One announce, DHT lookup or swarm poll: what was asked and what came back.
+
+    The writer stores it as a `sample` row and, for tracker samples, updates the
+    tracker row's interval/min_interval/failure state from it.
+    """
+
+    infohash: str
+    source: Source
+    vantage: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    peers_returned: int = 0
+    seeders: int | None = None  # scrape complete, or BEP 33 BFsd estimate
+    leechers: int | None = None  # scrape incomplete, or BEP 33 BFpe estimate
+    tracker_url: str | None = None
+    interval: int | None = None
+    min_interval: int | None = None
+    error: str | None = None  # a counted failure; never contains a peer address
+
+
+class SightingSink(Protocol):
+    """Where crawlers put what they learn. put() may wait: that is the back-pressure."""
+
+    async def put(self, sighting: PeerSighting) -> None: ...
+
+    async def put_sample(self, sample: SampleRecord) -> None: ...
+
+
+class MemorySink:
+    """A sink that keeps everything in memory, for tests and benchmarks. Never persists."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.sightings: list[PeerSighting] = []
+        self.samples: list[SampleRecord] = []
+        self._changed = asyncio.Event()
+
+    async def put(self, sighting: PeerSighting) -> None:
+        self.sightings.append(sighting)
+        self._changed.set()
+
+    async def put_sample(self, sample: SampleRecord) -> None:
+        self.samples.append(sample)
+        self._changed.set()
+
+    def addresses(self, infohash: str | None = None) -> set[IPAddress]:
+        return {s.ip for s in self.sightings if infohash is None or s.infohash == infohash}
+
+
+__all__ = ["IPAddress", "MemorySink", "PeerSighting", "SampleRecord", "SightingSink", "Source"]
