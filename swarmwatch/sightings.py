@@ -65,6 +65,31 @@ class SampleRecord:
     error: str | None = None  # a counted failure; never contains a peer address
 
 
+@dataclass(frozen=True, slots=True)
+class AnonymousSighting:
+    """A sighting after the pipeline: placed and keyed, the address gone.
+
+    This is what the writer stores (table `sighting`) and what ingest-time
+    rollups consume. new_peer is True the first time peer_key is seen for the
+    title (the writer decides it while upserting the `peer` table).
+    """
+
+    study_id: int
+    title_id: int
+    torrent_id: int
+    peer_key: bytes
+    seen_at: datetime
+    source: str
+    vantage: str
+    seed: bool | None
+    country: str | None
+    geoname_id: int | None
+    metro_id: int | None
+    h3_cell: int | None  # H3 cell at the pipeline's base resolution
+    asn: int | None
+    new_peer: bool = False
+
+
 class SightingSink(Protocol):
     """Where crawlers put what they learn. put() may wait: that is the back-pressure."""
 
@@ -93,4 +118,12 @@ class MemorySink:
         return {s.ip for s in self.sightings if infohash is None or s.infohash == infohash}
 
 
-__all__ = ["IPAddress", "MemorySink", "PeerSighting", "SampleRecord", "SightingSink", "Source"]
+__all__ = [
+    "AnonymousSighting",
+    "IPAddress",
+    "MemorySink",
+    "PeerSighting",
+    "SampleRecord",
+    "SightingSink",
+    "Source",
+]
