@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import swarmwatch.analysis.rollups  # noqa: F401  (registers rollup tables)
 from swarmwatch.config import get_settings
 from swarmwatch.models import Base
 from swarmwatch.store.database import make_engine, normalise_url

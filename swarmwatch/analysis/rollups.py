@@ -1,0 +1,387 @@
+"""Ingest-time rollups: the small tables every analysis query reads instead of sightings.
+
+The writer calls apply_batch() once per batch, inside its transaction, after its peer upserts.
+
+Grain and the trade-offs behind it
+----------------------------------
+Unique peers ("downloads", alpha60's estimate) are counted once per title, at the
+place, day and vantage of the peer's *first* sighting (``new_peer``). Those counts
+add up across days, places and titles, so rankings for any day-aligned window are
+a sum over at most a few hundred thousand rows, never a scan of peers or sightings.
+A window therefore means "peers first seen in the window" (downloads that started
+then), and a vantage filter means "peers this vantage saw first".
+
+Distinct *active* peers per frame do not add up across frames: a peer active in
+two hours is one peer in the day. So frames are kept only at fixed intervals
+(FRAME_INTERVALS: hourly and daily), each with its own distinct counts. The
+interval is never finer than the sampling cadence: trackers are re-asked at least
+every ``tracker_max_interval`` (30 min) and DHT lookups more often, so every
+active peer has a chance to be seen in every hourly frame. A distinct count needs
+to know whether a peer was already counted in the frame: ``rollup_presence`` keeps
+one row per (title, interval, bucket, peer) for that, keyed by the first 64 bits
+of the peer key (a collision merges two peers with probability ~n²/2⁶⁵, about
+3·10⁻⁸ for a million peers in one hour). Presence rows are never read by queries.
+
+A study-level answer is the sum over its titles: a person who downloads two
+titles is two downloads, which is what the study counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from h3.api import basic_int as h3i
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from swarmwatch.models import Base
+from swarmwatch.sightings import AnonymousSighting
+
+#: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
+FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)
+#: H3 resolutions kept per frame (res 4 ≈ 1,770 km², a metro area; 3 and 5 zoom out and in).
+FRAME_RESOLUTIONS: tuple[int, ...] = (3, 4, 5)
+#: H3 resolutions for cell rankings (new peers only, so cheap to keep more of them).
+CELL_RESOLUTIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
+DAY = 86400
+
+_KW: dict[str, Any] = {"sqlite_with_rowid": False}  # clustered on the key: half the size
+
+
+def _title_fk() -> Column[int]:
+    return Column(
+        "title_id",
+        Integer,
+        ForeignKey("title.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+
+
+def _count(name: str) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, default=0)
+
+
+# Unique peers per place, all time. geoname_id 0: not placed at city level;
+# country '': not placed at all (alpha60's "anomalies").
+rollup_place = Table(
+    "rollup_place",
+    Base.metadata,
+    _title_fk(),
+    Column("geoname_id", Integer, primary_key=True, autoincrement=False),
+    Column("country", String(2), primary_key=True),
+    Column("metro_id", Integer, nullable=False, default=0),
+    _count("peers"),
+    _count("seeds"),
+    **_KW,
+)
+
+# The same by first-seen day and first vantage, for windows and vantage filters.
+rollup_place_day = Table(
+    "rollup_place_day",
+    Base.metadata,
+    _title_fk(),
+    Column("day", Integer, primary_key=True, autoincrement=False),
+    Column("vantage", String(100), primary_key=True),
+    Column("geoname_id", Integer, primary_key=True, autoincrement=False),
+    Column("country", String(2), primary_key=True),
+    Column("metro_id", Integer, nullable=False, default=0),
+    _count("peers"),
+    _count("seeds"),
+    **_KW,
+)
+
+# Unique peers per H3 cell at each of CELL_RESOLUTIONS, all time and by day.
+rollup_cell = Table(
+    "rollup_cell",
+    Base.metadata,
+    _title_fk(),
+    Column("res", Integer, primary_key=True, autoincrement=False),
+    Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
+    _count("peers"),
+    **_KW,
+)
+rollup_cell_day = Table(
+    "rollup_cell_day",
+    Base.metadata,
+    _title_fk(),
+    Column("day", Integer, primary_key=True, autoincrement=False),
+    Column("vantage", String(100), primary_key=True),
+    Column("res", Integer, primary_key=True, autoincrement=False),
+    Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
+    _count("peers"),
+    **_KW,
+)
+
+# Distinct active peers per frame: per cell, per city, and in total.
+rollup_frame = Table(
+    "rollup_frame",
+    Base.metadata,
+    _title_fk(),
+    Column("interval_s", Integer, primary_key=True, autoincrement=False),
+    Column("res", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
+    _count("peers"),
+    **_KW,
+)
+rollup_frame_city = Table(
+    "rollup_frame_city",
+    Base.metadata,
+    _title_fk(),
+    Column("interval_s", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("geoname_id", Integer, primary_key=True, autoincrement=False),
+    _count("peers"),
+    # Top cities of a frame are an index range scan, not a sort of every city.
+    Index("ix_rollup_frame_city_top", "title_id", "interval_s", "bucket", "peers"),
+    **_KW,
+)
+rollup_active = Table(
+    "rollup_active",
+    Base.metadata,
+    _title_fk(),
+    Column("interval_s", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    _count("peers"),
+    **_KW,
+)
+
+# Sightings (not distinct) and new peers by day, source and vantage.
+rollup_activity = Table(
+    "rollup_activity",
+    Base.metadata,
+    _title_fk(),
+    Column("day", Integer, primary_key=True, autoincrement=False),
+    Column("source", String(16), primary_key=True),
+    Column("vantage", String(100), primary_key=True),
+    _count("sightings"),
+    _count("new_peers"),
+    _count("seed_sightings"),
+    **_KW,
+)
+
+# Which peers are already counted in which frame (write-side only).
+rollup_presence = Table(
+    "rollup_presence",
+    Base.metadata,
+    _title_fk(),
+    Column("interval_s", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("peer_id", BigInteger, primary_key=True, autoincrement=False),
+    **_KW,
+)
+
+ROLLUP_TABLES: tuple[Table, ...] = (
+    rollup_place,
+    rollup_place_day,
+    rollup_cell,
+    rollup_cell_day,
+    rollup_frame,
+    rollup_frame_city,
+    rollup_active,
+    rollup_activity,
+    rollup_presence,
+)
+
+#: Rows per multi-VALUES statement: 4 columns x 4,000 stays under SQLite's 32,766 variables.
+_PRESENCE_CHUNK = 4000
+
+Key = tuple[Any, ...]
+
+
+def peer_id(peer_key: bytes) -> int:
+    """The first 64 bits of a peer key as a signed integer (compact presence key)."""
+    return int.from_bytes(peer_key[:8], "big", signed=True)
+
+
+def cell_parents(cell: int | None, resolutions: Iterable[int]) -> list[tuple[int, int]]:
+    """(res, parent cell) for each resolution no finer than the cell itself."""
+    if not cell:
+        return []
+    own = h3i.get_resolution(cell)
+    return [(r, cell if r == own else h3i.cell_to_parent(cell, r)) for r in resolutions if r <= own]
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"rollups support SQLite and PostgreSQL, not {conn.dialect.name}")
+
+
+def _add(
+    conn: Connection,
+    table: Table,
+    key_cols: Sequence[str],
+    increments: Mapping[Key, Sequence[int]],
+    value_cols: Sequence[str],
+    extra: Mapping[Key, Mapping[str, Any]] | None = None,
+) -> None:
+    """Add increments to counters, creating rows as needed (one executemany upsert)."""
+    if not increments:
+        return
+    rows = []
+    for key, values in increments.items():
+        row = dict(zip(key_cols, key, strict=True))
+        row.update(zip(value_cols, values, strict=True))
+        if extra is not None:
+            row.update(extra[key])
+        rows.append(row)
+    stmt = _insert(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(key_cols),
+        set_={c: table.c[c] + stmt.excluded[c] for c in value_cols},
+    )
+    conn.execute(stmt, rows)
+
+
+def _new_presence(conn: Connection, keys: list[Key]) -> list[Key]:
+    """Insert presence keys; return those that were not there yet."""
+    table = rollup_presence
+    cols = ("title_id", "interval_s", "bucket", "peer_id")
+    fresh: list[Key] = []
+    for start in range(0, len(keys), _PRESENCE_CHUNK):
+        chunk = keys[start : start + _PRESENCE_CHUNK]
+        stmt = (
+            _insert(conn, table)
+            .values([dict(zip(cols, k, strict=True)) for k in chunk])
+            .on_conflict_do_nothing()
+            .returning(*[table.c[c] for c in cols])
+        )
+        fresh.extend(tuple(r) for r in conn.execute(stmt))
+    return fresh
+
+
+def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
+    """Fold one writer batch into every rollup, in the caller's transaction."""
+    if not batch:
+        return
+    activity: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0, 0])
+    place: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    place_day: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    metro: dict[Key, dict[str, Any]] = {}
+    metro_day: dict[Key, dict[str, Any]] = {}
+    cell: Counter[Key] = Counter()
+    cell_day: Counter[Key] = Counter()
+    candidates: dict[Key, AnonymousSighting] = {}
+    counted_new: set[tuple[int, bytes]] = set()
+
+    for s in batch:
+        ts = s.seen_at.timestamp()
+        day = int(ts // DAY)
+        act = activity[(s.title_id, day, s.source, s.vantage)]
+        act[0] += 1
+        act[2] += s.seed is True
+        pid = peer_id(s.peer_key)
+        for interval in FRAME_INTERVALS:
+            key = (s.title_id, interval, int(ts // interval), pid)
+            if key not in candidates:
+                candidates[key] = s
+        if not s.new_peer or (s.title_id, s.peer_key) in counted_new:
+            continue
+        counted_new.add((s.title_id, s.peer_key))
+        act[1] += 1
+        seed = int(s.seed is True)
+        geo, country, metro_id = s.geoname_id or 0, s.country or "", s.metro_id or 0
+        pk = (s.title_id, geo, country)
+        p = place[pk]
+        p[0] += 1
+        p[1] += seed
+        metro[pk] = {"metro_id": metro_id}
+        dk = (s.title_id, day, s.vantage, geo, country)
+        d = place_day[dk]
+        d[0] += 1
+        d[1] += seed
+        metro_day[dk] = {"metro_id": metro_id}
+        for res, parent in cell_parents(s.h3_cell, CELL_RESOLUTIONS):
+            cell[(s.title_id, res, parent)] += 1
+            cell_day[(s.title_id, day, s.vantage, res, parent)] += 1
+
+    frame: Counter[Key] = Counter()
+    frame_city: Counter[Key] = Counter()
+    active: Counter[Key] = Counter()
+    for key in _new_presence(conn, list(candidates)):
+        title_id, interval, bucket, _ = key
+        s = candidates[key]
+        active[(title_id, interval, bucket)] += 1
+        if s.geoname_id:
+            frame_city[(title_id, interval, bucket, s.geoname_id)] += 1
+        for res, parent in cell_parents(s.h3_cell, FRAME_RESOLUTIONS):
+            frame[(title_id, interval, res, bucket, parent)] += 1
+
+    _add(
+        conn,
+        rollup_activity,
+        ("title_id", "day", "source", "vantage"),
+        activity,
+        ("sightings", "new_peers", "seed_sightings"),
+    )
+    _add(conn, rollup_place, ("title_id", "geoname_id", "country"), place, ("peers", "seeds"), metro)
+    _add(
+        conn,
+        rollup_place_day,
+        ("title_id", "day", "vantage", "geoname_id", "country"),
+        place_day,
+        ("peers", "seeds"),
+        metro_day,
+    )
+    _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), _one(cell), ("peers",))
+    _add(
+        conn,
+        rollup_cell_day,
+        ("title_id", "day", "vantage", "res", "h3_cell"),
+        _one(cell_day),
+        ("peers",),
+    )
+    _add(
+        conn,
+        rollup_frame,
+        ("title_id", "interval_s", "res", "bucket", "h3_cell"),
+        _one(frame),
+        ("peers",),
+    )
+    _add(
+        conn,
+        rollup_frame_city,
+        ("title_id", "interval_s", "bucket", "geoname_id"),
+        _one(frame_city),
+        ("peers",),
+    )
+    _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), _one(active), ("peers",))
+
+
+def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:
+    return {k: (v,) for k, v in counter.items()}
+
+
+__all__ = [
+    "CELL_RESOLUTIONS",
+    "FRAME_INTERVALS",
+    "FRAME_RESOLUTIONS",
+    "ROLLUP_TABLES",
+    "apply_batch",
+    "cell_parents",
+    "peer_id",
+    "rollup_active",
+    "rollup_activity",
+    "rollup_cell",
+    "rollup_cell_day",
+    "rollup_frame",
+    "rollup_frame_city",
+    "rollup_place",
+    "rollup_place_day",
+    "rollup_presence",
+]
