@@ -59,3 +59,67 @@ def db(db_url: str) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
+
+
+class LiveServer:
+    """A real uvicorn server on a loopback port chosen by the OS, in a thread."""
+
+    def __init__(self, app: object) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture
+def api_key(db: Database) -> str:
+    from swarmwatch.auth import create_api_key
+
+    with db.session() as session:
+        return create_api_key(session, "tests")
+
+
+@pytest.fixture
+def live_server(db: Database) -> Iterator[str]:
+    """Base URL of the API served for real by uvicorn over the test database."""
+    from swarmwatch.api import create_app
+
+    app = create_app(get_settings(), db)
+    with LiveServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def client(live_server: str, api_key: str) -> Iterator[object]:
+    """An httpx client on the live server that sends the API key."""
+    import httpx
+
+    with httpx.Client(
+        base_url=live_server, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+    ) as c:
+        yield c

@@ -1,0 +1,115 @@
+"""The FastAPI application: routers, error handlers, body limits and the web map.
+
+create_app() is the one entry point; `swarmwatch serve` runs it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.config import Settings, get_settings
+from swarmwatch.store import Database
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = PROJECT_ROOT / "web"
+
+#: Routers of later parts, mounted when their module is present.
+OPTIONAL_ROUTERS = ("swarmwatch.api.routes.analysis", "swarmwatch.api.routes.web")
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = database or Database(settings.database_url)
+    app = SwarmwatchAPI(
+        title="swarmwatch",
+        version=__version__,
+        summary="Where the people in BitTorrent swarms are: registry, estimates, rankings, maps.",
+        # Bodies are small JSON or one .torrent; anything larger is refused with 413.
+        max_body_size=settings.max_torrent_bytes + 64 * 1024,
+    )
+    app.state.settings = settings
+    app.state.database = database
+
+    for router_module in (health, studies, torrents):
+        app.include_router(router_module.router)
+    for name in OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(module.router)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception: it could carry data we must not publish.
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Any:
+        return {"name": "swarmwatch", "version": __version__, "docs": "/docs", "api": "/api/v1"}
+
+    return app
+
+
+class SwarmwatchAPI(FastAPI):
+    """FastAPI whose body-limit answer is JSON like every other error."""
+
+    def build_middleware_stack(self) -> Any:
+        return JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)
+
+
+class JSONBodyLimitErrors:
+    """Turn Starlette's plain-text 413 (from FastAPI's max_body_size) into {"detail": ...}.
+
+    The body limit runs outside every exception handler, so its answer is the
+    one error of this API that would otherwise not be JSON.
+    """
+
+    def __init__(self, app: Any, limit: int | None) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rewriting = False
+
+        async def send_json_413(message: Any) -> None:
+            nonlocal rewriting
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    rewriting = True
+                    body = json.dumps(
+                        {"detail": f"request body larger than {self.limit} bytes"}
+                    ).encode()
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            if rewriting:
+                return  # the plain-text body is replaced by the JSON one above
+            await send(message)
+
+        await self.app(scope, receive, send_json_413)

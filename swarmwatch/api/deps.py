@@ -1,0 +1,98 @@
+"""FastAPI dependencies: the database, a session per request, API-key auth, study access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from swarmwatch.auth import verify_api_key
+from swarmwatch.config import Settings
+from swarmwatch.models import ApiKey, Study
+from swarmwatch.store import Database
+
+bearer = HTTPBearer(auto_error=False, description="API key from `swarmwatch apikey create`")
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.database
+    return db
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, rolled back on error."""
+    with db.session() as session:
+        yield session
+
+
+# scope="function": commit before the response is sent, so a client that reads
+# right after a 201 sees the row, and a failed commit is an error response.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
+def optional_api_key(session: SessionDep, credentials: Credentials) -> ApiKey | None:
+    """The caller's key if one was sent; a wrong key is 403 even where none is needed."""
+    if credentials is None:
+        return None
+    key = verify_api_key(session, credentials.credentials)
+    if key is None:
+        raise HTTPException(status_code=403, detail="invalid or revoked API key")
+    return key
+
+
+OptionalKeyDep = Annotated[ApiKey | None, Depends(optional_api_key)]
+
+
+def require_api_key(key: OptionalKeyDep) -> ApiKey:
+    if key is None:
+        raise HTTPException(
+            status_code=401,
+            detail="this request needs 'Authorization: Bearer <api key>' "
+            "(make one with `swarmwatch apikey create`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return key
+
+
+ApiKeyDep = Annotated[ApiKey, Depends(require_api_key)]
+
+
+def readable_study(
+    study_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, key: OptionalKeyDep
+) -> Study:
+    """The study named in the path: 404 if unknown, 401 if private and no key was sent."""
+    study = session.get(Study, study_id)
+    if study is None:
+        raise HTTPException(status_code=404, detail=f"study {study_id} not found")
+    if study.private and key is None:
+        raise HTTPException(
+            status_code=401,
+            detail=f"study {study_id} is private: send 'Authorization: Bearer <api key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return study
+
+
+ReadableStudyDep = Annotated[Study, Depends(readable_study)]
+
+__all__ = [
+    "ApiKeyDep",
+    "DatabaseDep",
+    "OptionalKeyDep",
+    "ReadableStudyDep",
+    "SessionDep",
+    "SettingsDep",
+]

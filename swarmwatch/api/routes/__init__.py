@@ -1,0 +1,1 @@
+"""One router per resource, each with its prefix and tags."""

@@ -1,0 +1,278 @@
+"""Torrents: register (magnet, infohash or .torrent upload), list, show with status, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from swarmwatch import registry
+from swarmwatch.api.deps import ApiKeyDep, OptionalKeyDep, SessionDep, SettingsDep
+from swarmwatch.api.schemas import (
+    CrawlStatus,
+    Page,
+    SamplePublic,
+    TorrentCreate,
+    TorrentPublic,
+    TrackerPublic,
+)
+from swarmwatch.models import Peer, Sample, Study, Torrent
+
+router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
+
+LAST_SAMPLES = 10
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["file", "study_id"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the .torrent file"},
+        "study_id": {"type": "integer", "minimum": 1},
+        "title": {"type": "string", "minLength": 1, "maxLength": 300},
+        "trackers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "extra announce URLs, each in its own tier after the file's",
+        },
+    },
+}
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/TorrentCreate"}},
+        "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+    },
+}
+
+
+def _error(status: int, exc: Exception) -> HTTPException:
+    return HTTPException(status_code=status, detail=str(exc))
+
+
+def _validation_error(exc: ValidationError) -> RequestValidationError:
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
+
+
+async def _read_registration(
+    request: Request, max_bytes: int
+) -> tuple[TorrentCreate, registry.ParsedTorrent]:
+    """Parse a JSON or multipart registration; nothing is stored yet."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _read_upload(request, max_bytes)
+    if ctype not in ("application/json", ""):
+        raise HTTPException(
+            status_code=415, detail="send application/json or multipart/form-data (a .torrent)"
+        )
+    try:
+        payload = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(status_code=422, detail="request body is not valid JSON") from None
+    try:
+        body = TorrentCreate.model_validate(payload)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    try:
+        parsed = (
+            registry.parse_magnet(body.magnet)
+            if body.magnet is not None
+            else registry.parse_infohash(body.infohash or "")
+        )
+    except registry.RegistryInputError as exc:
+        raise _error(422, exc) from None
+    return body, parsed
+
+
+async def _read_upload(
+    request: Request, max_bytes: int
+) -> tuple[TorrentCreate, registry.ParsedTorrent]:
+    try:
+        form = await request.form(max_files=1, max_fields=250)
+    except Exception as exc:  # starlette raises several types for a broken multipart body
+        raise HTTPException(status_code=422, detail=f"malformed multipart body: {exc}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(status_code=422, detail="multipart upload needs a 'file' part")
+        data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(status_code=413, detail=f".torrent larger than {max_bytes} bytes")
+        trackers = [str(v) for v in form.getlist("trackers") if str(v).strip()]
+        fields: dict[str, Any] = {"study_id": form.get("study_id"), "infohash": "0" * 40}
+        if form.get("title") is not None:
+            fields["title"] = form.get("title")
+        try:
+            body = TorrentCreate.model_validate({**fields, "trackers": trackers})
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        try:
+            parsed = registry.parse_torrent_file(data)
+        except registry.RegistryInputError as exc:
+            raise _error(422, exc) from None
+        return body.model_copy(update={"infohash": None}), parsed
+    finally:
+        await form.close()
+
+
+def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
+    count, returned = session.execute(
+        select(func.count(Sample.id), func.coalesce(func.sum(Sample.peers_returned), 0)).where(
+            Sample.torrent_id == torrent.id
+        )
+    ).one()
+    last = session.scalars(
+        select(Sample)
+        .where(Sample.torrent_id == torrent.id)
+        .order_by(Sample.started_at.desc(), Sample.id.desc())
+        .limit(LAST_SAMPLES)
+    ).all()
+    peers = session.scalar(select(func.count()).where(Peer.title_id == torrent.title_id)) or 0
+    return CrawlStatus(
+        samples=int(count),
+        peers_returned=int(returned),
+        last_samples=[SamplePublic.model_validate(s) for s in last],
+        unique_peers=peers if peers >= k else None,
+    )
+
+
+def _public(session: Session, torrent: Torrent, *, status: bool = False) -> TorrentPublic:
+    study = session.get(Study, torrent.study_id)
+    title = next(t for t in study.titles if t.id == torrent.title_id) if study else None
+    return TorrentPublic(
+        infohash=torrent.infohash,
+        infohash_v1=torrent.infohash_v1,
+        infohash_v2=torrent.infohash_v2,
+        study_id=torrent.study_id,
+        title_id=torrent.title_id,
+        title=title.name if title else "",
+        name=torrent.name,
+        size=torrent.size,
+        metadata_state=torrent.metadata_state,
+        added_at=torrent.added_at,
+        trackers=[TrackerPublic.model_validate(t) for t in torrent.trackers],
+        status=_status(session, torrent, study.k_threshold if study else 5) if status else None,
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TorrentPublic,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={409: {"description": "already registered in this study"}, 413: {}, 415: {}},
+)
+async def register_torrent(
+    request: Request, settings: SettingsDep, session: SessionDep, _key: ApiKeyDep
+) -> TorrentPublic:
+    """Register a torrent in a study: JSON `{study_id, title?, magnet | infohash, trackers?}`,
+    or a multipart upload with a `file` (.torrent) and `study_id` (and `title`, `trackers`)."""
+    body, parsed = await _read_registration(request, settings.max_torrent_bytes)
+    # The database calls block: run them in a worker thread, not on the event loop.
+    return await run_in_threadpool(_store_registration, session, body, parsed)
+
+
+def _store_registration(
+    session: Session, body: TorrentCreate, parsed: registry.ParsedTorrent
+) -> TorrentPublic:
+    try:
+        extra = registry.parse_tracker_list(body.trackers)
+        torrent = registry.register_torrent(
+            session, body.study_id, parsed, title=body.title, extra_trackers=extra
+        )
+    except registry.RegistryInputError as exc:
+        raise _error(422, exc) from None
+    except registry.NotFound as exc:
+        raise _error(404, exc) from None
+    except (registry.DuplicateTorrent, registry.StudySealed) as exc:
+        raise _error(409, exc) from None
+    return _public(session, torrent)
+
+
+def _readable_torrents(
+    session: Session, infohash: str, study_id: int | None, key: object
+) -> list[Torrent]:
+    try:
+        found = registry.torrents_by_infohash(session, infohash)
+    except registry.RegistryInputError as exc:
+        raise _error(422, exc) from None
+    if study_id is not None:
+        found = [t for t in found if t.study_id == study_id]
+    if key is None:
+        private = {s.id for s in session.scalars(select(Study).where(Study.private.is_(True)))}
+        found = [t for t in found if t.study_id not in private]
+    if not found:
+        where = f" in study {study_id}" if study_id is not None else ""
+        raise HTTPException(status_code=404, detail=f"torrent {infohash} not registered{where}")
+    return found
+
+
+def _one(found: list[Torrent], infohash: str) -> Torrent:
+    if len(found) > 1:
+        studies = ", ".join(str(t.study_id) for t in found)
+        raise HTTPException(
+            status_code=409,
+            detail=f"torrent {infohash} is registered in studies {studies}: add ?study_id=",
+        )
+    return found[0]
+
+
+StudyFilter = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
+
+
+@router.get("", response_model=Page[TorrentPublic])
+def list_torrents(
+    session: SessionDep,
+    key: OptionalKeyDep,
+    study_id: StudyFilter = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> dict[str, Any]:
+    """Registered torrents, newest last; private studies' only with an API key."""
+    where: list[Any] = []
+    if study_id is not None:
+        study = session.get(Study, study_id)
+        if study is None:
+            raise HTTPException(status_code=404, detail=f"study {study_id} not found")
+        if study.private and key is None:
+            raise HTTPException(status_code=401, detail=f"study {study_id} is private")
+        where.append(Torrent.study_id == study_id)
+    elif key is None:
+        where.append(Torrent.study_id.in_(select(Study.id).where(Study.private.is_(False))))
+    total = session.scalar(select(func.count(Torrent.id)).where(*where)) or 0
+    rows = session.scalars(
+        select(Torrent)
+        .where(*where)
+        .options(selectinload(Torrent.trackers))
+        .order_by(Torrent.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    items = [_public(session, t) for t in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{infohash}", response_model=TorrentPublic)
+def get_torrent(
+    infohash: str, session: SessionDep, key: OptionalKeyDep, study_id: StudyFilter = None
+) -> TorrentPublic:
+    """One torrent with its crawl status: trackers, last samples, unique peers."""
+    torrent = _one(_readable_torrents(session, infohash, study_id, key), infohash)
+    return _public(session, torrent, status=True)
+
+
+@router.delete("/{infohash}", status_code=204, response_class=Response)
+def delete_torrent(
+    infohash: str, session: SessionDep, _key: ApiKeyDep, study_id: StudyFilter = None
+) -> Response:
+    """Stop watching a torrent and delete its registration and samples."""
+    torrent = _one(_readable_torrents(session, infohash, study_id, _key), infohash)
+    session.delete(torrent)
+    return Response(status_code=204)

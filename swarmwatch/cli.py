@@ -1,0 +1,212 @@
+"""The `swarmwatch` command: serve, crawl, demo, db, apikey, study, torrent, export, bench.
+
+Each command is a thin shell over library functions; errors are one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from swarmwatch import __version__, registry
+from swarmwatch.auth import create_api_key
+from swarmwatch.config import Settings, get_settings
+from swarmwatch.store import Database
+from swarmwatch.store.database import is_empty
+
+app = typer.Typer(
+    help="swarmwatch: measure where the people in BitTorrent swarms are.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys for the write endpoints.", no_args_is_help=True)
+study_app = typer.Typer(help="Studies: the unit of analysis and of privacy.", no_args_is_help=True)
+torrent_app = typer.Typer(help="Register the torrents a study watches.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(study_app, name="study")
+app.add_typer(torrent_app, name="torrent")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def open_database(settings: Settings | None = None, *, upgrade: bool = True) -> Database:
+    """The configured database, migrated to the current schema."""
+    settings = settings or get_settings()
+    try:
+        db = Database(settings.database_url)
+        if upgrade:
+            db.upgrade()
+    except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
+        fail(f"cannot open database {settings.database_url!r}: {type(exc).__name__}: {exc}")
+    return db
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+# --- db -----------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema of SWARMWATCH_DATABASE_URL to the latest version."""
+    settings = get_settings()
+    open_database(settings)
+    out.print(f"database at {settings.database_url} is up to date")
+
+
+# --- apikey -------------------------------------------------------------------------------
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "default",
+) -> None:
+    """Make a new API key and print it once; only its hash is stored."""
+    db = open_database()
+    with db.session() as session:
+        key = create_api_key(session, name)
+    out.print(key, soft_wrap=True)
+    err.print("store this key now: it is not shown again")
+
+
+# --- study --------------------------------------------------------------------------------
+
+
+@study_app.command("create")
+def study_create(
+    name: Annotated[str, typer.Argument(help="A unique name for the study.")],
+    description: Annotated[str, typer.Option(help="What the study is about.")] = "",
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, help="k-anonymity threshold (default 5).")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Reads need an API key.")] = False,
+    title: Annotated[
+        list[str] | None, typer.Option("--title", help="A title (work) to count; repeatable.")
+    ] = None,
+) -> None:
+    """Create a study (with its secret peer-key) and print its id."""
+    settings = get_settings()
+    db = open_database(settings)
+    try:
+        with db.session() as session:
+            study = registry.create_study(
+                session,
+                name,
+                description=description,
+                k_threshold=k or settings.k_threshold_default,
+                private=private,
+                titles=title or [],
+            )
+            study_id = study.id
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    out.print(f"study {study_id} created: {name}")
+
+
+# --- torrent ------------------------------------------------------------------------------
+
+
+@torrent_app.command("add")
+def torrent_add(
+    source: Annotated[
+        str, typer.Argument(help="A magnet URI, a hex/base32 infohash, or a .torrent file path.")
+    ],
+    study: Annotated[int, typer.Option("--study", help="The study's id.")],
+    title: Annotated[str | None, typer.Option(help="The title (work) it is a release of.")] = None,
+    tracker: Annotated[
+        list[str] | None, typer.Option("--tracker", help="Extra announce URL; repeatable.")
+    ] = None,
+) -> None:
+    """Register a torrent in a study by magnet, infohash or .torrent file."""
+    try:
+        if source.startswith("magnet:"):
+            parsed = registry.parse_magnet(source)
+        elif Path(source).is_file():
+            parsed = registry.parse_torrent_file(Path(source).read_bytes())
+        else:
+            parsed = registry.parse_infohash(source)
+        extra = registry.parse_tracker_list(tracker or [])
+    except registry.RegistryInputError as exc:
+        fail(str(exc))
+    db = open_database()
+    try:
+        with db.session() as session:
+            t = registry.register_torrent(session, study, parsed, title=title, extra_trackers=extra)
+            info = {"infohash": t.infohash, "study_id": t.study_id, "name": t.name}
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    out.print(json.dumps(info))
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    crawl: Annotated[
+        bool, typer.Option("--crawl/--no-crawl", help="Run the crawlers in this process too.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Serve the API and the web map (and, unless --no-crawl, crawl the registered torrents).
+
+    Uses SQLite ./swarmwatch.db unless SWARMWATCH_DATABASE_URL says otherwise, and
+    creates or migrates the schema first.
+    """
+    import uvicorn
+
+    from swarmwatch.api import create_app
+
+    setup_logging(verbose)
+    settings = get_settings()
+    db = open_database(settings, upgrade=False)
+    if is_empty(db.engine):
+        err.print("empty database: creating the schema")
+    db.upgrade()
+    application = create_app(settings, db)
+    if crawl:
+        from swarmwatch.service import attach_crawl_service
+
+        attach_crawl_service(application, settings, db)
+    uvicorn.run(application, host=host, port=port, log_level="debug" if verbose else "info")
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,229 @@
+"""The torrent registry over a real uvicorn server: register, list, get, delete, refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from swarmwatch.models import Torrent, Tracker
+from swarmwatch.store import Database
+from tests.torrent_files import make_torrent
+
+IH = "0123456789abcdef0123456789abcdef01234567"
+MAGNET = (
+    f"magnet:?xt=urn:btih:{IH}&dn=Episode&tr=http://127.0.0.1:6969/announce&tr=udp://127.0.0.1:6969"
+)
+
+
+def make_study(client: httpx.Client, name: str = "got-s07e01", **extra: Any) -> int:
+    r = client.post("/api/v1/studies", json={"name": name, **extra})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def counts(db: Database) -> tuple[int, int]:
+    with db.session() as s:
+        return (
+            s.scalar(select(func.count()).select_from(Torrent)) or 0,
+            s.scalar(select(func.count()).select_from(Tracker)) or 0,
+        )
+
+
+def test_register_magnet_and_read_it_back(client: httpx.Client) -> None:
+    sid = make_study(client, titles=["S07E01"])
+    r = client.post("/api/v1/torrents", json={"study_id": sid, "magnet": MAGNET, "title": "S07E01"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["infohash"] == IH and body["name"] == "Episode"
+    assert body["metadata_state"] == "pending" and body["title"] == "S07E01"
+    assert [(t["url"], t["tier"]) for t in body["trackers"]] == [
+        ("http://127.0.0.1:6969/announce", 0),
+        ("udp://127.0.0.1:6969", 1),
+    ]
+    got = client.get(f"/api/v1/torrents/{IH.upper()}").json()
+    assert got["infohash"] == IH and got["status"]["samples"] == 0
+    listed = client.get("/api/v1/torrents", params={"study_id": sid}).json()
+    assert listed["total"] == 1 and listed["items"][0]["infohash"] == IH
+
+
+def test_register_by_infohash_forms(client: httpx.Client) -> None:
+    import base64
+
+    sid = make_study(client)
+    v2 = "ab" * 32
+    b32 = base64.b32encode(bytes.fromhex("11" * 20)).decode()
+    for value, expect in [(IH, IH), (v2, v2), (b32, "11" * 20)]:
+        r = client.post(
+            "/api/v1/torrents",
+            json={"study_id": sid, "infohash": value, "trackers": ["udp://127.0.0.1:1"]},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["infohash"] == expect
+    assert client.get("/api/v1/torrents", params={"study_id": sid}).json()["total"] == 3
+
+
+def test_upload_torrent_file(client: httpx.Client, tmp_path: Path) -> None:
+    sid = make_study(client)
+    data = make_torrent(tmp_path / "payload", trackers=("http://127.0.0.1:1/announce",))
+    r = client.post(
+        "/api/v1/torrents",
+        data={"study_id": str(sid), "title": "E1", "trackers": ["udp://127.0.0.1:2"]},
+        files={"file": ("e.torrent", data, "application/x-bittorrent")},
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == "episode.mkv" and body["size"] == 100_000
+    assert body["metadata_state"] == "complete"
+    assert body["infohash_v1"] and body["infohash_v2"]  # libtorrent 2 makes hybrids
+    assert [(t["url"], t["tier"]) for t in body["trackers"]] == [
+        ("http://127.0.0.1:1/announce", 0),
+        ("udp://127.0.0.1:2", 1),
+    ]
+
+
+def test_delete(client: httpx.Client, db: Database) -> None:
+    sid = make_study(client)
+    assert (
+        client.post("/api/v1/torrents", json={"study_id": sid, "magnet": MAGNET}).status_code == 201
+    )
+    r = client.delete(f"/api/v1/torrents/{IH}")
+    assert r.status_code == 204
+    assert client.get(f"/api/v1/torrents/{IH}").status_code == 404
+    assert counts(db) == (0, 0)
+    assert client.delete(f"/api/v1/torrents/{IH}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "fragment"),
+    [
+        ({"magnet": "magnet:?xt=urn:btih:nothex"}, 422, "magnet"),
+        ({"magnet": "http://example.org/x.torrent"}, 422, "magnet:?"),
+        ({"infohash": "abc"}, 422, "40 hex"),
+        ({"infohash": "g" * 40}, 422, "40 hex"),
+        ({"infohash": IH, "magnet": MAGNET}, 422, "exactly one"),
+        ({}, 422, "exactly one"),
+        ({"infohash": IH, "trackers": ["ftp://127.0.0.1/x"]}, 422, "tracker URL"),
+        ({"infohash": IH, "surprise": 1}, 422, "surprise"),
+    ],
+)
+def test_bad_registrations_are_refused_and_change_nothing(
+    client: httpx.Client, db: Database, payload: dict[str, Any], status: int, fragment: str
+) -> None:
+    sid = make_study(client)
+    assert (
+        client.post("/api/v1/torrents", json={"study_id": sid, "magnet": MAGNET}).status_code == 201
+    )
+    before = counts(db)
+    r = client.post("/api/v1/torrents", json={"study_id": sid, **payload})
+    assert r.status_code == status, r.text
+    assert fragment in str(r.json()["detail"])
+    assert counts(db) == before
+
+
+def test_bad_torrent_files(client: httpx.Client, db: Database, tmp_path: Path) -> None:
+    sid = make_study(client)
+    good = make_torrent(tmp_path / "p")
+    cases = [
+        b"this is not bencode",
+        good[: len(good) // 2],
+        b"d4:infoi3ee",
+        b"l" * 5000 + b"e" * 5000,
+    ]
+    for data in cases:
+        r = client.post(
+            "/api/v1/torrents",
+            data={"study_id": str(sid)},
+            files={"file": ("x.torrent", data, "application/x-bittorrent")},
+        )
+        assert r.status_code == 422, r.text
+        assert "torrent" in r.json()["detail"]
+    assert counts(db) == (0, 0)
+
+
+def test_upload_over_limit_is_413(client: httpx.Client, db: Database) -> None:
+    sid = make_study(client)
+    big = b"x" * (5 * 1024 * 1024)
+    r = client.post(
+        "/api/v1/torrents",
+        data={"study_id": str(sid)},
+        files={"file": ("big.torrent", big, "application/x-bittorrent")},
+    )
+    assert r.status_code == 413
+    assert "detail" in r.json()
+    assert counts(db) == (0, 0)
+
+
+def test_unknown_study_and_duplicates(client: httpx.Client, db: Database) -> None:
+    r = client.post("/api/v1/torrents", json={"study_id": 999, "magnet": MAGNET})
+    assert r.status_code == 404 and "study 999" in r.json()["detail"]
+    sid = make_study(client)
+    assert (
+        client.post("/api/v1/torrents", json={"study_id": sid, "magnet": MAGNET}).status_code == 201
+    )
+    before = counts(db)
+    r = client.post("/api/v1/torrents", json={"study_id": sid, "infohash": IH, "title": "other"})
+    assert r.status_code == 409
+    assert IH in r.json()["detail"] and "Episode" in r.json()["detail"]
+    assert counts(db) == before
+    # The same swarm may be registered in another study.
+    other = make_study(client, name="another study")
+    assert (
+        client.post("/api/v1/torrents", json={"study_id": other, "infohash": IH}).status_code == 201
+    )
+    assert client.get(f"/api/v1/torrents/{IH}").status_code == 409
+    assert (
+        client.get(f"/api/v1/torrents/{IH}", params={"study_id": other}).json()["study_id"] == other
+    )
+    assert client.post("/api/v1/studies", json={"name": "another study"}).status_code == 409
+
+
+def test_auth(live_server: str, api_key: str) -> None:
+    with httpx.Client(base_url=live_server) as anon:
+        r = anon.post("/api/v1/studies", json={"name": "x"})
+        assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+        r = anon.post(
+            "/api/v1/studies", json={"name": "x"}, headers={"Authorization": "Bearer nope"}
+        )
+        assert r.status_code == 403
+        r = anon.post("/api/v1/torrents", json={"study_id": 1, "infohash": IH})
+        assert r.status_code == 401
+        assert anon.get("/api/v1/studies").status_code == 200
+    with httpx.Client(base_url=live_server, headers={"Authorization": f"Bearer {api_key}"}) as c:
+        public = make_study(c, name="public")
+        private = make_study(c, name="secret", private=True)
+        assert (
+            c.post("/api/v1/torrents", json={"study_id": private, "infohash": IH}).status_code
+            == 201
+        )
+        assert c.get(f"/api/v1/studies/{private}").status_code == 200
+    with httpx.Client(base_url=live_server) as anon:
+        assert anon.get(f"/api/v1/studies/{public}").status_code == 200
+        assert anon.get(f"/api/v1/studies/{private}").status_code == 401
+        assert [s["name"] for s in anon.get("/api/v1/studies").json()["items"]] == ["public"]
+        assert anon.get(f"/api/v1/torrents/{IH}").status_code == 404
+        assert anon.get("/api/v1/torrents", params={"study_id": private}).status_code == 401
+        assert anon.delete(f"/api/v1/torrents/{IH}").status_code == 401
+
+
+def test_pagination(client: httpx.Client) -> None:
+    sid = make_study(client)
+    for i in range(7):
+        ih = f"{i:040x}"
+        assert (
+            client.post("/api/v1/torrents", json={"study_id": sid, "infohash": ih}).status_code
+            == 201
+        )
+    page = client.get("/api/v1/torrents", params={"study_id": sid, "limit": 3, "offset": 3}).json()
+    assert page["total"] == 7 and [t["infohash"] for t in page["items"]] == [
+        f"{i:040x}" for i in (3, 4, 5)
+    ]
+    assert client.get("/api/v1/torrents", params={"limit": 0}).status_code == 422
+
+
+def test_healthz(live_server: str) -> None:
+    r = httpx.get(f"{live_server}/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
