@@ -187,6 +187,11 @@ def get_study(session: Session, study_id: int) -> Study:
 
 
 def get_or_create_title(session: Session, study: Study, name: str | None) -> Title:
+    """The named title; with no name, the study's only title, else one called 'default'."""
+    if name is None or not name.strip():
+        titles = list(session.scalars(select(Title).where(Title.study_id == study.id)))
+        if len(titles) == 1:
+            return titles[0]
     name = (name or DEFAULT_TITLE).strip() or DEFAULT_TITLE
     title = session.scalar(select(Title).where(Title.study_id == study.id, Title.name == name))
     if title is None:
