@@ -1,0 +1,25 @@
+# swarmwatch: API + web map, or a crawler worker (`swarmwatch crawl`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    SWARMWATCH_DATABASE_URL=sqlite:////data/swarmwatch.db
+
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY swarmwatch ./swarmwatch
+COPY migrations ./migrations
+COPY web ./web
+# Editable install keeps migrations/ and web/ beside the package, where swarmwatch looks for them.
+RUN pip install -e . \
+    && useradd --system --uid 10001 --home /data swarmwatch \
+    && mkdir -p /data && chown swarmwatch /data
+
+USER swarmwatch
+WORKDIR /data
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
+ENTRYPOINT ["swarmwatch"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
