@@ -155,6 +155,7 @@ class DhtCrawler:
     def close(self) -> None:
         for proto in self.endpoints.values():
             proto.close()
+            self._counters.update(proto.stats)  # keep the counts after close
         self.endpoints.clear()
 
     @property

@@ -36,8 +36,9 @@ DEFAULT_MAX_QUERIES = 2_000
 DEFAULT_MAX_QUERIES_PER_NODE = 64
 #: A reply with at least this many values may be a sample of a larger store.
 FULL_REPLY_VALUES = 50
-#: Stop re-asking a node after this many consecutive replies with no new peer.
-MAX_DRY_REPLIES = 2
+#: Re-ask a node while its smoothed yield (new peers per reply, halved at each
+#: reply) stays above this: about three dry replies in a row end it.
+MIN_HARVEST_YIELD = 0.5
 
 Endpoint = tuple[str, int]
 ValuesCallback = Callable[[list[Endpoint]], Awaitable[None]]
@@ -65,7 +66,7 @@ class LookupResult:
 class _Holder:
     node: NodeInfo
     queries: int = 0
-    dry: int = 0
+    yield_ewma: float = 0.0
     full: bool = False
 
 
@@ -144,12 +145,16 @@ class GetPeersLookup:
         for holder in self._holders.values():
             if (
                 not holder.full
-                or holder.dry >= MAX_DRY_REPLIES
+                or holder.yield_ewma < MIN_HARVEST_YIELD
                 or holder.queries >= self.max_queries_per_node
                 or holder.node.addr in self._inflight
             ):
                 continue
-            if best is None or holder.queries < best.queries:
+            # The node that gave most recently is the likeliest to give again.
+            if best is None or (holder.yield_ewma, -holder.queries) > (
+                best.yield_ewma,
+                -best.queries,
+            ):
                 best = holder
         return best.node if best else None
 
@@ -227,10 +232,10 @@ class GetPeersLookup:
         self.result.peers.update(new)
         holder = self._holders.get(node.addr)
         if holder is None:
-            holder = self._holders[node.addr] = _Holder(node)
+            holder = self._holders[node.addr] = _Holder(node, yield_ewma=2.0 * len(new))
         holder.queries += 1
         holder.full = len(values) >= FULL_REPLY_VALUES
-        holder.dry = 0 if new else holder.dry + 1
+        holder.yield_ewma = 0.5 * holder.yield_ewma + 0.5 * len(new)
         if new and self.on_values is not None:
             await self.on_values(new)
 

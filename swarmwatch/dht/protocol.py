@@ -276,7 +276,10 @@ class KrpcProtocol(asyncio.DatagramProtocol):
     # -- incoming ----------------------------------------------------------
     def _handle_query(self, msg: KrpcMessage, src: tuple[str, int]) -> None:
         self.stats["queries_received"] += 1
+        self.stats["ro_queries_received"] += msg.read_only
         handler = getattr(self, f"rpc_{msg.query}", None)
+        # Only known verbs get their own counter: a remote must not grow our memory.
+        self.stats[f"rpc_{msg.query}" if handler else "rpc_unknown"] += 1
         if handler is None:
             self._send_error(msg.tid, src, KRPC_ERROR_METHOD_UNKNOWN, "Method Unknown")
             return

@@ -118,6 +118,7 @@ class SimulatedDht:
         max_values_per_node: int = DEFAULT_MAX_VALUES_PER_NODE,
         max_values_per_reply: int = MAX_VALUES_PER_REPLY,
         first_host: int = 2,
+        v6_nodes: int = 0,
         seed: int = 0,
     ) -> None:
         if not 0 < n_nodes <= 250 * 250:
@@ -130,6 +131,7 @@ class SimulatedDht:
         self.max_values_per_node = max_values_per_node
         self.max_values_per_reply = max_values_per_reply
         self.first_host = first_host
+        self.v6_nodes = v6_nodes  # extra nodes on ::1 (BEP 32), distinct ports
         self.rng = random.Random(seed)
         self.nodes: list[SimDhtNode] = []
         self._held: dict[bytes, dict[tuple[str, int], StoredPeer]] = {}
@@ -141,14 +143,15 @@ class SimulatedDht:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for i in range(self.n_nodes):
+        for i in range(self.n_nodes + self.v6_nodes):
+            host = self._host(i) if i < self.n_nodes else "::1"
             node_id = self.rng.randbytes(20)
             rng = random.Random(self.rng.random())
             _, proto = await loop.create_datagram_endpoint(
                 lambda node_id=node_id, rng=rng: SimDhtNode(  # type: ignore[misc]
                     node_id, rng, self.max_values_per_reply
                 ),
-                local_addr=(self._host(i), 0),
+                local_addr=(host, 0),
             )
             self.nodes.append(proto)
         infos = [NodeInfo(n.node_id, *n.local_addr) for n in self.nodes]
