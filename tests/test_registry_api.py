@@ -227,3 +227,9 @@ def test_pagination(client: httpx.Client) -> None:
 def test_healthz(live_server: str) -> None:
     r = httpx.get(f"{live_server}/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_metrics_are_prometheus_text(live_server: str) -> None:
+    r = httpx.get(f"{live_server}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "swarmwatch_pipeline_queue_depth" in r.text

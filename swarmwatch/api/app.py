@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from swarmwatch import PROJECT_ROOT, __version__
 from swarmwatch.api.routes import health, studies, torrents
 from swarmwatch.config import Settings, get_settings
+from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.metrics = ServiceMetrics()
 
     for router_module in (health, studies, torrents):
         app.include_router(router_module.router)

@@ -1,21 +1,29 @@
-"""Liveness and readiness: /healthz answers whether the database is reachable."""
+"""Operations: /healthz (database reachable, crawlers alive) and /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from swarmwatch import __version__
 from swarmwatch.api.deps import DatabaseDep
+from swarmwatch.metrics import CONTENT_TYPE, ServiceMetrics
 
 router = APIRouter(tags=["operations"])
 
 
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    service_metrics: ServiceMetrics = request.app.state.metrics
+    return Response(service_metrics.exposition(), media_type=CONTENT_TYPE)
+
+
 @router.get("/healthz")
-def healthz(db: DatabaseDep) -> Any:
+def healthz(db: DatabaseDep, request: Request) -> Any:
+    """200 when the database answers and (if this process crawls) the crawlers run."""
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -24,4 +32,15 @@ def healthz(db: DatabaseDep) -> Any:
             status_code=503,
             content={"status": "error", "database": f"unreachable: {type(exc).__name__}"},
         )
-    return {"status": "ok", "database": db.engine.dialect.name, "version": __version__}
+    crawl = getattr(request.app.state, "crawl_status", None)
+    body: dict[str, Any] = {
+        "status": "ok",
+        "database": db.engine.dialect.name,
+        "version": __version__,
+    }
+    if crawl is not None:
+        body["crawlers"] = crawl()
+        if not body["crawlers"].get("alive", False):
+            body["status"] = "error"
+            return JSONResponse(status_code=503, content=body)
+    return body
