@@ -239,6 +239,40 @@ class Peer(Base):
     sightings: Mapped[int] = mapped_column(Integer, default=1)
 
 
+class Anomaly(Base):
+    """Sightings the pipeline could not place at a city, counted per torrent, source and reason.
+
+    alpha60's "anomalies": no city in the database, null island, or an address in a
+    private, reserved, multicast, bogon or loopback range. The sightings themselves
+    are still stored (with no city); this table says why they have none.
+    """
+
+    __tablename__ = "anomaly"
+    torrent_id: Mapped[int] = mapped_column(
+        ForeignKey("torrent.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GeoipDatabase(Base):
+    """A geolocation database the pipeline has placed sightings with, for reproducibility."""
+
+    __tablename__ = "geoip_database"
+    __table_args__ = (UniqueConstraint("kind", "database_type", "build_epoch"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # city | asn
+    database_type: Mapped[str] = mapped_column(String(100))
+    build_epoch: Mapped[int] = mapped_column(BigInteger)
+    embedded: Mapped[bool] = mapped_column(Boolean, default=False)  # the stale 2018 default
+    first_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # --- places ------------------------------------------------------------------------------------
 
 
@@ -270,9 +304,11 @@ class City(Base):
 
 
 __all__ = [
+    "Anomaly",
     "ApiKey",
     "Base",
     "City",
+    "GeoipDatabase",
     "Metro",
     "Peer",
     "Sample",
