@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     # DHT queries per second across all lookups: gentle on a home connection.
     dht_query_rate: float = Field(default=200.0, gt=0)
 
+    # Writes per second per API client: registering a study's torrents is a burst, not a stream.
+    api_write_rate: float = Field(default=20.0, gt=0)
+    api_write_burst: float = Field(default=200.0, ge=1)
+    # Expensive reads (rankings, frames, exports) per second per client: a page load is ~5.
+    api_read_rate: float = Field(default=100.0, gt=0)
+    api_read_burst: float = Field(default=500.0, ge=1)
+
     # Largest .torrent upload accepted: real ones are < 1 MiB, 4 MiB covers huge v2 hybrids.
     max_torrent_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Bounded queue between crawlers and pipeline: a full queue slows crawlers, never grows memory.

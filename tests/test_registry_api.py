@@ -233,3 +233,25 @@ def test_metrics_are_prometheus_text(live_server: str) -> None:
     r = httpx.get(f"{live_server}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert "swarmwatch_pipeline_queue_depth" in r.text
+
+
+def test_write_rate_limit_is_429_json(db: Database, api_key: str) -> None:
+    from swarmwatch.api import create_app
+    from swarmwatch.config import Settings
+    from tests.conftest import LiveServer
+
+    settings = Settings(database_url=db.url, api_write_rate=0.01, api_write_burst=3)
+    with (
+        LiveServer(create_app(settings, db)) as server,
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}) as c,
+    ):
+        codes = [c.post("/api/v1/studies", json={"name": f"s{i}"}).status_code for i in range(5)]
+        assert codes == [201, 201, 201, 429, 429]
+        r = c.post("/api/v1/studies", json={"name": "late"})
+        assert r.status_code == 429 and "retry" in r.json()["detail"]
+        assert int(r.headers["retry-after"]) >= 1
+        assert c.get("/api/v1/studies").status_code == 200  # cheap reads are not limited
+    with db.session() as s:
+        from swarmwatch.models import Study
+
+        assert s.scalar(select(func.count()).select_from(Study)) == 3

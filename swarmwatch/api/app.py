@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
@@ -36,6 +37,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         summary="Where the people in BitTorrent swarms are: registry, estimates, rankings, maps.",
         # Bodies are small JSON or one .torrent; anything larger is refused with 413.
         max_body_size=settings.max_torrent_bytes + 64 * 1024,
+    )
+    app.add_middleware(
+        RateLimitMiddleware,
+        write_rate=settings.api_write_rate,
+        write_burst=settings.api_write_burst,
+        read_rate=settings.api_read_rate,
+        read_burst=settings.api_read_burst,
     )
     app.state.settings = settings
     app.state.database = database
