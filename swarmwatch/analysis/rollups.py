@@ -28,8 +28,10 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from h3.api import basic_int as h3i
@@ -37,13 +39,14 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Engine,
     ForeignKey,
     Index,
     Integer,
     String,
     Table,
+    event,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from swarmwatch.models import Base
 from swarmwatch.sightings import AnonymousSighting
@@ -195,6 +198,8 @@ ROLLUP_TABLES: tuple[Table, ...] = (
     rollup_presence,
 )
 
+#: Presence keys remembered per engine (≈ 60 bytes each): an hour of a million active peers.
+PRESENCE_CACHE_LIMIT = 2_000_000
 #: Rows per multi-VALUES statement: 4 columns x 4,000 stays under SQLite's 32,766 variables.
 _PRESENCE_CHUNK = 4000
 
@@ -206,20 +211,35 @@ def peer_id(peer_key: bytes) -> int:
     return int.from_bytes(peer_key[:8], "big", signed=True)
 
 
-def cell_parents(cell: int | None, resolutions: Iterable[int]) -> list[tuple[int, int]]:
-    """(res, parent cell) for each resolution no finer than the cell itself."""
+@lru_cache(maxsize=1 << 17)
+def cell_parents(cell: int | None, resolutions: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(res, parent cell) for each resolution no finer than the cell itself.
+
+    Cached: sightings come from a few tens of thousands of city points, so cells repeat.
+    """
     if not cell:
-        return []
+        return ()
     own = h3i.get_resolution(cell)
-    return [(r, cell if r == own else h3i.cell_to_parent(cell, r)) for r in resolutions if r <= own]
+    return tuple(
+        (r, cell if r == own else h3i.cell_to_parent(cell, r)) for r in resolutions if r <= own
+    )
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"rollups support SQLite and PostgreSQL, not {conn.dialect.name}")
+def _check_dialect(conn: Connection) -> str:
+    name = conn.dialect.name
+    if name not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"rollups support SQLite and PostgreSQL, not {name}")
+    return name
+
+
+# Raw driver SQL on purpose: SQLAlchemy's per-row parameter processing cost more than
+# the database work (≈ 40 µs a row), and the writer has to keep up with ≥ 200k sightings/s.
+# Both engines share the upsert syntax; PostgreSQL gets whole batches as arrays (unnest).
+_PG_TYPES = {Integer: "int4", BigInteger: "int8", String: "text"}
+
+
+def _pg_type(table: Table, col: str) -> str:
+    return _PG_TYPES[type(table.c[col].type)]
 
 
 def _add(
@@ -228,52 +248,121 @@ def _add(
     key_cols: Sequence[str],
     increments: Mapping[Key, Sequence[int]],
     value_cols: Sequence[str],
-    extra: Mapping[Key, Mapping[str, Any]] | None = None,
+    extra: Mapping[Key, Sequence[Any]] | None = None,
+    extra_cols: Sequence[str] = (),
 ) -> None:
-    """Add increments to counters, creating rows as needed (one executemany upsert)."""
+    """Add increments to counters, creating rows as needed (one statement per table)."""
     if not increments:
         return
-    rows = []
-    for key, values in increments.items():
-        row = dict(zip(key_cols, key, strict=True))
-        row.update(zip(value_cols, values, strict=True))
-        if extra is not None:
-            row.update(extra[key])
-        rows.append(row)
-    stmt = _insert(conn, table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key_cols),
-        set_={c: table.c[c] + stmt.excluded[c] for c in value_cols},
-    )
-    conn.execute(stmt, rows)
+    cols = [*key_cols, *value_cols, *extra_cols]
+    rows = [
+        (*key, *values, *(extra[key] if extra is not None else ()))
+        for key, values in increments.items()
+    ]
+    update = ", ".join(f"{c} = {table.name}.{c} + excluded.{c}" for c in value_cols)
+    head = f"INSERT INTO {table.name} ({', '.join(cols)}) "
+    tail = f" ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET {update}"
+    if _check_dialect(conn) == "postgresql":
+        arrays = ", ".join(f"%s::{_pg_type(table, c)}[]" for c in cols)
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        conn.exec_driver_sql(f"{head}SELECT * FROM unnest({arrays}){tail}", tuple(columns))
+    else:
+        marks = ", ".join("?" * len(cols))
+        conn.exec_driver_sql(f"{head}VALUES ({marks}){tail}", rows)
 
 
 def _new_presence(conn: Connection, keys: list[Key]) -> list[Key]:
     """Insert presence keys; return those that were not there yet."""
-    table = rollup_presence
-    cols = ("title_id", "interval_s", "bucket", "peer_id")
+    if not keys:
+        return []
+    cols = "title_id, interval_s, bucket, peer_id"
+    head = f"INSERT INTO rollup_presence ({cols}) "
+    tail = f" ON CONFLICT DO NOTHING RETURNING {cols}"
+    if _check_dialect(conn) == "postgresql":
+        columns = tuple(list(col) for col in zip(*keys, strict=True))
+        sql = f"{head}SELECT * FROM unnest(%s::int4[], %s::int4[], %s::int4[], %s::int8[]){tail}"
+        return [tuple(r) for r in conn.exec_driver_sql(sql, columns)]
     fresh: list[Key] = []
     for start in range(0, len(keys), _PRESENCE_CHUNK):
         chunk = keys[start : start + _PRESENCE_CHUNK]
-        stmt = (
-            _insert(conn, table)
-            .values([dict(zip(cols, k, strict=True)) for k in chunk])
-            .on_conflict_do_nothing()
-            .returning(*[table.c[c] for c in cols])
-        )
-        fresh.extend(tuple(r) for r in conn.execute(stmt))
+        values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        params = tuple(v for k in chunk for v in k)
+        fresh.extend(tuple(r) for r in conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params))
     return fresh
+
+
+class PresenceCache:
+    """Presence rows known to be committed, so repeat sightings skip the database.
+
+    Most sightings repeat a peer already counted in the current frame (peers
+    re-announce every few minutes). A key enters the cache only when the
+    transaction that wrote or met it commits, so a rolled-back batch can never
+    make a later one skip a count; a committed presence row stays true whoever
+    wrote it, so several writers may share a database. Memory is bounded:
+    past ``limit`` keys, the frames that ended first are forgotten (a forgotten
+    key costs one database probe, never a wrong count).
+    """
+
+    def __init__(self, limit: int = PRESENCE_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self.size = 0
+        self._frames: dict[tuple[int, int, int], set[int]] = {}
+        self._pending: dict[int, list[Key]] = {}
+
+    def known(self, key: Key) -> bool:
+        frame = self._frames.get(key[:3])
+        return frame is not None and key[3] in frame
+
+    def hold(self, conn: Connection, keys: list[Key]) -> None:
+        self._pending.setdefault(id(conn.connection.dbapi_connection), []).extend(keys)
+
+    def commit(self, dbapi_id: int) -> None:
+        for key in self._pending.pop(dbapi_id, ()):
+            frame = self._frames.setdefault(key[:3], set())
+            if key[3] not in frame:
+                frame.add(key[3])
+                self.size += 1
+        if self.size > self.limit:
+            self._evict()
+
+    def rollback(self, dbapi_id: int) -> None:
+        self._pending.pop(dbapi_id, None)
+
+    def _evict(self) -> None:
+        # Frames that ended earliest first: late sightings for them are the rarest.
+        for frame_key in sorted(self._frames, key=lambda f: (f[2] + 1) * f[1]):
+            if self.size <= self.limit // 2:
+                break
+            self.size -= len(self._frames.pop(frame_key))
+
+
+_caches: weakref.WeakKeyDictionary[Engine, PresenceCache] = weakref.WeakKeyDictionary()
+
+
+def presence_cache(engine: Engine) -> PresenceCache:
+    """The engine's presence cache, hooked to its commits and rollbacks on first use."""
+    cache = _caches.get(engine)
+    if cache is None:
+        cache = _caches[engine] = PresenceCache()
+
+        def _dbapi_id(conn: Connection) -> int:
+            return id(conn.connection.dbapi_connection)
+
+        event.listen(engine, "commit", lambda conn: cache.commit(_dbapi_id(conn)))
+        event.listen(engine, "rollback", lambda conn: cache.rollback(_dbapi_id(conn)))
+    return cache
 
 
 def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction."""
     if not batch:
         return
+    cache = presence_cache(conn.engine)
     activity: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0, 0])
     place: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
     place_day: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
-    metro: dict[Key, dict[str, Any]] = {}
-    metro_day: dict[Key, dict[str, Any]] = {}
+    metro: dict[Key, tuple[int]] = {}
+    metro_day: dict[Key, tuple[int]] = {}
     cell: Counter[Key] = Counter()
     cell_day: Counter[Key] = Counter()
     candidates: dict[Key, AnonymousSighting] = {}
@@ -288,7 +377,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         pid = peer_id(s.peer_key)
         for interval in FRAME_INTERVALS:
             key = (s.title_id, interval, int(ts // interval), pid)
-            if key not in candidates:
+            if key not in candidates and not cache.known(key):
                 candidates[key] = s
         if not s.new_peer or (s.title_id, s.peer_key) in counted_new:
             continue
@@ -300,12 +389,12 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         p = place[pk]
         p[0] += 1
         p[1] += seed
-        metro[pk] = {"metro_id": metro_id}
+        metro[pk] = (metro_id,)
         dk = (s.title_id, day, s.vantage, geo, country)
         d = place_day[dk]
         d[0] += 1
         d[1] += seed
-        metro_day[dk] = {"metro_id": metro_id}
+        metro_day[dk] = (metro_id,)
         for res, parent in cell_parents(s.h3_cell, CELL_RESOLUTIONS):
             cell[(s.title_id, res, parent)] += 1
             cell_day[(s.title_id, day, s.vantage, res, parent)] += 1
@@ -313,6 +402,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
     frame: Counter[Key] = Counter()
     frame_city: Counter[Key] = Counter()
     active: Counter[Key] = Counter()
+    cache.hold(conn, list(candidates))
     for key in _new_presence(conn, list(candidates)):
         title_id, interval, bucket, _ = key
         s = candidates[key]
@@ -329,7 +419,8 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         activity,
         ("sightings", "new_peers", "seed_sightings"),
     )
-    _add(conn, rollup_place, ("title_id", "geoname_id", "country"), place, ("peers", "seeds"), metro)
+    place_key = ("title_id", "geoname_id", "country")
+    _add(conn, rollup_place, place_key, place, ("peers", "seeds"), metro, ("metro_id",))
     _add(
         conn,
         rollup_place_day,
@@ -337,6 +428,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         place_day,
         ("peers", "seeds"),
         metro_day,
+        ("metro_id",),
     )
     _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), _one(cell), ("peers",))
     _add(
