@@ -169,6 +169,61 @@ def torrent_add(
     out.print(json.dumps(info))
 
 
+# --- bench --------------------------------------------------------------------------------
+
+
+def _bench_names() -> list[str]:
+    import pkgutil
+
+    import swarmwatch.bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(swarmwatch.bench.__path__))
+
+
+def _option_value(raw: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def bench(
+    name: Annotated[str, typer.Argument(help="Which benchmark: run `swarmwatch bench list`.")],
+    options: Annotated[
+        list[str] | None,
+        typer.Argument(help="Options as key=value (e.g. scale=0.01 seconds=5)."),
+    ] = None,
+) -> None:
+    """Run a benchmark; it prints its figures beside a baseline measured in the same run.
+
+    Benchmarks: tracker, dht, ingest, query, browser, load (those present in this build).
+    Everything runs on loopback against simulated or synthetic data.
+    """
+    import importlib
+
+    names = _bench_names()
+    if name == "list":
+        out.print("\n".join(names))
+        return
+    if name not in names:
+        fail(f"unknown benchmark {name!r}; available: {', '.join(names)}")
+    kwargs: dict[str, object] = {}
+    for item in options or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            fail(f"benchmark options are key=value, got {item!r}")
+        kwargs[key.replace("-", "_")] = _option_value(raw)
+    module = importlib.import_module(f"swarmwatch.bench.{name}")
+    try:
+        figures = module.run_benchmark(**kwargs)
+    except TypeError as exc:
+        fail(f"bad options for benchmark {name}: {exc}")
+    out.print(json.dumps(figures, indent=2, default=str))
+
+
 # --- serve --------------------------------------------------------------------------------
 
 
