@@ -60,6 +60,7 @@ class LookupResult:
     seeds_estimate: float | None = None  # BEP 33 BFsd union estimate
     peers_estimate: float | None = None  # BEP 33 BFpe union estimate
     closest: list[NodeInfo] = field(default_factory=list, repr=False)
+    responders: set[Endpoint] = field(default_factory=set, repr=False)  # nodes that answered
 
 
 @dataclass(slots=True)
@@ -140,8 +141,16 @@ class GetPeersLookup:
                 return node
         return None
 
-    def _next_harvest_node(self) -> NodeInfo | None:
+    def _harvest_ready_at(self, node: NodeInfo) -> float:
+        proto = self._endpoint_for(node)
+        if proto is None or proto.per_node is None:
+            return 0.0
+        return proto.per_node.ready_at(node.addr) - proto.per_node.clock()
+
+    def _next_harvest_node(self) -> tuple[NodeInfo | None, float | None]:
+        """The holder to re-ask now, else how long until one is ready (None: none left)."""
         best: _Holder | None = None
+        soonest: float | None = None
         for holder in self._holders.values():
             if (
                 not holder.full
@@ -150,13 +159,19 @@ class GetPeersLookup:
                 or holder.node.addr in self._inflight
             ):
                 continue
+            # Asking a node before its per-node slot would park a query slot
+            # in a sleep; wait for it only when nothing else is ready.
+            wait = self._harvest_ready_at(holder.node)
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
             # The node that gave most recently is the likeliest to give again.
             if best is None or (holder.yield_ewma, -holder.queries) > (
                 best.yield_ewma,
                 -best.queries,
             ):
                 best = holder
-        return best.node if best else None
+        return (best.node, None) if best else (None, soonest)
 
     async def run(self, seeds: list[NodeInfo]) -> LookupResult:
         for seed in seeds:
@@ -164,10 +179,11 @@ class GetPeersLookup:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
+                wait: float | None = None
                 while len(tasks) < self.alpha and self.result.queries < self.max_queries:
                     node: NodeInfo | None = self._next_lookup_node()
                     if node is None and self.harvest:
-                        node = self._next_harvest_node()
+                        node, wait = self._next_harvest_node()
                     if node is None:
                         break
                     self._queried.add(node.addr)
@@ -175,8 +191,13 @@ class GetPeersLookup:
                     self.result.queries += 1
                     tasks.add(asyncio.create_task(self._query(node)))
                 if not tasks:
-                    break
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    if wait is None or self.result.queries >= self.max_queries:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                done, tasks = await asyncio.wait(
+                    tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     task.result()  # _query catches network errors; a bug should surface
             if self.scrape:
@@ -186,6 +207,7 @@ class GetPeersLookup:
                 task.cancel()
         self.result.holders = len(self._holders)
         self.result.closest = sorted(self._responded.values(), key=self._dist)[:K]
+        self.result.responders = set(self._responded)
         return self.result
 
     async def _query(self, node: NodeInfo, *, scrape: bool = False) -> None:
