@@ -23,7 +23,7 @@ echo "== Python environment (.venv)"
 
 if [ -f tests/js/package.json ]; then
   echo "== npm packages for interoperability tests"
-  (cd tests/js && npm install --ignore-scripts --no-audit --no-fund --loglevel=error)
+  (cd tests/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
 echo "== lint (ruff, mypy)"

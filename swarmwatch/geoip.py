@@ -9,7 +9,7 @@ from swarmwatch.config import Settings, get_settings
 
 def embedded_city_db() -> Path:
     """The 2018 GeoLite2 City shipped by maxminddb-geolite2 (CC BY-SA 3.0). Stale."""
-    from _maxminddb_geolite2 import geolite2_database  # type: ignore[import-untyped]
+    from _maxminddb_geolite2 import geolite2_database
 
     return Path(geolite2_database())
 
