@@ -1,0 +1,25 @@
+"""The simulated swarm: a seeded synthetic population with known truth, served on loopback.
+
+See swarmwatch.sim.population for the population API and swarmwatch.sim.trackers
+for the HTTP/UDP trackers that serve it.
+"""
+
+from __future__ import annotations
+
+from swarmwatch.sim.clock import Clock, CompressedClock, ManualClock, SystemClock
+from swarmwatch.sim.networks import CityNetworkIndex, build_index, load_index
+from swarmwatch.sim.population import SimCity, SimPeer, SimulatedSwarm, diurnal_probability
+
+__all__ = [
+    "CityNetworkIndex",
+    "Clock",
+    "CompressedClock",
+    "ManualClock",
+    "SimCity",
+    "SimPeer",
+    "SimulatedSwarm",
+    "SystemClock",
+    "build_index",
+    "diurnal_probability",
+    "load_index",
+]
