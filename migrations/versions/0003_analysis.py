@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("interval_s", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("peers", sa.BigInteger(), nullable=False),
+        sa.Column("city_peers", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["title_id"],
             ["title.id"],

@@ -158,6 +158,7 @@ rollup_active = Table(
     Column("interval_s", Integer, primary_key=True, autoincrement=False),
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
+    _count("city_peers"),  # placed at a city: the rest of a frame is hidden in suppression
     **_KW,
 )
 
@@ -401,13 +402,15 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
 
     frame: Counter[Key] = Counter()
     frame_city: Counter[Key] = Counter()
-    active: Counter[Key] = Counter()
+    active: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
     cache.hold(conn, list(candidates))
     for key in _new_presence(conn, list(candidates)):
         title_id, interval, bucket, _ = key
         s = candidates[key]
-        active[(title_id, interval, bucket)] += 1
+        counts = active[(title_id, interval, bucket)]
+        counts[0] += 1
         if s.geoname_id:
+            counts[1] += 1
             frame_city[(title_id, interval, bucket, s.geoname_id)] += 1
         for res, parent in cell_parents(s.h3_cell, FRAME_RESOLUTIONS):
             frame[(title_id, interval, res, bucket, parent)] += 1
@@ -452,7 +455,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         _one(frame_city),
         ("peers",),
     )
-    _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), _one(active), ("peers",))
+    _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), active, ("peers", "city_peers"))
 
 
 def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:

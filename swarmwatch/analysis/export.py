@@ -1,0 +1,176 @@
+"""Files for papers: rankings CSV per level, the rankings.json sidecar, cell and city GeoJSON.
+
+The API streams the same bytes; `swarmwatch export` writes them with export_study().
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h3
+from sqlalchemy import Connection
+
+from swarmwatch.analysis.rankings import CSV_COLUMNS, LEVELS, Ranking, compute_ranking
+from swarmwatch.analysis.scope import Scope, resolve_scope
+from swarmwatch.models import Study
+from swarmwatch.store import Database
+
+#: Rows per streamed CSV chunk: a few KB per write keeps memory flat and syscalls few.
+CSV_CHUNK_ROWS = 500
+
+
+def iter_csv(ranking: Ranking) -> Iterator[str]:
+    """The ranking as UTF-8 CSV text in chunks (header first, RFC 4180 quoting, \\r\\n)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for i, row in enumerate(ranking.rows, 1):
+        writer.writerow(row.csv_values())
+        if i % CSV_CHUNK_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def sidecar(ranking: Ranking) -> dict[str, Any]:
+    """What rankings.json says about one CSV: scope, method, columns, counts."""
+    return {
+        **ranking.method,
+        "places_published": ranking.places_published,
+        "places_suppressed": ranking.places_suppressed,
+        "rows": len(ranking.rows),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def method_headers(ranking: Ranking) -> dict[str, str]:
+    """The essentials of the method as HTTP response headers (ASCII-safe)."""
+    m = ranking.method
+    geoip = "; ".join(
+        f"{g['database_type']} {g['build_date']}"
+        + (" (stale default)" if g["embedded_stale_default"] else "")
+        for g in m["geoip"]
+    )
+    values = {
+        "X-Swarmwatch-Study": f"{m['study_id']} {m['study']}",
+        "X-Swarmwatch-Title": m["title"] or "(all titles)",
+        "X-Swarmwatch-Window": f"{m['window_from'] or '-'}/{m['window_to'] or '-'}",
+        "X-Swarmwatch-Level": m["level"],
+        "X-Swarmwatch-K": str(m["k_threshold"]),
+        "X-Swarmwatch-Geoip": geoip or "unknown",
+        "X-Swarmwatch-Population-Source": m["population_source"],
+        "X-Swarmwatch-Min-Population": str(m["min_population"]),
+    }
+    return {k: v.encode("ascii", "replace").decode("ascii") for k, v in values.items()}
+
+
+def cells_geojson(ranking: Ranking) -> dict[str, Any]:
+    """Published cells as polygons (GeoJSON is lon, lat; rings closed)."""
+    features = []
+    for row in ranking.rows:
+        ring = [[lon, lat] for lat, lon in h3.cell_to_boundary(row.place_id)]
+        ring.append(ring[0])
+        features.append(
+            {
+                "type": "Feature",
+                "id": row.place_id,
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": _properties(row),
+            }
+        )
+    return {"type": "FeatureCollection", "features": features, "metadata": sidecar(ranking)}
+
+
+def cities_geojson(ranking: Ranking) -> dict[str, Any]:
+    """Published cities as points at their GeoNames coordinates."""
+    features = [
+        {
+            "type": "Feature",
+            "id": row.place_id,
+            "geometry": {"type": "Point", "coordinates": [row.lon, row.lat]},
+            "properties": _properties(row),
+        }
+        for row in ranking.rows
+        if row.lat is not None and row.lon is not None
+    ]
+    return {"type": "FeatureCollection", "features": features, "metadata": sidecar(ranking)}
+
+
+def _properties(row: Any) -> dict[str, Any]:
+    return {
+        "rank": row.rank,
+        "name": row.place,
+        "country": row.country,
+        "population": row.population,
+        "peers": row.peers,
+        "per_100k": row.per_100k,
+        "ci_low": row.ci_low,
+        "ci_high": row.ci_high,
+    }
+
+
+def export_scope(conn: Connection, scope: Scope, out_dir: Path, *, res: int = 4) -> list[Path]:
+    """Write every export file for one scope; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    sidecars: dict[str, Any] = {}
+    rankings: dict[str, Ranking] = {}
+    for level in LEVELS:
+        ranking = compute_ranking(conn, scope, level=level, limit=None, res=res)
+        rankings[level] = ranking
+        path = out_dir / f"rankings_{level}.csv"
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            for chunk in iter_csv(ranking):
+                fh.write(chunk)
+        written.append(path)
+        sidecars[path.name] = sidecar(ranking)
+    path = out_dir / "rankings.json"
+    path.write_text(json.dumps(sidecars, indent=2, ensure_ascii=False), encoding="utf-8")
+    written.append(path)
+    for name, doc in (
+        ("cells.geojson", cells_geojson(rankings["cell"])),
+        ("cities.geojson", cities_geojson(rankings["city"])),
+    ):
+        path = out_dir / name
+        path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def export_study(
+    db: Database,
+    study_id: int,
+    out_dir: Path | str,
+    *,
+    title: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    vantage: str | None = None,
+    res: int = 4,
+) -> list[Path]:
+    """`swarmwatch export`: the API's export files for a study, written to out_dir."""
+    with db.engine.connect() as conn:
+        with db.session() as session:
+            study = session.get(Study, study_id)
+            if study is None:
+                raise LookupError(f"study {study_id} not found")
+        scope = resolve_scope(conn, study, title=title, start=start, end=end, vantage=vantage)
+        return export_scope(conn, scope, Path(out_dir), res=res)
+
+
+__all__ = [
+    "cells_geojson",
+    "cities_geojson",
+    "export_scope",
+    "export_study",
+    "iter_csv",
+    "method_headers",
+    "sidecar",
+]

