@@ -1,0 +1,399 @@
+"""SwarmSessionCrawler: one libtorrent session that joins every registered swarm, as alpha60 did.
+
+It fetches BEP 9 metadata for magnet-only torrents, and reports every connected peer
+(with how it was learnt, seed state and client) and the session's DHT results as sightings.
+
+No payload is downloaded or uploaded, by construction and checked at run time:
+- each torrent joins in upload_mode (libtorrent sends no piece request) with every
+  file at priority 0 (the picker wants nothing), and as it never holds a piece it
+  has nothing to upload (params.CRAWL_FLAGS says why each flag is there);
+- web seeds are stripped, so no HTTP payload fetch exists either;
+- every poll reads each torrent's payload byte counters: any byte moved pauses the
+  torrent, logs an error and is counted in stats (a tripwire, never expected to fire);
+- nothing reaches storage: no piece is ever held, so libtorrent writes no file
+  into save_path (a private temporary directory unless one is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from swarmwatch.config import Settings, get_settings
+from swarmwatch.crawl import TorrentSource, WatchedTorrent
+from swarmwatch.ltsession.params import TorrentRefused, add_params
+from swarmwatch.ltsession.peers import RoundDedupe, SeedStateGate, connected_peers, sightings_of
+from swarmwatch.ltsession.session import new_session, parse_host_ports
+from swarmwatch.sightings import IPAddress, PeerSighting, SampleRecord, SightingSink, Source
+
+log = logging.getLogger(__name__)
+
+#: Called once per magnet-registered torrent when its metadata arrives (BEP 9):
+#: (infohash, name, total size in bytes, bencoded info dict).
+MetadataCallback = Callable[[str, str, int, bytes], Awaitable[None] | None]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class SwarmSessionStats:
+    """Counters, for /metrics and tests; no addresses."""
+
+    torrents_joined: int = 0
+    torrents_refused: int = 0
+    metadata_received: int = 0
+    metadata_callback_errors: int = 0
+    sightings: int = 0
+    samples: int = 0
+    tracker_replies: int = 0
+    tracker_errors: int = 0
+    dht_replies: int = 0
+    alerts_dropped: int = 0
+    torrent_errors: int = 0
+    source_errors: int = 0
+    payload_bytes_down: int = 0  # must stay 0: the no-payload tripwire
+    payload_bytes_up: int = 0  # must stay 0
+
+
+@dataclass(slots=True)
+class _Joined:
+    infohash: str  # our key: the registered v1 (or v2) infohash, lower-case hex
+    handle: Any
+    metadata_known: bool
+    round_peers: dict[tuple[IPAddress, int], bool | None] = field(default_factory=dict)
+    gate: SeedStateGate = field(default_factory=SeedStateGate)
+    tripped: bool = False
+
+
+class SwarmSessionCrawler:
+    """The libtorrent swarm session as a Crawler (swarmwatch.crawl.Crawler)."""
+
+    name = "swarm"
+
+    def __init__(
+        self,
+        *,
+        on_metadata: MetadataCallback | None = None,
+        settings: Settings | None = None,
+        listen_interfaces: str | None = None,
+        enable_dht: bool = True,
+        dht_nodes: Sequence[tuple[str, int]] | None = None,
+        save_path: str | Path | None = None,
+        resight_interval: float = 30.0,
+        poll_interval: float = 1.0,
+        alert_interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.on_metadata = on_metadata
+        loopback_only = self.settings.loopback_only
+        # A fixed port is the user's choice; the default lets the OS pick, and
+        # under loopback_only it must be a loopback address anyway.
+        self.listen_interfaces = listen_interfaces or (
+            "127.0.0.1:0" if loopback_only else f"0.0.0.0:{self.settings.dht_port}"
+        )
+        self.enable_dht = enable_dht
+        self.dht_nodes = list(
+            parse_host_ports(self.settings.dht_bootstrap) if dht_nodes is None else dht_nodes
+        )
+        self.save_path = Path(save_path) if save_path is not None else None
+        # alpha60 re-announced every 30 s: a connected peer is sighted again each round.
+        self.resight_interval = resight_interval
+        # How often connected peers are read: short connections are missed between polls.
+        self.poll_interval = poll_interval
+        # How often alerts are popped: metadata and DHT replies wait at most this long.
+        self.alert_interval = alert_interval
+        self.clock = clock
+        self.now = now
+        self.stats = SwarmSessionStats()
+        self._session: Any = None
+        self._joined: dict[str, _Joined] = {}
+        self._by_handle: dict[Any, _Joined] = {}
+        self._by_dht_hash: dict[str, _Joined] = {}
+        self._refused: set[str] = set()
+        self._own: set[tuple[IPAddress, int]] = set()
+        self._dedupe = RoundDedupe()
+        self._round_started = self.now()
+
+    async def run(self, torrents: TorrentSource, sink: SightingSink, stop: asyncio.Event) -> None:
+        with tempfile.TemporaryDirectory(prefix="swarmwatch-lt-") as tmp:
+            save_path = self.save_path or Path(tmp)
+            self._session = new_session(
+                loopback_only=self.settings.loopback_only,
+                listen_interfaces=self.listen_interfaces,
+                enable_dht=self.enable_dht,
+                dht_nodes=self.dht_nodes,
+            )
+            try:
+                await self._crawl(torrents, sink, stop, save_path)
+            finally:
+                self._close()
+
+    async def _crawl(
+        self, torrents: TorrentSource, sink: SightingSink, stop: asyncio.Event, save_path: Path
+    ) -> None:
+        self._own = self._own_endpoints()
+        next_round = next_poll = self.clock()
+        while not stop.is_set():
+            await self._pump_alerts(sink)
+            t = self.clock()
+            if t >= next_round:
+                await self._end_round(sink)
+                await self._refresh(torrents, save_path)
+                self._dht_lookups()
+                next_round = t + self.resight_interval
+            if t >= next_poll:
+                await self._poll(sink)
+                next_poll = t + self.poll_interval
+            try:
+                await asyncio.wait_for(stop.wait(), self.alert_interval)
+            except TimeoutError:
+                pass
+        # What was learnt in the last partial round is still a sample.
+        await self._pump_alerts(sink)
+        await self._end_round(sink)
+
+    def _close(self) -> None:
+        ses, self._session = self._session, None
+        if ses is not None:
+            ses.pause()
+            for joined in self._joined.values():
+                ses.remove_torrent(joined.handle)
+        self._joined.clear()
+        self._by_handle.clear()
+        self._by_dht_hash.clear()
+
+    def _own_endpoints(self) -> set[tuple[IPAddress, int]]:
+        port = int(self._session.listen_port())
+        own: set[tuple[IPAddress, int]] = set()
+        for item in self.listen_interfaces.split(","):
+            host = item.strip().rpartition(":")[0].strip("[]")
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if not ip.is_unspecified:
+                own.add((ip, port))
+        return own
+
+    # -- registrations -------------------------------------------------------
+
+    async def _refresh(self, torrents: TorrentSource, save_path: Path) -> None:
+        try:
+            wanted = {t.infohash.lower(): t for t in await torrents() if t.infohash}
+        except Exception:  # the registry is not ours to crash on
+            self.stats.source_errors += 1
+            log.exception("torrent source failed; keeping the current swarms")
+            return
+        for key in list(self._joined):
+            if key not in wanted:
+                self._leave(key)
+        for key, torrent in wanted.items():
+            if key not in self._joined and key not in self._refused:
+                self._join(key, torrent, save_path)
+
+    def _join(self, key: str, torrent: WatchedTorrent, save_path: Path) -> None:
+        try:
+            atp = add_params(torrent, save_path, loopback_only=self.settings.loopback_only)
+            handle = self._session.add_torrent(atp)
+        except (TorrentRefused, RuntimeError) as exc:
+            self._refused.add(key)
+            self.stats.torrents_refused += 1
+            log.warning("cannot join swarm %s: %s", key[:8], exc)
+            return
+        joined = _Joined(key, handle, metadata_known=torrent.info is not None)
+        self._joined[key] = joined
+        self._by_handle[handle] = joined
+        self._by_dht_hash[str(handle.info_hashes().get_best())] = joined
+        self.stats.torrents_joined += 1
+        log.info("joined swarm %s (%s)", key[:8], "info" if torrent.info else "magnet")
+
+    def _leave(self, key: str) -> None:
+        joined = self._joined.pop(key)
+        self._by_handle.pop(joined.handle, None)
+        self._by_dht_hash = {k: v for k, v in self._by_dht_hash.items() if v is not joined}
+        self._session.remove_torrent(joined.handle)
+        log.info("left swarm %s", key[:8])
+
+    # -- peers ---------------------------------------------------------------
+
+    async def _poll(self, sink: SightingSink, *, flush: bool = False) -> None:
+        seen_at = self.now()
+        vantage = self.settings.vantage
+        for joined in list(self._joined.values()):
+            handle = joined.handle
+            if not handle.is_valid():
+                continue
+            self._check_no_payload(joined, handle.status())
+            due = joined.gate.poll(connected_peers(handle.get_peer_info(), self._own))
+            if flush:
+                due += joined.gate.flush()
+            for peer in due:
+                joined.round_peers[(peer.ip, peer.port)] = peer.seed
+                for sighting in sightings_of(peer, joined.infohash, vantage, seen_at):
+                    await self._put(sink, sighting)
+
+    async def _put(self, sink: SightingSink, sighting: PeerSighting) -> None:
+        if self._dedupe.first(sighting):
+            self.stats.sightings += 1
+            await sink.put(sighting)
+
+    def _check_no_payload(self, joined: _Joined, status: Any) -> None:
+        down, up = int(status.total_payload_download), int(status.total_payload_upload)
+        if (down or up) and not joined.tripped:
+            joined.tripped = True
+            self.stats.payload_bytes_down += down
+            self.stats.payload_bytes_up += up
+            joined.handle.pause()
+            log.error(
+                "payload moved in swarm %s (%d down, %d up): paused", joined.infohash[:8], down, up
+            )
+
+    async def _end_round(self, sink: SightingSink) -> None:
+        # Peers still of unknown seed state are sighted before the round closes.
+        await self._poll(sink, flush=True)
+        finished = self.now()
+        for joined in self._joined.values():
+            states = list(joined.round_peers.values())
+            sample = SampleRecord(
+                infohash=joined.infohash,
+                source=Source.SWARM,
+                vantage=self.settings.vantage,
+                started_at=self._round_started,
+                finished_at=finished,
+                peers_returned=len(joined.round_peers),
+                seeders=states.count(True),
+                leechers=states.count(False),
+            )
+            joined.round_peers.clear()
+            self.stats.samples += 1
+            await sink.put_sample(sample)
+        self._dedupe.clear()
+        self._round_started = finished
+
+    def _dht_lookups(self) -> None:
+        if not self.enable_dht:
+            return
+        for joined in self._joined.values():
+            self._session.dht_get_peers(joined.handle.info_hashes().get_best())
+
+    # -- alerts (pumped as Tribler does: pop everything, dispatch by type) ---
+
+    async def _pump_alerts(self, sink: SightingSink) -> None:
+        for alert in self._session.pop_alerts():
+            handler = self._handlers.get(type(alert))
+            if handler is not None:
+                await handler(self, alert, sink)
+
+    async def _on_metadata_received(self, alert: Any, sink: SightingSink) -> None:
+        joined = self._by_handle.get(alert.handle)
+        if joined is None or joined.metadata_known:
+            return
+        joined.metadata_known = True
+        ti = alert.handle.torrent_file()
+        if ti is None:
+            return
+        # default_dont_download already did this; set it explicitly all the same.
+        alert.handle.prioritize_files([0] * ti.num_files())
+        self.stats.metadata_received += 1
+        log.info(
+            "metadata for %s: %d files, %d bytes",
+            joined.infohash[:8],
+            ti.num_files(),
+            ti.total_size(),
+        )
+        if self.on_metadata is None:
+            return
+        try:
+            result = self.on_metadata(
+                joined.infohash, ti.name(), int(ti.total_size()), bytes(ti.info_section())
+            )
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.stats.metadata_callback_errors += 1
+            log.exception("metadata callback failed for %s", joined.infohash[:8])
+
+    async def _on_dht_get_peers_reply(self, alert: Any, sink: SightingSink) -> None:
+        joined = self._by_dht_hash.get(str(alert.info_hash))
+        if joined is None:
+            return
+        self.stats.dht_replies += 1
+        started = self.now()
+        count = 0
+        for host, port in alert.peers():
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if (ip, int(port)) in self._own:
+                continue
+            count += 1
+            await self._put(
+                sink,
+                PeerSighting(
+                    infohash=joined.infohash,
+                    ip=ip,
+                    port=int(port),
+                    source=Source.DHT,
+                    vantage=self.settings.vantage,
+                    seen_at=started,
+                ),
+            )
+        self.stats.samples += 1
+        await sink.put_sample(
+            SampleRecord(
+                infohash=joined.infohash,
+                source=Source.DHT,
+                vantage=self.settings.vantage,
+                started_at=started,
+                finished_at=started,
+                peers_returned=count,
+            )
+        )
+
+    async def _on_tracker_reply(self, alert: Any, sink: SightingSink) -> None:
+        # The peers themselves are sighted once connected (source flag tracker).
+        self.stats.tracker_replies += 1
+
+    async def _on_tracker_error(self, alert: Any, sink: SightingSink) -> None:
+        # Not logged with its message: that names our endpoint and the tracker URL
+        # (which may carry a passkey).
+        self.stats.tracker_errors += 1
+
+    async def _on_alerts_dropped(self, alert: Any, sink: SightingSink) -> None:
+        self.stats.alerts_dropped += 1
+        log.warning("libtorrent alert queue overflowed; alerts were dropped")
+
+    async def _on_torrent_error(self, alert: Any, sink: SightingSink) -> None:
+        joined = self._by_handle.get(alert.handle)
+        self.stats.torrent_errors += 1
+        log.warning(
+            "swarm %s error: %s", joined.infohash[:8] if joined else "?", alert.error.message()
+        )
+
+    _handlers: dict[type, Callable[[SwarmSessionCrawler, Any, SightingSink], Awaitable[None]]] = {
+        lt.metadata_received_alert: _on_metadata_received,
+        lt.dht_get_peers_reply_alert: _on_dht_get_peers_reply,
+        lt.tracker_reply_alert: _on_tracker_reply,
+        lt.tracker_error_alert: _on_tracker_error,
+        lt.alerts_dropped_alert: _on_alerts_dropped,
+        lt.torrent_error_alert: _on_torrent_error,
+    }
+
+
+__all__ = ["MetadataCallback", "SwarmSessionCrawler", "SwarmSessionStats"]

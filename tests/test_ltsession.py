@@ -1,0 +1,310 @@
+"""Real-component tests of the swarm session: real libtorrent peers and opentracker on loopback.
+
+A seeder of a torrent it made and two leechers that cannot finish, on their own
+127.0.0.x addresses; the crawler knows only the magnet and must find them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+import pytest
+
+from swarmwatch.crawl import WatchedTorrent, static_torrents
+from swarmwatch.ltsession import SwarmSessionCrawler
+from swarmwatch.netsafety import loopback_ip_filter
+from swarmwatch.sightings import MemorySink, Source
+
+pytestmark = pytest.mark.slow
+
+PAYLOAD_BYTES = 8 * 1024 * 1024
+PIECE_BYTES = 16 * 1024
+# The seeder's upload cap: 8 MiB at 16 KiB/s keeps the leechers unfinished for minutes,
+# while each of them still visibly downloads (payload is flowing in this swarm).
+SEEDER_UPLOAD_LIMIT = 16 * 1024
+SEEDER_IP, LEECHER_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
+CRAWLER_IP = "127.0.0.1"
+DEADLINE = 60.0  # generous: the machine is shared; typical runs take a few seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peer_session(ip: str) -> Any:
+    params = lt.session_params()
+    params.settings = {
+        "listen_interfaces": f"{ip}:0",
+        # Bind outgoing connections and announces to our own loopback address, so
+        # that each test peer is a distinct IP to the tracker and the crawler.
+        "outgoing_interfaces": ip,
+        "announce_ip": ip,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        "alert_mask": 0,
+    }
+    params.ip_filter = loopback_ip_filter()
+    return lt.session(params)
+
+
+@dataclass
+class Swarm:
+    infohash: str
+    tracker_url: str
+    info: bytes
+    name: str
+    size: int
+    seeder: Any
+    leechers: list[tuple[Any, Any]] = field(default_factory=list)  # (session, handle)
+    seed_handle: Any = None
+
+    def peer_port(self, index: int) -> int:
+        return int(self.leechers[index][0].listen_port())
+
+    def payload_to(self, ip: str) -> int:
+        """Payload bytes every swarm member exchanged with the peer at ip, both ways."""
+        total = 0
+        for handle in [self.seed_handle, *(h for _s, h in self.leechers)]:
+            for p in handle.get_peer_info():
+                if p.ip[0] == ip:
+                    total += p.total_download + p.total_upload
+        return total
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    root = tmp_path_factory.mktemp("swarm")
+    root.chmod(0o755)  # opentracker drops to user nobody and chroots here
+    src = root / "seed"
+    src.mkdir()
+    (src / "payload.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+
+    tracker_port = _free_port()
+    tracker_url = f"http://127.0.0.1:{tracker_port}/announce"
+    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES)
+    ct.add_tracker(tracker_url)
+    lt.set_piece_hashes(ct, str(src))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    infohash = str(ti.info_hashes().v1)
+
+    whitelist = root / "whitelist"
+    whitelist.write_text(infohash + "\n")
+    whitelist.chmod(0o644)
+    cmd = ["opentracker", "-i", "127.0.0.1", "-p", str(tracker_port), "-P", str(tracker_port)]
+    cmd += ["-w", "/whitelist", "-d", str(root)]  # the whitelist path is inside the chroot
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]  # opentracker refuses to run as root
+    assert shutil.which("opentracker"), "the Debian package opentracker is needed"
+    tracker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(tracker_port, tracker)
+
+        seeder = _peer_session(SEEDER_IP)
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(ti)
+        atp.save_path = str(src)
+        atp.flags = lt.torrent_flags.seed_mode
+        seed_handle = seeder.add_torrent(atp)
+        seed_handle.set_upload_limit(SEEDER_UPLOAD_LIMIT)
+        swarm = Swarm(
+            infohash=infohash,
+            tracker_url=tracker_url,
+            info=bytes(ti.info_section()),
+            name=ti.name(),
+            size=int(ti.total_size()),
+            seeder=seeder,
+            seed_handle=seed_handle,
+        )
+        for i, ip in enumerate(LEECHER_IPS):
+            ses = _peer_session(ip)
+            save = root / f"leecher{i}"
+            save.mkdir()
+            atp = lt.add_torrent_params()
+            atp.ti = lt.torrent_info(ti)
+            atp.save_path = str(save)
+            swarm.leechers.append((ses, ses.add_torrent(atp)))
+        # Connected to each other and holding a piece: leechers a crawler can recognise.
+        _wait(
+            lambda: all(
+                len(h.get_peer_info()) >= 2 and h.status().num_pieces > 0
+                for _s, h in swarm.leechers
+            )
+        )
+        yield swarm
+    finally:
+        tracker.terminate()
+        tracker.wait(timeout=10)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "opentracker exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("opentracker did not start listening")
+
+
+def _wait(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, "swarm did not form"
+        time.sleep(0.1)
+
+
+async def _crawl_until(
+    crawler: SwarmSessionCrawler,
+    torrent: WatchedTorrent,
+    sink: MemorySink,
+    done: Callable[[], bool],
+    during: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(crawler.run(static_torrents([torrent]), sink, stop))
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not done():
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, f"gave up; sightings: {sink.sightings}"
+            await asyncio.sleep(0.1)
+        if during is not None:
+            await during()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+
+
+def _seen(sink: MemorySink, ip: str, seed: bool) -> bool:
+    return any(s.ip == ip_address(ip) and s.seed is seed for s in sink.sightings)
+
+
+def test_magnet_only_crawl_fetches_metadata_and_sees_seed_and_leechers(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    metadata: list[tuple[str, str, int, bytes]] = []
+
+    async def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
+        metadata.append((infohash, name, size, info))
+
+    save_path = tmp_path / "crawler"
+    save_path.mkdir()
+    crawler = SwarmSessionCrawler(
+        on_metadata=on_metadata,
+        listen_interfaces=f"{CRAWLER_IP}:0",
+        enable_dht=False,
+        save_path=save_path,
+        resight_interval=1.0,
+        poll_interval=0.1,
+    )
+    sink = MemorySink()
+    torrent = WatchedTorrent(
+        infohash_v1=swarm.infohash, infohash_v2=None, trackers=((swarm.tracker_url, 0),)
+    )
+    progress_before = [h.status().total_wanted_done for _s, h in swarm.leechers]
+    payload_seen: list[int] = []
+
+    def everyone_seen_twice() -> bool:
+        seeder = [
+            s
+            for s in sink.sightings
+            if s.ip == ip_address(SEEDER_IP) and s.seed and s.source == Source.TRACKER
+        ]
+        return (
+            bool(metadata)
+            and len(seeder) >= 2  # sighted again in a later round
+            and all(_seen(sink, ip, seed=False) for ip in LEECHER_IPS)
+        )
+
+    async def measure_payload() -> None:
+        # Read the swarm's side while the crawler is still connected to everyone.
+        payload_seen.append(swarm.payload_to(CRAWLER_IP))
+
+    asyncio.run(_crawl_until(crawler, torrent, sink, everyone_seen_twice, measure_payload))
+
+    # BEP 9: the metadata is the seeder's info dict, byte for byte.
+    assert metadata == [(swarm.infohash, swarm.name, swarm.size, swarm.info)]
+    assert hashlib.sha1(metadata[0][3]).hexdigest() == swarm.infohash
+
+    # Seed state from the peers' bitfields: the seeder is a seed, leechers are not.
+    # (None, "not shown yet", is honest; a wrong guess is not.)
+    states: dict[str, set[bool | None]] = {}
+    for s in sink.sightings:
+        states.setdefault(str(s.ip), set()).add(s.seed)
+    assert set(states) == {SEEDER_IP, *LEECHER_IPS}
+    assert True in states[SEEDER_IP] and False not in states[SEEDER_IP]
+    for ip in LEECHER_IPS:
+        assert False in states[ip] and True not in states[ip]
+    for s in sink.sightings:
+        assert s.infohash == swarm.infohash
+        assert Source.TRACKER in {x.source for x in sink.sightings if x.ip == s.ip}
+        assert s.client and s.client.startswith("libtorrent")
+
+    # Dedupe: one sighting per (peer, source, seed) per round, not one per 0.1 s poll.
+    rounds = [r for r in sink.samples if r.source == Source.SWARM]
+    seeder_tracker = [
+        s for s in sink.sightings if s.ip == ip_address(SEEDER_IP) and s.source == Source.TRACKER
+    ]
+    assert 2 <= len(seeder_tracker) <= len(rounds)
+    last = rounds[-1]
+    assert (last.peers_returned, last.seeders, last.leechers) == (3, 1, 2)
+
+    # No payload: the swarm moved payload (the leechers progressed), none of it to or
+    # from the crawler, and the crawler's save path is still empty.
+    assert [h.status().total_wanted_done for _s, h in swarm.leechers] > progress_before
+    assert all(h.status().progress < 1 for _s, h in swarm.leechers)
+    assert payload_seen == [0]
+    assert (crawler.stats.payload_bytes_down, crawler.stats.payload_bytes_up) == (0, 0)
+    assert list(save_path.rglob("*")) == []
+
+
+def test_peer_learnt_only_through_pex(swarm: Swarm, tmp_path: Path) -> None:
+    """BEP 11: told of one leecher only (magnet x.pe), the crawler hears of the rest by PEX."""
+    first = LEECHER_IPS[0]
+    magnet = f"magnet:?xt=urn:btih:{swarm.infohash}&x.pe={first}:{swarm.peer_port(0)}"
+    torrent = WatchedTorrent(infohash_v1=swarm.infohash, infohash_v2=None, magnet=magnet)
+    crawler = SwarmSessionCrawler(
+        listen_interfaces=f"{CRAWLER_IP}:0", enable_dht=False, poll_interval=0.1
+    )
+    sink = MemorySink()
+    others = (SEEDER_IP, LEECHER_IPS[1])
+
+    def others_seen() -> bool:
+        return all(
+            any(s.ip == ip_address(ip) and s.source == Source.PEX for s in sink.sightings)
+            for ip in others
+        )
+
+    asyncio.run(_crawl_until(crawler, torrent, sink, others_seen))
+
+    sources: dict[str, set[Source]] = {}
+    for s in sink.sightings:
+        sources.setdefault(str(s.ip), set()).add(s.source)
+    # No tracker and no DHT: the magnet's peer is a direct one (the others may PEX it
+    # back to us later), the others came by PEX.
+    assert Source.SWARM in sources[first]
+    assert not sources[first] & {Source.TRACKER, Source.DHT}
+    for ip in others:
+        assert Source.PEX in sources[ip]
+        assert not sources[ip] & {Source.TRACKER, Source.DHT}
+    assert _seen(sink, SEEDER_IP, seed=True)
+    assert _seen(sink, LEECHER_IPS[1], seed=False)
