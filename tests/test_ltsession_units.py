@@ -1,0 +1,236 @@
+"""Unit tests of the swarm session's parts: add params, session guard, peer reading, dedupe.
+
+No swarm here: these check what is decided before a packet is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from swarmwatch.crawl import WatchedTorrent, static_torrents
+from swarmwatch.ltsession import CRAWL_FLAGS, SwarmSessionCrawler, add_params, build_magnet
+from swarmwatch.ltsession.peers import (
+    PEER_FLAG_HANDSHAKE,
+    PEER_FLAG_SEED,
+    PEER_SOURCE_DHT,
+    PEER_SOURCE_INCOMING,
+    PEER_SOURCE_PEX,
+    PEER_SOURCE_TRACKER,
+    ConnectedPeer,
+    RoundDedupe,
+    SeedStateGate,
+    connected_peers,
+    sightings_of,
+    sources_of,
+)
+from swarmwatch.ltsession.session import new_session, parse_host_ports, session_settings
+from swarmwatch.netsafety import DestinationRefused
+from swarmwatch.sightings import MemorySink, Source
+
+V1 = "0123456789abcdef0123456789abcdef01234567"
+V2 = "ab" * 32
+NOW = datetime(2017, 7, 16, tzinfo=UTC)
+
+
+def test_build_magnet_has_both_hashes_and_escaped_trackers() -> None:
+    t = WatchedTorrent(V1, V2, trackers=(("http://127.0.0.1:1/announce?k=v&x=y", 0),))
+    magnet = build_magnet(t)
+    assert magnet.startswith(f"magnet:?xt=urn:btih:{V1}&xt=urn:btmh:1220{V2}&tr=")
+    atp = lt.parse_magnet_uri(magnet)
+    assert str(atp.info_hashes.v1) == V1
+    assert str(atp.info_hashes.v2) == V2
+    assert atp.trackers == ["http://127.0.0.1:1/announce?k=v&x=y"]
+
+
+def test_add_params_drops_everything_off_loopback(tmp_path: Path) -> None:
+    magnet = (
+        f"magnet:?xt=urn:btih:{V1}&tr=http%3A%2F%2Ftracker.example.org%2Fa"
+        "&tr=udp%3A%2F%2F127.0.0.1%3A6969&x.pe=203.0.113.7:6881&x.pe=127.0.0.9:6881"
+        "&dht=198.51.100.1:6881&ws=http%3A%2F%2F127.0.0.1%2Fpayload"
+    )
+    t = WatchedTorrent(V1, None, trackers=(("http://10.0.0.1/a", 1),), magnet=magnet)
+    atp = add_params(t, tmp_path, loopback_only=True)
+    assert atp.trackers == ["udp://127.0.0.1:6969"]
+    assert atp.peers == [("127.0.0.9", 6881)]
+    assert atp.dht_nodes == []
+    assert atp.url_seeds == []  # web seeds are payload only, even on loopback
+    assert atp.save_path == str(tmp_path)
+
+
+def test_add_params_keeps_public_destinations_when_allowed(tmp_path: Path) -> None:
+    t = WatchedTorrent(V1, None, trackers=(("http://tracker.example.org/a", 0),))
+    atp = add_params(t, tmp_path, loopback_only=False)
+    assert atp.trackers == ["http://tracker.example.org/a"]
+
+
+def test_crawl_flags_never_download_and_stay_out_of_auto_management(tmp_path: Path) -> None:
+    atp = add_params(WatchedTorrent(V1, None), tmp_path, loopback_only=True)
+    flags = atp.flags
+    assert flags == CRAWL_FLAGS
+    for wanted in ("upload_mode", "share_mode", "default_dont_download", "disable_lsd"):
+        assert flags & getattr(lt.torrent_flags, wanted), wanted
+    # auto_managed would let libtorrent lift upload_mode by itself.
+    assert not flags & lt.torrent_flags.auto_managed
+    assert not flags & lt.torrent_flags.paused
+
+
+def test_add_params_from_info_keeps_the_infohash(tmp_path: Path) -> None:
+    ct = lt.create_torrent(_one_file(tmp_path), 16384)
+    lt.set_piece_hashes(ct, str(tmp_path / "src"))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    info = bytes(ti.info_section())
+    t = WatchedTorrent(str(ti.info_hashes().v1), None, info=info)
+    atp = add_params(t, tmp_path, loopback_only=True)
+    assert str(atp.ti.info_hashes().v1) == str(ti.info_hashes().v1)
+
+
+def _one_file(tmp_path: Path) -> list[lt.create_file_entry]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(b"x" * 40000)
+    return lt.list_files(str(src / "f.bin"))
+
+
+def test_loopback_session_settings() -> None:
+    s = session_settings(loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=True)
+    assert s["dht_bootstrap_nodes"] == ""
+    assert (s["enable_lsd"], s["enable_upnp"], s["enable_natpmp"]) == (False, False, False)
+
+
+def test_new_session_filters_everything_but_loopback() -> None:
+    ses = new_session(loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=False)
+    f = ses.get_ip_filter()
+    assert f.access("8.8.8.8") == 1
+    assert f.access("2001:db8::1") == 1
+    assert f.access("127.0.0.42") == 0
+    assert f.access("::1") == 0
+    assert ses.get_settings()["dht_bootstrap_nodes"] == ""
+
+
+def test_new_session_refuses_public_dht_node_under_loopback_only() -> None:
+    with pytest.raises(DestinationRefused):
+        new_session(
+            loopback_only=True,
+            listen_interfaces="127.0.0.1:0",
+            enable_dht=True,
+            dht_nodes=[("router.bittorrent.com", 6881)],
+        )
+
+
+def test_parse_host_ports() -> None:
+    assert parse_host_ports(" 127.0.0.1:6881,[::1]:6882,") == [("127.0.0.1", 6881), ("::1", 6882)]
+    with pytest.raises(ValueError):
+        parse_host_ports("127.0.0.1")
+
+
+def test_sources_of() -> None:
+    assert sources_of(PEER_SOURCE_TRACKER) == [Source.TRACKER]
+    assert sources_of(PEER_SOURCE_TRACKER | PEER_SOURCE_PEX) == [Source.TRACKER, Source.PEX]
+    assert sources_of(PEER_SOURCE_DHT | PEER_SOURCE_INCOMING) == [Source.DHT]
+    assert sources_of(PEER_SOURCE_INCOMING) == [Source.SWARM]
+    assert sources_of(0) == [Source.SWARM]
+
+
+@dataclass
+class FakePeerInfo:
+    """The fields of libtorrent's peer_info that connected_peers reads."""
+
+    ip: tuple[str, int]
+    flags: int = 0
+    source: int = PEER_SOURCE_TRACKER
+    progress_ppm: int = 0
+    client: bytes = b"libtorrent/2.1.1.0"
+
+
+def _ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(s)
+
+
+def test_connected_peers_reads_seed_state_and_skips_the_unconfirmed() -> None:
+    infos = [
+        FakePeerInfo(("127.0.0.2", 1), flags=PEER_FLAG_SEED),
+        FakePeerInfo(("127.0.0.3", 2), progress_ppm=1_000_000),
+        FakePeerInfo(("127.0.0.4", 3), progress_ppm=10),
+        FakePeerInfo(("127.0.0.5", 4)),
+        FakePeerInfo(("127.0.0.6", 5), flags=PEER_FLAG_HANDSHAKE),
+        FakePeerInfo(("127.0.0.1", 6)),  # ourselves
+    ]
+    peers = list(connected_peers(infos, own={(_ip("127.0.0.1"), 6)}))
+    assert [(str(p.ip), p.seed) for p in peers] == [
+        ("127.0.0.2", True),
+        ("127.0.0.3", True),
+        ("127.0.0.4", False),
+        ("127.0.0.5", None),
+    ]
+    assert peers[0].client == "libtorrent/2.1.1.0"
+    assert "127.0.0" not in repr(peers[0])  # no address in a repr that might be logged
+
+
+def _peer(ip: str, seed: bool | None) -> ConnectedPeer:
+    return ConnectedPeer(_ip(ip), 6881, (Source.TRACKER,), seed, None)
+
+
+def test_seed_state_gate_waits_for_the_bitfield() -> None:
+    gate = SeedStateGate()
+    # A seed whose bitfield is late looks empty first: not reported as a leecher.
+    assert gate.poll([_peer("127.0.0.2", None), _peer("127.0.0.3", False)]) == [
+        _peer("127.0.0.3", False)
+    ]
+    assert gate.poll([_peer("127.0.0.2", None)]) == []
+    assert gate.poll([_peer("127.0.0.2", True)]) == [_peer("127.0.0.2", True)]
+    # One that leaves before showing anything is reported as unknown, not lost.
+    assert gate.poll([_peer("127.0.0.4", None)]) == []
+    assert gate.poll([]) == [_peer("127.0.0.4", None)]
+    # And the round's end reports whoever is still unknown.
+    gate.poll([_peer("127.0.0.5", None)])
+    assert gate.flush() == [_peer("127.0.0.5", None)]
+    assert gate.flush() == []
+
+
+def test_round_dedupe() -> None:
+    dedupe = RoundDedupe()
+    s = next(sightings_of(_peer("127.0.0.2", True), V1, "v", NOW))
+    assert dedupe.first(s)
+    assert not dedupe.first(s)
+    changed = next(sightings_of(_peer("127.0.0.2", False), V1, "v", NOW))
+    assert dedupe.first(changed)  # a change of seed state is news
+    dedupe.clear()
+    assert dedupe.first(s)  # a new round sights it again
+
+
+def test_sightings_of_one_per_source() -> None:
+    peer = ConnectedPeer(_ip("127.0.0.2"), 1, (Source.TRACKER, Source.PEX), False, "x")
+    got = list(sightings_of(peer, V1, "vantage-a", NOW))
+    assert [s.source for s in got] == [Source.TRACKER, Source.PEX]
+    assert all(s.seed is False and s.vantage == "vantage-a" and s.infohash == V1 for s in got)
+
+
+def test_crawler_refuses_bad_torrents_and_keeps_running(tmp_path: Path) -> None:
+    """A torrent libtorrent cannot parse is counted and skipped; the crawler runs on."""
+    bad = WatchedTorrent(V1, None, info=b"not bencode")
+    good = WatchedTorrent("89abcdef0123456789abcdef0123456789abcdef", None)
+    crawler = SwarmSessionCrawler(enable_dht=False, save_path=tmp_path, resight_interval=0.2)
+    sink = MemorySink()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(crawler.run(static_torrents([bad, good]), sink, stop))
+        while len({s.started_at for s in sink.samples}) < 2:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(run())
+    assert crawler.stats.torrents_refused == 1
+    assert crawler.stats.torrents_joined == 1
+    assert {s.infohash for s in sink.samples} == {good.infohash}
+    assert all(s.source == Source.SWARM and s.peers_returned == 0 for s in sink.samples)
+    assert sink.sightings == []
