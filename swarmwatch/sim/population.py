@@ -162,7 +162,7 @@ class SimulatedSwarm:
                 from swarmwatch.geoip import city_db_path
 
                 city_db = city_db_path()
-            index = load_index(city_db, cache_dir=cache_dir)
+            index = load_index(city_db, cache_dir=cache_dir, keep=set(map(int, _geonames_cities())))
         propensity = (
             DEFAULT_COUNTRY_PROPENSITY if country_propensity is None else country_propensity
         )
@@ -186,8 +186,14 @@ class SimulatedSwarm:
         used: set[IPAddress] = set()
         peers: list[SimPeer] = []
         for i in range(n_peers):
-            nets, _, _, tz = table[bisect.bisect_right(cum, rng.random() * cum[-1])]
-            ip = self._draw_address(rng, nets, ipv6_fraction, used)
+            for _ in range(1000):
+                nets, _, _, tz = table[bisect.bisect_right(cum, rng.random() * cum[-1])]
+                drawn = self._draw_address(rng, nets, ipv6_fraction, used)
+                if drawn is not None:
+                    break
+            else:
+                raise ValueError("the database's cities have too few addresses for n_peers")
+            ip = drawn
             used.add(ip)
             joined = self.start + timedelta(seconds=rng.uniform(0, join_spread))
             left = (
@@ -221,7 +227,8 @@ class SimulatedSwarm:
     @staticmethod
     def _draw_address(
         rng: random.Random, nets: CityNetworks, ipv6_fraction: float, used: set[IPAddress]
-    ) -> IPAddress:
+    ) -> IPAddress | None:
+        """A fresh address in one of the city's blocks, or None if it has none left."""
         family_v6 = bool(nets.v6) and (not nets.v4 or rng.random() < ipv6_fraction)
         blocks = nets.v6 if family_v6 else nets.v4
         bits = 128 if family_v6 else 32
@@ -238,7 +245,7 @@ class SimulatedSwarm:
             )
             if ip not in used and ip.is_global:
                 return ip
-        raise ValueError(f"city {nets.geoname_id} has no unused address left")
+        return None  # a city owning only a few single addresses: draw another city
 
     # --- ground truth -------------------------------------------------------------
 
