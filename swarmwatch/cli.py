@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -167,6 +168,57 @@ def torrent_add(
     except registry.RegistryError as exc:
         fail(str(exc))
     out.print(json.dumps(info))
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(
+            f"{option} must be an ISO date or time (2017-07-17 or 2017-07-17T03:00Z), got {value!r}"
+        )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command()
+def export(
+    study: Annotated[int, typer.Option("--study", help="The study's id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into.")] = Path(
+        "export"
+    ),
+    title: Annotated[str | None, typer.Option(help="Only this title.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Window start (UTC, ISO).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Window end (UTC, ISO).")] = None,
+    vantage: Annotated[str | None, typer.Option(help="Only this vantage point.")] = None,
+    res: Annotated[int, typer.Option(help="H3 resolution of the cell files.")] = 4,
+) -> None:
+    """Write a study's rankings (CSV per level, rankings.json sidecar) and GeoJSON for a paper.
+
+    The same files, columns and k-suppression as the API's exports.
+    """
+    from swarmwatch.analysis.export import export_study
+
+    db = open_database()
+    try:
+        paths = export_study(
+            db,
+            study,
+            out_dir,
+            title=title,
+            start=_parse_time(start, "--from"),
+            end=_parse_time(end, "--to"),
+            vantage=vantage,
+            res=res,
+        )
+    except (LookupError, ValueError) as exc:
+        fail(str(exc).strip("'\""))
+    for path in paths:
+        out.print(str(path))
 
 
 # --- bench --------------------------------------------------------------------------------

@@ -88,3 +88,15 @@ def test_help_explains_each_command() -> None:
     for cmd in (["--help"], ["serve", "--help"], ["torrent", "add", "--help"]):
         result = runner.invoke(app, cmd)
         assert result.exit_code == 0, result.output
+
+
+def test_export_writes_the_api_files(db_url: str, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["study", "create", "s1"]).exit_code == 0
+    result = runner.invoke(app, ["export", "--study", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"rankings_city.csv", "rankings.json", "cities.geojson"} <= names
+    result = runner.invoke(app, ["export", "--study", "7", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "study 7 not found" in result.output
+    result = runner.invoke(app, ["export", "--study", "1", "--from", "yesterday"])
+    assert result.exit_code == 1 and "--from" in result.output
