@@ -22,6 +22,10 @@
   // API's per-capita rankings (DEFAULT_MIN_POPULATION in swarmwatch.analysis.rankings).
   const MIN_POPULATION = 100000;
 
+  // An exported time-lapse (swarmwatch.timelapse.export_html) carries its data inline
+  // and has no server: then the study, frames and outlines come from here.
+  const EMBED = window.SWARMWATCH_TIMELAPSE || null;
+
   const $ = (id) => document.getElementById(id);
   const el = {
     study: $("study"), title: $("title"), interval: $("interval"), res: $("res"),
@@ -45,6 +49,7 @@
     index: 0,
     timer: null,
     loadSeq: 0,       // guards against a slow old load finishing after a newer one
+    drawn: false,     // the current view is on screen (tests and benchmarks wait for it)
   };
 
   const metric = () => document.querySelector("input[name=metric]:checked").value;
@@ -90,6 +95,7 @@
   }
 
   function writeURL() {
+    if (EMBED) return;  // a file: nothing to share through the URL
     const q = new URLSearchParams();
     if (state.study) q.set("study", state.study.id);
     if (el.title.value) q.set("title", el.title.value);
@@ -106,22 +112,24 @@
     const wanted = readURL();
     if (wanted.res) el.res.value = wanted.res;
     if (wanted.interval) el.interval.value = wanted.interval;
-    if (wanted.metric === "per_capita") {
+    if (wanted.metric === "per_capita" || (EMBED && EMBED.metric === "per_capita")) {
       document.querySelector("input[name=metric][value=per_capita]").checked = true;
     }
-    const page = await getJSON(`${API}/studies?limit=500`);
+    if (EMBED) {
+      for (const id of ["title", "interval", "res", "rankPanel"]) $(id).closest("label, aside").hidden = true;
+      el.res.value = String(EMBED.res);
+      el.interval.value = String(EMBED.interval);
+    }
+    const page = EMBED ? { items: [EMBED.study] } : await getJSON(`${API}/studies?limit=500`);
     state.studies = page.items;
     el.study.replaceChildren(...page.items.map((s) => new Option(`${s.name} (#${s.id})`, s.id)));
     if (wanted.study && !page.items.some((s) => String(s.id) === wanted.study)) {
-      // Not in the public list: unknown, or private. Ask for it to say which.
-      try {
-        const study = await getJSON(`${API}/studies/${encodeURIComponent(wanted.study)}`);
-        state.studies.push(study);
-        el.study.add(new Option(`${study.name} (#${study.id})`, study.id));
-      } catch (error) {
-        showEmpty(`Study ${wanted.study} cannot be shown: ${error.message}.`, true);
-        return;
-      }
+      // Unknown, or private (this page sends no API key). Asking for it would only log
+      // a 404 or 401 in the console, so say it here.
+      showEmpty(`Study ${wanted.study} is not among the public studies: it does not exist, ` +
+        "or it is private. Pick one from the list above.", true);
+      el.main.hidden = true;
+      return;
     }
     if (!state.studies.length) {
       showEmpty("There are no public studies yet. Create one with `swarmwatch study create` " +
@@ -152,6 +160,7 @@
 
   async function loadFrames(startFrame) {
     const seq = ++state.loadSeq;
+    state.drawn = false;
     stop();
     const study = state.study;
     const q = new URLSearchParams({ interval: el.interval.value, res: el.res.value });
@@ -159,7 +168,7 @@
     showMessage(`Loading ${study.name}…`);
     let body;
     try {
-      body = await getJSON(`${API}/studies/${study.id}/frames?${q}`);
+      body = EMBED || await getJSON(`${API}/studies/${study.id}/frames?${q}`);
     } catch (error) {
       if (seq === state.loadSeq) showEmpty(`Could not load the time-lapse: ${error.message}.`, true);
       return;
@@ -176,8 +185,8 @@
       return;
     }
     const ids = [...new Set(frames.flatMap((f) => [...f.cells.keys()]))];
-    let outlines = { features: [] };
-    if (ids.length) {
+    let outlines = EMBED ? EMBED.outlines : { features: [] };
+    if (ids.length && !EMBED) {
       try {
         const cityIds = [...new Set(frames.flatMap((f) => f.cities.map((c) => c.geoname_id)))]
           .filter((id) => Number.isInteger(id));
@@ -209,6 +218,7 @@
     await draw();
     if (seq !== state.loadSeq) return;
     await showFrame(state.index);
+    state.drawn = true;
     loadRanking();
   }
 
@@ -373,7 +383,12 @@
     const layout = {
       margin: { l: 0, r: 0, t: 0, b: 0 },
       geo: {
-        projection: { type: "natural earth" },
+        // The whole world, whatever the data: a time-lapse is about where in the world.
+        projection: { type: "natural earth", rotation: { lon: 0 } },
+        center: { lon: 0, lat: 10 },
+        lonaxis: { range: [-180, 180] },
+        lataxis: { range: [-60, 85] },
+        fitbounds: false,
         showland: true, landcolor: "#eef0f2",
         showocean: true, oceancolor: "#dfe9f3",
         showcountries: true, countrycolor: "#b8bec8",
@@ -417,7 +432,10 @@
     }
     let layer = null;
     if (parent) {
-      layer = parent.querySelector("g.swarmwatch-colors");
+      // Beside plotly's choropleth layer, not inside it: plotly re-projects every path
+      // in that layer on redraws and would trip over paths it did not make.
+      const choropleth = parent.closest(".choroplethlayer") || parent;
+      layer = choropleth.parentNode.querySelector(":scope > g.swarmwatch-colors");
       if (!layer) {
         layer = document.createElementNS(SVG_NS, "g");
         layer.setAttribute("class", "swarmwatch-colors");
@@ -425,9 +443,14 @@
         PALETTE.forEach((color) => {
           const path = document.createElementNS(SVG_NS, "path");
           path.setAttribute("fill", color);
+          // A thin outline in the same colour keeps a res-4 hexagon (~40 km, under a
+          // pixel on a world map) visible as a dot until the viewer zooms in.
+          path.setAttribute("stroke", color);
+          path.setAttribute("stroke-width", "1.5");
+          path.setAttribute("stroke-linejoin", "round");
           layer.append(path);
         });
-        parent.append(layer);
+        choropleth.after(layer);
       }
     }
     const cities = [...el.map.querySelectorAll(".scatterlayer path.point")];
@@ -580,12 +603,15 @@
 
   let rankingKey = "";
   async function loadRanking() {
-    if (!state.study) return;
+    if (!state.study || EMBED) return;
     const q = rankingQuery();
     const key = `${state.study.id}?${q}`;
     if (key === rankingKey) return;   // same window: keep the table, no request
     rankingKey = key;
-    el.csv.href = `${API}/studies/${state.study.id}/rankings.csv?${q}`;
+    // The CSV is the same ranking, every published place (the table shows the top 25).
+    const all = new URLSearchParams(q);
+    all.set("limit", "100000");
+    el.csv.href = `${API}/studies/${state.study.id}/rankings.csv?${all}`;
     el.csv.setAttribute("download", `swarmwatch-study${state.study.id}-${metric()}.csv`);
     el.rankValueHead.textContent = metric() === "per_capita" ? "Peers per 100k" : "Peers";
     let body;
@@ -628,7 +654,8 @@
     radio.addEventListener("change", () => {
       if (!state.frames.length) return;
       computeValues();
-      draw().then(() => showFrame(state.index));
+      state.drawn = false;
+      draw().then(() => showFrame(state.index)).then(() => { state.drawn = true; });
       loadRanking();
     });
   }
@@ -644,7 +671,11 @@
     get frameCount() { return state.frames.length; },
     get cellCount() { return state.ids.length; },
     values: () => state.raw[state.index],
-    get ready() { return state.frames.length > 0 && el.map.data !== undefined; },
+    get ready() { return state.drawn; },
+    get ids() { return state.ids.slice(); },
+    population: () => state.population.slice(),
+    // The SVG path data of each colour step as drawn now (what the viewer sees).
+    painted: () => (state.paths ? state.paths.shown.slice() : []),
   };
 
   loadStudies().catch((error) => showEmpty(`The API did not answer: ${error.message}.`, true));

@@ -1,0 +1,179 @@
+"""The web map in a real headless Chromium against a real server over a known dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from swarmwatch.store import Database
+from tests.web_browser import CITIES, FRAMES, KnownStudy, build_known_study, chromium, screenshot
+
+pytestmark = pytest.mark.slow
+
+READY = "window.swarmwatchMap !== undefined && window.swarmwatchMap.ready"
+
+
+@pytest.fixture
+def known(db: Database) -> KnownStudy:
+    return build_known_study(db)
+
+
+@pytest.fixture
+def api(live_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server, timeout=30) as c:  # no key: what the page sees
+        yield c
+
+
+def api_frames(api: httpx.Client, study_id: int) -> list[dict[str, Any]]:
+    r = api.get(f"/api/v1/studies/{study_id}/frames", params={"interval": 3600, "res": 4})
+    r.raise_for_status()
+    frames: list[dict[str, Any]] = r.json()["frames"]
+    return frames
+
+
+def expected_values(frame: dict[str, Any], ids: list[str]) -> list[int | None]:
+    peers = {c["h3"]: c["peers"] for c in frame["cells"]}
+    return [peers.get(i) for i in ids]
+
+
+def test_map_plays_switches_to_per_capita_and_downloads_csv(
+    live_server: str, known: KnownStudy, api: httpx.Client
+) -> None:
+    frames = api_frames(api, known.id)
+    assert len(frames) == FRAMES
+    assert all(len(f["cells"]) == len(CITIES) for f in frames)  # every city published
+
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(READY, timeout=60_000)
+        assert page.locator("#message").is_hidden()
+        assert page.locator("#frameUtc").inner_text() == "Mon, 17 Jul 2017, 00:00 UTC"
+        assert page.locator("#frameCount").inner_text() == f"frame 1 / {FRAMES}"
+
+        ids: list[str] = page.evaluate("window.swarmwatchMap.ids")
+        assert sorted(ids) == sorted(c["h3"] for c in frames[0]["cells"])
+        assert page.evaluate("window.swarmwatchMap.values()") == expected_values(frames[0], ids)
+        painted_first = page.evaluate("window.swarmwatchMap.painted()")
+        assert sum(1 for d in painted_first if d) >= 2  # hexagons in several colours
+
+        # Play, let it advance two frames, pause.
+        page.get_by_role("button", name="play").click()
+        page.wait_for_function("window.swarmwatchMap.index >= 2", timeout=30_000)
+        page.get_by_role("button", name="pause").click()
+        index = page.evaluate("window.swarmwatchMap.index")
+        page.wait_for_timeout(300)  # paused: the frame stays
+        assert page.evaluate("window.swarmwatchMap.index") == index
+        label = page.locator("#frameUtc").inner_text()
+        assert label == f"Mon, 17 Jul 2017, {index:02d}:00 UTC"
+        local = page.locator("#frameLocal").inner_text()
+        assert local.startswith("local Mon") and f"{index + 9:02d}:00" in local, local
+        values = page.evaluate("window.swarmwatchMap.values()")
+        assert values == expected_values(frames[index], ids)
+        assert values != expected_values(frames[0], ids)
+        assert page.evaluate("window.swarmwatchMap.painted()") != painted_first
+        assert page.locator("#slider").input_value() == str(index)
+
+        # The ranking table is the API's ranking.
+        ranking = api.get(f"/api/v1/studies/{known.id}/rankings", params={"limit": 25}).json()
+        table = page.locator("#ranking tbody tr")
+        assert table.count() == len(ranking["rows"]) == len(CITIES)
+        assert table.nth(0).locator("td").nth(1).inner_text() == ranking["rows"][0]["place"]
+
+        # Per capita: the colours become peers per 100k residents of the cell.
+        page.get_by_label("per capita").check()
+        page.wait_for_function(
+            "window.swarmwatchMap.ready && document.querySelector('#rankValueHead')"
+            ".textContent.includes('100k')",
+            timeout=30_000,
+        )
+        assert "per 100,000 inhabitants" in page.locator("#map .cbtitle").text_content()
+        outlines = api.post("/api/v1/geometry/h3", json={"cells": ids}).json()
+        population = {f["id"]: f["properties"]["population"] for f in outlines["features"]}
+        per_capita = page.evaluate("window.swarmwatchMap.values()")
+        for cell, peers, shown in zip(
+            ids, expected_values(frames[index], ids), per_capita, strict=True
+        ):
+            pop = population[cell]
+            if pop >= 100_000:
+                assert shown == pytest.approx(peers * 100_000 / pop)
+            else:
+                assert shown is None  # Milton: below the per-capita floor, not drawn
+        assert sum(v is None for v in per_capita) == 1
+
+        # The CSV button downloads the API's per-capita ranking.
+        with page.expect_download() as download_info:
+            page.locator("#csv").click()
+        rows = list(csv.DictReader(io.StringIO(download_info.value.path().read_text("utf-8"))))
+        json_rows = api.get(
+            f"/api/v1/studies/{known.id}/rankings",
+            params={"metric": "per_capita", "limit": 100_000},
+        ).json()["rows"]
+        assert [(r["place"], int(r["peers"])) for r in rows] == [
+            (r["place"], r["peers"]) for r in json_rows
+        ]
+        assert len(rows) == len(CITIES) - 1  # Milton is below min_population
+        table_places = page.locator("#ranking tbody tr td:nth-child(2)").all_inner_texts()
+        assert table_places == [r["place"] for r in json_rows]
+
+        shot = screenshot(browser, "web_map_per_capita.png")
+        assert shot.stat().st_size > 10_000
+
+    netloc = urlsplit(live_server).netloc
+    assert browser.foreign_requests(netloc) == []
+    assert any(u.endswith("/web/plotly.min.js") for u in browser.requests)
+    assert any(u.endswith("/web/topojson/world_110m.json") for u in browser.requests)
+    assert browser.console_errors == []
+
+
+def test_empty_and_unknown_studies_say_so(live_server: str, db: Database) -> None:
+    from swarmwatch.registry import create_study
+
+    with db.session() as session:
+        empty = create_study(session, "nothing crawled yet", titles=["E1"])
+        session.flush()
+        empty_id = empty.id
+
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={empty_id}")
+        message = page.locator("#message")
+        message.wait_for(state="visible")
+        page.wait_for_function("!document.querySelector('#message').textContent.startsWith('Load')")
+        assert "no published frames yet" in message.inner_text()
+        assert page.locator("#main").is_hidden()
+
+        page.goto(f"{live_server}/?study=987654")
+        page.wait_for_function(
+            "document.querySelector('#message').textContent.includes('987654')", timeout=30_000
+        )
+        assert "not among the public studies" in message.inner_text()
+        screenshot(browser, "web_map_unknown_study.png")
+
+    assert browser.foreign_requests(urlsplit(live_server).netloc) == []
+    assert browser.console_errors == []
+
+
+def test_web_assets_are_local_and_safe(live_server: str, api: httpx.Client) -> None:
+    page = api.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    # The page names no host: every asset is on this server.
+    assert "http://" not in page.text and "https://" not in page.text
+    js = api.get("/web/plotly.min.js", headers={"Accept-Encoding": "gzip"})
+    assert js.status_code == 200 and js.headers["content-encoding"] == "gzip"
+    assert len(js.content) > 1_000_000  # httpx decompressed it: the real bundle
+    again = api.get("/web/plotly.min.js", headers={"If-None-Match": js.headers["etag"]})
+    assert again.status_code == 304
+    for bad in ("/web/../pyproject.toml", "/web/%2e%2e/pyproject.toml", "/web/nope.js"):
+        assert api.get(bad).status_code == 404, bad
+    bad_ids = api.post("/api/v1/geometry/h3", json={"cells": ["zzzzzzzzzzzzzzz"]})
+    assert bad_ids.status_code == 422
+    wrapped = api.post("/api/v1/geometry/h3", json={"cells": ["87f2ca6dcffffff"]})
+    ring = wrapped.json()["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 7
