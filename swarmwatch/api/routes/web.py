@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from swarmwatch import PROJECT_ROOT
+from swarmwatch.analysis.rankings import cell_population
 from swarmwatch.api.deps import SessionDep
 from swarmwatch.models import City
 
@@ -108,7 +109,7 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
 
     No study data: outlines are geometry, ``properties.population`` is the sum
     of the GeoNames cities whose point lies in the cell (the per-capita
-    denominator of the map, as in cell rankings), and ``city_population`` the
+    denominator of the map, the same as cell rankings use), and ``city_population`` the
     GeoNames population of each requested city. The map asks once for every cell of a time-lapse
     and then only swaps values per frame. Rings are closed and wound clockwise
     (d3-geo's spherical convention, which plotly's geo traces use), and cells
@@ -118,12 +119,7 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
     if bad:
         raise HTTPException(status_code=422, detail=f"not H3 cell ids: {bad[:5]}")
     cells = list(dict.fromkeys(c.lower() for c in body.cells))
-    population = cell_population(session, {h3.get_resolution(c) for c in cells})
-    features = []
-    for cell in cells:
-        feature = dict(_outline(cell))
-        feature["properties"] = {"population": population.get(cell, 0)}
-        features.append(feature)
+    features = outlines_with_population(session, cells)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
     if body.cities:
@@ -134,18 +130,6 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
     return {"type": "FeatureCollection", "features": features, "city_population": cities}
 
 
-def cell_population(session: Session, resolutions: set[int]) -> dict[str, int]:
-    """Inhabitants per H3 cell: GeoNames city populations summed by the cell of their point."""
-    totals: dict[str, int] = {}
-    if not resolutions:
-        return totals
-    for lat, lon, pop in session.execute(select(City.lat, City.lon, City.population)):
-        for res in resolutions:
-            cell = h3.latlng_to_cell(lat, lon, res)
-            totals[cell] = totals.get(cell, 0) + int(pop or 0)
-    return totals
-
-
 def _valid_cell(cell: str) -> bool:
     try:
         return bool(h3.is_valid_cell(cell.lower()))
@@ -153,8 +137,24 @@ def _valid_cell(cell: str) -> bool:
         return False
 
 
+def outlines_with_population(session: Session, cells: list[str]) -> list[dict[str, Any]]:
+    """GeoJSON features of valid H3 cells, with residents as in cell rankings."""
+    populations = {
+        res: cell_population(session.connection(), res)
+        for res in {h3.get_resolution(c) for c in cells}
+    }
+    features = []
+    for cell in cells:
+        feature = dict(outline(cell))
+        pop = populations[h3.get_resolution(cell)].get(h3.str_to_int(cell), 0)
+        feature["properties"] = {"population": pop}
+        features.append(feature)
+    return features
+
+
 @lru_cache(maxsize=1 << 16)
-def _outline(cell: str) -> dict[str, Any]:
+def outline(cell: str) -> dict[str, Any]:
+    """The closed outline of one H3 cell as a GeoJSON feature (see cell_outlines)."""
     ring = [(round(lng, 5), round(lat, 5)) for lat, lng in h3.cell_to_boundary(cell)]
     # Keep the ring continuous across ±180° (h3 gives each vertex in [-180, 180]).
     if max(x for x, _ in ring) - min(x for x, _ in ring) > 180:
@@ -170,4 +170,11 @@ def _outline(cell: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["MAX_GEOMETRY_CELLS", "WEB_DIR", "cell_population", "plotly_bundle", "router"]
+__all__ = [
+    "MAX_GEOMETRY_CELLS",
+    "WEB_DIR",
+    "outline",
+    "outlines_with_population",
+    "plotly_bundle",
+    "router",
+]
