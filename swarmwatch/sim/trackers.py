@@ -39,6 +39,7 @@ class SimTrackerStats:
     peers_returned: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     last_url_data: bytes = b""  # BEP 41, for tests
+    events: Counter[str] = field(default_factory=Counter)  # started/stopped/completed seen
 
 
 class SimTracker:
@@ -176,6 +177,9 @@ class SimTracker:
             int(q["port"][0])
         except (KeyError, ValueError):
             return self._fail("invalid numwant or port")
+        event = q.get("event", [""])[0]
+        if event:
+            self.stats.events[event] += 1
         peers = self.sample(hashes[0], numwant, None)
         counts = self.counts(hashes[0])
         resp: dict[str, object] = {
@@ -234,6 +238,10 @@ class SimTracker:
             if req.infohash not in self._known:
                 self.stats.errors["unregistered torrent"] += 1
                 return udpwire.encode_error(req.transaction_id, b"unregistered torrent")
+            if req.event:
+                self.stats.events[
+                    {1: "completed", 2: "started", 3: "stopped"}.get(req.event, "?")
+                ] += 1
             numwant = DEFAULT_NUMWANT if req.numwant < 0 else req.numwant
             peers = self.sample(req.infohash, numwant, 6 if ipv6 else 4)
             c = self.counts(req.infohash)

@@ -100,6 +100,9 @@ class TrackerCrawler:
         self.rng = random.Random(seed)
         self.counters: Counter[str] = Counter()
         self._sem = asyncio.Semaphore(max_concurrent)
+        # Refused or unsupported URLs stay off for the crawler's life: a restarted tier
+        # task must not record the same refusal again every refresh.
+        self._disabled: set[str] = set()
 
     def _client(self, url: str) -> TrackerClient | None:
         scheme = urlsplit(url).scheme
@@ -179,7 +182,7 @@ class TrackerCrawler:
         stop: asyncio.Event,
     ) -> None:
         """BEP 12 within one tier: shuffle once, use the first that works, promote it."""
-        order = [_TrackerState(u) for u in urls]
+        order = [_TrackerState(u, disabled=u in self._disabled) for u in urls]
         self.rng.shuffle(order)
         try:
             while not stop.is_set():
@@ -233,6 +236,7 @@ class TrackerCrawler:
         try:
             if client is None:
                 st.disabled = True
+                self._disabled.add(st.url)
                 raise TrackerError("unsupported tracker URL scheme")
             # Checked here as well as in the clients: a refusal must precede any packet,
             # whatever client was injected.
@@ -246,6 +250,7 @@ class TrackerCrawler:
             st.started = True
         except DestinationRefused as e:
             st.disabled = True  # policy, not a fault: retrying cannot help
+            self._disabled.add(st.url)
             error = f"refused: {e}"
             self.counters["error:refused"] += 1
         except TrackerError as e:
