@@ -383,7 +383,12 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
 
 
 def test_api_endpoints(study_db: Database, live_server: str) -> None:
-    client = httpx.Client(base_url=live_server, timeout=30)
+    # Closed on exit: pytest turns an unclosed socket into an error.
+    with httpx.Client(base_url=live_server, timeout=30) as client:
+        _check_api_endpoints(client)
+
+
+def _check_api_endpoints(client: httpx.Client) -> None:
     base = "/api/v1/studies/1"
     r = client.get(f"{base}/rankings", params={"level": "country", "title": "A"})
     assert r.status_code == 200, r.text
