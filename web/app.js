@@ -301,6 +301,7 @@
   const COLOR_STEPS = 64;
   const PALETTE = Array.from({ length: COLOR_STEPS + 1 }, (_, k) => interpolate(k / COLOR_STEPS));
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const OUTLINE_MAX_CELLS = 1000;
 
   /* The colour plotly gives x in [0, 1] of the range (linear RGB between stops). */
   function interpolate(x) {
@@ -443,15 +444,19 @@
         PALETTE.forEach((color) => {
           const path = document.createElementNS(SVG_NS, "path");
           path.setAttribute("fill", color);
-          // A thin outline in the same colour keeps a res-4 hexagon (~40 km, under a
-          // pixel on a world map) visible as a dot until the viewer zooms in.
-          path.setAttribute("stroke", color);
           path.setAttribute("stroke-width", "1.5");
           path.setAttribute("stroke-linejoin", "round");
           layer.append(path);
         });
         choropleth.after(layer);
       }
+      // A few scattered res-4 hexagons (~40 km, under a pixel on a world map) would be
+      // invisible: an outline in the same colour makes each one a dot. Outlines cost
+      // ~5x the paint time, so many hexagons (which show as clusters anyway) get none.
+      const outlined = state.ids.length <= OUTLINE_MAX_CELLS;
+      [...layer.children].forEach((path, k) => {
+        path.setAttribute("stroke", outlined ? PALETTE[k] : "none");
+      });
     }
     const cities = [...el.map.querySelectorAll(".scatterlayer path.point")];
     state.paths = {
