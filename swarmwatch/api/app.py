@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 from swarmwatch import PROJECT_ROOT, __version__
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         # Bodies are small JSON or one .torrent; anything larger is refused with 413.
         max_body_size=settings.max_torrent_bytes + 64 * 1024,
     )
+    # Frames and geometry are large and very compressible JSON (≈7× smaller).
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
     app.add_middleware(
         RateLimitMiddleware,
         write_rate=settings.api_write_rate,
@@ -65,10 +68,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         # Never echo the exception: it could carry data we must not publish.
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
-
-    @app.get("/", include_in_schema=False)
-    def root() -> Any:
-        return {"name": "swarmwatch", "version": __version__, "docs": "/docs", "api": "/api/v1"}
 
     return app
 
