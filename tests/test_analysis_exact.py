@@ -23,7 +23,7 @@ from sqlalchemy import insert
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
-from swarmwatch.analysis.frames import compute_frames
+from swarmwatch.analysis.frames import compute_frames, frames_json
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
@@ -302,6 +302,9 @@ def test_frames_exact(study_db: Database) -> None:
         again = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
         daily = compute_frames(conn, scope_of(study_db), interval=86400, res=4)
     assert out == again  # the cached frames are the computed ones
+    with study_db.engine.connect() as conn:
+        encoded = frames_json(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+    assert json.loads(encoded) == out  # the API's bytes, joined from each frame's encoding
     cell = {
         g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
     }

@@ -62,10 +62,19 @@ def protect(
     published = [key for key in counts if key not in never]
     ordered_groups = [sorted(published, key=lambda x: counts[x])] if whole else []
     ordered_groups += [sorted(g, key=lambda x: counts[x]) for g in groups if len(g) > 1]
-    changed = True
-    while changed:
-        changed = False
-        for group in ordered_groups:
+    # Passes in group order as the rule says, but a group is looked at again only if one
+    # of its members was withheld since: an unchanged group would change nothing, so the
+    # result is the same as re-checking every group, at a fraction of the cost.
+    groups_of: dict[K, list[int]] = {}
+    for index, group in enumerate(ordered_groups):
+        for x in group:
+            groups_of.setdefault(x, []).append(index)
+    dirty = set(range(len(ordered_groups)))
+    while dirty:
+        for index, group in enumerate(ordered_groups):
+            if index not in dirty:
+                continue
+            dirty.discard(index)
             members = [x for x in group if x in hidden and counts[x] > 0]
             if not members:
                 continue
@@ -81,7 +90,7 @@ def protect(
                 members.append(extra)
                 total += counts[extra]
                 biggest = max(biggest, counts[extra])
-                changed = True
+                dirty.update(g for g in groups_of[extra] if g != index)
     return hidden - set(unpublished)
 
 

@@ -11,15 +11,18 @@ change, so a 120-frame time-lapse costs one small query once warm.
 
 from __future__ import annotations
 
+import json
 import threading
+import weakref
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import h3
 from h3.api import basic_int as h3i
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.rollups import (
@@ -44,6 +47,9 @@ class Frame:
     peers: int | None  # distinct active peers in the frame (None: below k)
     cells: list[dict[str, Any]]
     top_cities: list[dict[str, Any]]
+    # The frame as compact JSON, made once: a warm time-lapse is then a join of bytes,
+    # not a re-encoding of 120 frames of thousands of cells.
+    encoded: bytes = field(default=b"", compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,7 +61,16 @@ class Frame:
 
 
 _cache_lock = threading.Lock()
-_frame_cache: OrderedDict[tuple[Any, ...], Frame] = OrderedDict()
+# Per engine (not URL): a database recreated at the same URL must not meet old frames.
+_frame_caches: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[Any, ...], Frame]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@lru_cache(maxsize=1 << 18)
+def _parent(cell: int, res: int) -> int:
+    # Frames repeat the same cells hour after hour.
+    return int(h3i.cell_to_parent(cell, res))
 
 
 def _check(scope: Scope, interval: int, res: int) -> None:
@@ -79,6 +94,42 @@ def compute_frames(
     top: int = DEFAULT_TOP_CITIES,
 ) -> dict[str, Any]:
     """The time-lapse: {interval, res, frames: [{t, peers, cells, top_cities}], method}."""
+    frames, method = _frames(conn, scope, interval, res, top)
+    return {
+        "interval": interval,
+        "res": res,
+        "frames": [f.as_dict() for f in frames],
+        "method": method,
+    }
+
+
+def frames_json(
+    conn: Connection,
+    scope: Scope,
+    *,
+    interval: int = 3600,
+    res: int = 4,
+    top: int = DEFAULT_TOP_CITIES,
+) -> bytes:
+    """compute_frames() as compact JSON, joined from each frame's cached encoding."""
+    frames, method = _frames(conn, scope, interval, res, top)
+    head = json.dumps({"interval": interval, "res": res}, separators=(",", ":"))[:-1]
+    tail = json.dumps(method, separators=(",", ":"))
+    return b"".join(
+        (
+            head.encode(),
+            b',"frames":[',
+            b",".join(f.encoded for f in frames),
+            b'],"method":',
+            tail.encode(),
+            b"}",
+        )
+    )
+
+
+def _frames(
+    conn: Connection, scope: Scope, interval: int, res: int, top: int
+) -> tuple[list[Frame], dict[str, Any]]:
     _check(scope, interval, res)
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     a = rollup_active
@@ -93,31 +144,30 @@ def compute_frames(
         .group_by(a.c.bucket)
         .order_by(a.c.bucket)
     ).all()
-    url = conn.engine.url.render_as_string()
+    with _cache_lock:
+        cache = _frame_caches.get(conn.engine)
+        if cache is None:
+            cache = _frame_caches[conn.engine] = OrderedDict()
     frames: list[Frame] = []
     for bucket, total, city_total in totals:
-        key = (url, scope.title_ids, interval, res, bucket, scope.k, top, int(total))
+        key = (scope.title_ids, interval, res, bucket, scope.k, top, int(total))
         with _cache_lock:
-            frame = _frame_cache.get(key)
+            frame = cache.get(key)
             if frame is not None:
-                _frame_cache.move_to_end(key)
+                cache.move_to_end(key)
         if frame is None:
             frame = _frame(conn, scope, interval, res, bucket, int(total), int(city_total), top)
             with _cache_lock:
-                _frame_cache[key] = frame
-                while len(_frame_cache) > FRAME_CACHE_SIZE:
-                    _frame_cache.popitem(last=False)
+                cache[key] = frame
+                while len(cache) > FRAME_CACHE_SIZE:
+                    cache.popitem(last=False)
         frames.append(frame)
-    return {
-        "interval": interval,
-        "res": res,
-        "frames": [f.as_dict() for f in frames],
-        "method": {
-            **scope.describe(),
-            "counting": "distinct peers active (seen at least once) in each frame, per title",
-            "suppression": RULE,
-        },
+    method = {
+        **scope.describe(),
+        "counting": "distinct peers active (seen at least once) in each frame, per title",
+        "suppression": RULE,
     }
+    return frames, method
 
 
 def _frame(
@@ -152,7 +202,7 @@ def _frame(
     if res - 1 in FRAME_RESOLUTIONS:
         by_parent: defaultdict[int, list[int]] = defaultdict(list)
         for cell in cells:
-            by_parent[h3i.cell_to_parent(cell, res - 1)].append(cell)
+            by_parent[_parent(cell, res - 1)].append(cell)
         groups = list(by_parent.values())
     counts = dict(cells)
     unpublished = {NO_CELL: nocell} if nocell > 0 else {}
@@ -161,14 +211,19 @@ def _frame(
     hidden = protect(counts, k, groups, unpublished=unpublished.keys())
     published = {c: n for c, n in cells.items() if c not in hidden}
     shown = sorted(published.items(), key=lambda cn: (-cn[1], cn[0]))
-    return Frame(
-        datetime.fromtimestamp(bucket * interval, UTC).isoformat(),
-        total if total >= k else None,
-        [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown],
+    t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
+    peers = total if total >= k else None
+    cell_list = [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown]
+    top_cities = (
         _top_cities(conn, scope, interval, res, bucket, total, city_total, top, published)
         if total >= k
-        else [],
+        else []
     )
+    encoded = json.dumps(
+        {"t": t, "peers": peers, "cells": cell_list, "top_cities": top_cities},
+        separators=(",", ":"),
+    ).encode()
+    return Frame(t, peers, cell_list, top_cities, encoded)
 
 
 def _top_cities(
@@ -255,4 +310,4 @@ def _top_cities(
     ]
 
 
-__all__ = ["DEFAULT_TOP_CITIES", "Frame", "compute_frames"]
+__all__ = ["DEFAULT_TOP_CITIES", "Frame", "compute_frames", "frames_json"]

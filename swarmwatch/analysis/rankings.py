@@ -1,6 +1,7 @@
 """Place rankings: unique peers per city, metro, country or H3 cell, absolute and per capita.
 
-Reads only rollups (one grouped query per answer) and suppresses with disclosure.protect().
+Reads only rollups (one grouped query per level) and suppresses with disclosure.protect();
+the suppressed table of a level is cached by data version (swarmwatch.analysis.versioned).
 
 Per capita
 ----------
@@ -23,6 +24,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -32,7 +34,7 @@ from h3.api import basic_int as h3i
 from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
-from swarmwatch.analysis.estimators import rate_per_100k
+from swarmwatch.analysis.estimators import PER, rate_per_100k
 from swarmwatch.analysis.rollups import (
     CELL_RESOLUTIONS,
     rollup_cell,
@@ -41,6 +43,7 @@ from swarmwatch.analysis.rollups import (
     rollup_place_day,
 )
 from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import PerEngine, Versioned, data_version
 from swarmwatch.models import City, Metro
 
 Level = Literal["city", "metro", "country", "cell"]
@@ -362,6 +365,79 @@ def _ranked(values: Iterable[tuple[float, Place]]) -> list[tuple[int, float, Pla
     return out
 
 
+class PublishedLevel:
+    """Every place of one level that survives suppression, for one scope: the cached part.
+
+    Orders by metric and min_population are built on first use and kept with it.
+    """
+
+    def __init__(self, visible: list[Place], suppressed: int) -> None:
+        self.visible = visible
+        self.suppressed = suppressed
+        self._orders: dict[tuple[str, int], list[tuple[int, float, Place]]] = {}
+        self._lock = threading.Lock()
+
+    def ranked(self, metric: str, min_population: int) -> list[tuple[int, float, Place]]:
+        key = (metric, min_population)
+        with self._lock:
+            order = self._orders.get(key)
+        if order is not None:
+            return order
+        eligible = [p for p in self.visible if (p.population or 0) >= min_population]
+        if metric == "absolute":
+            order = _ranked((float(p.peers), p) for p in eligible)
+        else:
+            # The point estimate orders the places; intervals are worked out per row shown.
+            order = _ranked((PER * p.peers / p.population, p) for p in eligible if p.population)
+        with self._lock:
+            self._orders[key] = order
+        return order
+
+
+def published_level(
+    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+) -> PublishedLevel:
+    """The k-anonymous places of a level, computed from the rollups (no cache)."""
+    places, unpublished, groups = place_counts(conn, scope, level, res)
+    counts: dict[Hashable, int] = {key: p.peers for key, p in places.items()}
+    counts.update(unpublished)
+    hidden = protect(counts, scope.k, groups, unpublished=unpublished.keys())
+    visible = [p for key, p in places.items() if key not in hidden]
+    return PublishedLevel(visible, len(places) - len(visible))
+
+
+#: Published levels by scope; see swarmwatch.analysis.versioned for when they are reused.
+_levels: PerEngine[PublishedLevel] = PerEngine(max_entries=64)
+
+
+def cached_level(
+    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+) -> Versioned[PublishedLevel]:
+    """published_level() for the current data version, or a recent one being refreshed."""
+    engine = conn.engine
+    key = (
+        scope.title_ids,
+        scope.day_from,
+        scope.day_to,
+        scope.vantage,
+        scope.k,
+        level,
+        res if level == "cell" else None,
+    )
+
+    def refresh() -> tuple[Hashable, PublishedLevel]:
+        with engine.connect() as own:
+            version = data_version(own, scope.title_ids)
+            return version, published_level(own, scope, level, res)
+
+    return _levels.of(engine).get(
+        key,
+        data_version(conn, scope.title_ids),
+        lambda: published_level(conn, scope, level, res),
+        refresh,
+    )
+
+
 def compute_ranking(
     conn: Connection,
     scope: Scope,
@@ -377,28 +453,20 @@ def compute_ranking(
         raise ValueError(f"level must be one of {LEVELS}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}")
+    if level == "cell" and res not in CELL_RESOLUTIONS:
+        raise ValueError(f"cell rankings are kept at H3 resolutions {CELL_RESOLUTIONS}")
     if min_population is None:
         min_population = DEFAULT_MIN_POPULATION if metric == "per_capita" else 0
-    places, unpublished, groups = place_counts(conn, scope, level, res)
-    counts: dict[Hashable, int] = {key: p.peers for key, p in places.items()}
-    counts.update(unpublished)
-    hidden = protect(counts, scope.k, groups, unpublished=unpublished.keys())
-    visible = [p for key, p in places.items() if key not in hidden]
-    rates = {p.key: rate_per_100k(p.peers, p.population) if p.population else None for p in visible}
-    if metric == "absolute":
-        eligible = [(float(p.peers), p) for p in visible if (p.population or 0) >= min_population]
+    if not scope.title_ids:
+        table = Versioned(PublishedLevel([], 0), (), datetime.now(UTC), 0.0)
     else:
-        eligible = [
-            (rate.per_100k, p)
-            for p in visible
-            if (rate := rates[p.key]) is not None and (p.population or 0) >= min_population
-        ]
-    ranked = _ranked(eligible)
+        table = cached_level(conn, scope, level, res)
+    ranked = table.value.ranked(metric, min_population)
     if limit is not None:
         ranked = ranked[:limit]
     rows = []
     for rank, _value, p in ranked:
-        rate = rates[p.key]
+        rate = rate_per_100k(p.peers, p.population) if p.population else None
         rows.append(
             RankingRow(
                 rank,
@@ -423,6 +491,7 @@ def compute_ranking(
         "population_source": POPULATION_SOURCE[level],
         "rate_interval": "95 % Wilson score interval, per 100,000 residents",
         "suppression": RULE,
+        "data_read_at": table.read_at.isoformat(timespec="seconds"),
         "geoip": geoip_provenance(conn),
         "columns": CSV_COLUMN_DOCS,
     }
@@ -433,8 +502,8 @@ def compute_ranking(
         min_population,
         scope,
         rows,
-        len(visible),
-        len(places) - len(visible),
+        len(table.value.visible),
+        table.value.suppressed,
         method,
     )
 
@@ -449,7 +518,10 @@ __all__ = [
     "Place",
     "Ranking",
     "RankingRow",
+    "PublishedLevel",
+    "cached_level",
     "cell_population",
     "compute_ranking",
+    "published_level",
     "place_counts",
 ]

@@ -16,6 +16,7 @@ from swarmwatch.analysis.estimators import chao1
 from swarmwatch.analysis.rollups import DAY, rollup_active, rollup_activity, rollup_place
 from swarmwatch.analysis.rollups import rollup_place_day as place_day
 from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import PerEngine, data_version
 from swarmwatch.models import Anomaly, Peer, Title, Torrent
 
 
@@ -169,7 +170,30 @@ def _anomaly_reasons(conn: Connection, scope: Scope) -> dict[str, int | None]:
     return _published({str(r[0]): int(r[1]) for r in rows}, scope.k)
 
 
+#: Chao1 per scope: one pass over every peer of the titles, so reused while the data
+#: version holds and refreshed in the background while ingest goes on (see versioned).
+_estimates: PerEngine[dict[str, Any] | None] = PerEngine(max_entries=64)
+
+
 def _estimate(conn: Connection, scope: Scope) -> dict[str, Any] | None:
+    engine = conn.engine
+
+    def refresh() -> tuple[Hashable, dict[str, Any] | None]:
+        with engine.connect() as own:
+            return data_version(own, scope.title_ids), _chao1(own, scope)
+
+    cached = _estimates.of(engine).get(
+        (scope.title_ids, scope.k),
+        data_version(conn, scope.title_ids),
+        lambda: _chao1(conn, scope),
+        refresh,
+    )
+    if cached.value is None:
+        return None
+    return {**cached.value, "data_read_at": cached.read_at.isoformat(timespec="seconds")}
+
+
+def _chao1(conn: Connection, scope: Scope) -> dict[str, Any] | None:
     """Chao1 from how many samples saw each peer (peer.sightings); one pass over peers."""
     row = conn.execute(
         select(

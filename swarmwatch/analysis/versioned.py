@@ -1,0 +1,165 @@
+"""Answers cached by data version, refreshed in the background while ingest goes on.
+
+Rankings and the Chao1 estimate are whole-study computations (tens of thousands of
+places, or a pass over every peer); recomputing them per request cannot meet the
+latency goals at alpha60's scale, and while a study is being crawled every writer
+batch (about one a second) changes the data. So:
+
+- ``data_version()`` is a cheap read that changes whenever anything an answer counts
+  changes: per title, rollup_activity's sums of new peers and sightings (each new
+  peer and each sighting adds to them in the same transaction as every other rollup;
+  counters only grow), plus the size of the place tables the answers join.
+- ``VersionedCache.get()`` returns the cached value of the current version. If the
+  version moved on, it returns the previous value while it is younger than
+  ``max_lag`` seconds and recomputes it in one background thread per key (the
+  answer says when its data was read); an older or missing value is computed in the
+  request. Under steady reads with ongoing ingest, answers therefore lag the data
+  by at most about one recompute, and no read waits for one.
+
+Every cached value is a complete, k-anonymous answer computed from one read, so
+serving a slightly older one never mixes two states of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine, bindparam, func, select
+
+from swarmwatch.analysis.rollups import rollup_activity
+from swarmwatch.models import City, Metro
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Oldest answer served while a fresher one is computed: a few writer batches' worth.
+DEFAULT_MAX_LAG_S = 30.0
+
+
+def data_version(conn: Connection, title_ids: Sequence[int]) -> tuple[int, ...]:
+    """A value that changes whenever the rollups or place tables of these titles change."""
+    a = rollup_activity
+    titles: Any = bindparam("titles", list(title_ids), expanding=True)
+    new_peers, sightings = conn.execute(
+        select(
+            func.coalesce(func.sum(a.c.new_peers), 0), func.coalesce(func.sum(a.c.sightings), 0)
+        ).where(a.c.title_id.in_(titles))
+    ).one()
+    cities = conn.execute(select(func.count()).select_from(City)).scalar_one()
+    metros = conn.execute(select(func.count()).select_from(Metro)).scalar_one()
+    return (int(new_peers), int(sightings), int(cities), int(metros))
+
+
+@dataclass(slots=True)
+class Versioned(Generic[T]):
+    value: T
+    version: Hashable
+    read_at: datetime  # when the data behind value was read (UTC)
+    stamp: float  # the same on the monotonic clock
+
+
+class VersionedCache(Generic[T]):
+    """A bounded LRU of answers by key, each tagged with the data version it counts."""
+
+    def __init__(
+        self,
+        max_entries: int = 256,
+        max_lag: float = DEFAULT_MAX_LAG_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_lag = max_lag
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, Versioned[T]] = OrderedDict()
+        self._refreshing: set[Hashable] = set()
+
+    def get(
+        self,
+        key: Hashable,
+        version: Hashable,
+        compute: Callable[[], T],
+        refresh: Callable[[], tuple[Hashable, T]] | None = None,
+    ) -> Versioned[T]:
+        """The value for key at `version`, or a recent enough older one (see module doc).
+
+        `compute` builds the value in the caller's connection; `refresh` (optional)
+        builds it on a connection of its own and returns the version it read with it.
+        """
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                if entry.version == version:
+                    return entry
+                recent = now - entry.stamp <= self.max_lag
+                if recent and refresh is not None:
+                    if key not in self._refreshing:
+                        self._refreshing.add(key)
+                        threading.Thread(
+                            target=self._refresh, args=(key, refresh), daemon=True
+                        ).start()
+                    return entry
+        fresh = Versioned(compute(), version, datetime.now(UTC), now)
+        self._store(key, fresh)
+        return fresh
+
+    def _refresh(self, key: Hashable, refresh: Callable[[], tuple[Hashable, T]]) -> None:
+        try:
+            stamp, read_at = self.clock(), datetime.now(UTC)
+            version, value = refresh()
+            self._store(key, Versioned(value, version, read_at, stamp))
+        except Exception:  # a failed refresh leaves the older answer; the next read retries
+            log.exception("background refresh of a cached answer failed")
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def _store(self, key: Hashable, entry: Versioned[T]) -> None:
+        with self._lock:
+            old = self._entries.get(key)
+            # Never replace an answer with one read earlier (a slow refresh finishing late).
+            if old is None or old.stamp <= entry.stamp:
+                self._entries[key] = entry
+                self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class PerEngine(Generic[T]):
+    """One VersionedCache per database engine, dropped with the engine.
+
+    Keyed by engine, not URL: a database recreated at the same URL (tests, a restore)
+    must never be answered from the old one's cache, even at an equal data version.
+    """
+
+    def __init__(self, max_entries: int = 256, max_lag: float = DEFAULT_MAX_LAG_S) -> None:
+        self.max_entries, self.max_lag = max_entries, max_lag
+        self._lock = threading.Lock()
+        self._caches: weakref.WeakKeyDictionary[Engine, VersionedCache[T]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, engine: Engine) -> VersionedCache[T]:
+        with self._lock:
+            cache = self._caches.get(engine)
+            if cache is None:
+                cache = self._caches[engine] = VersionedCache(self.max_entries, self.max_lag)
+            return cache
+
+
+__all__ = ["DEFAULT_MAX_LAG_S", "PerEngine", "Versioned", "VersionedCache", "data_version"]
