@@ -11,10 +11,13 @@ batch (about one a second) changes the data. So:
   counters only grow), plus the size of the place tables the answers join.
 - ``VersionedCache.get()`` returns the cached value of the current version. If the
   version moved on, it returns the previous value while it is younger than
-  ``max_lag`` seconds and recomputes it in one background thread per key (the
-  answer says when its data was read); an older or missing value is computed in the
-  request. Under steady reads with ongoing ingest, answers therefore lag the data
-  by at most about one recompute, and no read waits for one.
+  ``max_lag`` seconds, and once it is older than ``refresh_after`` seconds queues a
+  recompute on one background thread (the answer says when its data was read); an
+  older or missing value is computed in the request. Under steady reads with
+  ongoing ingest, answers lag the data by about ``refresh_after`` plus one
+  recompute, and no read waits for one. One refresher, and at most one refresh per
+  answer every ``refresh_after`` seconds, keep recomputation from starving the
+  reads on a small machine (a writer commits about once a second).
 
 Every cached value is a complete, k-anonymous answer computed from one read, so
 serving a slightly older one never mixes two states of the data.
@@ -23,6 +26,7 @@ serving a slightly older one never mixes two states of the data.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -43,6 +47,9 @@ T = TypeVar("T")
 
 #: Oldest answer served while a fresher one is computed: a few writer batches' worth.
 DEFAULT_MAX_LAG_S = 30.0
+#: Youngest answer worth recomputing: bounds background work to one refresh per answer
+#: per 5 s however often the writer commits, while keeping rankings live to the eye.
+DEFAULT_REFRESH_AFTER_S = 5.0
 
 
 def data_version(conn: Connection, title_ids: Sequence[int]) -> tuple[int, ...]:
@@ -75,10 +82,14 @@ class VersionedCache(Generic[T]):
         max_entries: int = 256,
         max_lag: float = DEFAULT_MAX_LAG_S,
         clock: Callable[[], float] = time.monotonic,
+        refresh_after: float = DEFAULT_REFRESH_AFTER_S,
+        refresher: Refresher | None = None,
     ) -> None:
         self.max_entries = max_entries
         self.max_lag = max_lag
+        self.refresh_after = refresh_after
         self.clock = clock
+        self.refresher = refresher or _shared_refresher
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, Versioned[T]] = OrderedDict()
         self._refreshing: set[Hashable] = set()
@@ -102,13 +113,11 @@ class VersionedCache(Generic[T]):
                 self._entries.move_to_end(key)
                 if entry.version == version:
                     return entry
-                recent = now - entry.stamp <= self.max_lag
-                if recent and refresh is not None:
-                    if key not in self._refreshing:
+                age = now - entry.stamp
+                if age <= self.max_lag and refresh is not None:
+                    if age >= self.refresh_after and key not in self._refreshing:
                         self._refreshing.add(key)
-                        threading.Thread(
-                            target=self._refresh, args=(key, refresh), daemon=True
-                        ).start()
+                        self.refresher.submit(lambda: self._refresh(key, refresh))
                     return entry
         fresh = Versioned(compute(), version, datetime.now(UTC), now)
         self._store(key, fresh)
@@ -140,6 +149,29 @@ class VersionedCache(Generic[T]):
             self._entries.clear()
 
 
+class Refresher:
+    """One daemon thread running queued refreshes in order (started on first use)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="refresher")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._queue.get()()
+
+
+_shared_refresher = Refresher()
+
+
 class PerEngine(Generic[T]):
     """One VersionedCache per database engine, dropped with the engine.
 
@@ -162,4 +194,12 @@ class PerEngine(Generic[T]):
             return cache
 
 
-__all__ = ["DEFAULT_MAX_LAG_S", "PerEngine", "Versioned", "VersionedCache", "data_version"]
+__all__ = [
+    "DEFAULT_MAX_LAG_S",
+    "DEFAULT_REFRESH_AFTER_S",
+    "PerEngine",
+    "Refresher",
+    "Versioned",
+    "VersionedCache",
+    "data_version",
+]

@@ -1,0 +1,140 @@
+"""Answers cached by data version: when an older answer may be served, and when not."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from swarmwatch.analysis.rankings import _levels, compute_ranking
+from swarmwatch.analysis.rollups import apply_batch
+from swarmwatch.analysis.versioned import (
+    PerEngine,
+    VersionedCache,
+    _shared_refresher,
+    data_version,
+)
+from swarmwatch.store import Database
+from tests.test_analysis_exact import D0, scope_of, sighting, study_db  # noqa: F401
+
+
+class ManualRefresher:
+    """Runs queued refreshes only when the test says so."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], None]] = []
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.append(job)
+
+    def run(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job()
+
+
+def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
+    now = [100.0]
+    refresher = ManualRefresher()
+    cache: VersionedCache[str] = VersionedCache(
+        max_lag=30,
+        refresh_after=5,
+        clock=lambda: now[0],
+        refresher=refresher,  # type: ignore[arg-type]
+    )
+    computed: list[str] = []
+
+    def compute(value: str) -> Callable[[], str]:
+        def run() -> str:
+            computed.append(value)
+            return value
+
+        return run
+
+    assert cache.get("k", 1, compute("v1")).value == "v1"
+    assert cache.get("k", 1, compute("never")).value == "v1"  # same version: no work
+    # A new version 2 s later: the answer is too young to be worth a refresh.
+    now[0] = 102.0
+    assert cache.get("k", 2, compute("x"), lambda: (2, "v2")).value == "v1"
+    assert refresher.jobs == []
+    # 6 s old: still served, and one refresh is queued however often it is asked for.
+    now[0] = 106.0
+    assert cache.get("k", 2, compute("x"), lambda: (2, "v2")).value == "v1"
+    assert cache.get("k", 2, compute("x"), lambda: (2, "v2")).value == "v1"
+    assert len(refresher.jobs) == 1
+    refresher.run()
+    got = cache.get("k", 2, compute("x"))
+    assert (got.value, got.version) == ("v2", 2)
+    # Past max_lag, an outdated answer is never served: the request computes.
+    now[0] = 200.0
+    assert cache.get("k", 3, compute("v3"), lambda: (3, "late")).value == "v3"
+    # Without a refresh function, an outdated answer is recomputed at once.
+    assert cache.get("k", 4, compute("v4")).value == "v4"
+    assert computed == ["v1", "v3", "v4"]
+
+
+def test_a_late_refresh_never_replaces_a_newer_answer() -> None:
+    now = [0.0]
+    refresher = ManualRefresher()
+    cache: VersionedCache[str] = VersionedCache(
+        max_lag=30,
+        refresh_after=5,
+        clock=lambda: now[0],
+        refresher=refresher,  # type: ignore[arg-type]
+    )
+    cache.get("k", 1, lambda: "v1")
+    now[0] = 10.0
+    cache.get("k", 2, lambda: "x", lambda: (2, "old read"))  # queued, read at t = 10
+    now[0] = 50.0
+    assert cache.get("k", 3, lambda: "v3").value == "v3"  # computed at t = 50
+    refresher.run()  # the refresh queued at t = 10 reads (and stamps) now: it is newer
+    assert cache.get("k", 2, lambda: "x").value == "old read"
+
+
+def test_caches_are_per_engine(db: Database, tmp_path: object) -> None:
+    other = Database(f"sqlite:///{tmp_path}/other.db")
+    caches: PerEngine[int] = PerEngine()
+    assert caches.of(db.engine) is caches.of(db.engine)
+    assert caches.of(db.engine) is not caches.of(other.engine)
+    other.dispose()
+
+
+def test_rankings_follow_new_data(
+    study_db: Database,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scope = scope_of(study_db, title="B")
+    with study_db.engine.connect() as conn:
+        before = data_version(conn, scope.title_ids)
+        first = compute_ranking(conn, scope, level="country")
+    assert [(r.place_id, r.peers) for r in first.rows] == [("FR", 5)]
+    # A repeat sighting (no new peer) still moves the version: sightings count in it.
+    with study_db.engine.begin() as conn:
+        apply_batch(conn, [sighting(2, 0, 103, D0 + timedelta(days=1, hours=4))])
+    with study_db.engine.connect() as conn:
+        again = data_version(conn, scope.title_ids)
+    assert again != before and again[0] == before[0]
+    with study_db.engine.begin() as conn:
+        apply_batch(
+            conn,
+            [sighting(2, 100 + i, 201, D0 + timedelta(days=1), new_peer=True) for i in range(6)],
+        )
+    with study_db.engine.connect() as conn:
+        assert data_version(conn, scope.title_ids)[0] == before[0] + 6
+        # The cached answer is young: served as it was, and no refresh is due yet.
+        rows = compute_ranking(conn, scope, level="country").rows
+        assert [(r.place_id, r.peers) for r in rows] == [("FR", 5)]
+    # Once it is due, the next read still gets it and queues the refresh...
+    monkeypatch.setattr(_levels.of(study_db.engine), "refresh_after", 0.0)
+    with study_db.engine.connect() as conn:
+        rows = compute_ranking(conn, scope, level="country").rows
+        assert [(r.place_id, r.peers) for r in rows] == [("FR", 5)]
+    done = threading.Event()
+    _shared_refresher.submit(done.set)  # runs after every refresh queued before it
+    assert done.wait(60)
+    # ...and then the answer counts the new peers (Delta's 6 in DE).
+    with study_db.engine.connect() as conn:
+        rows = compute_ranking(conn, scope, level="country").rows
+    assert [(r.place_id, r.peers) for r in rows] == [("DE", 6), ("FR", 5)]
