@@ -104,11 +104,12 @@ def _utc(moment: datetime) -> datetime:
 
 def geoip_provenance(conn: Connection) -> list[dict[str, object]]:
     """The City databases sightings were placed with, and their build dates."""
+    # Columns, not the entity: on a Core connection .scalars() would give the id.
     rows = conn.execute(
-        select(GeoipDatabase)
+        select(GeoipDatabase.database_type, GeoipDatabase.build_epoch, GeoipDatabase.embedded)
         .where(GeoipDatabase.kind == "city")
         .order_by(GeoipDatabase.first_used_at)
-    ).scalars()
+    )
     return [
         {
             "database_type": r.database_type,
