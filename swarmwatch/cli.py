@@ -64,6 +64,8 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request URL at INFO: announce URLs are noise, not news.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @app.callback()
@@ -309,6 +311,114 @@ def serve(
 
         attach_crawl_service(application, settings, db)
     uvicorn.run(application, host=host, port=port, log_level="debug" if verbose else "info")
+
+
+@app.command()
+def crawl(
+    vantage: Annotated[
+        str | None, typer.Option(help="This worker's vantage name (default: settings).")
+    ] = None,
+    crawlers: Annotated[
+        str, typer.Option(help="Comma-separated crawlers to run: tracker,dht,swarm.")
+    ] = "tracker,dht,swarm",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run crawler workers only (no API): any number, on any machines, sharing one database.
+
+    Swarms are leased per vantage point, so workers of one vantage split the work
+    and take over a dead worker's swarms. SIGTERM or Ctrl-C flushes what was
+    accepted to the database before exiting.
+    """
+    import asyncio
+    import signal
+
+    from swarmwatch.service import CrawlService, build_crawlers
+
+    setup_logging(verbose)
+    settings = get_settings()
+    if vantage:
+        settings = settings.model_copy(update={"vantage": vantage})
+    db = open_database(settings)
+    names = [n.strip() for n in crawlers.split(",") if n.strip()]
+    try:
+        built = build_crawlers(settings, db, names)
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        service = CrawlService(settings, db, crawlers=built)
+        err.print(
+            f"crawling as vantage {settings.vantage!r} (worker {service.worker_id}) with "
+            f"{', '.join(names)}; loopback_only={settings.loopback_only}"
+        )
+        await service.run(stop)
+        stats = service.pipeline.stats.as_dict() if service.pipeline else {}
+        err.print(f"stopped; pipeline: {stats}")
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the map and API (0: any free port).")] = 8000,
+    peers: Annotated[int, typer.Option(min=100, help="Simulated peers.")] = 20_000,
+    torrents: Annotated[int, typer.Option(min=1, max=100, help="Simulated torrents.")] = 6,
+    speed: Annotated[
+        float,
+        typer.Option(min=1.0, help="Simulated seconds per wall second (1440: a day a minute)."),
+    ] = 1440.0,
+    db_path: Annotated[
+        Path, typer.Option("--db", help="SQLite file for the demo (replaced on each run).")
+    ] = Path("swarmwatch-demo.db"),
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many wall seconds (default: Ctrl-C).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Crawl a SIMULATED swarm on loopback with the real crawlers, and serve the live map.
+
+    Starts simulated HTTP/UDP trackers and DHT nodes, registers their torrents
+    through the REST API, runs the tracker and DHT crawlers and the pipeline under
+    a compressed clock, and prints the URL. Nothing leaves loopback.
+    """
+    import asyncio
+    import signal
+
+    from swarmwatch.demo import banner, run_demo
+
+    setup_logging(verbose)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    settings = get_settings().model_copy(
+        update={"database_url": f"sqlite:///{db_path.resolve()}", "loopback_only": True}
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await run_demo(
+            settings,
+            port=port,
+            peers=peers,
+            torrents=torrents,
+            speed=speed,
+            stop=stop,
+            on_ready=lambda info: out.print(banner(info, peers=peers, speed=speed)),
+            progress=lambda message: err.print(f"[dim]{message}[/]"),
+        )
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        fail(f"cannot start the demo: {exc}")
 
 
 def run() -> None:

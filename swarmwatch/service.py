@@ -1,7 +1,8 @@
 """The crawl service: registered torrents → crawlers → pipeline → database.
 
 Runs inside `swarmwatch serve` (attached to the API's lifespan) or alone as
-`swarmwatch crawl`. Crawlers and the pipeline are wired here and nowhere else.
+`swarmwatch crawl`. Crawlers, leases and the pipeline are wired here and
+nowhere else; a crawler that fails is restarted, never allowed to stop the rest.
 """
 
 from __future__ import annotations
@@ -9,60 +10,256 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
 
-from swarmwatch import registry
+from swarmwatch import leases, registry
 from swarmwatch.config import Settings
-from swarmwatch.crawl import Crawler, WatchedTorrent
+from swarmwatch.crawl import Crawler, TorrentSource, WatchedTorrent
+from swarmwatch.metrics import CountingSink, ServiceMetrics
+from swarmwatch.sightings import SightingSink
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
 
+#: A crashed crawler is restarted after this long, doubling up to RESTART_MAX_SECONDS.
+RESTART_MIN_SECONDS = 1.0
+RESTART_MAX_SECONDS = 60.0
+#: How long crawlers get to stop before their tasks are cancelled.
+STOP_GRACE_SECONDS = 10.0
+#: Crawler names, for --crawlers and the settings.
+CRAWLER_NAMES = ("tracker", "dht", "swarm")
 
-def registered_torrents(db: Database) -> Any:
-    """A TorrentSource reading the registry each round (new registrations are picked up)."""
 
-    async def source() -> list[WatchedTorrent]:
-        def read() -> list[WatchedTorrent]:
+def build_crawlers(
+    settings: Settings, db: Database, names: Sequence[str] = CRAWLER_NAMES
+) -> list[Crawler]:
+    """The crawlers asked for, configured from settings."""
+    crawlers: list[Crawler] = []
+    for name in names:
+        if name == "tracker":
+            from swarmwatch.tracker.crawler import TrackerCrawler
+
+            crawlers.append(TrackerCrawler(settings=settings))
+        elif name == "dht":
+            from swarmwatch.dht.crawler import DhtCrawler
+
+            crawlers.append(DhtCrawler(settings=settings))
+        elif name == "swarm":
+            from swarmwatch.ltsession.crawler import SwarmSessionCrawler
+
+            crawlers.append(
+                SwarmSessionCrawler(settings=settings, on_metadata=_metadata_writer(db))
+            )
+        else:
+            raise ValueError(f"unknown crawler {name!r}; choose from {', '.join(CRAWLER_NAMES)}")
+    return crawlers
+
+
+def _metadata_writer(db: Database) -> Any:
+    """BEP 9 metadata from the swarm session fills in magnet-registered torrents."""
+
+    async def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
+        def write() -> int:
             with db.session() as session:
-                return registry.watched_torrents(session)
+                return registry.record_metadata(session, infohash, name, size, info)
 
-        return await asyncio.to_thread(read)
+        n = await asyncio.to_thread(write)
+        log.info("metadata for %s: %d registration(s) completed", infohash, n)
 
-    return source
-
-
-def build_crawlers(settings: Settings, db: Database) -> list[Crawler]:
-    """Every crawler this build has (filled in as the crawler parts land)."""
-    return []
+    return on_metadata
 
 
-async def run_crawlers(
-    settings: Settings, db: Database, stop: asyncio.Event, crawlers: list[Crawler] | None = None
-) -> None:
-    """Run the crawlers into the pipeline until stop is set, then flush the pipeline."""
-    crawlers = build_crawlers(settings, db) if crawlers is None else crawlers
-    if not crawlers:
-        log.warning("no crawlers available in this build")
-        await stop.wait()
-        return
-    raise NotImplementedError("pipeline not wired yet")
+class CrawlService:
+    """Crawlers feeding one pipeline, over the swarms this worker holds leases on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        crawlers: list[Crawler] | None = None,
+        metrics: ServiceMetrics | None = None,
+        sink: SightingSink | None = None,
+        use_leases: bool = True,
+        heartbeat_seconds: float = leases.HEARTBEAT_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.vantage = settings.vantage
+        self.crawlers = crawlers if crawlers is not None else build_crawlers(settings, db)
+        self.metrics = metrics or ServiceMetrics()
+        self._sink = sink
+        self.use_leases = use_leases
+        self.heartbeat_seconds = heartbeat_seconds
+        self.worker_id = leases.new_worker_id(self.vantage)
+        self.held: frozenset[str] = frozenset()
+        self.running: dict[str, bool] = {c.name: False for c in self.crawlers}
+        self.restarts: dict[str, int] = {c.name: 0 for c in self.crawlers}
+        self.pipeline: Any = None
+        self._leased_once = asyncio.Event()
+        self.last_heartbeat = 0.0
+
+    # -- what the API shows -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        alive = bool(self.crawlers) and all(self.running.values())
+        return {
+            "alive": alive,
+            "vantage": self.vantage,
+            "worker": self.worker_id,
+            "crawlers": dict(self.running),
+            "restarts": dict(self.restarts),
+            "leases": len(self.held),
+        }
+
+    # -- the torrents each crawler sees -------------------------------------------------------
+
+    def _read_registry(self) -> list[WatchedTorrent]:
+        with self.db.session() as session:
+            return registry.watched_torrents(session)
+
+    def torrent_source(self) -> TorrentSource:
+        async def source() -> list[WatchedTorrent]:
+            watched = await asyncio.to_thread(self._read_registry)
+            if not self.use_leases:
+                return watched
+            return [w for w in watched if w.infohash in self.held]
+
+        return source
+
+    async def heartbeat_once(self) -> leases.LeaseRound:
+        def beat() -> leases.LeaseRound:
+            watched = self._read_registry()
+            with self.db.session() as session:
+                return leases.heartbeat(
+                    session, self.worker_id, self.vantage, [w.infohash for w in watched]
+                )
+
+        result = await asyncio.to_thread(beat)
+        if result.held != self.held:
+            log.info(
+                "worker %s holds %d swarm(s) (claimed %d, released %d, %d live worker(s))",
+                self.worker_id,
+                len(result.held),
+                result.claimed,
+                result.released,
+                result.live_workers,
+            )
+        self.held = result.held
+        self.last_heartbeat = time.monotonic()
+        self._leased_once.set()
+        return result
+
+    async def _run_heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.heartbeat_once()
+            except Exception as exc:  # database away: keep the leases we have until it's back
+                log.warning("lease heartbeat failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _supervise(
+        self, crawler: Crawler, source: TorrentSource, sink: SightingSink, stop: asyncio.Event
+    ) -> None:
+        delay = RESTART_MIN_SECONDS
+        while not stop.is_set():
+            self.running[crawler.name] = True
+            started = time.monotonic()
+            try:
+                await crawler.run(source, sink, stop)
+                if stop.is_set():
+                    break
+                log.warning("crawler %s returned before stop; restarting", crawler.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a crawler bug must not stop the others
+                log.error("crawler %s failed: %s; restarting", crawler.name, type(exc).__name__)
+            finally:
+                self.running[crawler.name] = False
+            self.restarts[crawler.name] += 1
+            if time.monotonic() - started > RESTART_MAX_SECONDS:
+                delay = RESTART_MIN_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, RESTART_MAX_SECONDS)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Crawl until stop is set; then stop the crawlers, flush the pipeline, give back leases."""
+        from swarmwatch.pipeline.pipeline import Pipeline
+
+        pipeline: Pipeline | None = None
+        inner: SightingSink
+        if self._sink is not None:
+            inner = self._sink
+        else:
+            pipeline = self.pipeline = Pipeline(self.db, settings=self.settings)
+            await pipeline.start()
+            self.metrics.watch_queue(lambda: float(getattr(pipeline, "queue_depth", 0)))
+            self.metrics.watch_anomalies(lambda: float(pipeline.stats.anomalies))
+            inner = pipeline
+        sink = CountingSink(inner, self.metrics)
+        heartbeat = None
+        if self.use_leases:
+            heartbeat = asyncio.create_task(self._run_heartbeats(stop), name="lease-heartbeat")
+            await asyncio.wait(
+                [asyncio.create_task(self._leased_once.wait()), asyncio.create_task(stop.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        source = self.torrent_source()
+        self.metrics.crawlers_alive.set_function(lambda: float(sum(self.running.values())))
+        tasks = [
+            asyncio.create_task(self._supervise(c, source, sink, stop), name=f"crawl-{c.name}")
+            for c in self.crawlers
+        ]
+        try:
+            await stop.wait()
+        finally:
+            stop.set()
+            done, pending = (
+                await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+                if tasks
+                else (
+                    set(),
+                    set(),
+                )
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if heartbeat is not None:
+                await asyncio.gather(heartbeat, return_exceptions=True)
+            if pipeline is not None:
+                await pipeline.close()  # everything accepted is written before we return
+            if self.use_leases:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        with self.db.session() as session:
+            leases.release_all(session, self.worker_id)
 
 
-def attach_crawl_service(app: FastAPI, settings: Settings, db: Database) -> None:
-    """Run the crawlers for as long as the API serves."""
+def attach_crawl_service(app: FastAPI, settings: Settings, db: Database) -> CrawlService:
+    """Run a crawl service for as long as the API serves; /healthz reports on it."""
+    service = CrawlService(settings, db, metrics=app.state.metrics)
+    app.state.crawl_status = service.status
     parent = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[Any]:
         stop = asyncio.Event()
-        task = asyncio.create_task(run_crawlers(settings, db, stop), name="crawl-service")
+        task = asyncio.create_task(service.run(stop), name="crawl-service")
         async with parent(application) as state:
             yield state
         stop.set()
         await task
 
     app.router.lifespan_context = lifespan
+    return service
