@@ -17,7 +17,6 @@ import weakref
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import h3
@@ -28,6 +27,8 @@ from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
+    FRAME_STORED_RES,
+    parent_at,
     rollup_active,
     rollup_frame,
     rollup_frame_city,
@@ -65,12 +66,6 @@ _cache_lock = threading.Lock()
 _frame_caches: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[Any, ...], Frame]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-@lru_cache(maxsize=1 << 18)
-def _parent(cell: int, res: int) -> int:
-    # Frames repeat the same cells hour after hour.
-    return int(h3i.cell_to_parent(cell, res))
 
 
 def _check(scope: Scope, interval: int, res: int) -> None:
@@ -183,26 +178,26 @@ def _frame(
     k = scope.k
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     f = rollup_frame
-    cells: dict[int, int] = {
-        cell: int(n)
-        for cell, n in conn.execute(
-            select(f.c.h3_cell, func.sum(f.c.peers))
-            .where(
-                f.c.title_id.in_(titles),
-                f.c.interval_s == interval,
-                f.c.res == res,
-                f.c.bucket == bucket,
-            )
-            .group_by(f.c.h3_cell)
+    # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
+    cells: defaultdict[int, int] = defaultdict(int)
+    for stored, n in conn.execute(
+        select(f.c.h3_cell, func.sum(f.c.peers))
+        .where(
+            f.c.title_id.in_(titles),
+            f.c.interval_s == interval,
+            f.c.res == FRAME_STORED_RES,
+            f.c.bucket == bucket,
         )
-    }
+        .group_by(f.c.h3_cell)
+    ):
+        cells[parent_at(stored, res)] += int(n)
     # Peers with no cell are part of the published frame total but of no cell.
     nocell = total - sum(cells.values())
     groups: list[list[int]] = []
     if res - 1 in FRAME_RESOLUTIONS:
         by_parent: defaultdict[int, list[int]] = defaultdict(list)
         for cell in cells:
-            by_parent[_parent(cell, res - 1)].append(cell)
+            by_parent[parent_at(cell, res - 1)].append(cell)
         groups = list(by_parent.values())
     counts = dict(cells)
     unpublished = {NO_CELL: nocell} if nocell > 0 else {}

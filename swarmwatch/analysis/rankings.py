@@ -37,6 +37,8 @@ from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import PER, rate_per_100k
 from swarmwatch.analysis.rollups import (
     CELL_RESOLUTIONS,
+    CELL_STORED_RES,
+    parent_at,
     rollup_cell,
     rollup_cell_day,
     rollup_place,
@@ -338,20 +340,24 @@ def _cells(
     t = _source(scope, "cell")
     stmt = (
         select(t.c.h3_cell, func.sum(t.c.peers))
-        .where(*_where(t, scope), t.c.res == res)
+        .where(*_where(t, scope), t.c.res == CELL_STORED_RES)
         .group_by(t.c.h3_cell)
     )
+    # Stored at the finest resolution only: coarser cells are the sums of their children.
+    counts: defaultdict[int, int] = defaultdict(int)
+    for stored, peers in conn.execute(stmt):
+        counts[parent_at(stored, res)] += int(peers)
     population = cell_population(conn, res)
     places: dict[Hashable, Place] = {}
     by_parent: defaultdict[int, list[Hashable]] = defaultdict(list)
     coarser = res - 1 in CELL_RESOLUTIONS
-    for cell, peers in conn.execute(stmt):
+    for cell, peers in counts.items():
         lat, lon = h3i.cell_to_latlng(cell)
         index = h3.int_to_str(cell)
         key = ("cell", cell)
-        places[key] = Place(key, index, index, "", lat, lon, population.get(cell), int(peers))
+        places[key] = Place(key, index, index, "", lat, lon, population.get(cell), peers)
         if coarser:
-            by_parent[h3i.cell_to_parent(cell, res - 1)].append(key)
+            by_parent[parent_at(cell, res - 1)].append(key)
     return places, {}, list(by_parent.values())
 
 

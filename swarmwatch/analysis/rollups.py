@@ -29,7 +29,7 @@ titles is two downloads, which is what the study counts.
 from __future__ import annotations
 
 import weakref
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -53,10 +53,17 @@ from swarmwatch.sightings import AnonymousSighting
 
 #: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
 FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)
-#: H3 resolutions kept per frame (res 4 ≈ 1,770 km², a metro area; 3 and 5 zoom out and in).
+#: H3 resolutions frames are served at (res 4 ≈ 1,770 km², a metro area; 3 and 5 zoom).
 FRAME_RESOLUTIONS: tuple[int, ...] = (3, 4, 5)
-#: H3 resolutions for cell rankings (new peers only, so cheap to keep more of them).
+#: H3 resolutions cell rankings are served at.
 CELL_RESOLUTIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
+# Only the finest served resolution is stored; coarser cells are summed from it at query
+# time (an H3 cell's parent chain is exact: parent(parent(c, 5), 4) == parent(c, 4)).
+# One row per cell instead of one per resolution is most of the writer's rollup work.
+#: The resolution rollup_frame rows are written at.
+FRAME_STORED_RES = max(FRAME_RESOLUTIONS)
+#: The resolution rollup_cell and rollup_cell_day rows are written at.
+CELL_STORED_RES = max(CELL_RESOLUTIONS)
 DAY = 86400
 
 _KW: dict[str, Any] = {"sqlite_with_rowid": False}  # clustered on the key: half the size
@@ -105,7 +112,8 @@ rollup_place_day = Table(
     **_KW,
 )
 
-# Unique peers per H3 cell at each of CELL_RESOLUTIONS, all time and by day.
+# Unique peers per H3 cell (rows at CELL_STORED_RES; databases written before that
+# change also hold coarser rows, which queries ignore), all time and by day.
 rollup_cell = Table(
     "rollup_cell",
     Base.metadata,
@@ -212,6 +220,12 @@ def peer_id(peer_key: bytes) -> int:
     return int.from_bytes(peer_key[:8], "big", signed=True)
 
 
+@lru_cache(maxsize=1 << 18)
+def parent_at(cell: int, res: int) -> int:
+    """The cell's parent (or itself) at a resolution; cached, since cells repeat."""
+    return cell if h3i.get_resolution(cell) == res else int(h3i.cell_to_parent(cell, res))
+
+
 @lru_cache(maxsize=1 << 17)
 def cell_parents(cell: int | None, resolutions: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """(res, parent cell) for each resolution no finer than the cell itself.
@@ -307,11 +321,12 @@ class PresenceCache:
     def __init__(self, limit: int = PRESENCE_CACHE_LIMIT) -> None:
         self.limit = limit
         self.size = 0
-        self._frames: dict[tuple[int, int, int], set[int]] = {}
+        # (title, interval, bucket) -> committed peer ids; read directly by apply_batch.
+        self.frames: dict[tuple[int, int, int], set[int]] = {}
         self._pending: dict[int, list[Key]] = {}
 
     def known(self, key: Key) -> bool:
-        frame = self._frames.get(key[:3])
+        frame = self.frames.get(key[:3])
         return frame is not None and key[3] in frame
 
     def hold(self, conn: Connection, keys: list[Key]) -> None:
@@ -319,7 +334,7 @@ class PresenceCache:
 
     def commit(self, dbapi_id: int) -> None:
         for key in self._pending.pop(dbapi_id, ()):
-            frame = self._frames.setdefault(key[:3], set())
+            frame = self.frames.setdefault(key[:3], set())
             if key[3] not in frame:
                 frame.add(key[3])
                 self.size += 1
@@ -331,10 +346,10 @@ class PresenceCache:
 
     def _evict(self) -> None:
         # Frames that ended earliest first: late sightings for them are the rarest.
-        for frame_key in sorted(self._frames, key=lambda f: (f[2] + 1) * f[1]):
+        for frame_key in sorted(self.frames, key=lambda f: (f[2] + 1) * f[1]):
             if self.size <= self.limit // 2:
                 break
-            self.size -= len(self._frames.pop(frame_key))
+            self.size -= len(self.frames.pop(frame_key))
 
 
 _caches: weakref.WeakKeyDictionary[Engine, PresenceCache] = weakref.WeakKeyDictionary()
@@ -355,65 +370,97 @@ def presence_cache(engine: Engine) -> PresenceCache:
 
 
 def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
-    """Fold one writer batch into every rollup, in the caller's transaction."""
+    """Fold one writer batch into every rollup, in the caller's transaction.
+
+    Everything is first summed per row key in Python, so each table gets one
+    statement per batch with one row per distinct key (places, cells and frames
+    repeat across a batch far more than peers do).
+    """
     if not batch:
         return
     cache = presence_cache(conn.engine)
-    activity: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0, 0])
-    place: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
-    place_day: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    frames_known = cache.frames
+    activity: dict[Key, list[int]] = {}
+    place: dict[Key, list[int]] = {}
+    place_day: dict[Key, list[int]] = {}
     metro: dict[Key, tuple[int]] = {}
     metro_day: dict[Key, tuple[int]] = {}
     cell: Counter[Key] = Counter()
     cell_day: Counter[Key] = Counter()
     candidates: dict[Key, AnonymousSighting] = {}
     counted_new: set[tuple[int, bytes]] = set()
+    hour_s, day_s = FRAME_INTERVALS
+    last_time: Any = None
+    ts = 0.0
 
     for s in batch:
-        ts = s.seen_at.timestamp()
+        title_id = s.title_id
+        # Sightings come in time order, often many to a second: reuse the conversion.
+        if s.seen_at is not last_time:
+            last_time = s.seen_at
+            ts = last_time.timestamp()
         day = int(ts // DAY)
-        act = activity[(s.title_id, day, s.source, s.vantage)]
+        akey = (title_id, day, s.source, s.vantage)
+        act = activity.get(akey)
+        if act is None:
+            act = activity[akey] = [0, 0, 0]
         act[0] += 1
-        act[2] += s.seed is True
-        pid = peer_id(s.peer_key)
-        for interval in FRAME_INTERVALS:
-            key = (s.title_id, interval, int(ts // interval), pid)
-            if key not in candidates and not cache.known(key):
+        if s.seed is True:
+            act[2] += 1
+        pid = int.from_bytes(s.peer_key[:8], "big", signed=True)
+        for interval, bucket in ((hour_s, int(ts // hour_s)), (day_s, int(ts // day_s))):
+            known = frames_known.get((title_id, interval, bucket))
+            if known is not None and pid in known:
+                continue
+            key = (title_id, interval, bucket, pid)
+            if key not in candidates:
                 candidates[key] = s
-        if not s.new_peer or (s.title_id, s.peer_key) in counted_new:
+        if not s.new_peer:
             continue
-        counted_new.add((s.title_id, s.peer_key))
+        tp = (title_id, s.peer_key)
+        if tp in counted_new:
+            continue
+        counted_new.add(tp)
         act[1] += 1
-        seed = int(s.seed is True)
+        seed = 1 if s.seed is True else 0
         geo, country, metro_id = s.geoname_id or 0, s.country or "", s.metro_id or 0
-        pk = (s.title_id, geo, country)
-        p = place[pk]
+        pk = (title_id, geo, country)
+        p = place.get(pk)
+        if p is None:
+            p = place[pk] = [0, 0]
+            metro[pk] = (metro_id,)
         p[0] += 1
         p[1] += seed
-        metro[pk] = (metro_id,)
-        dk = (s.title_id, day, s.vantage, geo, country)
-        d = place_day[dk]
+        dk = (title_id, day, s.vantage, geo, country)
+        d = place_day.get(dk)
+        if d is None:
+            d = place_day[dk] = [0, 0]
+            metro_day[dk] = (metro_id,)
         d[0] += 1
         d[1] += seed
-        metro_day[dk] = (metro_id,)
-        for res, parent in cell_parents(s.h3_cell, CELL_RESOLUTIONS):
-            cell[(s.title_id, res, parent)] += 1
-            cell_day[(s.title_id, day, s.vantage, res, parent)] += 1
+        if s.h3_cell and h3i.get_resolution(s.h3_cell) >= CELL_STORED_RES:
+            parent = parent_at(s.h3_cell, CELL_STORED_RES)
+            cell[(title_id, CELL_STORED_RES, parent)] += 1
+            cell_day[(title_id, day, s.vantage, CELL_STORED_RES, parent)] += 1
 
     frame: Counter[Key] = Counter()
     frame_city: Counter[Key] = Counter()
-    active: defaultdict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    active: dict[Key, list[int]] = {}
     cache.hold(conn, list(candidates))
     for key in _new_presence(conn, list(candidates)):
         title_id, interval, bucket, _ = key
         s = candidates[key]
-        counts = active[(title_id, interval, bucket)]
+        fk = (title_id, interval, bucket)
+        counts = active.get(fk)
+        if counts is None:
+            counts = active[fk] = [0, 0]
         counts[0] += 1
         if s.geoname_id:
             counts[1] += 1
             frame_city[(title_id, interval, bucket, s.geoname_id)] += 1
-        for res, parent in cell_parents(s.h3_cell, FRAME_RESOLUTIONS):
-            frame[(title_id, interval, res, bucket, parent)] += 1
+        if s.h3_cell and h3i.get_resolution(s.h3_cell) >= FRAME_STORED_RES:
+            parent = parent_at(s.h3_cell, FRAME_STORED_RES)
+            frame[(title_id, interval, FRAME_STORED_RES, bucket, parent)] += 1
 
     _add(
         conn,
@@ -464,11 +511,14 @@ def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:
 
 __all__ = [
     "CELL_RESOLUTIONS",
+    "CELL_STORED_RES",
     "FRAME_INTERVALS",
     "FRAME_RESOLUTIONS",
+    "FRAME_STORED_RES",
     "ROLLUP_TABLES",
     "apply_batch",
     "cell_parents",
+    "parent_at",
     "peer_id",
     "rollup_active",
     "rollup_activity",

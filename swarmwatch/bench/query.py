@@ -29,8 +29,8 @@ from h3.api import basic_int as h3i
 from sqlalchemy import text
 
 from swarmwatch.analysis.rollups import (
-    CELL_RESOLUTIONS,
-    FRAME_RESOLUTIONS,
+    CELL_STORED_RES,
+    FRAME_STORED_RES,
     ROLLUP_TABLES,
     apply_batch,
 )
@@ -205,7 +205,7 @@ def _load(db: Database, scale: float) -> dict[str, int]:
         for c, n in zip(cities, per_city, strict=True):
             gid = int(c["geonameid"])
             base = h3i.latlng_to_cell(c["latitude"], c["longitude"], BASE_RES)
-            for r in sorted(set(CELL_RESOLUTIONS) | set(FRAME_RESOLUTIONS) | {BASE_RES}):
+            for r in sorted({CELL_STORED_RES, FRAME_STORED_RES, BASE_RES}):
                 cell_rows.append((gid, r, base if r == BASE_RES else h3i.cell_to_parent(base, r)))
             if n:
                 arrivals.extend(
@@ -219,10 +219,8 @@ def _load(db: Database, scale: float) -> dict[str, int]:
         _phase("cities and arrivals")
         params = {"day0": day0, "hour0": hour0}
         for sql in _DERIVE:
-            sql = sql.format(
-                cell_res=", ".join(map(str, CELL_RESOLUTIONS)),
-                frame_res=", ".join(map(str, FRAME_RESOLUTIONS)),
-            )
+            # Only the resolutions ingest writes (coarser cells are summed at query time).
+            sql = sql.format(cell_res=CELL_STORED_RES, frame_res=FRAME_STORED_RES)
             conn.execute(text(sql), params)
             _phase(sql[:60])
     _peers(db, cities, per_city)
