@@ -60,21 +60,20 @@ def protect(
     # The whole level is a group, but without never-published remainders: those are
     # summed into published totals elsewhere (anomalies), so they protect nothing here.
     published = [key for key in counts if key not in never]
-    ordered_groups = [sorted(published, key=lambda x: counts[x])] if whole else []
-    ordered_groups += [sorted(g, key=lambda x: counts[x]) for g in groups if len(g) > 1]
-    # Passes in group order as the rule says, but a group is looked at again only if one
-    # of its members was withheld since: an unchanged group would change nothing, so the
-    # result is the same as re-checking every group, at a fraction of the cost.
-    groups_of: dict[K, list[int]] = {}
-    for index, group in enumerate(ordered_groups):
-        for x in group:
-            groups_of.setdefault(x, []).append(index)
-    dirty = set(range(len(ordered_groups)))
-    while dirty:
-        for index, group in enumerate(ordered_groups):
-            if index not in dirty:
+    all_groups: list[Sequence[K]] = [published] if whole else []
+    all_groups += [g for g in groups if len(g) > 1]
+    # Groups are sorted (smallest first) only once they hold a withheld member: most
+    # never do, and a set's isdisjoint() skips them at C speed on every pass.
+    ordered: dict[int, list[K]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for index, raw in enumerate(all_groups):
+            if hidden.isdisjoint(raw):
                 continue
-            dirty.discard(index)
+            group = ordered.get(index)
+            if group is None:
+                group = ordered[index] = sorted(raw, key=counts.__getitem__)
             members = [x for x in group if x in hidden and counts[x] > 0]
             if not members:
                 continue
@@ -90,7 +89,7 @@ def protect(
                 members.append(extra)
                 total += counts[extra]
                 biggest = max(biggest, counts[extra])
-                dirty.update(g for g in groups_of[extra] if g != index)
+                changed = True
     return hidden - set(unpublished)
 
 
