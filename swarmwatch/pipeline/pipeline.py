@@ -1,0 +1,493 @@
+"""The pipeline: crawlers put PeerSightings in, anonymous placed sightings come out in the store.
+
+Stages (bitmagnet-style, joined by bounded buffers): coalesce → geolocate →
+anonymise + bin → one batch writer. Raw addresses exist only inside this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from swarmwatch.config import Settings, get_settings
+from swarmwatch.geoip import city_db_path, is_embedded
+from swarmwatch.models import Torrent
+from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
+from swarmwatch.pipeline.geolocate import (
+    V6_FLAG,
+    Geolocator,
+    Placement,
+    _worker_resolve,
+    packed_key,
+)
+from swarmwatch.pipeline.places import metro_map
+from swarmwatch.pipeline.writer import BatchWriter, SightingRow, WriteBatch, WriteResult
+from swarmwatch.sightings import PeerSighting, SampleRecord
+from swarmwatch.store import Database
+
+log = logging.getLogger(__name__)
+
+#: Repeats of one peer in one swarm, from one source and vantage, inside one window of
+#: this many seconds are stored once (the first). Every analysis works at a minute or
+#: coarser (trackers are asked at most once a minute), so nothing is lost but rows.
+SIGHTING_WINDOW_SECONDS = 60
+#: Re-read torrents and study keys this often (new registrations, seals).
+REGISTRY_REFRESH_SECONDS = 5.0
+#: An unknown infohash triggers a re-read, but not more often than this.
+UNKNOWN_REFRESH_SECONDS = 1.0
+#: Coalescing keys held at most; past this the window starts again (duplicates, never loss).
+COALESCE_MAX_ENTRIES = 2_000_000
+#: Tries for one batch before it is counted as lost (SQLite may be busy with a reader).
+WRITE_ATTEMPTS = 3
+
+
+class PipelineClosed(Exception):
+    """put() after close(): the pipeline accepts nothing more."""
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters for /metrics and logs. Every sighting that is not stored is counted."""
+
+    received: int = 0
+    coalesced: int = 0  # repeats inside the sighting window
+    unknown_infohash: int = 0  # no registered torrent: dropped
+    sealed: int = 0  # the study is sealed (no key): dropped
+    invalid: int = 0  # naive timestamp: dropped
+    stored: int = 0  # sighting rows written (one per study the torrent is in)
+    new_peers: int = 0
+    anomalies: int = 0  # stored sightings with no city (also in table anomaly)
+    samples: int = 0
+    unknown_samples: int = 0
+    batches: int = 0
+    write_errors: int = 0
+    lost: int = 0  # rows of batches that failed every attempt
+    geo_lookups: int = 0  # database lookups (network-cache misses)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentRef:
+    torrent_id: int
+    study_id: int
+    title_id: int
+
+
+class Pipeline:
+    """A SightingSink that geolocates, anonymises, bins and stores what crawlers find.
+
+    Use as `async with Pipeline(db) as p:` or call start() and close(). put() waits
+    when the buffer is full: that is the back-pressure on crawlers. close() (also on
+    SIGTERM, see close_on_signals) writes everything accepted before it returns.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        geolocator: Geolocator | None = None,
+        settings: Settings | None = None,
+        batch_size: int | None = None,
+        flush_seconds: float | None = None,
+        queue_size: int | None = None,
+        window_seconds: int = SIGHTING_WINDOW_SECONDS,
+        geo_workers: int = 0,
+        rollups: Any = True,
+        refresh_seconds: float = REGISTRY_REFRESH_SECONDS,
+    ) -> None:
+        self.db = db
+        self.settings = settings or get_settings()
+        self.batch_size = batch_size or self.settings.writer_batch_size
+        self.flush_seconds = flush_seconds or self.settings.writer_flush_seconds
+        self.queue_size = max(queue_size or self.settings.pipeline_queue_size, self.batch_size)
+        self.window_seconds = window_seconds
+        self.refresh_seconds = refresh_seconds
+        self.stats = PipelineStats()
+        self.writer = BatchWriter(db.engine, settings=self.settings, rollups=rollups)
+        self._own_geolocator = geolocator is None
+        self._geolocator = geolocator
+        self._geo_workers = geo_workers
+
+        self._items: list[PeerSighting] = []
+        self._samples: list[SampleRecord] = []
+        self._put_seq = 0
+        self._taken_seq = 0
+        self._done_seq = 0
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._force = False
+        self._write_q: asyncio.Queue[tuple[WriteBatch, int] | None] = asyncio.Queue(maxsize=2)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._stop = False
+        self._closed = asyncio.Event()
+        self._started = False
+
+        self._torrents: dict[str, list[TorrentRef]] = {}
+        self._keys: dict[int, bytes] = {}
+        self._refreshed_at = float("-inf")
+        self._coalesce: dict[int, set[tuple[Any, ...]]] = {}
+        self._coalesce_size = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def geolocator(self) -> Geolocator:
+        if self._geolocator is None:
+            raise RuntimeError("pipeline not started")
+        return self._geolocator
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._geolocator is None:
+            path = city_db_path(self.settings)
+            asn = self.settings.geoip_asn
+            self._geolocator = await asyncio.to_thread(
+                Geolocator, path, asn, workers=self._geo_workers
+            )
+            if is_embedded(path):
+                log.warning(
+                    "geolocating with the embedded GeoLite2 City of 2018: it is stale; "
+                    "run `swarmwatch geoip install` for a current database"
+                )
+        await asyncio.to_thread(self._record_geoip)
+        await self.refresh()
+        self._tasks = [
+            asyncio.create_task(self._run_prepare(), name="pipeline-prepare"),
+            asyncio.create_task(self._run_write(), name="pipeline-write"),
+        ]
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, write everything accepted so far, release the workers."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._started:
+                await self.flush()
+                # The stages finish on their own: cancelling a task inside wait_for can
+                # be swallowed on Python 3.11, which would leave close() waiting forever.
+                self._stop = True
+                self._wake.set()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            if self._own_geolocator and self._geolocator is not None:
+                await asyncio.to_thread(self._geolocator.close)
+            self._closed.set()
+            log.info("pipeline closed: %s", self.stats.as_dict())
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def close_on_signals(
+        self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """On SIGTERM (and SIGINT) flush the queue and close; await wait_closed() after."""
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s: flushing the pipeline before exit", sig.name)
+        self._signal_task = asyncio.get_running_loop().create_task(self.close())
+
+    # -- the sink ------------------------------------------------------------------------
+
+    async def put(self, sighting: PeerSighting) -> None:
+        if self._closing:
+            raise PipelineClosed("the pipeline is closed")
+        while len(self._items) >= self.queue_size:
+            self._space.clear()
+            await self._space.wait()
+            if self._closing:
+                raise PipelineClosed("the pipeline is closed")
+        self._items.append(sighting)
+        self._put_seq += 1
+        if len(self._items) >= self.batch_size:
+            self._wake.set()
+
+    async def put_many(self, sightings: Iterable[PeerSighting]) -> None:
+        """put() for each, for replay and benchmarks."""
+        for s in sightings:
+            await self.put(s)
+
+    async def put_sample(self, sample: SampleRecord) -> None:
+        if self._closing:
+            raise PipelineClosed("the pipeline is closed")
+        self._samples.append(sample)
+        self._put_seq += 1
+
+    async def flush(self) -> None:
+        """Return once everything put before this call is written (or counted as lost)."""
+        target = self._put_seq
+        if not self._started:
+            raise RuntimeError("pipeline not started")
+        async with self._done:
+            while self._done_seq < target:
+                self._force = True
+                self._wake.set()
+                await self._done.wait()
+
+    # -- registry ------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Re-read registered torrents and study keys (creating keys a study lacks)."""
+        torrents, keys, metros = await asyncio.to_thread(
+            self._load_registry, not self.geolocator.metro_of
+        )
+        self._torrents, self._keys = torrents, keys
+        if metros:
+            self.geolocator.metro_of.update(metros)
+            self.geolocator.cache.clear()  # cached placements lack the metro
+        self._refreshed_at = time.monotonic()
+
+    def _load_registry(
+        self, want_metros: bool
+    ) -> tuple[dict[str, list[TorrentRef]], dict[int, bytes], dict[int, int]]:
+        torrents: dict[str, list[TorrentRef]] = {}
+        with self.db.session() as session:
+            rows = session.execute(
+                select(
+                    Torrent.id,
+                    Torrent.study_id,
+                    Torrent.title_id,
+                    Torrent.infohash_v1,
+                    Torrent.infohash_v2,
+                )
+            )
+            for tid, study, title, v1, v2 in rows:
+                ref = TorrentRef(tid, study, title)
+                for ih in (v1, v2):
+                    if ih:
+                        torrents.setdefault(ih.lower(), []).append(ref)
+            keys = active_study_keys(session)
+            metros = metro_map(session.connection()) if want_metros else {}
+        return torrents, keys, metros
+
+    def _record_geoip(self) -> None:
+        geo = self.geolocator
+        self.writer.record_geoip("city", geo.metadata, embedded=is_embedded(geo.city_db))
+        if geo.asn_metadata is not None:
+            self.writer.record_geoip("asn", geo.asn_metadata, embedded=False)
+
+    # -- stage 1 and 2: coalesce, geolocate, anonymise, bin ------------------------------
+
+    async def _run_prepare(self) -> None:
+        while True:
+            if not (self._force or self._stop) and len(self._items) < self.batch_size:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            self._force = False
+            if not self._items and not self._samples:
+                if self._stop:
+                    await self._write_q.put(None)
+                    return
+                continue
+            items = self._items[: self.batch_size]
+            del self._items[: self.batch_size]
+            samples, self._samples = self._samples, []
+            self._space.set()
+            self._taken_seq += len(items) + len(samples)
+            seq = self._taken_seq
+            try:
+                batch = await self._prepare(items, samples)
+            except Exception as exc:  # a bug must not stop the crawl; no address in the log
+                log.error("pipeline: a batch could not be prepared (%s)", type(exc).__name__)
+                self.stats.lost += len(items)
+                batch = WriteBatch()
+            await self._write_q.put((batch, seq))
+            if self._items and (len(self._items) >= self.batch_size or self._force):
+                self._wake.set()
+
+    async def _prepare(self, items: list[PeerSighting], samples: list[SampleRecord]) -> WriteBatch:
+        stats = self.stats
+        stats.received += len(items)
+        batch = WriteBatch()
+        now = time.monotonic()
+        if now - self._refreshed_at > self.refresh_seconds:
+            await self.refresh()
+        torrents = self._torrents
+        if any(s.infohash not in torrents for s in items) and (
+            now - self._refreshed_at > UNKNOWN_REFRESH_SECONDS
+        ):
+            await self.refresh()
+            torrents = self._torrents
+
+        for sample in samples:
+            refs = torrents.get(sample.infohash.lower())
+            if not refs:
+                stats.unknown_samples += 1
+                continue
+            batch.samples.extend((ref.torrent_id, sample) for ref in refs)
+            stats.samples += 1
+
+        geo = self.geolocator
+        cache_get = geo.cache.get
+        window = self.window_seconds
+        coalesce = self._coalesce
+        kept: list[tuple[PeerSighting, int, list[TorrentRef], Placement | None]] = []
+        misses: dict[int, None] = {}
+        for s in items:
+            refs = torrents.get(s.infohash)
+            if refs is None:
+                stats.unknown_infohash += 1
+                continue
+            seen = s.seen_at
+            if seen.tzinfo is None:
+                stats.invalid += 1
+                continue
+            ip = s.ip
+            key = int(ip)
+            if ip.version == 6:
+                key = key & 0xFFFFFFFF if key >> 32 == 0xFFFF else key | V6_FLAG
+            bucket = int(seen.timestamp()) // window
+            members = coalesce.get(bucket)
+            if members is None:
+                members = self._open_window(bucket)
+            ckey = (s.infohash, key, s.source, s.vantage, s.seed)
+            if ckey in members:
+                stats.coalesced += 1
+                continue
+            members.add(ckey)
+            self._coalesce_size += 1
+            place = cache_get(key)
+            if place is None:
+                misses[key] = None
+            kept.append((s, key, refs, place))
+
+        found: dict[int, Placement] = {}
+        if misses:
+            keys = list(misses)
+            stats.geo_lookups += len(keys)
+            executor = geo.executor
+            if executor is not None:
+                resolved = await asyncio.get_running_loop().run_in_executor(
+                    executor, _worker_resolve, keys
+                )
+            else:
+                resolved = geo.resolve_local(keys)
+            found = dict(zip(keys, geo.store(keys, resolved), strict=True))
+
+        study_keys = self._keys
+        rows: list[SightingRow] = batch.sightings
+        append = rows.append
+        for s, key, refs, place in kept:
+            if place is None:
+                place = found[key]
+            packed = packed_key(key)
+            source = str(s.source)
+            for ref in refs:
+                secret = study_keys.get(ref.study_id)
+                if secret is None:
+                    stats.sealed += 1
+                    continue
+                append(
+                    (
+                        ref.study_id,
+                        ref.title_id,
+                        ref.torrent_id,
+                        peer_key(secret, packed),
+                        s.seen_at,
+                        source,
+                        s.vantage,
+                        s.seed,
+                        place.country,
+                        place.geoname_id,
+                        place.metro_id,
+                        place.h3_cell,
+                        place.asn,
+                    )
+                )
+                if place.anomaly is not None:
+                    batch.add_anomaly(
+                        ref.torrent_id, ref.study_id, source, place.anomaly, s.seen_at
+                    )
+        return batch
+
+    def _open_window(self, bucket: int) -> set[tuple[Any, ...]]:
+        """A new coalescing window; windows two or more behind the newest are let go."""
+        coalesce = self._coalesce
+        if self._coalesce_size > COALESCE_MAX_ENTRIES:
+            coalesce.clear()
+            self._coalesce_size = 0
+        newest = max(coalesce, default=bucket)
+        for old in [b for b in coalesce if b < max(newest, bucket) - 1]:
+            self._coalesce_size -= len(coalesce.pop(old))
+        members: set[tuple[Any, ...]] = set()
+        coalesce[bucket] = members
+        return members
+
+    # -- stage 3: the writer -------------------------------------------------------------
+
+    async def _run_write(self) -> None:
+        while True:
+            item = await self._write_q.get()
+            if item is None:
+                return
+            batch, seq = item
+            if batch:
+                result = await self._write(batch)
+                if result is not None:
+                    self.stats.batches += 1
+                    self.stats.stored += result.sightings
+                    self.stats.new_peers += result.new_peers
+                    self.stats.anomalies += result.anomalies
+                    log.debug(
+                        "pipeline: wrote %d sightings (%d new peers, %d anomalies, %d samples)",
+                        result.sightings,
+                        result.new_peers,
+                        result.anomalies,
+                        result.samples,
+                    )
+            async with self._done:
+                self._done_seq = seq
+                self._done.notify_all()
+
+    async def _write(self, batch: WriteBatch) -> WriteResult | None:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(self.writer.write, batch)
+            except Exception as exc:  # the batch holds no address; the message may hold keys
+                self.stats.write_errors += 1
+                log.warning(
+                    "pipeline: writing a batch failed (attempt %d of %d: %s)",
+                    attempt,
+                    WRITE_ATTEMPTS,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(0.2 * attempt)
+        self.stats.lost += len(batch.sightings)
+        log.error("pipeline: a batch of %d sightings was lost", len(batch.sightings))
+        return None
+
+
+__all__ = [
+    "SIGHTING_WINDOW_SECONDS",
+    "Pipeline",
+    "PipelineClosed",
+    "PipelineStats",
+    "TorrentRef",
+]

@@ -1,0 +1,271 @@
+"""Replay: sightings collected elsewhere (CSV or JSONL) fed through the same pipeline.
+
+Each line is untrusted input: a bad line raises ReplayRowError inside the parser,
+is reported with its line number (never its content: it may hold an address), and
+is skipped; good lines are never lost because of a bad neighbour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from swarmwatch.pipeline.pipeline import Pipeline
+from swarmwatch.sightings import PeerSighting, Source
+from swarmwatch.store import Database
+
+log = logging.getLogger(__name__)
+
+#: Longest line read; real rows are < 200 bytes, this bounds memory on hostile files.
+MAX_LINE_BYTES = 64 * 1024
+#: Bad lines listed in a report (all are counted).
+MAX_REPORTED_ERRORS = 100
+FIELDS = ("ip", "port", "infohash", "time", "source")
+_HEX_INFOHASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_EPOCH = re.compile(r"\d{1,12}(\.\d{1,9})?")
+
+
+class ReplayError(ValueError):
+    """The one error of the replay parser: a line (or the file's header) is unusable.
+
+    The message says what is wrong, never the offending value (it may be an address).
+    """
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What an ingest did: lines read, sightings handed to the pipeline, bad lines."""
+
+    lines: int = 0
+    accepted: int = 0
+    bad: int = 0
+    errors: list[ReplayError] = field(default_factory=list)
+    pipeline: dict[str, int] = field(default_factory=dict)
+
+    def add_error(self, error: ReplayError) -> None:
+        self.bad += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+
+
+def parse_time(value: Any, line: int) -> datetime:
+    """ISO 8601 (naive means UTC) or Unix seconds, as an aware UTC datetime."""
+    if isinstance(value, bool):
+        raise ReplayError(line, "time is not a timestamp")
+    if isinstance(value, int | float):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        raise ReplayError(line, "time is not a timestamp")
+    try:
+        if _EPOCH.fullmatch(text):
+            return datetime.fromtimestamp(float(text), UTC)
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise ReplayError(line, "time is not ISO 8601 or Unix seconds") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def parse_record(record: dict[str, Any], line: int, vantage: str) -> PeerSighting:
+    """One row (already split into fields) as a PeerSighting."""
+    missing = [f for f in ("ip", "infohash", "time") if record.get(f) in (None, "")]
+    if missing:
+        raise ReplayError(line, f"missing {', '.join(missing)}")
+    raw_ip = record["ip"]
+    if not isinstance(raw_ip, str):
+        raise ReplayError(line, "ip is not a string")
+    try:
+        ip = ipaddress.ip_address(raw_ip.strip())
+    except ValueError:
+        raise ReplayError(line, "ip is not an IP address") from None
+    port = record.get("port")
+    if port not in (None, ""):
+        try:
+            port_n = int(port)  # validated, then forgotten: ports are never stored
+        except (TypeError, ValueError):
+            raise ReplayError(line, "port is not a number") from None
+        if isinstance(port, bool) or not 0 <= port_n <= 65535:
+            raise ReplayError(line, "port is out of range")
+    else:
+        port_n = 0
+    infohash = record["infohash"]
+    if not isinstance(infohash, str) or not _HEX_INFOHASH.fullmatch(infohash.strip().lower()):
+        raise ReplayError(line, "infohash is not 40 or 64 hex digits")
+    source_raw = record.get("source") or Source.REPLAY.value
+    try:
+        source = Source(str(source_raw).strip().lower())
+    except ValueError:
+        raise ReplayError(
+            line, "source is not one of " + ", ".join(s.value for s in Source)
+        ) from None
+    seed_raw = record.get("seed")
+    seed: bool | None
+    if seed_raw in (None, ""):
+        seed = None
+    elif isinstance(seed_raw, bool):
+        seed = seed_raw
+    elif str(seed_raw).strip().lower() in {"1", "true", "yes"}:
+        seed = True
+    elif str(seed_raw).strip().lower() in {"0", "false", "no"}:
+        seed = False
+    else:
+        raise ReplayError(line, "seed is not a boolean")
+    row_vantage = record.get("vantage")
+    if row_vantage not in (None, "") and not isinstance(row_vantage, str):
+        raise ReplayError(line, "vantage is not a string")
+    return PeerSighting(
+        infohash=infohash.strip().lower(),
+        ip=ip,
+        port=port_n,
+        source=source,
+        vantage=(str(row_vantage).strip()[:100] if row_vantage else vantage),
+        seen_at=parse_time(record["time"], line),
+        seed=seed,
+    )
+
+
+def _lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | ReplayError]]:
+    for number, chunk in enumerate(raw, start=1):
+        if len(chunk) > MAX_LINE_BYTES:
+            yield number, ReplayError(number, "line too long")
+            continue
+        try:
+            yield number, chunk.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield number, ReplayError(number, "not UTF-8")
+
+
+def parse_lines(
+    raw: Iterable[bytes], *, fmt: str, vantage: str = "replay"
+) -> Iterator[PeerSighting | ReplayError]:
+    """Sightings (or the error of each bad line), in order, from a file's lines.
+
+    fmt is "csv" (a header naming at least ip, infohash, time) or "jsonl".
+    Never raises for bad content: errors are yielded, so the caller counts them.
+    """
+    header: list[str] | None = None
+    for number, text in _lines(raw):
+        if isinstance(text, ReplayError):
+            yield text
+            continue
+        if not text.strip() or (fmt == "csv" and text.lstrip().startswith("#")):
+            continue
+        try:
+            if fmt == "jsonl":
+                try:
+                    record = json.loads(text)
+                except (ValueError, RecursionError):
+                    raise ReplayError(number, "not a JSON object") from None
+                if not isinstance(record, dict):
+                    raise ReplayError(number, "not a JSON object")
+            else:
+                try:
+                    cells = next(csv.reader([text]))
+                except csv.Error:
+                    raise ReplayError(number, "not a CSV row") from None
+                if header is None:
+                    header = [c.strip().lower() for c in cells]
+                    if not {"ip", "infohash", "time"} <= set(header):
+                        header = None
+                        raise ReplayError(number, "header must name ip, infohash and time")
+                    continue
+                if len(cells) != len(header):
+                    raise ReplayError(number, f"{len(cells)} fields, header has {len(header)}")
+                record = dict(zip(header, cells, strict=True))
+            yield parse_record(record, number, vantage)
+        except ReplayError as error:
+            yield error
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix in {".csv", ".tsv", ".txt"}:
+        return "csv"
+    with path.open("rb") as f:
+        first = f.read(1024).lstrip()
+    return "jsonl" if first.startswith(b"{") else "csv"
+
+
+async def ingest_lines(
+    raw: Iterable[bytes], pipeline: Pipeline, *, fmt: str, vantage: str = "replay"
+) -> ReplayReport:
+    """Feed parsed lines into a running pipeline; returns once they are all written."""
+    report = ReplayReport()
+    for item in parse_lines(raw, fmt=fmt, vantage=vantage):
+        report.lines += 1
+        if isinstance(item, ReplayError):
+            report.add_error(item)
+            log.warning("replay: skipped %s", item)
+            continue
+        await pipeline.put(item)
+        report.accepted += 1
+    await pipeline.flush()
+    report.pipeline = pipeline.stats.as_dict()
+    return report
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while True:
+            chunk = f.readline(MAX_LINE_BYTES + 1)
+            if not chunk:
+                return
+            if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                while chunk and not chunk.endswith(b"\n"):  # skip the rest of the long line
+                    chunk = f.readline(MAX_LINE_BYTES + 1)
+                yield b"\0" * (MAX_LINE_BYTES + 1)
+                continue
+            yield chunk
+
+
+def ingest_file(
+    path: str | Path,
+    db: Database,
+    *,
+    fmt: str | None = None,
+    vantage: str = "replay",
+    pipeline_options: dict[str, Any] | None = None,
+) -> ReplayReport:
+    """`swarmwatch ingest FILE`: replay a CSV/JSONL file through a fresh pipeline."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    kind = fmt or detect_format(path)
+    if kind not in {"csv", "jsonl"}:
+        raise ValueError(f"unknown format {kind!r} (csv or jsonl)")
+
+    async def run() -> ReplayReport:
+        async with Pipeline(db, **(pipeline_options or {})) as pipeline:
+            return await ingest_lines(_file_lines(path), pipeline, fmt=kind, vantage=vantage)
+
+    return asyncio.run(run())
+
+
+__all__ = [
+    "FIELDS",
+    "ReplayError",
+    "ReplayReport",
+    "detect_format",
+    "ingest_file",
+    "ingest_lines",
+    "parse_lines",
+    "parse_record",
+    "parse_time",
+]

@@ -1,0 +1,355 @@
+"""The single batch writer: one transaction per batch of anonymous sightings.
+
+Upserts the unique-peer table, inserts sightings, adds anomaly counts, stores
+samples (and tracker state), then folds the batch into the analysis rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from swarmwatch.config import Settings, get_settings
+from swarmwatch.models import Peer
+from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
+
+log = logging.getLogger(__name__)
+
+ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
+
+_apply_rollups: ApplyRollups | None
+try:  # the analysis part's rollups; the writer works without them
+    from swarmwatch.analysis.rollups import apply_batch as _apply_rollups
+except ImportError:  # pragma: no cover - only before the analysis part exists
+    _apply_rollups = None
+
+#: One placed, keyed sighting as the writer takes it (the AnonymousSighting fields
+#: without new_peer, which the writer decides):
+#: (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage, seed,
+#:  country, geoname_id, metro_id, h3_cell, asn)
+SightingRow = tuple[
+    int,
+    int,
+    int,
+    bytes,
+    datetime,
+    str,
+    str,
+    bool | None,
+    str | None,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
+]
+
+_SELECT_CHUNK = 500
+
+_INSERT_SIGHTING = (
+    "INSERT INTO sighting (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage,"
+    " seed, country, geoname_id, metro_id, h3_cell, asn)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Counts add up and first/last widen, so a second writer racing this one loses nothing.
+_UPSERT_PEER = (
+    "INSERT INTO peer (title_id, peer_key, study_id, first_seen, last_seen, country,"
+    " geoname_id, metro_id, h3_cell, asn, seed, sightings)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (title_id, peer_key) DO UPDATE SET"
+    " first_seen = CASE WHEN excluded.first_seen < peer.first_seen"
+    " THEN excluded.first_seen ELSE peer.first_seen END,"
+    " last_seen = CASE WHEN excluded.last_seen > peer.last_seen"
+    " THEN excluded.last_seen ELSE peer.last_seen END,"
+    " country = COALESCE(excluded.country, peer.country),"
+    " geoname_id = COALESCE(excluded.geoname_id, peer.geoname_id),"
+    " metro_id = COALESCE(excluded.metro_id, peer.metro_id),"
+    " h3_cell = COALESCE(excluded.h3_cell, peer.h3_cell),"
+    " asn = COALESCE(excluded.asn, peer.asn),"
+    # seed: true once seen seeding, false once seen leeching, null while unknown.
+    " seed = COALESCE(peer.seed OR excluded.seed, peer.seed, excluded.seed),"
+    " sightings = peer.sightings + excluded.sightings"
+)
+_UPSERT_ANOMALY = (
+    "INSERT INTO anomaly (torrent_id, source, reason, study_id, count, first_seen, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (torrent_id, source, reason) DO UPDATE SET"
+    " count = anomaly.count + excluded.count,"
+    " first_seen = CASE WHEN excluded.first_seen < anomaly.first_seen"
+    " THEN excluded.first_seen ELSE anomaly.first_seen END,"
+    " last_seen = CASE WHEN excluded.last_seen > anomaly.last_seen"
+    " THEN excluded.last_seen ELSE anomaly.last_seen END"
+)
+_INSERT_SAMPLE = (
+    "INSERT INTO sample (torrent_id, source, vantage, started_at, finished_at, tracker_url,"
+    " peers_returned, seeders, leechers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TRACKER_OK = (
+    'UPDATE tracker SET last_announce = ?, next_announce = ?, "interval" = ?,'
+    " min_interval = ?, seeders = ?, leechers = ?, failures = 0, last_error = NULL"
+    " WHERE torrent_id = ? AND url = ?"
+)
+_TRACKER_FAILED = (
+    "UPDATE tracker SET last_announce = ?, failures = failures + 1, last_error = ?"
+    " WHERE torrent_id = ? AND url = ?"
+)
+_UPSERT_GEOIP = (
+    "INSERT INTO geoip_database (kind, database_type, build_epoch, embedded, first_used_at,"
+    " last_used_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, database_type, build_epoch) DO UPDATE SET"
+    " last_used_at = excluded.last_used_at"
+)
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one transaction writes. Holds no address: only keys and places."""
+
+    sightings: list[SightingRow] = field(default_factory=list)
+    # (torrent_id, study_id, source, reason) -> [count, first_seen, last_seen]
+    anomalies: dict[tuple[int, int, str, str], list[Any]] = field(default_factory=dict)
+    samples: list[tuple[int, SampleRecord]] = field(default_factory=list)
+
+    def add_anomaly(
+        self, torrent_id: int, study_id: int, source: str, reason: str, seen_at: datetime
+    ) -> None:
+        entry = self.anomalies.get((torrent_id, study_id, source, reason))
+        if entry is None:
+            self.anomalies[(torrent_id, study_id, source, reason)] = [1, seen_at, seen_at]
+            return
+        entry[0] += 1
+        if seen_at < entry[1]:
+            entry[1] = seen_at
+        if seen_at > entry[2]:
+            entry[2] = seen_at
+
+    def __bool__(self) -> bool:
+        return bool(self.sightings or self.anomalies or self.samples)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    sightings: int
+    new_peers: int
+    anomalies: int
+    samples: int
+
+
+class BatchWriter:
+    """Writes WriteBatches; meant to be the only writer of sightings to its database.
+
+    Statements go straight to the driver (executemany over tuples): the ORM's per-row
+    work would cost more than SQLite's. Times are bound as SQLAlchemy would store
+    them, so the ORM reads them back as aware UTC datetimes.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        settings: Settings | None = None,
+        rollups: ApplyRollups | None | bool = True,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or get_settings()
+        self.sqlite = engine.dialect.name == "sqlite"
+        if rollups is True:
+            self.rollups: ApplyRollups | None = _apply_rollups
+        elif rollups is False:
+            self.rollups = None
+        else:
+            self.rollups = rollups
+        self._times: dict[datetime, Any] = {}
+
+    # -- dialect glue ---------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.sqlite else statement.replace("?", "%s")
+
+    def _time(self, value: datetime | None) -> Any:
+        if value is None or not self.sqlite:
+            return value
+        formatted = self._times.get(value)
+        if formatted is None:
+            if len(self._times) > 50_000:
+                self._times.clear()
+            formatted = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            self._times[value] = formatted
+        return formatted
+
+    def _connection_setup(self, conn: Connection) -> None:
+        if self.sqlite:
+            # Random 16-byte peer keys touch pages all over the peer index; 64 MiB of
+            # page cache keeps most of a million-peer index in memory.
+            conn.exec_driver_sql("PRAGMA cache_size=-65536")
+
+    # -- the batch -----------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> WriteResult:
+        """Write one batch in one transaction; on error nothing of it is kept."""
+        with self.engine.begin() as conn:
+            self._connection_setup(conn)
+            new_peers = self._write_sightings(conn, batch.sightings)
+            self._write_anomalies(conn, batch)
+            self._write_samples(conn, batch.samples)
+        return WriteResult(
+            sightings=len(batch.sightings),
+            new_peers=new_peers,
+            anomalies=sum(v[0] for v in batch.anomalies.values()),
+            samples=len(batch.samples),
+        )
+
+    def _existing_peers(
+        self, conn: Connection, keys_by_title: dict[int, list[bytes]]
+    ) -> set[tuple[int, bytes]]:
+        found: set[tuple[int, bytes]] = set()
+        for title_id, keys in keys_by_title.items():
+            for start in range(0, len(keys), _SELECT_CHUNK):
+                chunk = keys[start : start + _SELECT_CHUNK]
+                rows = conn.execute(
+                    select(Peer.peer_key).where(Peer.title_id == title_id, Peer.peer_key.in_(chunk))
+                )
+                found.update((title_id, bytes(k)) for (k,) in rows)
+        return found
+
+    def _write_sightings(self, conn: Connection, rows: list[SightingRow]) -> int:
+        if not rows:
+            return 0
+        # One upsert per distinct (title, peer) in the batch, folded here first.
+        peers: dict[tuple[int, bytes], list[Any]] = {}
+        first_index: dict[tuple[int, bytes], int] = {}
+        for i, r in enumerate(rows):
+            pk = (r[1], r[3])
+            p = peers.get(pk)
+            if p is None:
+                # study, first, last, country, geoname, metro, h3, asn, seed, count
+                peers[pk] = [r[0], r[4], r[4], r[8], r[9], r[10], r[11], r[12], r[7], 1]
+                first_index[pk] = i
+                continue
+            if r[4] < p[1]:
+                p[1] = r[4]
+                first_index[pk] = i
+            if r[4] > p[2]:
+                p[2] = r[4]
+            if r[9] is not None or p[4] is None:
+                p[3], p[4], p[5], p[6], p[7] = r[8], r[9], r[10], r[11], r[12]
+            if r[7] is not None and p[8] is not True:
+                p[8] = r[7]
+            p[9] += 1
+
+        keys_by_title: dict[int, list[bytes]] = {}
+        for title_id, key in peers:
+            keys_by_title.setdefault(title_id, []).append(key)
+        existing = self._existing_peers(conn, keys_by_title)
+
+        t = self._time
+        # Sorted by key, so the B-tree inserts walk the index in order.
+        peer_params = [
+            (pk[0], pk[1], p[0], t(p[1]), t(p[2]), p[3], p[4], p[5], p[6], p[7], p[8], p[9])
+            for pk, p in sorted(peers.items())
+        ]
+        conn.exec_driver_sql(self._sql(_UPSERT_PEER), peer_params)
+        conn.exec_driver_sql(
+            self._sql(_INSERT_SIGHTING),
+            [(*r[:4], t(r[4]), *r[5:]) for r in rows],
+        )
+        new = {pk for pk in peers if pk not in existing}
+        if self.rollups is not None:
+            new_rows = {first_index[pk] for pk in new}
+            self.rollups(
+                conn,
+                [AnonymousSighting(*r, new_peer=i in new_rows) for i, r in enumerate(rows)],
+            )
+        return len(new)
+
+    def _write_anomalies(self, conn: Connection, batch: WriteBatch) -> None:
+        if not batch.anomalies:
+            return
+        t = self._time
+        conn.exec_driver_sql(
+            self._sql(_UPSERT_ANOMALY),
+            [
+                (torrent, source, reason, study, v[0], t(v[1]), t(v[2]))
+                for (torrent, study, source, reason), v in sorted(batch.anomalies.items())
+            ],
+        )
+
+    def _next_announce(self, started: datetime, sample: SampleRecord) -> datetime:
+        wanted = max(sample.interval or 0, sample.min_interval or 0)
+        wait = min(
+            max(float(wanted), self.settings.tracker_min_interval),
+            self.settings.tracker_max_interval,
+        )
+        return started + timedelta(seconds=wait)
+
+    def _write_samples(self, conn: Connection, samples: list[tuple[int, SampleRecord]]) -> None:
+        if not samples:
+            return
+        t = self._time
+        conn.exec_driver_sql(
+            self._sql(_INSERT_SAMPLE),
+            [
+                (
+                    torrent_id,
+                    str(s.source),
+                    s.vantage,
+                    t(s.started_at),
+                    t(s.finished_at),
+                    s.tracker_url,
+                    s.peers_returned,
+                    s.seeders,
+                    s.leechers,
+                    s.error,
+                )
+                for torrent_id, s in samples
+            ],
+        )
+        ok, failed = [], []
+        for torrent_id, s in samples:
+            if s.source != Source.TRACKER or not s.tracker_url:
+                continue
+            when = s.finished_at or s.started_at
+            if s.error is None:
+                ok.append(
+                    (
+                        t(when),
+                        t(self._next_announce(when, s)),
+                        s.interval,
+                        s.min_interval,
+                        s.seeders,
+                        s.leechers,
+                        torrent_id,
+                        s.tracker_url,
+                    )
+                )
+            else:
+                failed.append((t(when), s.error, torrent_id, s.tracker_url))
+        if ok:
+            conn.exec_driver_sql(self._sql(_TRACKER_OK), ok)
+        if failed:
+            conn.exec_driver_sql(self._sql(_TRACKER_FAILED), failed)
+
+    def record_geoip(self, kind: str, metadata: Any, *, embedded: bool) -> None:
+        """Note that sightings are being placed with this database (kind: city or asn)."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                self._sql(_UPSERT_GEOIP),
+                [
+                    (
+                        kind,
+                        str(metadata.database_type)[:100],
+                        int(metadata.build_epoch),
+                        embedded,
+                        self._time(now),
+                        self._time(now),
+                    )
+                ],
+            )
+
+
+__all__ = ["BatchWriter", "SightingRow", "WriteBatch", "WriteResult"]
