@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import select
 
 from swarmwatch.config import Settings, get_settings
-from swarmwatch.geoip import city_db_path, is_embedded
+from swarmwatch.geoip import is_embedded
 from swarmwatch.models import Torrent
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
+from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
 from swarmwatch.pipeline.geolocate import (
     V6_FLAG,
     Geolocator,
@@ -152,8 +153,8 @@ class Pipeline:
             return
         self._started = True
         if self._geolocator is None:
-            path = city_db_path(self.settings)
-            asn = self.settings.geoip_asn
+            path = active_city_db(self.settings)
+            asn = active_asn_db(self.settings)
             self._geolocator = await asyncio.to_thread(
                 Geolocator, path, asn, workers=self._geo_workers
             )

@@ -1,0 +1,143 @@
+"""Pipeline commands: `ingest FILE`, `geoip info|install`, `study seal`, `places load`.
+
+Thin typer wrappers over plain functions; swarmwatch/cli.py mounts them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from swarmwatch.config import get_settings
+from swarmwatch.pipeline.anonymise import StudyError, seal_study
+from swarmwatch.pipeline.geoipdb import (
+    GeoipError,
+    download_city_database,
+    geoip_info,
+    install_file,
+)
+from swarmwatch.pipeline.places import load_places
+from swarmwatch.pipeline.replay import ReplayReport, ingest_file
+from swarmwatch.store import Database
+
+console = Console(stderr=True)
+
+geoip_app = typer.Typer(help="GeoIP databases: what is loaded, and installing a current one.")
+study_app = typer.Typer(help="Study lifecycle (pipeline side).")
+places_app = typer.Typer(help="GeoNames cities and metro areas.")
+
+
+def _database() -> Database:
+    db = Database(get_settings().database_url)
+    db.upgrade()
+    return db
+
+
+def ingest_command(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL: ip, port, infohash, time, source")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or jsonl (default: guess)")
+    ] = None,
+    vantage: Annotated[str, typer.Option(help="vantage for rows that name none")] = "replay",
+) -> None:
+    """Replay sightings collected elsewhere through the pipeline."""
+    db = _database()
+    try:
+        try:
+            report: ReplayReport = ingest_file(file, db, fmt=fmt, vantage=vantage)
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+    for error in report.errors:
+        console.print(f"[yellow]skipped[/yellow] {error}")
+    if report.bad > len(report.errors):
+        console.print(f"... and {report.bad - len(report.errors)} more bad lines")
+    stats = report.pipeline
+    typer.echo(
+        f"{report.accepted} sightings read, {report.bad} bad lines skipped; "
+        f"{stats.get('stored', 0)} stored, {stats.get('new_peers', 0)} new peers, "
+        f"{stats.get('anomalies', 0)} anomalies, {stats.get('coalesced', 0)} repeats, "
+        f"{stats.get('unknown_infohash', 0)} for unregistered torrents, "
+        f"{stats.get('sealed', 0)} for sealed studies"
+    )
+
+
+@geoip_app.command("info")
+def geoip_info_command() -> None:
+    """Show the GeoIP databases in use: type, build date, age."""
+    try:
+        infos = geoip_info()
+    except GeoipError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    for info in infos:
+        typer.echo(
+            f"{info.kind}: {info.database_type} at {info.path}\n"
+            f"  built {info.build_date:%Y-%m-%d} ({info.age_days:.0f} days ago)"
+            f"{', embedded default' if info.embedded else ''}"
+        )
+        if info.warning:
+            console.print(f"[bold red]{info.warning}[/bold red]")
+
+
+@geoip_app.command("install")
+def geoip_install_command(
+    file: Annotated[
+        Path | None, typer.Option("--file", help="install this local .mmdb instead")
+    ] = None,
+    source: Annotated[str, typer.Option(help="maxmind, dbip or auto")] = "auto",
+) -> None:
+    """Download (or take --file) a current City database, verify it, swap it in."""
+    try:
+        info = install_file(file) if file else download_city_database(source=source)
+    except GeoipError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(f"installed {info.database_type} built {info.build_date:%Y-%m-%d} at {info.path}")
+
+
+@study_app.command("seal")
+def study_seal_command(
+    study_id: Annotated[int, typer.Argument(help="the study to seal")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Destroy the study's key: no new sightings, no link to any address, ever."""
+    if not yes:
+        typer.confirm(f"Seal study {study_id}? Its key is destroyed for good.", abort=True)
+    db = _database()
+    try:
+        with db.session() as session:
+            result = seal_study(session, study_id)
+    except StudyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    state = "was already sealed" if result.already_sealed else "sealed"
+    typer.echo(f"study {study_id} {state} at {result.sealed_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@places_app.command("load")
+def places_load_command() -> None:
+    """Load GeoNames cities and build metro areas (once; later runs do nothing)."""
+    db = _database()
+    try:
+        loaded = load_places(db)
+    finally:
+        db.dispose()
+    verb = "loaded" if loaded.loaded else "already loaded:"
+    typer.echo(f"{verb} {loaded.cities} cities, {loaded.metros} metro areas")
+
+
+__all__ = [
+    "geoip_app",
+    "ingest_command",
+    "places_app",
+    "study_app",
+    "study_seal_command",
+]
