@@ -4,24 +4,25 @@ Read from the frame rollups; each published frame is cached, keyed by its own to
 
 Why the cache is exact: every peer newly counted in a frame raises that frame's
 total (rollup_active.peers), and a frame's cells and cities change only then. So
-(titles, interval, res, bucket, k, total) identifies a frame's content, and a
-cached frame is served only while its total is unchanged. Closed frames never
-change, so a 120-frame time-lapse costs one small query once warm.
+the total is the version of a frame's content (swarmwatch.analysis.versioned):
+closed frames never change and are always served from the cache, and the open
+frame of a live study is served as last computed (at most a few seconds behind)
+while one background thread recomputes it. A warm 120-frame time-lapse costs one
+small query and a join of cached bytes.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import weakref
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import h3
 from h3.api import basic_int as h3i
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.rollups import (
@@ -34,6 +35,7 @@ from swarmwatch.analysis.rollups import (
     rollup_frame_city,
 )
 from swarmwatch.analysis.scope import Scope, ScopeError
+from swarmwatch.analysis.versioned import PerEngine
 from swarmwatch.models import City
 
 DEFAULT_TOP_CITIES = 10
@@ -61,11 +63,8 @@ class Frame:
         }
 
 
-_cache_lock = threading.Lock()
-# Per engine (not URL): a database recreated at the same URL must not meet old frames.
-_frame_caches: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[Any, ...], Frame]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Published frames per engine, each versioned by its own total (see module docstring).
+_frame_caches: PerEngine[Frame] = PerEngine(max_entries=FRAME_CACHE_SIZE)
 
 
 def _check(scope: Scope, interval: int, res: int) -> None:
@@ -139,24 +138,28 @@ def _frames(
         .group_by(a.c.bucket)
         .order_by(a.c.bucket)
     ).all()
-    with _cache_lock:
-        cache = _frame_caches.get(conn.engine)
-        if cache is None:
-            cache = _frame_caches[conn.engine] = OrderedDict()
+    engine = conn.engine
+    cache = _frame_caches.of(engine)
     frames: list[Frame] = []
     for bucket, total, city_total in totals:
-        key = (scope.title_ids, interval, res, bucket, scope.k, top, int(total))
-        with _cache_lock:
-            frame = cache.get(key)
-            if frame is not None:
-                cache.move_to_end(key)
-        if frame is None:
-            frame = _frame(conn, scope, interval, res, bucket, int(total), int(city_total), top)
-            with _cache_lock:
-                cache[key] = frame
-                while len(cache) > FRAME_CACHE_SIZE:
-                    cache.popitem(last=False)
-        frames.append(frame)
+        key = (scope.title_ids, interval, res, bucket, scope.k, top)
+
+        def compute(b: int = bucket, n: int = int(total), c: int = int(city_total)) -> Frame:
+            return _frame(conn, scope, interval, res, b, n, c, top)
+
+        def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
+            # The open frame, recomputed off the request path from a fresh read.
+            with engine.connect() as own:
+                n, c = own.execute(
+                    select(func.sum(a.c.peers), func.sum(a.c.city_peers)).where(
+                        a.c.title_id.in_(titles), a.c.interval_s == interval, a.c.bucket == b
+                    )
+                ).one()
+                return int(n), _frame(own, scope, interval, res, b, int(n), int(c), top)
+
+        # A frame's total is its version: closed frames never change, so they are always
+        # hits; the open one is served as last computed while ingest moves it on.
+        frames.append(cache.get(key, int(total), compute, refresh).value)
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",

@@ -48,8 +48,9 @@ T = TypeVar("T")
 #: Oldest answer served while a fresher one is computed: a few writer batches' worth.
 DEFAULT_MAX_LAG_S = 30.0
 #: Youngest answer worth recomputing: bounds background work to one refresh per answer
-#: per 5 s however often the writer commits, while keeping rankings live to the eye.
-DEFAULT_REFRESH_AFTER_S = 5.0
+#: per 10 s however often the writer commits (a full-scale city ranking takes ~1 s of
+#: CPU, and a refresh competes with reads for the GIL), while keeping answers live.
+DEFAULT_REFRESH_AFTER_S = 10.0
 
 
 def data_version(conn: Connection, title_ids: Sequence[int]) -> tuple[int, ...]:
