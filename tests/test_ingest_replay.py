@@ -1,0 +1,179 @@
+"""Replay of CSV/JSONL sightings: bad lines reported by number and skipped, good ones kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from swarmwatch.models import Sighting
+from swarmwatch.pipeline.cli import ingest_command
+from swarmwatch.pipeline.replay import (
+    MAX_LINE_BYTES,
+    ReplayError,
+    detect_format,
+    ingest_file,
+    parse_lines,
+)
+from swarmwatch.sightings import PeerSighting, Source
+from swarmwatch.store import Database
+from tests.pipeline_fixtures import INFOHASH, register, write_city_db
+
+CSV = f"""ip,port,infohash,time,source
+81.2.69.160,6881,{INFOHASH},2026-11-27T12:00:00Z,tracker
+not-an-ip,6881,{INFOHASH},2026-11-27T12:00:00Z,tracker
+89.160.20.112,6881,{INFOHASH},1795780800,dht
+216.160.83.56,99999,{INFOHASH},2026-11-27T12:00:00Z,tracker
+175.16.199.0,6881,{INFOHASH.upper()},2026-11-27 12:00:00,pex
+10.0.0.1,6881,{INFOHASH},2026-11-27T12:00:00Z,carrier-pigeon
+2a02:8108::1,6881,xyz,2026-11-27T12:00:00Z,tracker
+67.43.156.0,6881,{INFOHASH},yesterday,tracker
+2001:218::1,,{INFOHASH},2026-11-27T12:00:00+02:00,
+"""
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = write_city_db(tmp_path / "city.mmdb")
+    monkeypatch.setenv("SWARMWATCH_GEOIP_CITY", str(path))
+    from swarmwatch.config import get_settings
+
+    get_settings.cache_clear()
+    return path
+
+
+def test_csv_good_rows_kept_bad_rows_reported(db: Database, city: Path, tmp_path: Path) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    f.write_text(CSV)
+    report = ingest_file(f, db)
+    assert report.accepted == 4
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (3, "ip is not an IP address"),
+        (5, "port is out of range"),
+        (7, "source is not one of tracker, dht, pex, swarm, replay"),
+        (8, "infohash is not 40 or 64 hex digits"),
+        (9, "time is not ISO 8601 or Unix seconds"),
+    ]
+    assert report.pipeline["stored"] == 4
+    with db.session() as s:
+        rows = s.scalars(select(Sighting).order_by(Sighting.id)).all()
+        assert {r.geoname_id for r in rows} == {2643743, 2694762, 2038180, None}
+        assert {r.source for r in rows} == {"tracker", "dht", "pex", "replay"}
+        assert all(r.vantage == "replay" for r in rows)
+
+
+def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.data"
+    lines = [
+        {"ip": "81.2.69.160", "port": 1, "infohash": INFOHASH, "time": 1795780800, "seed": True},
+        {
+            "ip": "81.2.69.161",
+            "infohash": INFOHASH,
+            "time": "2026-11-27T12:00:00Z",
+            "vantage": "vps-2",
+        },
+        ["not", "an", "object"],
+        {"ip": 42, "infohash": INFOHASH, "time": 1},
+    ]
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
+    assert detect_format(f) == "jsonl"
+    report = ingest_file(f, db)
+    assert report.accepted == 2 and [e.line for e in report.errors] == [3, 4, 5]
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Sighting)) == 2
+        assert {r.vantage for r in s.scalars(select(Sighting))} == {"replay", "vps-2"}
+
+
+def test_cli_ingest(db: Database, city: Path, tmp_path: Path) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    f.write_text(CSV)
+    app = typer.Typer()
+    app.command()(ingest_command)
+    result = CliRunner().invoke(app, [str(f)])
+    assert result.exit_code == 0, result.output
+    assert "4 sightings read, 5 bad lines skipped" in result.output
+    assert "line 3: ip is not an IP address" in result.output
+    assert "not-an-ip" not in result.output  # the offending value is never echoed
+    missing = CliRunner().invoke(app, [str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2
+
+
+def test_a_missing_header_is_reported_not_fatal() -> None:
+    out = list(
+        parse_lines(
+            [b"81.2.69.160,1,abc,1\n", b"ip,infohash,time\n", f"1.2.3.4,{INFOHASH},1\n".encode()],
+            fmt="csv",
+        )
+    )
+    assert isinstance(out[0], ReplayError) and out[0].line == 1
+    assert isinstance(out[1], PeerSighting) and out[1].source == Source.REPLAY
+
+
+_fields = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        ["81.2.69.160", "::1", INFOHASH, "tracker", "1795780800", "2026-11-27T12:00:00Z", ""]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_fields, min_size=0, max_size=6), max_size=8))
+def test_csv_parser_never_raises(rows: list[list[str]]) -> None:
+    header = b"ip,port,infohash,time,source\n"
+    raw = [header] + [",".join(r).encode("utf-8", "surrogatepass") + b"\n" for r in rows]
+    for item in parse_lines(raw, fmt="csv"):
+        assert isinstance(item, PeerSighting | ReplayError)
+        if isinstance(item, PeerSighting):
+            assert item.seen_at.tzinfo is not None and len(item.infohash) in (40, 64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=10), st.sampled_from(["csv", "jsonl"]))
+def test_parser_survives_arbitrary_bytes(lines: list[bytes], fmt: str) -> None:
+    items = list(parse_lines(lines, fmt=fmt))
+    for item in items:
+        assert isinstance(item, PeerSighting | ReplayError)
+        if isinstance(item, ReplayError):
+            assert 1 <= item.line <= len(lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["ip", "port", "infohash", "time", "source", "seed", "vantage"]),
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), _fields
+        ),
+    )
+)
+def test_jsonl_records_never_crash(record: dict[str, object]) -> None:
+    raw = [json.dumps(record).encode()]
+    (item,) = parse_lines(raw, fmt="jsonl")
+    assert isinstance(item, PeerSighting | ReplayError)
+    if isinstance(item, ReplayError):  # a message never repeats an address it was given
+        assert "81.2.69.160" not in str(item) and "::1" not in str(item)
+
+
+def test_overlong_lines_are_bad_lines(tmp_path: Path, db: Database, city: Path) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "long.csv"
+    f.write_bytes(
+        b"ip,infohash,time\n"
+        + b"x" * (MAX_LINE_BYTES + 10)
+        + b"\n"
+        + f"81.2.69.160,{INFOHASH},1\n".encode()
+    )
+    report = ingest_file(f, db)
+    assert report.accepted == 1 and [(e.line, e.reason) for e in report.errors] == [
+        (2, "line too long")
+    ]
