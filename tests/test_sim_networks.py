@@ -235,6 +235,39 @@ def test_corrupt_database_is_a_value_error(tmp_path: Path) -> None:
         build_index(bad)
 
 
+def test_usable_blocks_avoid_special_purpose_space() -> None:
+    import random
+
+    from swarmwatch.sim.networks import _NOT_GLOBAL, _usable
+
+    def ip(a: int, bits: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.IPv4Address(a) if bits == 32 else ipaddress.IPv6Address(a)
+
+    special = "0.1.2.3 10.1.1.1 100.64.0.1 127.0.0.1 169.254.1.1 172.16.5.4 192.0.0.8 "
+    special += "192.0.2.1 192.168.1.1 198.18.0.1 198.51.100.1 203.0.113.1 224.0.0.1 "
+    special += "240.0.0.1 255.255.255.255 ::1 ::ffff:8.8.8.8 100::1 2001::1 2001:db8::1 "
+    special += "2001:10::1 2002::1 fc00::1 fe80::1 ff02::1"
+    for addr in map(ipaddress.ip_address, special.split()):
+        bits = 32 if addr.version == 4 else 128
+        assert not _usable(int(addr), bits, bits), addr
+    # Whatever the integer check accepts, ipaddress calls global: around every
+    # range boundary, and at random.
+    rng = random.Random(5)
+    probes: list[tuple[int, int]] = []
+    for bits, (starts, ends) in _NOT_GLOBAL.items():
+        for a in starts + ends:
+            probes += [(a + d, bits) for d in (-1, 0, 1) if 0 <= a + d < 1 << bits]
+        probes += [(rng.getrandbits(bits), bits) for _ in range(20_000)]
+    probes += [((1 << 125) | rng.getrandbits(125), 128) for _ in range(20_000)]  # 2000::/3
+    accepted = [(a, bits) for a, bits in probes if _usable(a, bits, bits)]
+    assert len(accepted) > 25_000
+    for a, bits in accepted:
+        assert ip(a, bits).is_global and not ip(a, bits).is_multicast, ip(a, bits)
+    # A block is judged by all of its addresses, not its first.
+    assert _usable(int(ipaddress.IPv4Address("8.0.0.0")), 8, 32)
+    assert not _usable(int(ipaddress.IPv4Address("8.0.0.0")), 6, 32)  # holds 10/8
+
+
 # --- the real embedded database --------------------------------------------------
 
 

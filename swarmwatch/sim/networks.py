@@ -8,6 +8,7 @@ so later runs load it in well under a second.
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip
 import hashlib
 import ipaddress
@@ -16,7 +17,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,38 @@ MAX_NETWORKS_PER_CITY = 8
 #: (2: sampled after walking the search tree directly).
 INDEX_FORMAT = 2
 
-# IPv6 regions a MaxMind tree aliases onto its IPv4 subtree (Teredo, 6to4): an
-# address there would not geolocate as drawn. The walk below enters only 2000::/3
-# and never follows a link to the IPv4 subtree; this guards the aliases anyway.
-# As (network, its prefix bits).
-_V6_ALIASES = tuple(
-    (net, int(net.network_address) >> (128 - net.prefixlen))
-    for net in (ipaddress.IPv6Network("2001::/32"), ipaddress.IPv6Network("2002::/16"))
+# Where no plausible peer can be: the IANA special-purpose registries' entries that
+# are not globally reachable (RFC 6890 and updates; whole entries, even where one
+# has a reachable exception), multicast, and for IPv6 all but global unicast. The
+# IPv6 aliases of IPv4 space (Teredo 2001::/32, 6to4 2002::/16) are in there too:
+# an address drawn there would not geolocate as drawn. Compared as integers
+# because ipaddress's is_global costs ~15 us, too slow for every sampled block.
+_NOT_GLOBAL_V4 = (
+    "0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 "
+    "192.0.0.0/24 192.0.2.0/24 192.88.99.0/24 192.168.0.0/16 198.18.0.0/15 "
+    "198.51.100.0/24 203.0.113.0/24 224.0.0.0/4 240.0.0.0/4"
 )
+_NOT_GLOBAL_V6 = "::/3 2001::/23 2001:db8::/32 2002::/16 3fff::/20 4000::/2 8000::/1"
+
+
+def _ranges(nets: str) -> tuple[list[int], list[int]]:
+    """Sorted, merged (starts, ends) of the networks."""
+    spans = sorted(
+        (int(n.network_address), int(n.broadcast_address))
+        for n in map(ipaddress.ip_network, nets.split())
+    )
+    starts: list[int] = []
+    ends: list[int] = []
+    for lo, hi in spans:
+        if ends and lo <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return starts, ends
+
+
+_NOT_GLOBAL = {32: _ranges(_NOT_GLOBAL_V4), 128: _ranges(_NOT_GLOBAL_V6)}
 
 
 @dataclass(slots=True)
@@ -82,20 +108,14 @@ class CityNetworkIndex:
 
 
 def _usable(base: int, plen: int, bits: int) -> bool:
-    """Whether addresses drawn from a block would be plausible, geolocatable peers."""
-    if bits == 128:
-        if not any(
-            plen >= alias.prefixlen and base >> (128 - alias.prefixlen) == alias_bits
-            for alias, alias_bits in _V6_ALIASES
-        ):
-            addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(base)
-        else:
-            return False
-    else:
-        addr = ipaddress.IPv4Address(base)
-    # A /32 or /128 has no host to spare besides the one address; that is fine,
-    # but a network that is not globally routable is never a plausible peer.
-    return addr.is_global and not addr.is_multicast
+    """Whether every address of a block could be a plausible, geolocatable peer.
+
+    A /32 or /128 has no host to spare besides the one address; that is fine.
+    """
+    starts, ends = _NOT_GLOBAL[bits]
+    last = base + (1 << (bits - plen)) - 1
+    i = bisect.bisect_right(starts, last) - 1  # the last range starting at or before it
+    return i < 0 or ends[i] < base
 
 
 # --- reading the MaxMind DB file directly ----------------------------------------
@@ -163,19 +183,27 @@ class _Database:
             node = self.children(node)[(bits >> i) & 1]
         return node
 
-    def walk(self, root: int, path: int, skip: int, leaves: dict[int, list[int]]) -> int:
+    def walk(
+        self,
+        root: int,
+        path: int,
+        skip: int,
+        leaves: dict[int, MutableSequence[int]],
+        new: Callable[[Iterable[int]], MutableSequence[int]],
+    ) -> int:
         """Add the path of every network under root to leaves[its data record]; count them.
 
         A path is the network's prefix bits below a leading 1 (so its length is
         implied): the root's path is 1, its right child's 0b11. `skip` is a node
         not to enter (the IPv4 subtree, which an IPv6 tree also links from aliases).
+        new makes a record's sequence of paths from its first.
         This loop is the hot spot (3.6 M nodes), hence locals and no helper calls.
         """
         buf, nb, nc = self.buf, self.node_bytes, self.node_count
         shift, mask, nibble = self.left_shift, self.right_mask, self.left_nibble
         frombytes, get = int.from_bytes, leaves.get
         if root > nc:
-            leaves.setdefault(root, []).append(path)
+            leaves.setdefault(root, new([])).append(path)
             return 1
         if root == nc or root == skip:
             return 0
@@ -198,7 +226,7 @@ class _Database:
                 found += 1
                 paths = get(right)
                 if paths is None:
-                    leaves[right] = [path | 1]
+                    leaves[right] = new((path | 1,))
                 else:
                     paths.append(path | 1)
             if left < nc:
@@ -209,7 +237,7 @@ class _Database:
                 found += 1
                 paths = get(left)
                 if paths is None:
-                    leaves[left] = [path]
+                    leaves[left] = new((path,))
                 else:
                     paths.append(path)
         return found
@@ -405,7 +433,10 @@ def _distinct_draws(rng: random.Random, n: int, limit: int) -> Iterator[int]:
 
 
 def _sample(
-    rng: random.Random, groups: list[list[int]], bits: int, k: int = MAX_NETWORKS_PER_CITY
+    rng: random.Random,
+    groups: list[MutableSequence[int]],
+    bits: int,
+    k: int = MAX_NETWORKS_PER_CITY,
 ) -> tuple[int, list[tuple[int, int]]]:
     """(number of blocks, up to k usable ones drawn uniformly) of a city's path groups.
 
@@ -471,18 +502,25 @@ def _build(
         # Only global unicast (2000::/3) can hold a plausible peer.
         roots.append((128, db.descend(0, 0b001, 3), 0b1001, v4_root))
 
-    leaves: dict[int, dict[int, list[int]]] = {}  # bits -> record -> paths
+    leaves: dict[int, dict[int, MutableSequence[int]]] = {}  # bits -> record -> paths
     walked = 0
     for bits, root, path, skip in roots:
         leaves[bits] = {}
+        # An IPv4 path fits 33 bits: 8 bytes each in an array rather than a 40-byte
+        # int in a list (3 M of them: ~100 MB less at the peak).
+        new: Callable[[Iterable[int]], MutableSequence[int]] = (
+            functools.partial(array, "Q") if bits == 32 else list
+        )
         for node, p in _split(db, root, path, _SPLIT_DEPTH, skip):
-            walked += db.walk(node, p, skip, leaves[bits])
+            walked += db.walk(node, p, skip, leaves[bits], new)
             if progress is not None:
                 progress(walked)
 
     # Decode each distinct record once: ~460 k of them for 3.4 M networks.
     cities: dict[int, CityNetworks] = {}
-    groups: dict[tuple[int, int], list[list[int]]] = {}  # (geoname id, bits) -> path groups
+    groups: dict[
+        tuple[int, int], list[MutableSequence[int]]
+    ] = {}  # (geoname id, bits) -> path groups
     gid_of: dict[int, int | None] = {}  # a few records serve IPv4 and IPv6 networks
     for bits, by_record in leaves.items():
         for record, paths in by_record.items():
