@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import libtorrent as lt
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from swarmwatch import bencode
@@ -193,11 +194,16 @@ def get_or_create_title(session: Session, study: Study, name: str | None) -> Tit
         if len(titles) == 1:
             return titles[0]
     name = (name or DEFAULT_TITLE).strip() or DEFAULT_TITLE
-    title = session.scalar(select(Title).where(Title.study_id == study.id, Title.name == name))
+    query = select(Title).where(Title.study_id == study.id, Title.name == name)
+    title = session.scalar(query)
     if title is None:
-        title = Title(study_id=study.id, name=name)
-        session.add(title)
-        session.flush()
+        # Two registrations may create the same title at once: the loser re-reads it.
+        try:
+            with session.begin_nested():
+                title = Title(study_id=study.id, name=name)
+                session.add(title)
+        except IntegrityError:
+            title = session.scalars(query).one()
     return title
 
 
@@ -240,8 +246,15 @@ def register_torrent(
     )
     for url, tier in merge_trackers(parsed.trackers, extra_trackers):
         torrent.trackers.append(Tracker(url=url, tier=tier))
-    session.add(torrent)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(torrent)
+    except IntegrityError:
+        # The same infohash registered concurrently: the unique constraint decided.
+        existing = find_duplicate(session, study_id, parsed)
+        if existing is None:
+            raise
+        raise DuplicateTorrent(existing) from None
     return torrent
 
 

@@ -255,3 +255,35 @@ def test_write_rate_limit_is_429_json(db: Database, api_key: str) -> None:
         from swarmwatch.models import Study
 
         assert s.scalar(select(func.count()).select_from(Study)) == 3
+
+
+def test_concurrent_registrations_never_500(
+    client: httpx.Client, live_server: str, api_key: str
+) -> None:
+    """The same new title and infohash registered at once: one 201, the rest 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = make_study(client)
+    headers = {"Authorization": f"Bearer {api_key}"}
+
+    def register(i: int) -> int:
+        body = {"study_id": sid, "infohash": IH, "title": "race"}
+        return httpx.post(
+            f"{live_server}/api/v1/torrents", json=body, headers=headers, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(register, range(32)))
+    assert sorted(set(codes)) == [201, 409], codes
+    assert codes.count(201) == 1
+
+    def new_title(i: int) -> int:
+        body = {"study_id": sid, "infohash": f"{i + 1:040x}", "title": "fresh title"}
+        return httpx.post(
+            f"{live_server}/api/v1/torrents", json=body, headers=headers, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(new_title, range(32))) == {201}
+    titles = client.get(f"/api/v1/studies/{sid}").json()["titles"]
+    assert sorted(t["name"] for t in titles) == ["fresh title", "race"]

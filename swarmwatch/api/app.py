@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
@@ -62,6 +63,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                 raise
             continue
         app.include_router(module.router)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    async def _busy(request: Request, exc: Exception) -> JSONResponse:
+        # The database is overloaded or restarting: a retryable 503, not a server bug.
+        log.warning("database unavailable (%s) on %s", type(exc).__name__, request.url.path)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "database busy or unavailable; retry shortly"},
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
