@@ -1,0 +1,189 @@
+"""Ingest benchmark: end-to-end sightings/s into SQLite, against a bare maxminddb lookup loop.
+
+Two streams of synthetic public IPv4 addresses (data only, never destinations) go
+through the real Pipeline into a fresh SQLite file with the embedded GeoLite2 City.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+
+from swarmwatch.geoip import embedded_city_db
+from swarmwatch.models import Study, Title, Torrent
+from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
+from swarmwatch.pipeline.pipeline import Pipeline
+from swarmwatch.sightings import PeerSighting, Source
+from swarmwatch.store import Database
+
+INFOHASH = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
+T0 = datetime(2026, 11, 27, tzinfo=UTC)
+DAY = 86_400.0
+#: Goals from issue 4.
+REPEAT_GOAL_PER_S = 200_000.0
+UNIQUE_GOAL_RATIO = 1.0
+
+
+def public_addresses(n: int, seed: int) -> list[ipaddress.IPv4Address]:
+    """n distinct addresses drawn uniformly from public IPv4 space."""
+    rng = random.Random(seed)
+    seen: set[int] = set()
+    out: list[ipaddress.IPv4Address] = []
+    while len(out) < n:
+        k = rng.getrandbits(32)
+        if k in seen or special_reason(k) is not None:
+            continue
+        seen.add(k)
+        out.append(ipaddress.IPv4Address(k))
+    return out
+
+
+def repeat_stream(addrs: list[ipaddress.IPv4Address], repeats: int) -> list[PeerSighting]:
+    """Each peer seen `repeats` times within seconds (five trackers answering one round),
+    peers spread over a day."""
+    step = DAY / max(1, len(addrs))
+    return [
+        PeerSighting(
+            INFOHASH, ip, 6881, Source.TRACKER, "bench", T0 + timedelta(seconds=i * step + r)
+        )
+        for i, ip in enumerate(addrs)
+        for r in range(repeats)
+    ]
+
+
+def unique_stream(addrs: list[ipaddress.IPv4Address]) -> list[PeerSighting]:
+    step = DAY / max(1, len(addrs))
+    return [
+        PeerSighting(INFOHASH, ip, 6881, Source.DHT, "bench", T0 + timedelta(seconds=i * step))
+        for i, ip in enumerate(addrs)
+    ]
+
+
+def bare_lookup_rate(city_db: Path, addrs: list[ipaddress.IPv4Address]) -> float:
+    """The baseline: one thread, reader.get() for every address, no cache."""
+    reader = maxminddb.open_database(str(city_db))
+    try:
+        t0 = time.perf_counter()
+        for ip in addrs:
+            reader.get(ip)
+        return len(addrs) / (time.perf_counter() - t0)
+    finally:
+        reader.close()
+
+
+def _fresh_database(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    with db.session() as s:
+        study = Study(name="bench")
+        s.add(study)
+        s.flush()
+        title = Title(study_id=study.id, name="bench")
+        s.add(title)
+        s.flush()
+        s.add(Torrent(study_id=study.id, title_id=title.id, infohash_v1=INFOHASH))
+    return db
+
+
+async def _ingest(
+    db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
+) -> tuple[float, dict[str, int]]:
+    geo = await asyncio.to_thread(Geolocator, city_db, workers=workers)
+    pipeline = Pipeline(db, geolocator=geo, rollups=rollups)
+    await pipeline.start()
+    if workers:  # the worker process starts lazily: warm it before the clock runs
+        await asyncio.get_running_loop().run_in_executor(
+            geo.executor, _noop_lookup, [address_key(ipaddress.IPv4Address("81.2.69.160"))]
+        )
+    t0 = time.perf_counter()
+    for s in stream:
+        await pipeline.put(s)
+    await pipeline.close()
+    elapsed = time.perf_counter() - t0
+    geo.close()
+    return len(stream) / elapsed, pipeline.stats.as_dict()
+
+
+def _noop_lookup(keys: list[int]) -> object:
+    from swarmwatch.pipeline.geolocate import _worker_resolve
+
+    return _worker_resolve(keys)
+
+
+def run_benchmark(**options: Any) -> dict[str, float]:
+    """Options: peers=100000 (repeat stream: peers x 5), unique=200000, repeats=5,
+    workers=1 (geolocation processes), rollups=True, seed=1."""
+    peers = int(options.get("peers", 100_000))
+    unique = int(options.get("unique", 200_000))
+    repeats = int(options.get("repeats", 5))
+    workers = int(options.get("workers", 1))
+    rollups = bool(options.get("rollups", True))
+    seed = int(options.get("seed", 1))
+    city_db = embedded_city_db()
+    city_db.read_bytes()  # into the page cache, for the baseline and the pipeline alike
+
+    unique_addrs = public_addresses(unique, seed)
+    repeat_addrs = public_addresses(peers, seed + 1)
+    baseline = bare_lookup_rate(city_db, unique_addrs)
+
+    with tempfile.TemporaryDirectory(prefix="swarmwatch-bench-") as tmp:
+        db = _fresh_database(Path(tmp) / "repeat.db")
+        repeat_rate, repeat_stats = asyncio.run(
+            _ingest(db, city_db, repeat_stream(repeat_addrs, repeats), workers, rollups)
+        )
+        db.dispose()
+        db = _fresh_database(Path(tmp) / "unique.db")
+        unique_rate, unique_stats = asyncio.run(
+            _ingest(db, city_db, unique_stream(unique_addrs), workers, rollups)
+        )
+        db.dispose()
+    baseline_again = bare_lookup_rate(city_db, unique_addrs)  # the machine may have changed
+    baseline = max(baseline, baseline_again)
+
+    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    unique_hit = 1 - unique_stats["geo_lookups"] / max(1, unique)
+    figures = {
+        "repeat_sightings_per_s": repeat_rate,
+        "unique_sightings_per_s": unique_rate,
+        "bare_lookups_per_s": baseline,
+        "unique_vs_bare": unique_rate / baseline,
+        "repeat_vs_goal": repeat_rate / REPEAT_GOAL_PER_S,
+        "repeat_rows_stored": float(repeat_stats["stored"]),
+        "unique_rows_stored": float(unique_stats["stored"]),
+        "unique_network_cache_hit": unique_hit,
+        "peak_rss_mib": rss_self,
+        "peak_rss_worker_mib": rss_children,
+    }
+    print(
+        "ingest benchmark: embedded GeoLite2 City into SQLite, "
+        f"rollups {'on' if rollups else 'off'}, {workers} geolocation worker process(es)"
+    )
+    print(
+        f"  repeat stream ({peers:,} peers x {repeats}): {repeat_rate:,.0f} sightings/s "
+        f"({repeat_rate / REPEAT_GOAL_PER_S:.2f}x the 200k goal; {repeat_stats['stored']:,} rows, "
+        f"{repeat_stats['coalesced']:,} repeats coalesced)"
+    )
+    print(
+        f"  all-unique stream ({unique:,}): {unique_rate:,.0f} sightings/s; "
+        f"network-cache hit {unique_hit:.1%}"
+    )
+    print(
+        f"  bare maxminddb lookup loop (same addresses, one thread): {baseline:,.0f} lookups/s; "
+        f"all-unique / bare = {unique_rate / baseline:.2f}x (goal >= {UNIQUE_GOAL_RATIO:.1f}x)"
+    )
+    print(f"  peak RSS: {rss_self:,.0f} MiB (main), {rss_children:,.0f} MiB (worker)")
+    return figures
+
+
+if __name__ == "__main__":
+    run_benchmark()
