@@ -233,6 +233,12 @@ def test_corrupt_database_is_a_value_error(tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError):
         build_index(bad)
+    # A node linking back to the root: a loop, not a hang.
+    data = bytearray(write_db(tmp_path / "v4.mmdb", ip_version=4, record_size=24).read_bytes())
+    data[3:6] = (0).to_bytes(3, "big")  # the root's right record (128.0.0.0/1)
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="deeper"):
+        build_index(bad)
 
 
 def test_usable_blocks_avoid_special_purpose_space() -> None:

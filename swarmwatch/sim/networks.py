@@ -190,13 +190,15 @@ class _Database:
         skip: int,
         leaves: dict[int, MutableSequence[int]],
         new: Callable[[Iterable[int]], MutableSequence[int]],
+        bits: int,
     ) -> int:
         """Add the path of every network under root to leaves[its data record]; count them.
 
         A path is the network's prefix bits below a leading 1 (so its length is
         implied): the root's path is 1, its right child's 0b11. `skip` is a node
         not to enter (the IPv4 subtree, which an IPv6 tree also links from aliases).
-        new makes a record's sequence of paths from its first.
+        new makes a record's sequence of paths from its first; bits is the address
+        width, which no path may exceed (a corrupt tree could loop).
         This loop is the hot spot (3.6 M nodes), hence locals and no helper calls.
         """
         buf, nb, nc = self.buf, self.node_bytes, self.node_count
@@ -208,10 +210,13 @@ class _Database:
         if root == nc or root == skip:
             return 0
         found = 0
+        too_deep = 1 << (bits + 1)
         stack = [root, path]
         pop, push = stack.pop, stack.append
         while stack:
             path = pop() << 1
+            if path >= too_deep:
+                raise ValueError("the search tree is deeper than an address is long")
             o = pop() * nb
             v = frombytes(buf[o : o + nb], "big")
             left = (v >> shift) | ((v >> 4) & nibble)
@@ -512,7 +517,7 @@ def _build(
             functools.partial(array, "Q") if bits == 32 else list
         )
         for node, p in _split(db, root, path, _SPLIT_DEPTH, skip):
-            walked += db.walk(node, p, skip, leaves[bits], new)
+            walked += db.walk(node, p, skip, leaves[bits], new, bits)
             if progress is not None:
                 progress(walked)
 
