@@ -1,6 +1,6 @@
 """Which address blocks a GeoIP City database places in each city: the sim's address book.
 
-Built once by walking every network of the database (a few seconds for the
+Built once by walking every network of the database (~10 s of one core for the
 3.4 M-network GeoLite2 City) and cached on disk keyed by the file's identity,
 so later runs load it in well under a second.
 """
