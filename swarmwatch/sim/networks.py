@@ -2,7 +2,7 @@
 
 Built once by walking every network of the database (~10 s of one core for the
 3.4 M-network GeoLite2 City) and cached on disk keyed by the file's identity,
-so later runs load it in well under a second.
+so later runs load it in about a second.
 """
 
 from __future__ import annotations
