@@ -32,7 +32,18 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 apikey_app = typer.Typer(help="API keys for the write endpoints.", no_args_is_help=True)
 study_app = typer.Typer(help="Studies: the unit of analysis and of privacy.", no_args_is_help=True)
 torrent_app = typer.Typer(help="Register the torrents a study watches.", no_args_is_help=True)
+from swarmwatch.pipeline.cli import (  # noqa: E402  (the pipeline's commands, mounted here)
+    geoip_app,
+    ingest_command,
+    places_app,
+    study_seal_command,
+)
+
 app.add_typer(db_app, name="db")
+app.add_typer(geoip_app, name="geoip")
+app.add_typer(places_app, name="places")
+app.command("ingest")(ingest_command)
+study_app.command("seal")(study_seal_command)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(study_app, name="study")
 app.add_typer(torrent_app, name="torrent")
@@ -46,8 +57,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def open_database(settings: Settings | None = None, *, upgrade: bool = True) -> Database:
-    """The configured database, migrated to the current schema."""
+def open_database(
+    settings: Settings | None = None, *, upgrade: bool = True, places: bool = False
+) -> Database:
+    """The configured database, migrated to the current schema (and with GeoNames places)."""
     settings = settings or get_settings()
     try:
         db = Database(settings.database_url)
@@ -55,7 +68,19 @@ def open_database(settings: Settings | None = None, *, upgrade: bool = True) -> 
             db.upgrade()
     except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
         fail(f"cannot open database {settings.database_url!r}: {type(exc).__name__}: {exc}")
+    if places:
+        ensure_places(db)
     return db
+
+
+def ensure_places(db: Database) -> None:
+    """Cities and metro areas from GeoNames, loaded once (rankings need their names)."""
+    from swarmwatch.pipeline.places import load_places
+
+    with err.status("loading GeoNames cities and metro areas (first run only)..."):
+        loaded = load_places(db)
+    if loaded.loaded:
+        err.print(f"loaded {loaded.cities:,} cities and {loaded.metros:,} metro areas")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -84,7 +109,7 @@ def main(
 def db_upgrade() -> None:
     """Create or migrate the schema of SWARMWATCH_DATABASE_URL to the latest version."""
     settings = get_settings()
-    open_database(settings)
+    open_database(settings, places=True)
     out.print(f"database at {settings.database_url} is up to date")
 
 
@@ -305,6 +330,7 @@ def serve(
     if is_empty(db.engine):
         err.print("empty database: creating the schema")
     db.upgrade()
+    ensure_places(db)
     application = create_app(settings, db)
     if crawl:
         from swarmwatch.service import attach_crawl_service
@@ -338,7 +364,7 @@ def crawl(
     settings = get_settings()
     if vantage:
         settings = settings.model_copy(update={"vantage": vantage})
-    db = open_database(settings)
+    db = open_database(settings, places=True)
     names = [n.strip() for n in crawlers.split(",") if n.strip()]
     try:
         built = build_crawlers(settings, db, names)

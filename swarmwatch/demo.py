@@ -26,6 +26,7 @@ from swarmwatch.api import create_app
 from swarmwatch.auth import create_api_key
 from swarmwatch.config import Settings
 from swarmwatch.geoip import city_db_path, is_embedded
+from swarmwatch.pipeline.places import load_places
 from swarmwatch.service import CrawlService
 from swarmwatch.store import Database
 
@@ -83,6 +84,8 @@ async def run_demo(
     stop = stop or asyncio.Event()
     db = Database(settings.database_url)
     db.upgrade()
+    progress("loading GeoNames cities and metro areas")
+    await asyncio.to_thread(load_places, db)
 
     # Simulated time starts at the last midnight UTC, so frames line up with days.
     now = datetime.now(UTC)

@@ -5,9 +5,11 @@ Labels are sources and vantages only: never an address, never a tracker's peers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink
 
@@ -57,8 +59,27 @@ class ServiceMetrics:
     def watch_anomalies(self, count: Callable[[], float]) -> None:
         self.anomalies.set_function(count)
 
+    def watch_pipeline(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Every pipeline counter (received, stored, coalesced, dropped...) at scrape time."""
+        self.registry.register(_PipelineCollector(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "swarmwatch_pipeline_events",
+            "Pipeline counters: received, coalesced, stored, new_peers, anomalies, lost, ...",
+            labels=["event"],
+        )
+        for name, value in self.stats().items():
+            family.add_metric([name], float(value))
+        yield family
 
 
 class CountingSink:

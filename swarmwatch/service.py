@@ -199,9 +199,11 @@ class CrawlService:
         if self._sink is not None:
             inner = self._sink
         else:
-            pipeline = self.pipeline = Pipeline(self.db, settings=self.settings)
+            # One geolocation worker process: the second core does the lookups.
+            pipeline = self.pipeline = Pipeline(self.db, settings=self.settings, geo_workers=1)
             await pipeline.start()
-            self.metrics.watch_queue(lambda: float(getattr(pipeline, "queue_depth", 0)))
+            self.metrics.watch_pipeline(pipeline.stats.as_dict)
+            self.metrics.watch_queue(lambda: float(pipeline.queue_depth))
             self.metrics.watch_anomalies(lambda: float(pipeline.stats.anomalies))
             inner = pipeline
         sink = CountingSink(inner, self.metrics)

@@ -23,14 +23,18 @@ import geoip2.errors
 import maxminddb
 
 from swarmwatch.config import Settings, get_settings
-from swarmwatch.geoip import embedded_city_db
+from swarmwatch.geoip import (
+    asn_db_path,
+    city_db_path,
+    embedded_city_db,
+    installed_path,
+)
 
 log = logging.getLogger(__name__)
 
 #: MaxMind updates GeoLite2 twice a week and DB-IP monthly: older than this is stale.
 STALE_AFTER_DAYS = 45
 #: Installed file names inside settings.geoip_dir.
-INSTALLED_NAMES = {"city": "city.mmdb", "asn": "asn.mmdb"}
 #: Largest download accepted (GeoLite2 City is ~60 MB, DB-IP City Lite ~130 MB unpacked).
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 #: A public address to probe a database with (it need not be in it).
@@ -79,26 +83,9 @@ class GeoipInfo:
         return None
 
 
-def installed_path(settings: Settings | None = None, kind: str = "city") -> Path:
-    settings = settings or get_settings()
-    return Path(settings.geoip_dir) / INSTALLED_NAMES[kind]
-
-
-def active_city_db(settings: Settings | None = None) -> Path:
-    """The City database to use: configured, else installed, else the embedded 2018 one."""
-    settings = settings or get_settings()
-    if settings.geoip_city:
-        return Path(settings.geoip_city)
-    installed = installed_path(settings, "city")
-    return installed if installed.is_file() else embedded_city_db()
-
-
-def active_asn_db(settings: Settings | None = None) -> Path | None:
-    settings = settings or get_settings()
-    if settings.geoip_asn:
-        return Path(settings.geoip_asn)
-    installed = installed_path(settings, "asn")
-    return installed if installed.is_file() else None
+# The choice of database lives in swarmwatch.geoip; these names are kept for callers here.
+active_city_db = city_db_path
+active_asn_db = asn_db_path
 
 
 def database_info(path: Path, kind: str = "city", *, now: datetime | None = None) -> GeoipInfo:

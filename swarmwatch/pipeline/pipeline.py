@@ -143,6 +143,11 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
+    def queue_depth(self) -> int:
+        """Sightings accepted and still in memory (not yet prepared for writing)."""
+        return len(self._items)
+
+    @property
     def geolocator(self) -> Geolocator:
         if self._geolocator is None:
             raise RuntimeError("pipeline not started")
