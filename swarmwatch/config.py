@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Longest a sighting waits in memory before it is flushed (the crash-loss bound).
     writer_flush_seconds: float = Field(default=1.0, gt=0)
 
+    # A dead worker's swarms are taken over after this: three missed heartbeats, not one slow one.
+    lease_seconds: float = Field(default=45.0, gt=0)
+    # How often a worker renews its leases and rebalances; a third of lease_seconds.
+    lease_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -85,7 +85,8 @@ class CrawlService:
         metrics: ServiceMetrics | None = None,
         sink: SightingSink | None = None,
         use_leases: bool = True,
-        heartbeat_seconds: float = leases.HEARTBEAT_SECONDS,
+        heartbeat_seconds: float | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -94,7 +95,8 @@ class CrawlService:
         self.metrics = metrics or ServiceMetrics()
         self._sink = sink
         self.use_leases = use_leases
-        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeat_seconds = heartbeat_seconds or settings.lease_heartbeat_seconds
+        self.lease_seconds = lease_seconds or settings.lease_seconds
         self.worker_id = leases.new_worker_id(self.vantage)
         self.held: frozenset[str] = frozenset()
         self.running: dict[str, bool] = {c.name: False for c in self.crawlers}
@@ -136,7 +138,11 @@ class CrawlService:
             watched = self._read_registry()
             with self.db.session() as session:
                 return leases.heartbeat(
-                    session, self.worker_id, self.vantage, [w.infohash for w in watched]
+                    session,
+                    self.worker_id,
+                    self.vantage,
+                    [w.infohash for w in watched],
+                    lease_seconds=self.lease_seconds,
                 )
 
         result = await asyncio.to_thread(beat)
@@ -152,6 +158,18 @@ class CrawlService:
         self.held = result.held
         self.last_heartbeat = time.monotonic()
         self._leased_once.set()
+        if self.pipeline is not None:
+            # Counts only (never an address): after a kill -9 the last of these lines
+            # bounds what the worker had committed and what it still held in memory.
+            stats = self.pipeline.stats
+            log.info(
+                "worker %s pipeline: received %d, stored %d, lost %d, queue %d",
+                self.worker_id,
+                stats.received,
+                stats.stored,
+                stats.lost,
+                self.pipeline.queue_depth,
+            )
         return result
 
     async def _run_heartbeats(self, stop: asyncio.Event) -> None:
