@@ -43,6 +43,10 @@ class Crawler(Protocol):
         """Crawl until stop is set; errors from the network are counted, never raised."""
         ...
 
+    async def aclose(self) -> None:
+        """Release sockets and sessions once run() has returned for good."""
+        ...
+
 
 def static_torrents(items: list[WatchedTorrent]) -> TorrentSource:
     """A TorrentSource over a fixed list (tests, benchmarks, the demo before registration)."""

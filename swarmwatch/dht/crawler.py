@@ -152,6 +152,10 @@ class DhtCrawler:
         self._bootstrap_nodes = await self._resolve_bootstrap()
         await self.refresh_table()
 
+    async def aclose(self) -> None:
+        """The Crawler protocol's close: the sockets go, the counters stay."""
+        self.close()
+
     def close(self) -> None:
         for proto in self.endpoints.values():
             proto.close()

@@ -146,6 +146,9 @@ class SwarmSessionCrawler:
             finally:
                 self._close()
 
+    async def aclose(self) -> None:
+        """Nothing to release: run() closes its session when it returns."""
+
     async def _crawl(
         self, torrents: TorrentSource, sink: SightingSink, stop: asyncio.Event, save_path: Path
     ) -> None:
