@@ -249,11 +249,101 @@ def _city_place(record: Any) -> RawPlace:
     return (None, country, geoname_id, cell, None)
 
 
+class SearchTree:
+    """A MaxMind DB search tree walked here, so a lookup can name its record without decoding it.
+
+    Decoding a City record (names in eight languages, subdivisions, ...) is ~95 % of
+    maxminddb's get(); the tree walk is the cheap part. Walking the tree ourselves
+    gives the data-section pointer, so each distinct record is decoded once per file
+    (MaxMind DB spec, "Search Tree Section": node layout for 24-, 28- and 32-bit records).
+    """
+
+    def __init__(self, path: str | Path, metadata: Any) -> None:
+        self.node_count = int(metadata.node_count)
+        self.record_size = int(metadata.record_size)
+        if self.record_size not in (24, 28, 32):
+            raise ValueError(f"unsupported record size {self.record_size}")
+        self.ip_version = int(metadata.ip_version)
+        with open(path, "rb") as f:
+            self.tree = f.read(self.node_count * self.record_size // 4)
+        if len(self.tree) != self.node_count * self.record_size // 4:
+            raise ValueError("the search tree is truncated")
+        # IPv4 addresses live under ::/96 of an IPv6 tree.
+        node, depth = 0, 0
+        if self.ip_version == 6:
+            while depth < 96 and node < self.node_count:
+                node = self._child(node, 0)
+                depth += 1
+        self.v4_start = node
+        # Where each IPv4 /16 leaves off, filled on first use: skips the first 16
+        # steps of every IPv4 walk (the top of the tree is shared by everyone).
+        self._v4_mid: list[tuple[int, int] | None] = [None] * 65536
+
+    def _descend(self, node: int, n: int, bits: int, depth: int, stop: int) -> tuple[int, int]:
+        child = self._child
+        nc = self.node_count
+        while node < nc and depth < stop:
+            node = child(node, (n >> (bits - 1 - depth)) & 1)
+            depth += 1
+        return node, depth
+
+    def _child(self, node: int, bit: int) -> int:
+        t, size = self.tree, self.record_size
+        if size == 28:
+            o = node * 7
+            if bit:
+                return ((t[o + 3] & 0x0F) << 24) | (t[o + 4] << 16) | (t[o + 5] << 8) | t[o + 6]
+            return ((t[o + 3] & 0xF0) << 20) | (t[o] << 16) | (t[o + 1] << 8) | t[o + 2]
+        width = size // 8
+        o = node * 2 * width + (width if bit else 0)
+        return int.from_bytes(t[o : o + width], "big")
+
+    def find(self, key: int) -> tuple[int, int] | None:
+        """(record pointer, prefix length) of an address_key; pointer == node_count: no data.
+
+        None for an IPv6 address in an IPv4-only tree.
+        """
+        t, nc = self.tree, self.node_count
+        depth = 0
+        if key < V6_FLAG:
+            n, bits = key, 32
+            mid = self._v4_mid[n >> 16]
+            if mid is None:
+                mid = self._v4_mid[n >> 16] = self._descend(self.v4_start, n, 32, 0, 16)
+            node, depth = mid
+        elif self.ip_version == 6:
+            n, bits, node = key ^ V6_FLAG, 128, 0
+        else:
+            return None
+        if self.record_size == 28:  # GeoLite2/GeoIP2 City: inlined, this loop is the hot path
+            while node < nc and depth < bits:
+                o = node * 7
+                if (n >> (bits - 1 - depth)) & 1:
+                    node = ((t[o + 3] & 0x0F) << 24) | (t[o + 4] << 16) | (t[o + 5] << 8) | t[o + 6]
+                else:
+                    node = ((t[o + 3] & 0xF0) << 20) | (t[o] << 16) | (t[o + 1] << 8) | t[o + 2]
+                depth += 1
+        else:
+            child = self._child
+            while node < nc and depth < bits:
+                node = child(node, (n >> (bits - 1 - depth)) & 1)
+                depth += 1
+        if node < nc:  # ran out of bits inside the tree: a malformed file
+            return (nc, depth)
+        return (node, depth)
+
+
 class DatabaseLookup:
-    """The raw lookups (no cache): one City reader and an optional ASN reader.
+    """The raw lookups (no network cache): one City reader and an optional ASN reader.
 
     Used in-process, or in a worker process so geolocation runs on the other core.
+    City records are decoded once per distinct record (see SearchTree), and the
+    decoded place is kept per record pointer: a database has far fewer records
+    (cities) than networks.
     """
+
+    #: Decoded places kept at most (GeoLite2 City has ~150k distinct records).
+    MAX_RECORDS = 500_000
 
     def __init__(self, city_db: str | Path, asn_db: str | Path | None = None) -> None:
         self.city = maxminddb.open_database(str(city_db))
@@ -262,24 +352,50 @@ class DatabaseLookup:
         if "city" not in kind.lower():
             self.close()
             raise ValueError(f"{city_db} is a {kind!r} database, not a City database")
+        self._city_path = str(city_db)
+        self._tree: SearchTree | None = None
+        self._records: dict[int, RawPlace] = {}
+
+    @property
+    def tree(self) -> SearchTree:
+        # Loaded on first use: a Geolocator whose lookups all run in the worker
+        # process never needs its own copy of the tree in the main process.
+        if self._tree is None:
+            self._tree = SearchTree(self._city_path, self.city.metadata())
+        return self._tree
 
     def resolve(self, keys: Iterable[int]) -> list[tuple[int, RawPlace]]:
         """(prefix length, place) per address; the prefix is the network it stands for."""
         out: list[tuple[int, RawPlace]] = []
+        tree = self.tree
+        find = tree.find
+        records = self._records
+        empty = tree.node_count
+        not_found: RawPlace = (AnomalyReason.NOT_FOUND.value, None, None, None, None)
         for key in keys:
             bits = 32 if key < V6_FLAG else 128
             special = special_reason(key)
             if special is not None:
                 out.append((bits, (special.value, None, None, None, None)))
                 continue
-            ip = _ip_object(key)
-            try:
-                record, plen = self.city.get_with_prefix_len(ip)
-            except ValueError:  # an IPv6 address in an IPv4-only database
-                out.append((bits, (AnomalyReason.NOT_FOUND.value, None, None, None, None)))
+            found = find(key)
+            if found is None:  # an IPv6 address in an IPv4-only database
+                out.append((bits, not_found))
                 continue
-            place = _city_place(record)
+            pointer, plen = found
+            if pointer == empty:
+                place = not_found
+            else:
+                cached = records.get(pointer)
+                if cached is None:
+                    # Any address of the network decodes to the same record.
+                    cached = _city_place(self.city.get(_ip_object(key)))
+                    if len(records) >= self.MAX_RECORDS:
+                        records.clear()
+                    records[pointer] = cached
+                place = cached
             if self.asn is not None:
+                ip = _ip_object(key)
                 try:
                     asn_record, asn_plen = self.asn.get_with_prefix_len(ip)
                 except ValueError:
@@ -396,6 +512,7 @@ __all__ = [
     "Geolocator",
     "NetworkCache",
     "Placement",
+    "SearchTree",
     "V6_FLAG",
     "address_key",
     "packed_key",

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from swarmwatch.config import Settings, get_settings
-from swarmwatch.models import Peer
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,14 @@ SightingRow = tuple[
     int | None,
 ]
 
-_SELECT_CHUNK = 500
+#: Peers per multi-row upsert: 12 parameters a row stays under SQLite's 32,766 and
+#: PostgreSQL's 65,535 bound parameters per statement.
+_PEER_CHUNK = 2_000
+
+_PEER_COLUMNS = (
+    "title_id, peer_key, study_id, first_seen, last_seen, country,"
+    " geoname_id, metro_id, h3_cell, asn, seed, sightings"
+)
 
 _INSERT_SIGHTING = (
     "INSERT INTO sighting (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage,"
@@ -56,10 +62,11 @@ _INSERT_SIGHTING = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
-_UPSERT_PEER = (
-    "INSERT INTO peer (title_id, peer_key, study_id, first_seen, last_seen, country,"
-    " geoname_id, metro_id, h3_cell, asn, seed, sightings)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# One statement upserts a chunk of peers and RETURNS each one's count: a row that
+# comes back with exactly the batch's count was inserted (an existing row had >= 1
+# already), so new peers are known without a read before the write.
+_UPSERT_PEER_HEAD = "INSERT INTO peer (" + _PEER_COLUMNS + ") VALUES "
+_UPSERT_PEER_TAIL = (
     " ON CONFLICT (title_id, peer_key) DO UPDATE SET"
     " first_seen = CASE WHEN excluded.first_seen < peer.first_seen"
     " THEN excluded.first_seen ELSE peer.first_seen END,"
@@ -73,6 +80,12 @@ _UPSERT_PEER = (
     # seed: true once seen seeding, false once seen leeching, null while unknown.
     " seed = COALESCE(peer.seed OR excluded.seed, peer.seed, excluded.seed),"
     " sightings = peer.sightings + excluded.sightings"
+    " RETURNING title_id, peer_key, sightings"
+)
+# Whether a batch's commit went through, asked after an ambiguous commit failure.
+_PROBE_SIGHTING = (
+    "SELECT 1 FROM sighting WHERE study_id = ? AND seen_at = ? AND torrent_id = ?"
+    " AND peer_key = ? AND source = ? AND vantage = ?"
 )
 _UPSERT_ANOMALY = (
     "INSERT INTO anomaly (torrent_id, source, reason, study_id, count, first_seen, last_seen)"
@@ -113,6 +126,9 @@ class WriteBatch:
     # (torrent_id, study_id, source, reason) -> [count, first_seen, last_seen]
     anomalies: dict[tuple[int, int, str, str], list[Any]] = field(default_factory=dict)
     samples: list[tuple[int, SampleRecord]] = field(default_factory=list)
+    # Set when a commit of this batch failed in a way that leaves it unknown whether
+    # the server applied it (the connection died during COMMIT): the retry asks first.
+    maybe_committed: bool = False
 
     def add_anomaly(
         self, torrent_id: int, study_id: int, source: str, reason: str, seen_at: datetime
@@ -139,6 +155,13 @@ class WriteResult:
     samples: int
 
 
+class CommitUncertain(Exception):
+    """The connection failed during COMMIT: the batch may or may not be stored.
+
+    Raised from the original error (its __cause__), which holds no address.
+    """
+
+
 class BatchWriter:
     """Writes WriteBatches; meant to be the only writer of sightings to its database.
 
@@ -163,7 +186,6 @@ class BatchWriter:
             self.rollups = None
         else:
             self.rollups = rollups
-        self._times: dict[datetime, Any] = {}
 
     # -- dialect glue ---------------------------------------------------------------------
 
@@ -173,13 +195,11 @@ class BatchWriter:
     def _time(self, value: datetime | None) -> Any:
         if value is None or not self.sqlite:
             return value
-        formatted = self._times.get(value)
-        if formatted is None:
-            if len(self._times) > 50_000:
-                self._times.clear()
-            formatted = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-            self._times[value] = formatted
-        return formatted
+        # SQLAlchemy's SQLite storage format, "YYYY-MM-DD HH:MM:SS.ffffff": isoformat
+        # of a UTC time is that plus "+00:00", several times cheaper than strftime.
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.isoformat(" ", "microseconds")[:26]
 
     def _connection_setup(self, conn: Connection) -> None:
         if self.sqlite:
@@ -190,12 +210,38 @@ class BatchWriter:
     # -- the batch -----------------------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> WriteResult:
-        """Write one batch in one transaction; on error nothing of it is kept."""
-        with self.engine.begin() as conn:
-            self._connection_setup(conn)
-            new_peers = self._write_sightings(conn, batch.sightings)
-            self._write_anomalies(conn, batch)
-            self._write_samples(conn, batch.samples)
+        """Write one batch in one transaction; on error nothing of it is kept.
+
+        A failure before COMMIT leaves nothing behind, so the batch can simply be
+        written again. A failure during COMMIT raises CommitUncertain and marks the
+        batch; writing it again first checks whether one of its sighting rows is
+        there, and if so counts the batch as written instead of storing it twice.
+        The one case left: a batch with no sightings (samples or anomalies only) whose
+        COMMIT went through unacknowledged is written again (a duplicate sample row).
+        """
+        with self.engine.connect() as conn:
+            if batch.maybe_committed and self._already_committed(conn, batch):
+                conn.rollback()
+                log.info("writer: a batch whose commit was uncertain is stored; not writing again")
+                return self._result(batch, 0)
+            trans = conn.begin()
+            try:
+                self._connection_setup(conn)
+                new_peers = self._write_sightings(conn, batch.sightings)
+                self._write_anomalies(conn, batch)
+                self._write_samples(conn, batch.samples)
+            except BaseException:
+                trans.rollback()
+                raise
+            try:
+                trans.commit()
+            except Exception as exc:
+                batch.maybe_committed = True
+                raise CommitUncertain(type(exc).__name__) from exc
+        return self._result(batch, new_peers)
+
+    @staticmethod
+    def _result(batch: WriteBatch, new_peers: int) -> WriteResult:
         return WriteResult(
             sightings=len(batch.sightings),
             new_peers=new_peers,
@@ -203,18 +249,16 @@ class BatchWriter:
             samples=len(batch.samples),
         )
 
-    def _existing_peers(
-        self, conn: Connection, keys_by_title: dict[int, list[bytes]]
-    ) -> set[tuple[int, bytes]]:
-        found: set[tuple[int, bytes]] = set()
-        for title_id, keys in keys_by_title.items():
-            for start in range(0, len(keys), _SELECT_CHUNK):
-                chunk = keys[start : start + _SELECT_CHUNK]
-                rows = conn.execute(
-                    select(Peer.peer_key).where(Peer.title_id == title_id, Peer.peer_key.in_(chunk))
-                )
-                found.update((title_id, bytes(k)) for (k,) in rows)
-        return found
+    def _already_committed(self, conn: Connection, batch: WriteBatch) -> bool:
+        if not batch.sightings:
+            return False
+        # Coalescing stores a (torrent, peer, source, vantage) once per window, so an
+        # exact match on the time as well is this batch's own row.
+        r = batch.sightings[-1]
+        found = conn.exec_driver_sql(
+            self._sql(_PROBE_SIGHTING), (r[0], self._time(r[4]), r[2], r[3], r[5], r[6])
+        ).first()
+        return found is not None
 
     def _write_sightings(self, conn: Connection, rows: list[SightingRow]) -> int:
         if not rows:
@@ -241,23 +285,29 @@ class BatchWriter:
                 p[8] = r[7]
             p[9] += 1
 
-        keys_by_title: dict[int, list[bytes]] = {}
-        for title_id, key in peers:
-            keys_by_title.setdefault(title_id, []).append(key)
-        existing = self._existing_peers(conn, keys_by_title)
-
         t = self._time
+        new: set[tuple[int, bytes]] = set()
         # Sorted by key, so the B-tree inserts walk the index in order.
-        peer_params = [
-            (pk[0], pk[1], p[0], t(p[1]), t(p[2]), p[3], p[4], p[5], p[6], p[7], p[8], p[9])
-            for pk, p in sorted(peers.items())
-        ]
-        conn.exec_driver_sql(self._sql(_UPSERT_PEER), peer_params)
+        ordered = sorted(peers.items())
+        row_sql = "(" + ", ".join(["?"] * 12) + ")"
+        for start in range(0, len(ordered), _PEER_CHUNK):
+            chunk = ordered[start : start + _PEER_CHUNK]
+            params: list[Any] = []
+            extend = params.extend
+            for pk, p in chunk:
+                extend(
+                    (pk[0], pk[1], p[0], t(p[1]), t(p[2]), p[3], p[4], p[5], p[6], p[7], p[8], p[9])
+                )
+            statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
+            returned = conn.exec_driver_sql(self._sql(statement), tuple(params))
+            for title_id, key, count in returned:
+                pk = (title_id, bytes(key))
+                if count == peers[pk][9]:
+                    new.add(pk)
         conn.exec_driver_sql(
             self._sql(_INSERT_SIGHTING),
             [(*r[:4], t(r[4]), *r[5:]) for r in rows],
         )
-        new = {pk for pk in peers if pk not in existing}
         if self.rollups is not None:
             new_rows = {first_index[pk] for pk in new}
             self.rollups(
@@ -352,4 +402,4 @@ class BatchWriter:
             )
 
 
-__all__ = ["BatchWriter", "SightingRow", "WriteBatch", "WriteResult"]
+__all__ = ["BatchWriter", "CommitUncertain", "SightingRow", "WriteBatch", "WriteResult"]
