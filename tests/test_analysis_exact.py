@@ -7,6 +7,7 @@ expected numbers below are worked out by hand in the comments.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from sqlalchemy import insert
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
-from swarmwatch.analysis.frames import compute_frames, frames_json
+from swarmwatch.analysis.frames import compute_frames, frames_gzip, frames_json
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
@@ -304,7 +305,9 @@ def test_frames_exact(study_db: Database) -> None:
     assert out == again  # the cached frames are the computed ones
     with study_db.engine.connect() as conn:
         encoded = frames_json(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        packed = frames_gzip(conn, scope_of(study_db, title="A"), interval=3600, res=4)
     assert json.loads(encoded) == out  # the API's bytes, joined from each frame's encoding
+    assert gzip.decompress(packed) == encoded  # one valid gzip member from per-frame pieces
     cell = {
         g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
     }
@@ -404,8 +407,15 @@ def _check_api_endpoints(client: httpx.Client) -> None:
     assert client.get(f"{base}/rankings.json").json()["level"] == "city"
     s = client.get(f"{base}/summary").json()
     assert (s["unique_peers"], s["by_title"]) == (59, {"A": 54, "B": 5})
-    f = client.get(f"{base}/frames", params={"interval": 3600, "res": 4, "title": "A"}).json()
-    assert [fr["peers"] for fr in f["frames"]] == [54, 20]
+    r = client.get(f"{base}/frames", params={"interval": 3600, "res": 4, "title": "A"})
+    assert r.headers["content-encoding"] == "gzip"  # assembled, decoded by the client
+    assert [fr["peers"] for fr in r.json()["frames"]] == [54, 20]
+    plain = client.get(
+        f"{base}/frames",
+        params={"interval": 3600, "res": 4, "title": "A"},
+        headers={"Accept-Encoding": "identity"},
+    )
+    assert "content-encoding" not in plain.headers and plain.json() == r.json()
     cells = client.get(f"{base}/cells.geojson", params={"title": "A"}).json()
     assert sorted(ft["properties"]["peers"] for ft in cells["features"]) == [6, 7, 15, 20]
     assert client.get(f"{base}/cities.geojson").status_code == 200

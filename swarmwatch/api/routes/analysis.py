@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -20,7 +20,7 @@ from swarmwatch.analysis.export import (
     method_headers,
     sidecar,
 )
-from swarmwatch.analysis.frames import DEFAULT_TOP_CITIES, frames_json
+from swarmwatch.analysis.frames import DEFAULT_TOP_CITIES, frames_gzip, frames_json
 from swarmwatch.analysis.rankings import (
     DEFAULT_CELL_RES,
     Ranking,
@@ -259,6 +259,7 @@ def rankings_sidecar(
 
 @router.get("/{study_id}/frames", response_model=FramesPublic)
 def frames(
+    request: Request,
     study: ReadableStudyDep,
     session: SessionDep,
     interval: Annotated[
@@ -272,11 +273,17 @@ def frames(
 ) -> Response:
     scope = _scope(session, study, title, start, end, None)
     try:
-        body = frames_json(session.connection(), scope, interval=interval, res=res, top=top)
+        # Joined from each frame's cached JSON (or gzip piece), not re-validated or
+        # re-compressed: 120 frames of thousands of cells are tens of MB at full scale.
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            body = frames_gzip(session.connection(), scope, interval=interval, res=res, top=top)
+            headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        else:
+            body = frames_json(session.connection(), scope, interval=interval, res=res, top=top)
+            headers = {"Vary": "Accept-Encoding"}
     except ScopeError as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
-    # Joined from each frame's cached JSON, not re-validated: 120 frames of thousands of cells.
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/{study_id}/cells.geojson")
