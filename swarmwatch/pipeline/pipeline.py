@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from swarmwatch.config import Settings, get_settings
@@ -29,7 +30,13 @@ from swarmwatch.pipeline.geolocate import (
     packed_key,
 )
 from swarmwatch.pipeline.places import metro_map
-from swarmwatch.pipeline.writer import BatchWriter, SightingRow, WriteBatch, WriteResult
+from swarmwatch.pipeline.writer import (
+    BatchWriter,
+    CommitUncertain,
+    SightingRow,
+    WriteBatch,
+    WriteResult,
+)
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
 
@@ -45,8 +52,13 @@ REGISTRY_REFRESH_SECONDS = 5.0
 UNKNOWN_REFRESH_SECONDS = 1.0
 #: Coalescing keys held at most; past this the window starts again (duplicates, never loss).
 COALESCE_MAX_ENTRIES = 2_000_000
-#: Tries for one batch before it is counted as lost (SQLite may be busy with a reader).
+#: Tries for a batch that fails with an error that is neither the database going away
+#: nor bad data (a bug, say): it is then counted as lost rather than blocking forever.
 WRITE_ATTEMPTS = 3
+#: Back-off between tries while the database is unreachable: doubling from the first,
+#: capped so that a restarted server is noticed within seconds.
+WRITE_BACKOFF_FIRST_SECONDS = 0.1
+WRITE_BACKOFF_MAX_SECONDS = 5.0
 
 
 class PipelineClosed(Exception):
@@ -68,8 +80,9 @@ class PipelineStats:
     samples: int = 0
     unknown_samples: int = 0
     batches: int = 0
-    write_errors: int = 0
-    lost: int = 0  # rows of batches that failed every attempt
+    write_errors: int = 0  # failed write attempts (each retried or counted in lost)
+    write_retries: int = 0  # attempts repeated because the database was unreachable
+    lost: int = 0  # rows dropped: bad data that can never be written, or a bug
     geo_lookups: int = 0  # database lookups (network-cache misses)
 
     def as_dict(self) -> dict[str, int]:
@@ -89,6 +102,17 @@ class Pipeline:
     Use as `async with Pipeline(db) as p:` or call start() and close(). put() waits
     when the buffer is full: that is the back-pressure on crawlers. close() (also on
     SIGTERM, see close_on_signals) writes everything accepted before it returns.
+
+    Nothing accepted is lost (issue 8): a sighting is either committed or in this
+    object's memory. While the database is unreachable (a PostgreSQL restart, a
+    locked SQLite file) the writer retries the same batch with capped back-off for
+    as long as it takes; the buffers fill and put() blocks the crawlers meanwhile.
+    Only a batch the database rejects as data (an integrity or data error, which no
+    retry can fix) is dropped, counted in stats.lost and logged without addresses.
+    close() likewise waits for the database to come back. A kill -9 loses what was
+    accepted and not yet committed: sightings wait at most flush_seconds before a
+    write starts, so in steady state that is the last flush interval's worth plus
+    the batch being written, and never more than queue_size + 3 batches.
     """
 
     def __init__(
@@ -267,6 +291,22 @@ class Pipeline:
             self.geolocator.cache.clear()  # cached placements lack the metro
         self._refreshed_at = time.monotonic()
 
+    async def _refresh_while_preparing(self) -> None:
+        """refresh(), but a database that is away keeps the registry we have.
+
+        The sightings in hand were accepted: failing them because the registry
+        could not be re-read would lose them while the database restarts.
+        """
+        try:
+            await self.refresh()
+        except Exception as exc:
+            if write_failure_kind(exc) == "other":
+                raise
+            self._refreshed_at = time.monotonic()  # not again before the next interval
+            log.warning(
+                "pipeline: registry not re-read (%s); using the last one", type(exc).__name__
+            )
+
     def _load_registry(
         self, want_metros: bool
     ) -> tuple[dict[str, list[TorrentRef]], dict[int, bytes], dict[int, int]]:
@@ -334,12 +374,12 @@ class Pipeline:
         batch = WriteBatch()
         now = time.monotonic()
         if now - self._refreshed_at > self.refresh_seconds:
-            await self.refresh()
+            await self._refresh_while_preparing()
         torrents = self._torrents
         if any(s.infohash not in torrents for s in items) and (
             now - self._refreshed_at > UNKNOWN_REFRESH_SECONDS
         ):
-            await self.refresh()
+            await self._refresh_while_preparing()
             torrents = self._torrents
 
         for sample in samples:
@@ -473,21 +513,67 @@ class Pipeline:
                 self._done.notify_all()
 
     async def _write(self, batch: WriteBatch) -> WriteResult | None:
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        """Write one batch: retry while the database is away, drop only what cannot fit."""
+        stats = self.stats
+        other_failures = 0
+        backoff = WRITE_BACKOFF_FIRST_SECONDS
+        while True:
             try:
                 return await asyncio.to_thread(self.writer.write, batch)
-            except Exception as exc:  # the batch holds no address; the message may hold keys
-                self.stats.write_errors += 1
+            except Exception as exc:  # the batch holds no address; messages may hold keys
+                stats.write_errors += 1
+                kind = write_failure_kind(exc)
+                if kind == "data":
+                    stats.lost += len(batch.sightings)
+                    log.error(
+                        "pipeline: the database rejected a batch of %d sightings (%s); dropped",
+                        len(batch.sightings),
+                        type(exc).__name__,
+                    )
+                    return None
+                if kind == "other":
+                    other_failures += 1
+                    if other_failures >= WRITE_ATTEMPTS:
+                        stats.lost += len(batch.sightings)
+                        log.error(
+                            "pipeline: a batch of %d sightings failed %d times (%s); dropped",
+                            len(batch.sightings),
+                            other_failures,
+                            type(exc).__name__,
+                        )
+                        return None
+                else:
+                    stats.write_retries += 1
+                # Names only: a driver's message can quote parameters (peer keys).
                 log.warning(
-                    "pipeline: writing a batch failed (attempt %d of %d: %s)",
-                    attempt,
-                    WRITE_ATTEMPTS,
+                    "pipeline: writing a batch of %d sightings failed (%s); retrying in %.1f s",
+                    len(batch.sightings),
                     type(exc).__name__,
+                    backoff,
                 )
-                await asyncio.sleep(0.2 * attempt)
-        self.stats.lost += len(batch.sightings)
-        log.error("pipeline: a batch of %d sightings was lost", len(batch.sightings))
-        return None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, WRITE_BACKOFF_MAX_SECONDS)
+
+
+def write_failure_kind(exc: BaseException) -> str:
+    """ "unavailable" (retry until it works), "data" (never will: drop) or "other".
+
+    The database going away shows up as OperationalError or InterfaceError (psycopg,
+    sqlite3 "database is locked"), a pool timeout, a disconnect, or an uncertain
+    commit; integrity and data errors are the rows' own fault.
+    """
+    if isinstance(exc, CommitUncertain | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return "unavailable"
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return "unavailable"
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return "unavailable"
+        if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+            return "data"
+    if isinstance(exc, ConnectionError):
+        return "unavailable"
+    return "other"
 
 
 __all__ = [
@@ -496,4 +582,5 @@ __all__ = [
     "PipelineClosed",
     "PipelineStats",
     "TorrentRef",
+    "write_failure_kind",
 ]
