@@ -149,3 +149,33 @@ def test_cache_is_transparent(city_db: Path, ips: list[ipaddress.IPv4Address]) -
         assert geo.locate(key)[4] == raw[3]
     geo.close()
     plain.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1) | st.integers(0, 2**128 - 1).map(lambda n: n | V6_FLAG))
+def test_search_tree_walk_agrees_with_maxminddb(key: int) -> None:
+    """Our own walk of the search tree names the same record and network as maxminddb."""
+    import maxminddb
+
+    from swarmwatch.pipeline.geolocate import _city_place
+
+    path = embedded_city_db()
+    lookup, reader = _walk_fixture(path)
+    [(plen, place)] = lookup.resolve([key])
+    if special_reason(key) is not None:
+        return
+    ip = ipaddress.IPv4Address(key) if key < V6_FLAG else ipaddress.IPv6Address(key ^ V6_FLAG)
+    assert isinstance(reader, maxminddb.extension.Reader | maxminddb.reader.Reader)
+    record, expected_plen = reader.get_with_prefix_len(ip)
+    assert (plen, place) == (expected_plen, _city_place(record))
+
+
+_WALK: dict[Path, tuple[DatabaseLookup, object]] = {}
+
+
+def _walk_fixture(path: Path) -> tuple[DatabaseLookup, object]:
+    import maxminddb
+
+    if path not in _WALK:
+        _WALK[path] = (DatabaseLookup(path), maxminddb.open_database(str(path)))
+    return _WALK[path]

@@ -220,10 +220,12 @@ class BatchWriter:
         COMMIT went through unacknowledged is written again (a duplicate sample row).
         """
         with self.engine.connect() as conn:
-            if batch.maybe_committed and self._already_committed(conn, batch):
-                conn.rollback()
-                log.info("writer: a batch whose commit was uncertain is stored; not writing again")
-                return self._result(batch, 0)
+            if batch.maybe_committed:
+                stored = self._already_committed(conn, batch)
+                conn.rollback()  # end the probe's implicit transaction
+                if stored:
+                    log.info("writer: a batch whose commit was uncertain is stored; not again")
+                    return self._result(batch, 0)
             trans = conn.begin()
             try:
                 self._connection_setup(conn)

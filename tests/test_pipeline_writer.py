@@ -1,0 +1,58 @@
+"""The batch writer on its own: retry classification and the uncertain-commit check."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select
+
+from swarmwatch.models import Peer, Sighting
+from swarmwatch.pipeline.pipeline import write_failure_kind
+from swarmwatch.pipeline.writer import BatchWriter, CommitUncertain, WriteBatch
+from swarmwatch.store import Database
+from tests.pipeline_fixtures import INFOHASH, T0, register
+
+
+def test_failures_are_classified() -> None:
+    gone = sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    bad = sa_exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("FOREIGN KEY"))
+    assert write_failure_kind(gone) == "unavailable"
+    assert write_failure_kind(CommitUncertain("OperationalError")) == "unavailable"
+    assert write_failure_kind(bad) == "data"
+    assert write_failure_kind(ValueError("a bug")) == "other"
+
+
+def batch_of(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
+    torrent = ids[("alpha", INFOHASH)]
+    batch = WriteBatch()
+    for i in range(n):
+        key = i.to_bytes(16, "big")
+        batch.sightings.append(
+            (1, 1, torrent, key, T0, "tracker", "v1", None, "GB", 2643743, None, None, None)
+        )
+    return batch
+
+
+def test_peers_new_and_known_told_apart_without_a_read(db: Database) -> None:
+    ids = register(db, ("alpha", [INFOHASH]))
+    writer = BatchWriter(db.engine, rollups=False)
+    assert writer.write(batch_of(3, ids)).new_peers == 3
+    assert writer.write(batch_of(5, ids)).new_peers == 2  # 0-2 known, 3-4 new
+    with db.session() as s:
+        assert s.scalar(select(func.sum(Peer.sightings))) == 8
+
+
+def test_a_batch_whose_commit_was_uncertain_is_not_written_twice(db: Database) -> None:
+    ids = register(db, ("alpha", [INFOHASH]))
+    writer = BatchWriter(db.engine, rollups=False)
+    batch = batch_of(4, ids)
+    writer.write(batch)
+    batch.maybe_committed = True  # as if COMMIT had failed after the server applied it
+    assert writer.write(batch).sightings == 4
+    fresh = batch_of(6, ids)
+    fresh.sightings = fresh.sightings[4:]
+    fresh.maybe_committed = True  # uncertain, but in fact not stored: written now
+    writer.write(fresh)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Sighting)) == 6
