@@ -41,9 +41,12 @@ def build_crawlers(
     crawlers: list[Crawler] = []
     for name in names:
         if name == "tracker":
-            from swarmwatch.tracker.crawler import TrackerCrawler
+            from swarmwatch.tracker.crawler import REFRESH_SECONDS, TrackerCrawler
 
-            crawlers.append(TrackerCrawler(settings=settings))
+            # Re-read the leased swarms every heartbeat: a swarm taken over from a dead
+            # worker (or handed back to a new one) changes hands then, not a minute later.
+            refresh = min(REFRESH_SECONDS, settings.lease_heartbeat_seconds)
+            crawlers.append(TrackerCrawler(settings=settings, refresh=refresh))
         elif name == "dht":
             from swarmwatch.dht.crawler import DhtCrawler
 
@@ -253,6 +256,11 @@ class CrawlService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            for crawler in self.crawlers:
+                try:
+                    await crawler.aclose()
+                except Exception as exc:  # closing must not keep the pipeline from flushing
+                    log.warning("closing crawler %s: %s", crawler.name, type(exc).__name__)
             if heartbeat is not None:
                 await asyncio.gather(heartbeat, return_exceptions=True)
             if pipeline is not None:
