@@ -75,6 +75,28 @@ def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
     assert computed == ["v1", "v3", "v4"]
 
 
+def test_a_slow_answer_is_allowed_its_own_cost_in_lag() -> None:
+    now = [0.0]
+    refresher = ManualRefresher()
+    cache: VersionedCache[str] = VersionedCache(
+        max_lag=30,
+        refresh_after=5,
+        clock=lambda: now[0],
+        refresher=refresher,  # type: ignore[arg-type]
+    )
+
+    def slow() -> str:
+        now[0] += 40.0  # takes longer than max_lag
+        return "v1"
+
+    cache.get("k", 1, slow)
+    now[0] = 60.0  # 60 s after its read, 20 s after it was ready: still served
+    assert cache.get("k", 2, lambda: "sync", lambda: (2, "v2")).value == "v1"
+    assert len(refresher.jobs) == 1
+    now[0] = 71.0  # beyond max_lag + cost: computed in the request
+    assert cache.get("k", 3, lambda: "v3", lambda: (3, "x")).value == "v3"
+
+
 def test_a_late_refresh_never_replaces_a_newer_answer() -> None:
     now = [0.0]
     refresher = ManualRefresher()

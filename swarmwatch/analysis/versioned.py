@@ -73,6 +73,7 @@ class Versioned(Generic[T]):
     version: Hashable
     read_at: datetime  # when the data behind value was read (UTC)
     stamp: float  # the same on the monotonic clock
+    cost: float = 0.0  # seconds it took to compute: no fresher answer can come sooner
 
 
 class VersionedCache(Generic[T]):
@@ -115,12 +116,16 @@ class VersionedCache(Generic[T]):
                 if entry.version == version:
                     return entry
                 age = now - entry.stamp
-                if age <= self.max_lag and refresh is not None:
+                # An answer that takes longer than max_lag to compute (Chao1 over tens of
+                # millions of peers) is that old when it is new: allow for its own cost.
+                if age <= self.max_lag + entry.cost and refresh is not None:
                     if age >= self.refresh_after and key not in self._refreshing:
                         self._refreshing.add(key)
                         self.refresher.submit(lambda: self._refresh(key, refresh))
                     return entry
-        fresh = Versioned(compute(), version, datetime.now(UTC), now)
+        read_at = datetime.now(UTC)
+        value = compute()
+        fresh = Versioned(value, version, read_at, now, self.clock() - now)
         self._store(key, fresh)
         return fresh
 
@@ -128,7 +133,7 @@ class VersionedCache(Generic[T]):
         try:
             stamp, read_at = self.clock(), datetime.now(UTC)
             version, value = refresh()
-            self._store(key, Versioned(value, version, read_at, stamp))
+            self._store(key, Versioned(value, version, read_at, stamp, self.clock() - stamp))
         except Exception:  # a failed refresh leaves the older answer; the next read retries
             log.exception("background refresh of a cached answer failed")
         finally:
