@@ -9,9 +9,11 @@ at the same rate measured first as the harness's own baseline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +70,7 @@ async def drive(
     make: Any,
     *,
     request_timeout: float = REQUEST_TIMEOUT,
-    progress: Any = print,
+    progress: Any = None,
 ) -> tuple[dict[str, list[float]], dict[str, int], float]:
     """Send `rate` requests/s for `seconds`, open loop; returns (latencies, errors, elapsed).
 
@@ -76,6 +78,7 @@ async def drive(
     gives up after request_timeout, and whatever is still running at the overall
     deadline (seconds + DRAIN_SECONDS) is cancelled and counted as an error.
     """
+    say = progress or functools.partial(print, flush=True)
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
@@ -113,7 +116,7 @@ async def drive(
             while True:
                 await asyncio.sleep(PROGRESS_SECONDS)
                 done = sum(len(v) for v in latencies.values())
-                progress(
+                say(
                     f"  {time.perf_counter() - start:5.1f} s: sent {len(tasks)}, "
                     f"done {done}, errors {sum(errors.values())}"
                 )
@@ -193,7 +196,11 @@ def run_benchmark(**options: Any) -> dict[str, float]:
             )
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # stuck behind its busy threads: never hang here
+                proc.kill()
+                proc.wait(timeout=30)
         db.dispose()
     sent = sum(len(v) for v in lat.values())
     errors = sum(err.values())
