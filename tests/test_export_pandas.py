@@ -8,22 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from swarmwatch.analysis.export import export_study
+from swarmwatch.analysis.rankings import CSV_COLUMNS
 from swarmwatch.store import Database
 from tests.test_analysis_exact import study_db  # noqa: F401  (the hand-built study)
-
-COLUMNS = [
-    "rank",
-    "place",
-    "country",
-    "place_id",
-    "lat",
-    "lon",
-    "population",
-    "peers",
-    "per_100k",
-    "ci_low",
-    "ci_high",
-]
 
 
 def test_every_rankings_csv_reads_in_pandas(study_db: Database, tmp_path: Path) -> None:  # noqa: F811
@@ -34,7 +21,7 @@ def test_every_rankings_csv_reads_in_pandas(study_db: Database, tmp_path: Path) 
         raw = path.read_bytes()
         raw.decode("utf-8")  # strict UTF-8
         frame = pd.read_csv(io.BytesIO(raw), encoding="utf-8")
-        assert list(frame.columns)[: len(COLUMNS)] == COLUMNS, (path.name, list(frame.columns))
+        assert tuple(frame.columns) == CSV_COLUMNS, (path.name, list(frame.columns))
         assert len(frame) > 0
         assert frame["peers"].dtype.kind == "i"  # counts are integers, not strings
         assert (frame["peers"] >= 5).all()  # k = 5: nothing below it is published

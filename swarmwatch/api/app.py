@@ -6,7 +6,6 @@ create_app() is the one entry point; `swarmwatch serve` runs it under uvicorn.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from typing import Any
 
@@ -16,6 +15,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
 from swarmwatch.config import Settings, get_settings
@@ -114,20 +114,8 @@ class JSONBodyLimitErrors:
                 headers = dict(message.get("headers", []))
                 if headers.get(b"content-type", b"").startswith(b"text/plain"):
                     rewriting = True
-                    body = json.dumps(
-                        {"detail": f"request body larger than {self.limit} bytes"}
-                    ).encode()
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 413,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    detail = f"request body larger than {self.limit} bytes"
+                    await send_json_error(send, 413, detail)
                     return
             if rewriting:
                 return  # the plain-text body is replaced by the JSON one above

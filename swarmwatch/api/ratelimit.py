@@ -6,12 +6,13 @@ address of an API client is never stored or logged, only used as the key.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from swarmwatch.api.errors import send_json_error
 
 #: Reads that aggregate or stream a whole study; the rest are cheap lookups.
 EXPENSIVE_SUFFIXES = (
@@ -91,16 +92,9 @@ class RateLimitMiddleware:
         if wait == 0:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": f"too many {kind} requests: retry in {wait:.1f} s"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(math.ceil(wait)).encode()),
-                ],
-            }
+        await send_json_error(
+            send,
+            429,
+            f"too many {kind} requests: retry in {wait:.1f} s",
+            [(b"retry-after", str(math.ceil(wait)).encode())],
         )
-        await send({"type": "http.response.body", "body": body})
