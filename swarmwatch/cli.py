@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import click
 import typer
 from rich.console import Console
 
@@ -68,6 +69,9 @@ def open_database(
             db.upgrade()
     except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
         fail(f"cannot open database {settings.database_url!r}: {type(exc).__name__}: {exc}")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # close the pool when the command ends, however it ends
+        ctx.call_on_close(db.dispose)
     if places:
         ensure_places(db)
     return db

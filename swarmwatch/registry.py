@@ -75,6 +75,13 @@ class ParsedTorrent:
     info: bytes | None = field(default=None, repr=False)
 
 
+def clean_name(name: str | None) -> str | None:
+    """A display name from a magnet or .torrent: no NUL (PostgreSQL text cannot hold it)."""
+    if not name:
+        return None
+    return name.replace("\x00", "")[:1000] or None
+
+
 def parse_infohash(text: str) -> ParsedTorrent:
     """Hex v1 (40), hex v2 (64) or base32 v1 (32 characters)."""
     s = text.strip()
@@ -110,7 +117,11 @@ def parse_magnet(uri: str) -> ParsedTorrent:
         raise RegistryInputError("malformed magnet URI: no infohash")
     trackers = _check_trackers(zip(params.trackers, _tiers(params), strict=False))
     return ParsedTorrent(
-        infohash_v1=v1, infohash_v2=v2, name=params.name or None, trackers=trackers, magnet=uri
+        infohash_v1=v1,
+        infohash_v2=v2,
+        name=clean_name(params.name),
+        trackers=trackers,
+        magnet=uri,
     )
 
 
@@ -134,7 +145,7 @@ def parse_torrent_file(data: bytes) -> ParsedTorrent:
     return ParsedTorrent(
         infohash_v1=str(hashes.v1) if hashes.has_v1() else None,
         infohash_v2=str(hashes.v2) if hashes.has_v2() else None,
-        name=ti.name(),
+        name=clean_name(ti.name()),
         size=int(ti.total_size()),
         trackers=trackers,
         info=bytes(ti.info_section()),
@@ -156,6 +167,8 @@ def _check_trackers(pairs: object) -> tuple[tuple[str, int], ...]:
     seen: set[str] = set()
     for url, tier in pairs:  # type: ignore[attr-defined]
         url = str(url).strip()
+        if any(ord(c) < 0x20 for c in url):
+            raise RegistryInputError("tracker URL contains control characters")
         if not url.lower().startswith(TRACKER_SCHEMES):
             raise RegistryInputError(f"tracker URL must be http(s):// or udp://: {url[:200]!r}")
         if len(url) > 2000:

@@ -75,6 +75,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             headers={"Retry-After": "2"},
         )
 
+    @app.exception_handler(sqlalchemy.exc.DataError)
+    async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
+        # A value the database cannot store (out of range, bad encoding): the client's input.
+        return JSONResponse(status_code=422, content={"detail": "a value cannot be stored"})
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Never echo the exception: it could carry data we must not publish.

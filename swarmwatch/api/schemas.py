@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here, on both engines, as bad input.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL (\\x00) characters")
+    return value
+
+
+#: Free text from a client: any Unicode except NUL.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -19,13 +30,13 @@ class Page(BaseModel, Generic[T]):
 
 class StudyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
-    description: str = Field(default="", max_length=20_000)
+    name: Text = Field(min_length=1, max_length=200, pattern=r"\S")
+    description: Text = Field(default="", max_length=20_000)
     k_threshold: int | None = Field(
         default=None, ge=1, le=1000, description="counts below k are suppressed; default 5"
     )
     private: bool = Field(default=False, description="reads need an API key")
-    titles: list[str] = Field(default_factory=list, max_length=1000)
+    titles: list[Text] = Field(default_factory=list, max_length=1000)
 
 
 class TitlePublic(BaseModel):
@@ -51,10 +62,10 @@ class TorrentCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     study_id: int = Field(ge=1, le=2**31 - 1)
-    title: str | None = Field(default=None, min_length=1, max_length=300)
-    magnet: str | None = Field(default=None, max_length=100_000)
-    infohash: str | None = Field(default=None, max_length=200)
-    trackers: list[str] = Field(default_factory=list, max_length=200)
+    title: Text | None = Field(default=None, min_length=1, max_length=300)
+    magnet: Text | None = Field(default=None, max_length=100_000)
+    infohash: Text | None = Field(default=None, max_length=200)
+    trackers: list[Text] = Field(default_factory=list, max_length=200)
 
     @model_validator(mode="after")
     def _one_of(self) -> TorrentCreate:

@@ -6,6 +6,7 @@ SQLite gets WAL and foreign keys so the API can read while the writer writes.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -80,6 +81,9 @@ class Database:
         self.url = normalise_url(url)
         self.engine = engine or make_engine(self.url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # A dropped handle closes its pool: connections are closed, not garbage-collected
+        # open (psycopg warns about that, and the server keeps the session until timeout).
+        weakref.finalize(self, self.engine.dispose)
 
     @property
     def is_sqlite(self) -> bool:
