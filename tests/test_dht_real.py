@@ -18,6 +18,7 @@ import pytest
 
 from swarmwatch.crawl import WatchedTorrent
 from swarmwatch.dht.crawler import DhtCrawler
+from swarmwatch.ltsession.session import LOOPBACK_DHT_SETTINGS
 from swarmwatch.netsafety import loopback_ip_filter
 from swarmwatch.sightings import MemorySink
 
@@ -37,12 +38,7 @@ def _session(host: str) -> Any:
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
-        "dht_bootstrap_nodes": "",
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        "dht_prefer_verified_node_ids": False,
-        "dht_ignore_dark_internet": False,
-        "dht_enforce_node_id": False,
+        **LOOPBACK_DHT_SETTINGS,
         "allow_multiple_connections_per_ip": True,
         "alert_mask": lt.alert_category.dht,
     }

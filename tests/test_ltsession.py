@@ -24,6 +24,7 @@ import pytest
 
 from swarmwatch.crawl import WatchedTorrent, static_torrents
 from swarmwatch.ltsession import SwarmSessionCrawler
+from swarmwatch.ltsession.session import LOOPBACK_DHT_SETTINGS
 from swarmwatch.netsafety import loopback_ip_filter
 from swarmwatch.sightings import MemorySink, Source
 
@@ -46,14 +47,7 @@ def _free_port() -> int:
 
 
 # What makes loopback DHT nodes acceptable to libtorrent (TESTBED.md).
-LOOPBACK_DHT = {
-    "enable_dht": True,
-    "dht_restrict_routing_ips": False,
-    "dht_restrict_search_ips": False,
-    "dht_prefer_verified_node_ids": False,
-    "dht_ignore_dark_internet": False,
-    "dht_enforce_node_id": False,
-}
+LOOPBACK_DHT = {"enable_dht": True, **LOOPBACK_DHT_SETTINGS}
 
 
 def _peer_session(ip: str, *, dht: bool = False) -> Any:

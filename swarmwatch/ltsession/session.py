@@ -24,6 +24,17 @@ ALERT_MASK = (
     | lt.alert.category_t.dht_operation_notification  # dht_get_peers_reply
 )
 
+#: What a loopback-only session needs for its DHT (TESTBED.md). Empty bootstrap: never
+#: the public routers; the rest: loopback DHT nodes look like a Sybil attack otherwise.
+LOOPBACK_DHT_SETTINGS: dict[str, Any] = {
+    "dht_bootstrap_nodes": "",
+    "dht_restrict_routing_ips": False,
+    "dht_restrict_search_ips": False,
+    "dht_prefer_verified_node_ids": False,
+    "dht_ignore_dark_internet": False,
+    "dht_enforce_node_id": False,
+}
+
 
 def session_settings(
     *,
@@ -50,18 +61,7 @@ def session_settings(
         "stop_tracker_timeout": 1,
     }
     if loopback_only:
-        settings.update(
-            {
-                # Empty: never fall back to the public routers (router.bittorrent.com …).
-                "dht_bootstrap_nodes": "",
-                # Loopback DHT nodes look like a Sybil attack to the defaults (TESTBED.md).
-                "dht_restrict_routing_ips": False,
-                "dht_restrict_search_ips": False,
-                "dht_prefer_verified_node_ids": False,
-                "dht_ignore_dark_internet": False,
-                "dht_enforce_node_id": False,
-            }
-        )
+        settings.update(LOOPBACK_DHT_SETTINGS)
     return settings
 
 
