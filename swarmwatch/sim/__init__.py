@@ -6,7 +6,7 @@ for the HTTP/UDP trackers that serve it.
 
 from __future__ import annotations
 
-from swarmwatch.sim.clock import Clock, CompressedClock, ManualClock, SystemClock
+from swarmwatch.clock import Clock, CompressedClock, ManualClock, SystemClock
 from swarmwatch.sim.networks import CityNetworkIndex, build_index, load_index
 from swarmwatch.sim.population import SimCity, SimPeer, SimulatedSwarm, diurnal_probability
 

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from swarmwatch.clock import Clock, SystemClock
 from swarmwatch.sightings import IPAddress
-from swarmwatch.sim.clock import Clock, SystemClock
 from swarmwatch.sim.networks import CityNetworkIndex, CityNetworks, load_index
 
 #: Illustrative simulation knobs, not measurements: how much more likely than its

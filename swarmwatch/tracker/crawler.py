@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from swarmwatch.clock import Clock, SystemClock
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.crawl import TorrentSource, WatchedTorrent
 from swarmwatch.netsafety import DestinationRefused, check_destination
 from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
-from swarmwatch.sim.clock import Clock, SystemClock
 from swarmwatch.tracker.client import AnnounceResult, CrawlIdentity, Event, TrackerClient
 from swarmwatch.tracker.exceptions import TrackerError
 

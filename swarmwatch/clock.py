@@ -1,4 +1,4 @@
-"""Clocks that crawlers and the simulated swarm share, so days can pass in minutes.
+"""Clocks that crawlers, the demo and the simulated swarm share, so days can pass in minutes.
 
 A Clock answers now() (timezone-aware UTC) and sleeps in *simulated* seconds;
 CompressedClock runs simulated time `factor` times faster than the wall clock.
