@@ -12,9 +12,11 @@ from typing import Any
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
@@ -42,6 +44,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     # Frames and geometry are large and very compressible JSON (≈7× smaller).
     app.add_middleware(GZipMiddleware, minimum_size=1000)
+    # Inside the rate limit (a cached answer still costs the client a token), outside gzip
+    # (a kept answer is kept compressed, per Accept-Encoding).
+    app.add_middleware(AnswerCache, ttl=settings.api_answer_cache_seconds)
     app.add_middleware(
         RateLimitMiddleware,
         write_rate=settings.api_write_rate,
@@ -79,6 +84,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
         # A value the database cannot store (out of range, bad encoding): the client's input.
         return JSONResponse(status_code=422, content={"detail": "a value cannot be stored"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: Exception) -> Response:
+        # The client hung up while sending its body (a timeout, a load test ending):
+        # no one is left to answer, and it is not a server fault worth a traceback.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -17,12 +17,16 @@ from swarmwatch.store import Database
 bearer = HTTPBearer(auto_error=False, description="API key from `swarmwatch apikey create`")
 
 
-def get_database(request: Request) -> Database:
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency
+# in the thread pool, and each such hop costs a thread switch and a GIL hand-over.
+
+
+async def get_database(request: Request) -> Database:
     db: Database = request.app.state.database
     return db
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -56,7 +60,7 @@ def optional_api_key(session: SessionDep, credentials: Credentials) -> ApiKey | 
 OptionalKeyDep = Annotated[ApiKey | None, Depends(optional_api_key)]
 
 
-def require_api_key(key: OptionalKeyDep) -> ApiKey:
+async def require_api_key(key: OptionalKeyDep) -> ApiKey:
     if key is None:
         raise HTTPException(
             status_code=401,
