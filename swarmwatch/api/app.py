@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from typing import Any
 
 import sqlalchemy.exc
@@ -105,7 +106,39 @@ class SwarmwatchAPI(FastAPI):
     """FastAPI whose body-limit answer is JSON like every other error."""
 
     def build_middleware_stack(self) -> Any:
-        return JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)
+        stack = JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)
+        return PrintableHeaderValues(stack)
+
+
+#: Bytes no HTTP header value may carry (RFC 9110 5.5); uvicorn's httptools refuses them.
+UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class PrintableHeaderValues:
+    """Replace control characters in response header values with '?'.
+
+    Some headers echo client text (a study or title name in X-Swarmwatch-Study): a
+    name with a control character must not turn a good answer into a dropped
+    connection (uvicorn refuses to send such a header and closes the socket).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_printable(message: Any) -> None:
+            if message["type"] == "http.response.start" and any(
+                UNSENDABLE.search(v) for _, v in message.get("headers", ())
+            ):
+                headers = [(k, UNSENDABLE.sub(b"?", v)) for k, v in message["headers"]]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_printable)
 
 
 class JSONBodyLimitErrors:
