@@ -40,6 +40,8 @@ REQUEST_TIMEOUT_S = 10
 #: Requests per second one connection is asked to carry: a connection waits for each
 #: answer, so this allows answers up to 1/PER_CONNECTION_RPS s without missing the rate.
 PER_CONNECTION_RPS = 10
+#: Seconds of unmeasured mix before the baseline (first answers of every worker).
+WARM_UP_S = 5
 #: Held rate: below this share of the target, the run fails (the server fell behind).
 RATE_HELD = 0.97
 
@@ -292,11 +294,20 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                 f"({max(cold, key=cold.__getitem__)})",
                 flush=True,
             )
+            args = {kind: [str(study_id)] for kind in MIX_READS}
+            args["register"] = [str(registry_study), key, secrets.token_hex(12)]
+            # The mix at a quarter of the rate, not counted: with several workers, each
+            # process computes its own first answers (the warm-up above reached one).
+            warm = run_classes(base, mix_rates(rate / 4), WARM_UP_S, args)
+            print(
+                f"warm-up (not counted): the mix at {rate / 4:g}/s for {WARM_UP_S} s, "
+                f"{sum(r.requests for r in warm.values())} requests, "
+                f"errors {sum(r.errors for r in warm.values())}",
+                flush=True,
+            )
             load_before = os.getloadavg()
             baseline = run_classes(base, {"healthz": rate}, min(seconds, 10), {})["healthz"]
-            prefix = secrets.token_hex(12)
-            args = {kind: [str(study_id)] for kind in ("rankings", "frames", "summary")}
-            args["register"] = [str(registry_study), key, prefix]
+            args["register"] = [str(registry_study), key, secrets.token_hex(12)]
             results = run_classes(base, mix_rates(rate), seconds, args)
             load_after = os.getloadavg()
         finally:
