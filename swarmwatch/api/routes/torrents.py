@@ -14,7 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
-from swarmwatch.api.deps import ApiKeyDep, DatabaseDep, OptionalKeyDep, SessionDep, SettingsDep
+from swarmwatch.api.deps import (
+    ApiKeyApartDep,
+    ApiKeyDep,
+    DatabaseDep,
+    OptionalKeyDep,
+    SessionDep,
+    SettingsDep,
+)
 from swarmwatch.api.schemas import (
     CrawlStatus,
     Page,
@@ -173,7 +180,7 @@ def _public(session: Session, torrent: Torrent, *, status: bool = False) -> Torr
     responses={409: {"description": "already registered in this study"}, 413: {}, 415: {}},
 )
 async def register_torrent(
-    request: Request, settings: SettingsDep, db: DatabaseDep, _key: ApiKeyDep
+    request: Request, settings: SettingsDep, db: DatabaseDep, _key: ApiKeyApartDep
 ) -> TorrentPublic:
     """Register a torrent in a study: JSON `{study_id, title?, magnet | infohash, trackers?}`,
     or a multipart upload with a `file` (.torrent) and `study_id` (and `title`, `trackers`)."""
