@@ -38,8 +38,9 @@ EXPECTED["register"] = "201"
 #: A request slower than this is an error (wrk counts it as a timeout).
 REQUEST_TIMEOUT_S = 10
 #: Requests per second one connection is asked to carry: a connection waits for each
-#: answer, so this allows answers up to 1/PER_CONNECTION_RPS s without missing the rate.
-PER_CONNECTION_RPS = 10
+#: answer, so this allows answers up to 1/PER_CONNECTION_RPS s (200 ms) without missing
+#: the rate; it also bounds the requests in flight (rate / PER_CONNECTION_RPS).
+PER_CONNECTION_RPS = 5
 #: Seconds of unmeasured mix before the baseline (first answers of every worker).
 WARM_UP_S = 5
 #: Held rate: below this share of the target, the run fails (the server fell behind).
