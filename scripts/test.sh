@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-# Debian packages the real-component tests drive (servers, trackers, browser).
-debs=(postgresql opentracker chromium chromium-driver)
+# Debian packages the real-component tests drive (servers, trackers, browser, load generator).
+debs=(postgresql opentracker chromium chromium-driver wrk)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -317,17 +317,28 @@ def serve(
     crawl: Annotated[
         bool, typer.Option("--crawl/--no-crawl", help="Run the crawlers in this process too.")
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes sharing the port (needs --no-crawl). Each keeps its own "
+            "rate-limit buckets and answer cache: a client may get up to N times the limits.",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Serve the API and the web map (and, unless --no-crawl, crawl the registered torrents).
 
     Uses SQLite ./swarmwatch.db unless SWARMWATCH_DATABASE_URL says otherwise, and
-    creates or migrates the schema first.
+    creates or migrates the schema first. No access log: it would record client addresses.
     """
     import uvicorn
 
     from swarmwatch.api import create_app
 
+    if workers > 1 and crawl:
+        fail("--workers needs --no-crawl: run crawlers with `swarmwatch crawl` instead")
     setup_logging(verbose)
     settings = get_settings()
     db = open_database(settings, upgrade=False)
@@ -335,12 +346,25 @@ def serve(
         err.print("empty database: creating the schema")
     db.upgrade()
     ensure_places(db)
+    log_level = "debug" if verbose else "info"
+    if workers > 1:
+        db.dispose()  # each worker process opens its own pool
+        uvicorn.run(
+            "swarmwatch.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+        )
+        return
     application = create_app(settings, db)
     if crawl:
         from swarmwatch.service import attach_crawl_service
 
         attach_crawl_service(application, settings, db)
-    uvicorn.run(application, host=host, port=port, log_level="debug" if verbose else "info")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 
 @app.command()

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     api_read_rate: float = Field(default=100.0, gt=0)
     api_read_burst: float = Field(default=500.0, ge=1)
 
+    # Seconds a whole analysis answer (rankings, frames, summary) is reused for identical
+    # requests: those answers already lag ingest by seconds, and a popular map costs one
+    # computation per second instead of one per viewer. 0 turns the reuse off.
+    api_answer_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+
     # Largest .torrent upload accepted: real ones are < 1 MiB, 4 MiB covers huge v2 hybrids.
     max_torrent_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Bounded queue between crawlers and pipeline: a full queue slows crawlers, never grows memory.

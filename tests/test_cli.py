@@ -100,3 +100,9 @@ def test_export_writes_the_api_files(db_url: str, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "study 7 not found" in result.output
     result = runner.invoke(app, ["export", "--study", "1", "--from", "yesterday"])
     assert result.exit_code == 1 and "--from" in result.output
+
+
+def test_serve_with_workers_refuses_to_crawl_in_each_of_them() -> None:
+    result = CliRunner().invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code != 0
+    assert "--no-crawl" in result.output

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
@@ -42,6 +45,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     # Frames and geometry are large and very compressible JSON (≈7× smaller).
     app.add_middleware(GZipMiddleware, minimum_size=1000)
+    # Inside the rate limit (a cached answer still costs the client a token), outside gzip
+    # (a kept answer is kept compressed, per Accept-Encoding).
+    app.add_middleware(AnswerCache, ttl=settings.api_answer_cache_seconds)
     app.add_middleware(
         RateLimitMiddleware,
         write_rate=settings.api_write_rate,
@@ -80,6 +86,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         # A value the database cannot store (out of range, bad encoding): the client's input.
         return JSONResponse(status_code=422, content={"detail": "a value cannot be stored"})
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: Exception) -> Response:
+        # The client hung up while sending its body (a timeout, a load test ending):
+        # no one is left to answer, and it is not a server fault worth a traceback.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Never echo the exception: it could carry data we must not publish.
@@ -93,7 +106,39 @@ class SwarmwatchAPI(FastAPI):
     """FastAPI whose body-limit answer is JSON like every other error."""
 
     def build_middleware_stack(self) -> Any:
-        return JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)
+        stack = JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)
+        return PrintableHeaderValues(stack)
+
+
+#: Bytes no HTTP header value may carry (RFC 9110 5.5); uvicorn's httptools refuses them.
+UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class PrintableHeaderValues:
+    """Replace control characters in response header values with '?'.
+
+    Some headers echo client text (a study or title name in X-Swarmwatch-Study): a
+    name with a control character must not turn a good answer into a dropped
+    connection (uvicorn refuses to send such a header and closes the socket).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_printable(message: Any) -> None:
+            if message["type"] == "http.response.start" and any(
+                UNSENDABLE.search(v) for _, v in message.get("headers", ())
+            ):
+                headers = [(k, UNSENDABLE.sub(b"?", v)) for k, v in message["headers"]]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_printable)
 
 
 class JSONBodyLimitErrors:

@@ -17,12 +17,16 @@ from swarmwatch.store import Database
 bearer = HTTPBearer(auto_error=False, description="API key from `swarmwatch apikey create`")
 
 
-def get_database(request: Request) -> Database:
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency
+# in the thread pool, and each such hop costs a thread switch and a GIL hand-over.
+
+
+async def get_database(request: Request) -> Database:
     db: Database = request.app.state.database
     return db
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -56,18 +60,38 @@ def optional_api_key(session: SessionDep, credentials: Credentials) -> ApiKey | 
 OptionalKeyDep = Annotated[ApiKey | None, Depends(optional_api_key)]
 
 
-def require_api_key(key: OptionalKeyDep) -> ApiKey:
+def _no_key() -> HTTPException:
+    return HTTPException(
+        status_code=401,
+        detail="this request needs 'Authorization: Bearer <api key>' "
+        "(make one with `swarmwatch apikey create`)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def require_api_key(key: OptionalKeyDep) -> ApiKey:
     if key is None:
-        raise HTTPException(
-            status_code=401,
-            detail="this request needs 'Authorization: Bearer <api key>' "
-            "(make one with `swarmwatch apikey create`)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _no_key()
     return key
 
 
 ApiKeyDep = Annotated[ApiKey, Depends(require_api_key)]
+
+
+def api_key_apart(db: DatabaseDep, credentials: Credentials) -> ApiKey:
+    """ApiKeyDep checked in a session of its own, closed before the handler runs.
+
+    For handlers that open their own short write transaction: a request then never
+    holds one pooled connection while it waits for another (or for the client's body).
+    """
+    with db.session() as session:
+        key = optional_api_key(session, credentials)
+    if key is None:
+        raise _no_key()
+    return key
+
+
+ApiKeyApartDep = Annotated[ApiKey, Depends(api_key_apart)]
 
 
 def readable_study(
@@ -89,6 +113,7 @@ def readable_study(
 ReadableStudyDep = Annotated[Study, Depends(readable_study)]
 
 __all__ = [
+    "ApiKeyApartDep",
     "ApiKeyDep",
     "DatabaseDep",
     "OptionalKeyDep",

@@ -6,9 +6,10 @@ SQLite gets WAL and foreign keys so the API can read while the writer writes.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from alembic import command
@@ -81,6 +82,12 @@ class Database:
         self.url = normalise_url(url)
         self.engine = engine or make_engine(self.url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a writer that finds the file locked sleeps
+        # in steps of up to 100 ms (busy_timeout): queueing the API's writers here, on a
+        # lock, instead keeps each write to its own few milliseconds (PostgreSQL: no lock).
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if self.is_sqlite else nullcontext()
+        )
         # A dropped handle closes its pool: connections are closed, not garbage-collected
         # open (psycopg warns about that, and the server keeps the session until timeout).
         weakref.finalize(self, self.engine.dispose)
@@ -96,6 +103,16 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
         with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """session() for a short write: on SQLite, one such transaction at a time per process.
+
+        Keep it short (no waiting on a client inside): every other writer of this
+        process waits for it.
+        """
+        with self._write_lock, self.session() as session:
             yield session
 
     def dispose(self) -> None:

@@ -14,7 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
-from swarmwatch.api.deps import ApiKeyDep, OptionalKeyDep, SessionDep, SettingsDep
+from swarmwatch.api.deps import (
+    ApiKeyApartDep,
+    ApiKeyDep,
+    DatabaseDep,
+    OptionalKeyDep,
+    SessionDep,
+    SettingsDep,
+)
 from swarmwatch.api.schemas import (
     CrawlStatus,
     Page,
@@ -23,7 +30,8 @@ from swarmwatch.api.schemas import (
     TorrentPublic,
     TrackerPublic,
 )
-from swarmwatch.models import Peer, Sample, Study, Torrent
+from swarmwatch.models import Peer, Sample, Study, Title, Torrent
+from swarmwatch.store import Database
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 
@@ -145,7 +153,9 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
 
 def _public(session: Session, torrent: Torrent, *, status: bool = False) -> TorrentPublic:
     study = session.get(Study, torrent.study_id)
-    title = next(t for t in study.titles if t.id == torrent.title_id) if study else None
+    # By primary key: in the session already after a registration (no query), and one
+    # row rather than every title of the study otherwise.
+    title = session.get(Title, torrent.title_id)
     return TorrentPublic(
         infohash=torrent.infohash,
         infohash_v1=torrent.infohash_v1,
@@ -170,30 +180,38 @@ def _public(session: Session, torrent: Torrent, *, status: bool = False) -> Torr
     responses={409: {"description": "already registered in this study"}, 413: {}, 415: {}},
 )
 async def register_torrent(
-    request: Request, settings: SettingsDep, session: SessionDep, _key: ApiKeyDep
+    request: Request, settings: SettingsDep, db: DatabaseDep, _key: ApiKeyApartDep
 ) -> TorrentPublic:
     """Register a torrent in a study: JSON `{study_id, title?, magnet | infohash, trackers?}`,
     or a multipart upload with a `file` (.torrent) and `study_id` (and `title`, `trackers`)."""
     body, parsed = await _read_registration(request, settings.max_torrent_bytes)
-    # The database calls block: run them in a worker thread, not on the event loop.
-    return await run_in_threadpool(_store_registration, session, body, parsed)
+    # The database calls block: run them in a worker thread, not on the event loop, in a
+    # write transaction of their own that commits there (never held across an await).
+    return await run_in_threadpool(_store_registration, db, body, parsed)
 
 
 def _store_registration(
-    session: Session, body: TorrentCreate, parsed: registry.ParsedTorrent
+    db: Database, body: TorrentCreate, parsed: registry.ParsedTorrent
 ) -> TorrentPublic:
     try:
         extra = registry.parse_tracker_list(body.trackers)
-        torrent = registry.register_torrent(
-            session, body.study_id, parsed, title=body.title, extra_trackers=extra
-        )
     except registry.RegistryInputError as exc:
         raise _error(422, exc) from None
-    except registry.NotFound as exc:
-        raise _error(404, exc) from None
-    except (registry.DuplicateTorrent, registry.StudySealed) as exc:
-        raise _error(409, exc) from None
-    return _public(session, torrent)
+    with db.writing() as session:
+        # Held here so the session keeps it (its identity map holds rows weakly):
+        # register_torrent and _public then find it without querying again.
+        _held = session.get(Study, body.study_id)
+        try:
+            torrent = registry.register_torrent(
+                session, body.study_id, parsed, title=body.title, extra_trackers=extra
+            )
+        except registry.NotFound as exc:
+            raise _error(404, exc) from None
+        except (registry.DuplicateTorrent, registry.StudySealed) as exc:
+            raise _error(409, exc) from None
+        except registry.RegistryInputError as exc:
+            raise _error(422, exc) from None
+        return _public(session, torrent)
 
 
 def _readable_torrents(
