@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -20,12 +21,16 @@ from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
+#: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
+ApplyRows = Callable[[Connection, "list[SightingRow]", list[int]], None]
 
 _apply_rollups: ApplyRollups | None
+_apply_rows: ApplyRows | None
 try:  # the analysis part's rollups; the writer works without them
     from swarmwatch.analysis.rollups import apply_batch as _apply_rollups
+    from swarmwatch.analysis.rollups import apply_rows as _apply_rows
 except ImportError:  # pragma: no cover - only before the analysis part exists
-    _apply_rollups = None
+    _apply_rollups = _apply_rows = None
 
 #: One placed, keyed sighting as the writer takes it (the AnonymousSighting fields
 #: without new_peer, which the writer decides):
@@ -56,11 +61,14 @@ _PEER_COLUMNS = (
     " geoname_id, metro_id, h3_cell, asn, seed, sightings"
 )
 
-_INSERT_SIGHTING = (
+_INSERT_SIGHTING_HEAD = (
     "INSERT INTO sighting (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage,"
-    " seed, country, geoname_id, metro_id, h3_cell, asn)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " seed, country, geoname_id, metro_id, h3_cell, asn) VALUES "
 )
+_SIGHTING_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SIGHTING = _INSERT_SIGHTING_HEAD + _SIGHTING_VALUES
+#: Sightings per multi-row insert on SQLite: 13 x 2,500 parameters stay under 32,766.
+_SIGHTING_CHUNK = 2_500
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
 # One statement upserts a chunk of peers and RETURNS each one's count: a row that
 # comes back with exactly the batch's count was inserted (an existing row had >= 1
@@ -180,8 +188,12 @@ class BatchWriter:
         self.engine = engine
         self.settings = settings or get_settings()
         self.sqlite = engine.dialect.name == "sqlite"
+        # The built-in rollups take the rows as they are; any other callable gets one
+        # AnonymousSighting per row.
+        self._apply_rows: ApplyRows | None = None
         if rollups is True:
             self.rollups: ApplyRollups | None = _apply_rollups
+            self._apply_rows = _apply_rows
         elif rollups is False:
             self.rollups = None
         else:
@@ -265,30 +277,29 @@ class BatchWriter:
     def _write_sightings(self, conn: Connection, rows: list[SightingRow]) -> int:
         if not rows:
             return 0
-        # One upsert per distinct (title, peer) in the batch, folded here first.
+        # Each row's time in storage form, once: peers refer to their rows' times.
+        times = [self._time(r[4]) for r in rows] if self.sqlite else [r[4] for r in rows]
+        # One upsert per distinct (title, peer) in the batch, folded here first:
+        # [first row, last row, row whose place is kept, seed, sightings]
         peers: dict[tuple[int, bytes], list[Any]] = {}
-        first_index: dict[tuple[int, bytes], int] = {}
         for i, r in enumerate(rows):
             pk = (r[1], r[3])
             p = peers.get(pk)
             if p is None:
-                # study, first, last, country, geoname, metro, h3, asn, seed, count
-                peers[pk] = [r[0], r[4], r[4], r[8], r[9], r[10], r[11], r[12], r[7], 1]
-                first_index[pk] = i
+                peers[pk] = [i, i, i, r[7], 1]
                 continue
-            if r[4] < p[1]:
-                p[1] = r[4]
-                first_index[pk] = i
-            if r[4] > p[2]:
-                p[2] = r[4]
-            if r[9] is not None or p[4] is None:
-                p[3], p[4], p[5], p[6], p[7] = r[8], r[9], r[10], r[11], r[12]
-            if r[7] is not None and p[8] is not True:
-                p[8] = r[7]
-            p[9] += 1
+            seen = r[4]
+            if seen < rows[p[0]][4]:
+                p[0] = i
+            if seen > rows[p[1]][4]:
+                p[1] = i
+            if r[9] is not None or rows[p[2]][9] is None:
+                p[2] = i
+            if r[7] is not None and p[3] is not True:
+                p[3] = r[7]
+            p[4] += 1
 
-        t = self._time
-        new: set[tuple[int, bytes]] = set()
+        new_rows: list[int] = []
         # Sorted by key, so the B-tree inserts walk the index in order.
         ordered = sorted(peers.items())
         row_sql = "(" + ", ".join(["?"] * 12) + ")"
@@ -296,27 +307,43 @@ class BatchWriter:
             chunk = ordered[start : start + _PEER_CHUNK]
             params: list[Any] = []
             extend = params.extend
-            for pk, p in chunk:
+            for (title_id, key), (first, last, placed, seed, count) in chunk:
+                r = rows[placed]
                 extend(
-                    (pk[0], pk[1], p[0], t(p[1]), t(p[2]), p[3], p[4], p[5], p[6], p[7], p[8], p[9])
+                    (title_id, key, r[0], times[first], times[last])
+                    + r[8:13]  # country, geoname_id, metro_id, h3_cell, asn
+                    + (seed, count)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
-            returned = conn.exec_driver_sql(self._sql(statement), tuple(params))
+            returned = conn.exec_driver_sql(self._sql(statement), tuple(params)).fetchall()
             for title_id, key, count in returned:
-                pk = (title_id, bytes(key))
-                if count == peers[pk][9]:
-                    new.add(pk)
-        conn.exec_driver_sql(
-            self._sql(_INSERT_SIGHTING),
-            [(*r[:4], t(r[4]), *r[5:]) for r in rows],
-        )
-        if self.rollups is not None:
-            new_rows = {first_index[pk] for pk in new}
+                p = peers[(title_id, bytes(key))]
+                if count == p[4]:
+                    new_rows.append(p[0])
+        self._insert_sightings(conn, rows, times)
+        if self._apply_rows is not None:
+            self._apply_rows(conn, rows, new_rows)
+        elif self.rollups is not None:
+            new_set = set(new_rows)
             self.rollups(
                 conn,
-                [AnonymousSighting(*r, new_peer=i in new_rows) for i, r in enumerate(rows)],
+                [AnonymousSighting(*r, new_peer=i in new_set) for i, r in enumerate(rows)],
             )
-        return len(new)
+        return len(new_rows)
+
+    def _insert_sightings(
+        self, conn: Connection, rows: list[SightingRow], times: list[Any]
+    ) -> None:
+        stored = [(*r[:4], at, *r[5:]) for r, at in zip(rows, times, strict=True)]
+        if not self.sqlite:
+            conn.exec_driver_sql(self._sql(_INSERT_SIGHTING), stored)
+            return
+        # Multi-row VALUES: one statement step per chunk instead of one per row (a step
+        # releases and retakes the GIL, which the pipeline's prepare stage is holding).
+        for start in range(0, len(stored), _SIGHTING_CHUNK):
+            chunk = stored[start : start + _SIGHTING_CHUNK]
+            statement = _INSERT_SIGHTING_HEAD + ", ".join([_SIGHTING_VALUES] * len(chunk))
+            conn.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
 
     def _write_anomalies(self, conn: Connection, batch: WriteBatch) -> None:
         if not batch.anomalies:
