@@ -20,7 +20,8 @@ active peer has a chance to be seen in every hourly frame. A distinct count need
 to know whether a peer was already counted in the frame: ``rollup_presence`` keeps
 one row per (title, interval, bucket, peer) for that, keyed by the first 64 bits
 of the peer key (a collision merges two peers with probability ~n²/2⁶⁵, about
-3·10⁻⁸ for a million peers in one hour). Presence rows are never read by queries.
+3·10⁻⁸ for a million peers in one hour; a peer new to its title is never merged,
+as its presence rows are known to be new). Presence rows are never read by queries.
 
 A study-level answer is the sum over its titles: a person who downloads two
 titles is two downloads, which is what the study counts.
@@ -295,25 +296,31 @@ def _add(
             conn.exec_driver_sql(f"{head}VALUES {values}{tail}", tuple(chain.from_iterable(chunk)))
 
 
-def _new_presence(conn: Connection, keys: list[Key]) -> list[Key]:
-    """Insert presence keys; return those that were not there yet."""
+def _new_presence(conn: Connection, keys: list[Key], *, all_new: bool = False) -> list[Key]:
+    """Insert presence keys; return those that were not there yet.
+
+    all_new: the caller knows none is there (peers new to their title), so the rows
+    are not returned one by one; a key that is there after all is left as it is.
+    """
     if not keys:
         return []
     cols = "title_id, interval_s, bucket, peer_id"
     head = f"INSERT INTO rollup_presence ({cols}) "
-    tail = f" ON CONFLICT DO NOTHING RETURNING {cols}"
+    tail = " ON CONFLICT DO NOTHING" + ("" if all_new else f" RETURNING {cols}")
     if _check_dialect(conn) == "postgresql":
         columns = tuple(list(col) for col in zip(*keys, strict=True))
         sql = f"{head}SELECT * FROM unnest(%s::int4[], %s::int4[], %s::int4[], %s::int8[]){tail}"
-        return [tuple(r) for r in conn.exec_driver_sql(sql, columns).fetchall()]
+        result = conn.exec_driver_sql(sql, columns)
+        return keys if all_new else [tuple(r) for r in result.fetchall()]
     fresh: list[Key] = []
     for start in range(0, len(keys), _PRESENCE_CHUNK):
         chunk = keys[start : start + _PRESENCE_CHUNK]
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         params = tuple(chain.from_iterable(chunk))
-        returned = conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params).fetchall()
-        fresh.extend(map(tuple, returned))
-    return fresh
+        result = conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params)
+        if not all_new:
+            fresh.extend(map(tuple, result.fetchall()))
+    return keys if all_new else fresh
 
 
 class PresenceCache:
@@ -493,8 +500,19 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
     )
 
     # Distinct active peers per frame: the candidates the database did not know either.
+    # A peer new to its title has no presence row yet, so its keys are fresh without
+    # asking the database (and without a RETURNING row each). A peer_id collision with
+    # an older peer then counts both rather than merging them.
     cache.hold(conn, list(candidates))
-    fresh = [(k, rows[candidates[k]]) for k in _new_presence(conn, list(candidates))]
+    new_peers = {(titles[i], pids[i]) for i in new}
+    known: list[Key] = []
+    first_seen: list[Key] = []
+    for k in candidates:
+        (first_seen if (k[0], k[3]) in new_peers else known).append(k)
+    fresh = [
+        (k, rows[candidates[k]])
+        for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
+    ]
     active_n = Counter([k[:3] for k, _ in fresh])
     city_n = Counter([k[:3] for k, r in fresh if r[9]])
     active = {k: (c, city_n[k]) for k, c in active_n.items()}
