@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -211,10 +211,24 @@ ROLLUP_TABLES: tuple[Table, ...] = (
 
 #: Presence keys remembered per engine (≈ 60 bytes each): an hour of a million active peers.
 PRESENCE_CACHE_LIMIT = 2_000_000
-#: Bound parameters per SQLite statement (SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32).
-_SQLITE_VARIABLES = 32_766
-#: Rows per multi-VALUES statement: 4 columns x 4,000 stays under SQLite's 32,766 variables.
-_PRESENCE_CHUNK = 4000
+#: Rows per multi-VALUES statement on SQLite: at most 7 columns x 1,024 stays under its
+#: 32,766 variables. A power of 4.
+_CHUNK_ROWS = 1_024
+
+
+def _chunks(n: int, most: int = _CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+    """(start, stop) of row chunks for multi-row statements: `most` rows at a time,
+    the rest in quarters (256, 64, 16, 4, 1 rows), so that only a handful of
+    distinct statements is ever compiled and cached by the driver (a cache full
+    of one-off 2,000-row statements held hundreds of MiB)."""
+    start = 0
+    size = most
+    while start < n:
+        while size > n - start:
+            size //= 4
+        yield start, start + size
+        start += size
+
 
 Key = tuple[Any, ...]
 
@@ -289,9 +303,8 @@ def _add(
         # Multi-row VALUES: one statement step per chunk rather than one per row (each
         # step releases and retakes the GIL, which the pipeline's other thread wants).
         row_sql = "(" + ", ".join("?" * len(cols)) + ")"
-        per = _SQLITE_VARIABLES // len(cols)
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
+        for start, stop in _chunks(len(rows)):
+            chunk = rows[start:stop]
             values = ", ".join([row_sql] * len(chunk))
             conn.exec_driver_sql(f"{head}VALUES {values}{tail}", tuple(chain.from_iterable(chunk)))
 
@@ -313,8 +326,8 @@ def _new_presence(conn: Connection, keys: list[Key], *, all_new: bool = False) -
         result = conn.exec_driver_sql(sql, columns)
         return keys if all_new else [tuple(r) for r in result.fetchall()]
     fresh: list[Key] = []
-    for start in range(0, len(keys), _PRESENCE_CHUNK):
-        chunk = keys[start : start + _PRESENCE_CHUNK]
+    for start, stop in _chunks(len(keys)):
+        chunk = keys[start:stop]
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         params = tuple(chain.from_iterable(chunk))
         result = conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params)

@@ -471,6 +471,9 @@ class Pipeline:
                     batch.add_anomaly(
                         ref.torrent_id, ref.study_id, source, place.anomaly, s.seen_at
                     )
+        # The writer's pure-Python part of the batch, done here: this stage runs while
+        # the writer thread is inside the database with the GIL released.
+        self.writer.prepare(batch)
         return batch
 
     def _open_window(self, bucket: int) -> set[tuple[Any, ...]]:

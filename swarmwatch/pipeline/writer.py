@@ -7,7 +7,7 @@ samples (and tracker state), then folds the batch into the analysis rollups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -52,9 +52,9 @@ SightingRow = tuple[
     int | None,
 ]
 
-#: Peers per multi-row upsert: 12 parameters a row stays under SQLite's 32,766 and
-#: PostgreSQL's 65,535 bound parameters per statement.
-_PEER_CHUNK = 2_000
+#: Rows per multi-row statement (peers, and sightings on SQLite): 13 parameters a row
+#: stays under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters. A power of 4.
+_CHUNK_ROWS = 1_024
 
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
@@ -67,8 +67,6 @@ _INSERT_SIGHTING_HEAD = (
 )
 _SIGHTING_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_SIGHTING = _INSERT_SIGHTING_HEAD + _SIGHTING_VALUES
-#: Sightings per multi-row insert on SQLite: 13 x 2,500 parameters stay under 32,766.
-_SIGHTING_CHUNK = 2_500
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
 # One statement upserts a chunk of peers and RETURNS each one's count: a row that
 # comes back with exactly the batch's count was inserted (an existing row had >= 1
@@ -126,6 +124,20 @@ _UPSERT_GEOIP = (
 )
 
 
+def _chunks(n: int, most: int = _CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+    """(start, stop) of row chunks for multi-row statements: `most` rows at a time,
+    the rest in quarters (256, 64, 16, 4, 1 rows), so that only a handful of
+    distinct statements is ever compiled and cached by the driver (a cache full
+    of one-off 2,000-row statements held hundreds of MiB)."""
+    start = 0
+    size = most
+    while start < n:
+        while size > n - start:
+            size //= 4
+        yield start, start + size
+        start += size
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one transaction writes. Holds no address: only keys and places."""
@@ -137,6 +149,8 @@ class WriteBatch:
     # Set when a commit of this batch failed in a way that leaves it unknown whether
     # the server applied it (the connection died during COMMIT): the retry asks first.
     maybe_committed: bool = False
+    # The statements for `sightings`, made ahead by BatchWriter.prepare (or by write).
+    prepared: PreparedRows | None = field(default=None, repr=False, compare=False)
 
     def add_anomaly(
         self, torrent_id: int, study_id: int, source: str, reason: str, seen_at: datetime
@@ -153,6 +167,26 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(self.sightings or self.anomalies or self.samples)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """Everything write() derives from a batch's sighting rows without the database.
+
+    Pure Python work, so the pipeline does it in its prepare stage (BatchWriter.prepare)
+    while the writer thread waits on the database with the GIL released.
+    """
+
+    rows: list[SightingRow]  # the list these were made from (a changed list: made again)
+    count: int
+    # (statement, parameters) per peer upsert, and (title, peer) -> (first row, sightings)
+    peer_statements: list[tuple[str, tuple[Any, ...]]]
+    peers: dict[tuple[int, bytes], tuple[int, int]]
+    # Parameters of the sighting insert: one tuple per chunk on SQLite, rows otherwise.
+    sighting_params: list[Any]
+
+    def fits(self, rows: list[SightingRow]) -> bool:
+        return self.rows is rows and self.count == len(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +275,7 @@ class BatchWriter:
             trans = conn.begin()
             try:
                 self._connection_setup(conn)
-                new_peers = self._write_sightings(conn, batch.sightings)
+                new_peers = self._write_sightings(conn, self.prepare(batch))
                 self._write_anomalies(conn, batch)
                 self._write_samples(conn, batch.samples)
             except BaseException:
@@ -274,19 +308,24 @@ class BatchWriter:
         ).first()
         return found is not None
 
-    def _write_sightings(self, conn: Connection, rows: list[SightingRow]) -> int:
-        if not rows:
-            return 0
+    def prepare(self, batch: WriteBatch) -> PreparedRows:
+        """The batch's statements, made once (kept in batch.prepared for retries)."""
+        prepared = batch.prepared
+        if prepared is None or not prepared.fits(batch.sightings):
+            prepared = batch.prepared = self._prepare_rows(batch.sightings)
+        return prepared
+
+    def _prepare_rows(self, rows: list[SightingRow]) -> PreparedRows:
         # Each row's time in storage form, once: peers refer to their rows' times.
         times = [self._time(r[4]) for r in rows] if self.sqlite else [r[4] for r in rows]
         # One upsert per distinct (title, peer) in the batch, folded here first:
         # [first row, last row, row whose place is kept, seed, sightings]
-        peers: dict[tuple[int, bytes], list[Any]] = {}
+        folded: dict[tuple[int, bytes], list[Any]] = {}
         for i, r in enumerate(rows):
             pk = (r[1], r[3])
-            p = peers.get(pk)
+            p = folded.get(pk)
             if p is None:
-                peers[pk] = [i, i, i, r[7], 1]
+                folded[pk] = [i, i, i, r[7], 1]
                 continue
             seen = r[4]
             if seen < rows[p[0]][4]:
@@ -299,12 +338,12 @@ class BatchWriter:
                 p[3] = r[7]
             p[4] += 1
 
-        new_rows: list[int] = []
         # Sorted by key, so the B-tree inserts walk the index in order.
-        ordered = sorted(peers.items())
+        ordered = sorted(folded.items())
         row_sql = "(" + ", ".join(["?"] * 12) + ")"
-        for start in range(0, len(ordered), _PEER_CHUNK):
-            chunk = ordered[start : start + _PEER_CHUNK]
+        peer_statements = []
+        for start, stop in _chunks(len(ordered)):
+            chunk = ordered[start:stop]
             params: list[Any] = []
             extend = params.extend
             for (title_id, key), (first, last, placed, seed, count) in chunk:
@@ -315,12 +354,38 @@ class BatchWriter:
                     + (seed, count)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
-            returned = conn.exec_driver_sql(self._sql(statement), tuple(params)).fetchall()
-            for title_id, key, count in returned:
-                p = peers[(title_id, bytes(key))]
-                if count == p[4]:
-                    new_rows.append(p[0])
-        self._insert_sightings(conn, rows, times)
+            peer_statements.append((self._sql(statement), tuple(params)))
+        peers = {pk: (p[0], p[4]) for pk, p in folded.items()}
+
+        stored = [(*r[:4], at, *r[5:]) for r, at in zip(rows, times, strict=True)]
+        sighting_params: list[Any] = stored
+        if self.sqlite:
+            # Multi-row VALUES: one statement step per chunk instead of one per row (a
+            # step releases and retakes the GIL, which the prepare stage is holding).
+            sighting_params = [
+                tuple(chain.from_iterable(stored[start:stop]))
+                for start, stop in _chunks(len(stored))
+            ]
+        return PreparedRows(rows, len(rows), peer_statements, peers, sighting_params)
+
+    def _write_sightings(self, conn: Connection, prepared: PreparedRows) -> int:
+        rows = prepared.rows
+        if not rows:
+            return 0
+        peers = prepared.peers
+        new_rows: list[int] = []
+        for statement, params in prepared.peer_statements:
+            for title_id, key, count in conn.exec_driver_sql(statement, params).fetchall():
+                first, sightings = peers[(title_id, bytes(key))]
+                if count == sightings:
+                    new_rows.append(first)
+        if self.sqlite:
+            for params in prepared.sighting_params:
+                width = len(params) // 13
+                statement = _INSERT_SIGHTING_HEAD + ", ".join([_SIGHTING_VALUES] * width)
+                conn.exec_driver_sql(statement, params)
+        else:
+            conn.exec_driver_sql(self._sql(_INSERT_SIGHTING), prepared.sighting_params)
         if self._apply_rows is not None:
             self._apply_rows(conn, rows, new_rows)
         elif self.rollups is not None:
@@ -330,20 +395,6 @@ class BatchWriter:
                 [AnonymousSighting(*r, new_peer=i in new_set) for i, r in enumerate(rows)],
             )
         return len(new_rows)
-
-    def _insert_sightings(
-        self, conn: Connection, rows: list[SightingRow], times: list[Any]
-    ) -> None:
-        stored = [(*r[:4], at, *r[5:]) for r, at in zip(rows, times, strict=True)]
-        if not self.sqlite:
-            conn.exec_driver_sql(self._sql(_INSERT_SIGHTING), stored)
-            return
-        # Multi-row VALUES: one statement step per chunk instead of one per row (a step
-        # releases and retakes the GIL, which the pipeline's prepare stage is holding).
-        for start in range(0, len(stored), _SIGHTING_CHUNK):
-            chunk = stored[start : start + _SIGHTING_CHUNK]
-            statement = _INSERT_SIGHTING_HEAD + ", ".join([_SIGHTING_VALUES] * len(chunk))
-            conn.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
 
     def _write_anomalies(self, conn: Connection, batch: WriteBatch) -> None:
         if not batch.anomalies:
@@ -431,4 +482,11 @@ class BatchWriter:
             )
 
 
-__all__ = ["BatchWriter", "CommitUncertain", "SightingRow", "WriteBatch", "WriteResult"]
+__all__ = [
+    "BatchWriter",
+    "CommitUncertain",
+    "PreparedRows",
+    "SightingRow",
+    "WriteBatch",
+    "WriteResult",
+]
