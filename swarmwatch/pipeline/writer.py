@@ -52,6 +52,8 @@ SightingRow = tuple[
     int | None,
 ]
 
+#: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
+_WAL_CHECKPOINT_PAGES = 16_384
 #: Rows per multi-row statement (peers, and sightings on SQLite): 13 parameters a row
 #: stays under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters. A power of 4.
 _CHUNK_ROWS = 1_024
@@ -252,6 +254,12 @@ class BatchWriter:
             # Random 16-byte peer keys touch pages all over the peer index; 64 MiB of
             # page cache keeps most of a million-peer index in memory.
             conn.exec_driver_sql("PRAGMA cache_size=-65536")
+            # A 5,000-row batch dirties ~4,000 pages (random keys again), so at SQLite's
+            # default of 1,000 WAL pages every commit was followed by a checkpoint that
+            # copied and fsynced them all. Checkpointing every ~64 MiB of WAL instead
+            # copies a page rewritten by several batches once (ingest benchmark: -19 %
+            # write wall time). Per connection, like cache_size: this one stays so.
+            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
 
     # -- the batch -----------------------------------------------------------------------
 
