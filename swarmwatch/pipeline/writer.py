@@ -257,7 +257,7 @@ class BatchWriter:
             # A 5,000-row batch dirties ~4,000 pages (random keys again), so at SQLite's
             # default of 1,000 WAL pages every commit was followed by a checkpoint that
             # copied and fsynced them all. Checkpointing every ~64 MiB of WAL instead
-            # copies a page rewritten by several batches once (ingest benchmark: -19 %
+            # copies a page rewritten by several batches once (stage timing: -19 %
             # write wall time). Per connection, like cache_size: this one stays so.
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
 
