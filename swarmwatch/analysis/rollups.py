@@ -20,7 +20,8 @@ active peer has a chance to be seen in every hourly frame. A distinct count need
 to know whether a peer was already counted in the frame: ``rollup_presence`` keeps
 one row per (title, interval, bucket, peer) for that, keyed by the first 64 bits
 of the peer key (a collision merges two peers with probability ~n²/2⁶⁵, about
-3·10⁻⁸ for a million peers in one hour). Presence rows are never read by queries.
+3·10⁻⁸ for a million peers in one hour; a peer new to its title is never merged,
+as its presence rows are known to be new). Presence rows are never read by queries.
 
 A study-level answer is the sum over its titles: a person who downloads two
 titles is two downloads, which is what the study counts.
@@ -30,8 +31,9 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 from h3.api import basic_int as h3i
@@ -209,8 +211,24 @@ ROLLUP_TABLES: tuple[Table, ...] = (
 
 #: Presence keys remembered per engine (≈ 60 bytes each): an hour of a million active peers.
 PRESENCE_CACHE_LIMIT = 2_000_000
-#: Rows per multi-VALUES statement: 4 columns x 4,000 stays under SQLite's 32,766 variables.
-_PRESENCE_CHUNK = 4000
+#: Rows per multi-VALUES statement on SQLite: at most 7 columns x 1,024 stays under its
+#: 32,766 variables. A power of 4.
+_CHUNK_ROWS = 1_024
+
+
+def _chunks(n: int, most: int = _CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+    """(start, stop) of row chunks for multi-row statements: `most` rows at a time,
+    the rest in quarters (256, 64, 16, 4, 1 rows), so that only a handful of
+    distinct statements is ever compiled and cached by the driver (a cache full
+    of one-off 2,000-row statements held hundreds of MiB)."""
+    start = 0
+    size = most
+    while start < n:
+        while size > n - start:
+            size //= 4
+        yield start, start + size
+        start += size
+
 
 Key = tuple[Any, ...]
 
@@ -282,28 +300,40 @@ def _add(
         columns = [list(col) for col in zip(*rows, strict=True)]
         conn.exec_driver_sql(f"{head}SELECT * FROM unnest({arrays}){tail}", tuple(columns))
     else:
-        marks = ", ".join("?" * len(cols))
-        conn.exec_driver_sql(f"{head}VALUES ({marks}){tail}", rows)
+        # Multi-row VALUES: one statement step per chunk rather than one per row (each
+        # step releases and retakes the GIL, which the pipeline's other thread wants).
+        row_sql = "(" + ", ".join("?" * len(cols)) + ")"
+        for start, stop in _chunks(len(rows)):
+            chunk = rows[start:stop]
+            values = ", ".join([row_sql] * len(chunk))
+            conn.exec_driver_sql(f"{head}VALUES {values}{tail}", tuple(chain.from_iterable(chunk)))
 
 
-def _new_presence(conn: Connection, keys: list[Key]) -> list[Key]:
-    """Insert presence keys; return those that were not there yet."""
+def _new_presence(conn: Connection, keys: list[Key], *, all_new: bool = False) -> list[Key]:
+    """Insert presence keys; return those that were not there yet.
+
+    all_new: the caller knows none is there (peers new to their title), so the rows
+    are not returned one by one; a key that is there after all is left as it is.
+    """
     if not keys:
         return []
     cols = "title_id, interval_s, bucket, peer_id"
     head = f"INSERT INTO rollup_presence ({cols}) "
-    tail = f" ON CONFLICT DO NOTHING RETURNING {cols}"
+    tail = " ON CONFLICT DO NOTHING" + ("" if all_new else f" RETURNING {cols}")
     if _check_dialect(conn) == "postgresql":
         columns = tuple(list(col) for col in zip(*keys, strict=True))
         sql = f"{head}SELECT * FROM unnest(%s::int4[], %s::int4[], %s::int4[], %s::int8[]){tail}"
-        return [tuple(r) for r in conn.exec_driver_sql(sql, columns)]
+        result = conn.exec_driver_sql(sql, columns)
+        return keys if all_new else [tuple(r) for r in result.fetchall()]
     fresh: list[Key] = []
-    for start in range(0, len(keys), _PRESENCE_CHUNK):
-        chunk = keys[start : start + _PRESENCE_CHUNK]
+    for start, stop in _chunks(len(keys)):
+        chunk = keys[start:stop]
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
-        params = tuple(v for k in chunk for v in k)
-        fresh.extend(tuple(r) for r in conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params))
-    return fresh
+        params = tuple(chain.from_iterable(chunk))
+        result = conn.exec_driver_sql(f"{head}VALUES {values}{tail}", params)
+        if not all_new:
+            fresh.extend(map(tuple, result.fetchall()))
+    return keys if all_new else fresh
 
 
 class PresenceCache:
@@ -370,97 +400,144 @@ def presence_cache(engine: Engine) -> PresenceCache:
 
 
 def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
-    """Fold one writer batch into every rollup, in the caller's transaction.
+    """Fold one batch of AnonymousSightings into every rollup, in the caller's transaction.
 
-    Everything is first summed per row key in Python, so each table gets one
-    statement per batch with one row per distinct key (places, cells and frames
-    repeat across a batch far more than peers do).
+    The writer calls apply_rows() with its row tuples instead (no object per row);
+    this form is for callers that hold AnonymousSightings. A peer marked new_peer
+    more than once in the batch is counted once.
     """
     if not batch:
         return
+    rows = [
+        (
+            s.study_id,
+            s.title_id,
+            s.torrent_id,
+            s.peer_key,
+            s.seen_at,
+            s.source,
+            s.vantage,
+            s.seed,
+            s.country,
+            s.geoname_id,
+            s.metro_id,
+            s.h3_cell,
+            s.asn,
+        )
+        for s in batch
+    ]
+    new: list[int] = []
+    counted: set[tuple[int, bytes]] = set()
+    for i, s in enumerate(batch):
+        if s.new_peer and (s.title_id, s.peer_key) not in counted:
+            counted.add((s.title_id, s.peer_key))
+            new.append(i)
+    apply_rows(conn, rows, new)
+
+
+@lru_cache(maxsize=1 << 18)
+def _stored_parent(cell: int, res: int) -> int | None:
+    """The cell's parent at a stored resolution, or None if the cell is coarser than that."""
+    if h3i.get_resolution(cell) < res:
+        return None
+    return parent_at(cell, res)
+
+
+_NO_PEERS: frozenset[int] = frozenset()
+
+
+def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterable[int]) -> None:
+    """Fold one writer batch into every rollup, in the caller's transaction.
+
+    rows are in the writer's SightingRow layout: (study_id, title_id, torrent_id,
+    peer_key, seen_at, source, vantage, seed, country, geoname_id, metro_id, h3_cell,
+    asn). new_rows are the indexes of the rows that first saw a peer new to its
+    title, one per new peer. Everything is first summed per row key (column-wise,
+    with Counters, which count in C), so each table gets one statement per batch
+    with one row per distinct key: places, cells and frames repeat across a batch
+    far more than peers do.
+    """
+    if not rows:
+        return
     cache = presence_cache(conn.engine)
     frames_known = cache.frames
-    activity: dict[Key, list[int]] = {}
-    place: dict[Key, list[int]] = {}
-    place_day: dict[Key, list[int]] = {}
-    metro: dict[Key, tuple[int]] = {}
-    metro_day: dict[Key, tuple[int]] = {}
-    cell: Counter[Key] = Counter()
-    cell_day: Counter[Key] = Counter()
-    candidates: dict[Key, AnonymousSighting] = {}
-    counted_new: set[tuple[int, bytes]] = set()
     hour_s, day_s = FRAME_INTERVALS
-    last_time: Any = None
-    ts = 0.0
+    n = len(rows)
+    stamps = [r[4].timestamp() for r in rows]
+    titles = [r[1] for r in rows]
+    days = [int(ts // day_s) for ts in stamps]
+    hours = [int(ts // hour_s) for ts in stamps]
 
-    for s in batch:
-        title_id = s.title_id
-        # Sightings come in time order, often many to a second: reuse the conversion.
-        if s.seen_at is not last_time:
-            last_time = s.seen_at
-            ts = last_time.timestamp()
-        day = int(ts // DAY)
-        akey = (title_id, day, s.source, s.vantage)
-        act = activity.get(akey)
-        if act is None:
-            act = activity[akey] = [0, 0, 0]
-        act[0] += 1
-        if s.seed is True:
-            act[2] += 1
-        pid = int.from_bytes(s.peer_key[:8], "big", signed=True)
-        for interval, bucket in ((hour_s, int(ts // hour_s)), (day_s, int(ts // day_s))):
-            known = frames_known.get((title_id, interval, bucket))
-            if known is not None and pid in known:
-                continue
-            key = (title_id, interval, bucket, pid)
-            if key not in candidates:
-                candidates[key] = s
-        if not s.new_peer:
-            continue
-        tp = (title_id, s.peer_key)
-        if tp in counted_new:
-            continue
-        counted_new.add(tp)
-        act[1] += 1
-        seed = 1 if s.seed is True else 0
-        geo, country, metro_id = s.geoname_id or 0, s.country or "", s.metro_id or 0
-        pk = (title_id, geo, country)
-        p = place.get(pk)
-        if p is None:
-            p = place[pk] = [0, 0]
-            metro[pk] = (metro_id,)
-        p[0] += 1
-        p[1] += seed
-        dk = (title_id, day, s.vantage, geo, country)
-        d = place_day.get(dk)
-        if d is None:
-            d = place_day[dk] = [0, 0]
-            metro_day[dk] = (metro_id,)
-        d[0] += 1
-        d[1] += seed
-        if s.h3_cell and h3i.get_resolution(s.h3_cell) >= CELL_STORED_RES:
-            parent = parent_at(s.h3_cell, CELL_STORED_RES)
-            cell[(title_id, CELL_STORED_RES, parent)] += 1
-            cell_day[(title_id, day, s.vantage, CELL_STORED_RES, parent)] += 1
+    # Sightings, seed sightings and new peers by day, source and vantage.
+    akeys = list(zip(titles, days, [r[5] for r in rows], [r[6] for r in rows], strict=True))
+    seen_n = Counter(akeys)
+    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r[7] is True])
+    new = sorted(set(new_rows))
+    new_n = Counter([akeys[i] for i in new])
+    activity = {k: (c, new_n[k], seed_n[k]) for k, c in seen_n.items()}
 
-    frame: Counter[Key] = Counter()
-    frame_city: Counter[Key] = Counter()
-    active: dict[Key, list[int]] = {}
+    # Presence candidates: each (frame, peer) once, with the first row that has it,
+    # less those the cache knows are committed already.
+    pids = [int.from_bytes(r[3][:8], "big", signed=True) for r in rows]
+    candidates: dict[Key, int] = {}
+    for interval, buckets in ((hour_s, hours), (day_s, days)):
+        keys = list(zip(titles, [interval] * n, buckets, pids, strict=True))
+        first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # first row wins
+        if any(frames_known.get(f) for f in set(zip(titles, [interval] * n, buckets, strict=True))):
+            first = {
+                k: i for k, i in first.items() if k[3] not in frames_known.get(k[:3], _NO_PEERS)
+            }
+        candidates.update(first)
+
+    # Unique peers by place, day and cell, at their first sighting.
+    nrows = [rows[i] for i in new]
+    ndays = [days[i] for i in new]
+    pkeys = [(r[1], r[9] or 0, r[8] or "") for r in nrows]
+    dkeys = [(r[1], d, r[6], r[9] or 0, r[8] or "") for r, d in zip(nrows, ndays, strict=True)]
+    nseeds = [r[7] is True for r in nrows]
+    metros = [(r[10] or 0,) for r in nrows]
+    place = _with_seeds(pkeys, nseeds)
+    place_day = _with_seeds(dkeys, nseeds)
+    # The metro a place row is created with: that of its first sighting in the batch.
+    metro = dict(zip(reversed(pkeys), reversed(metros), strict=True))
+    metro_day = dict(zip(reversed(dkeys), reversed(metros), strict=True))
+    res = CELL_STORED_RES
+    parents = [_stored_parent(r[11], res) if r[11] else None for r in nrows]
+    cell = Counter([(r[1], res, p) for r, p in zip(nrows, parents, strict=True) if p is not None])
+    cell_day = Counter(
+        [
+            (r[1], d, r[6], res, p)
+            for r, d, p in zip(nrows, ndays, parents, strict=True)
+            if p is not None
+        ]
+    )
+
+    # Distinct active peers per frame: the candidates the database did not know either.
+    # A peer new to its title has no presence row yet, so its keys are fresh without
+    # asking the database (and without a RETURNING row each). A peer_id collision with
+    # an older peer then counts both rather than merging them.
     cache.hold(conn, list(candidates))
-    for key in _new_presence(conn, list(candidates)):
-        title_id, interval, bucket, _ = key
-        s = candidates[key]
-        fk = (title_id, interval, bucket)
-        counts = active.get(fk)
-        if counts is None:
-            counts = active[fk] = [0, 0]
-        counts[0] += 1
-        if s.geoname_id:
-            counts[1] += 1
-            frame_city[(title_id, interval, bucket, s.geoname_id)] += 1
-        if s.h3_cell and h3i.get_resolution(s.h3_cell) >= FRAME_STORED_RES:
-            parent = parent_at(s.h3_cell, FRAME_STORED_RES)
-            frame[(title_id, interval, FRAME_STORED_RES, bucket, parent)] += 1
+    new_peers = {(titles[i], pids[i]) for i in new}
+    known: list[Key] = []
+    first_seen: list[Key] = []
+    for k in candidates:
+        (first_seen if (k[0], k[3]) in new_peers else known).append(k)
+    fresh = [
+        (k, rows[candidates[k]])
+        for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
+    ]
+    active_n = Counter([k[:3] for k, _ in fresh])
+    city_n = Counter([k[:3] for k, r in fresh if r[9]])
+    active = {k: (c, city_n[k]) for k, c in active_n.items()}
+    frame_city = Counter([(*k[:3], r[9]) for k, r in fresh if r[9]])
+    fres = FRAME_STORED_RES
+    frame = Counter(
+        [
+            (k[0], k[1], fres, k[2], p)
+            for k, r in fresh
+            if r[11] and (p := _stored_parent(r[11], fres)) is not None
+        ]
+    )
 
     _add(
         conn,
@@ -505,6 +582,12 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
     _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), active, ("peers", "city_peers"))
 
 
+def _with_seeds(keys: list[Key], seeds: list[bool]) -> dict[Key, tuple[int, int]]:
+    """(peers, seeds) per key."""
+    seeded = Counter([k for k, s in zip(keys, seeds, strict=True) if s])
+    return {k: (c, seeded[k]) for k, c in Counter(keys).items()}
+
+
 def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:
     return {k: (v,) for k, v in counter.items()}
 
@@ -517,6 +600,7 @@ __all__ = [
     "FRAME_STORED_RES",
     "ROLLUP_TABLES",
     "apply_batch",
+    "apply_rows",
     "cell_parents",
     "parent_at",
     "peer_id",

@@ -2,12 +2,16 @@
 
 Two streams of synthetic public IPv4 addresses (data only, never destinations) go
 through the real Pipeline into a fresh SQLite file with the embedded GeoLite2 City.
+Besides wall-clock rates it prints CPU time per sighting (this process, and the
+geolocation worker) and per bare lookup: on a machine shared with other work, the
+CPU figures move much less than the wall-clock ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import random
 import resource
 import tempfile
@@ -68,16 +72,26 @@ def unique_stream(addrs: list[ipaddress.IPv4Address]) -> list[PeerSighting]:
     ]
 
 
-def bare_lookup_rate(city_db: Path, addrs: list[ipaddress.IPv4Address]) -> float:
-    """The baseline: one thread, reader.get() for every address, no cache."""
+def bare_lookup_rate(city_db: Path, addrs: list[ipaddress.IPv4Address]) -> tuple[float, float]:
+    """The baseline: one thread, reader.get() for every address, no cache.
+
+    Returns (lookups per second, CPU microseconds per lookup)."""
     reader = maxminddb.open_database(str(city_db))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for ip in addrs:
             reader.get(ip)
-        return len(addrs) / (time.perf_counter() - t0)
+        cpu = time.process_time() - c0
+        return len(addrs) / (time.perf_counter() - t0), 1e6 * cpu / len(addrs)
     finally:
         reader.close()
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its ended children (the worker)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _fresh_database(path: Path) -> Database:
@@ -92,6 +106,17 @@ def _fresh_database(path: Path) -> Database:
         s.flush()
         s.add(Torrent(study_id=study.id, title_id=title.id, infohash_v1=INFOHASH))
     return db
+
+
+def _ingest_measured(
+    db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
+) -> tuple[float, dict[str, int], tuple[float, float]]:
+    """_ingest, plus CPU microseconds per sighting (this process, the worker process)."""
+    own0, children0 = _cpu_seconds()
+    rate, stats = asyncio.run(_ingest(db, city_db, stream, workers, rollups))
+    own1, children1 = _cpu_seconds()  # the worker has ended: geo.close() waited for it
+    n = max(1, len(stream))
+    return rate, stats, (1e6 * (own1 - own0) / n, 1e6 * (children1 - children0) / n)
 
 
 async def _ingest(
@@ -133,21 +158,24 @@ def run_benchmark(**options: Any) -> dict[str, float]:
 
     unique_addrs = public_addresses(unique, seed)
     repeat_addrs = public_addresses(peers, seed + 1)
-    baseline = bare_lookup_rate(city_db, unique_addrs)
+    baseline, baseline_cpu = bare_lookup_rate(city_db, unique_addrs)
 
     with tempfile.TemporaryDirectory(prefix="swarmwatch-bench-") as tmp:
         db = _fresh_database(Path(tmp) / "repeat.db")
-        repeat_rate, repeat_stats = asyncio.run(
-            _ingest(db, city_db, repeat_stream(repeat_addrs, repeats), workers, rollups)
+        repeat_rate, repeat_stats, repeat_cpu = _ingest_measured(
+            db, city_db, repeat_stream(repeat_addrs, repeats), workers, rollups
         )
         db.dispose()
         db = _fresh_database(Path(tmp) / "unique.db")
-        unique_rate, unique_stats = asyncio.run(
-            _ingest(db, city_db, unique_stream(unique_addrs), workers, rollups)
+        unique_rate, unique_stats, unique_cpu = _ingest_measured(
+            db, city_db, unique_stream(unique_addrs), workers, rollups
         )
         db.dispose()
-    baseline_again = bare_lookup_rate(city_db, unique_addrs)  # the machine may have changed
+    # The machine may have changed meanwhile: the faster of the two runs is the baseline.
+    baseline_again, baseline_cpu_again = bare_lookup_rate(city_db, unique_addrs)
     baseline = max(baseline, baseline_again)
+    baseline_cpu = min(baseline_cpu, baseline_cpu_again)
+    load = os.getloadavg()
 
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -163,6 +191,12 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         "unique_network_cache_hit": unique_hit,
         "peak_rss_mib": rss_self,
         "peak_rss_worker_mib": rss_children,
+        "repeat_cpu_us_per_sighting": repeat_cpu[0],
+        "repeat_worker_cpu_us_per_sighting": repeat_cpu[1],
+        "unique_cpu_us_per_sighting": unique_cpu[0],
+        "unique_worker_cpu_us_per_sighting": unique_cpu[1],
+        "bare_cpu_us_per_lookup": baseline_cpu,
+        "load_average_1min": load[0],
     }
     print(
         "ingest benchmark: embedded GeoLite2 City into SQLite, "
@@ -181,7 +215,13 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         f"  bare maxminddb lookup loop (same addresses, one thread): {baseline:,.0f} lookups/s; "
         f"all-unique / bare = {unique_rate / baseline:.2f}x (goal >= {UNIQUE_GOAL_RATIO:.1f}x)"
     )
+    print(
+        f"  CPU per sighting: repeat {repeat_cpu[0]:.1f} us + {repeat_cpu[1]:.1f} us (worker); "
+        f"all-unique {unique_cpu[0]:.1f} us + {unique_cpu[1]:.1f} us (worker); "
+        f"bare lookup {baseline_cpu:.1f} us"
+    )
     print(f"  peak RSS: {rss_self:,.0f} MiB (main), {rss_children:,.0f} MiB (worker)")
+    print(f"  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return figures
 
 
