@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -52,6 +52,7 @@ from sqlalchemy import (
 
 from swarmwatch.models import Base
 from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store.chunks import row_chunks
 
 #: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
 FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)
@@ -211,23 +212,6 @@ ROLLUP_TABLES: tuple[Table, ...] = (
 
 #: Presence keys remembered per engine (≈ 60 bytes each): an hour of a million active peers.
 PRESENCE_CACHE_LIMIT = 2_000_000
-#: Rows per multi-VALUES statement on SQLite: at most 7 columns x 1,024 stays under its
-#: 32,766 variables. A power of 4.
-_CHUNK_ROWS = 1_024
-
-
-def _chunks(n: int, most: int = _CHUNK_ROWS) -> Iterator[tuple[int, int]]:
-    """(start, stop) of row chunks for multi-row statements: `most` rows at a time,
-    the rest in quarters (256, 64, 16, 4, 1 rows), so that only a handful of
-    distinct statements is ever compiled and cached by the driver (a cache full
-    of one-off 2,000-row statements held hundreds of MiB)."""
-    start = 0
-    size = most
-    while start < n:
-        while size > n - start:
-            size //= 4
-        yield start, start + size
-        start += size
 
 
 Key = tuple[Any, ...]
@@ -303,7 +287,7 @@ def _add(
         # Multi-row VALUES: one statement step per chunk rather than one per row (each
         # step releases and retakes the GIL, which the pipeline's other thread wants).
         row_sql = "(" + ", ".join("?" * len(cols)) + ")"
-        for start, stop in _chunks(len(rows)):
+        for start, stop in row_chunks(len(rows)):
             chunk = rows[start:stop]
             values = ", ".join([row_sql] * len(chunk))
             conn.exec_driver_sql(f"{head}VALUES {values}{tail}", tuple(chain.from_iterable(chunk)))
@@ -326,7 +310,7 @@ def _new_presence(conn: Connection, keys: list[Key], *, all_new: bool = False) -
         result = conn.exec_driver_sql(sql, columns)
         return keys if all_new else [tuple(r) for r in result.fetchall()]
     fresh: list[Key] = []
-    for start, stop in _chunks(len(keys)):
+    for start, stop in row_chunks(len(keys)):
         chunk = keys[start:stop]
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         params = tuple(chain.from_iterable(chunk))

@@ -7,7 +7,7 @@ samples (and tracker state), then folds the batch into the analysis rollups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
+from swarmwatch.store.chunks import row_chunks
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ SightingRow = tuple[
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
-#: Rows per multi-row statement (peers, and sightings on SQLite): 13 parameters a row
-#: stays under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters. A power of 4.
-_CHUNK_ROWS = 1_024
 
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
@@ -124,20 +122,6 @@ _UPSERT_GEOIP = (
     " ON CONFLICT (kind, database_type, build_epoch) DO UPDATE SET"
     " last_used_at = excluded.last_used_at"
 )
-
-
-def _chunks(n: int, most: int = _CHUNK_ROWS) -> Iterator[tuple[int, int]]:
-    """(start, stop) of row chunks for multi-row statements: `most` rows at a time,
-    the rest in quarters (256, 64, 16, 4, 1 rows), so that only a handful of
-    distinct statements is ever compiled and cached by the driver (a cache full
-    of one-off 2,000-row statements held hundreds of MiB)."""
-    start = 0
-    size = most
-    while start < n:
-        while size > n - start:
-            size //= 4
-        yield start, start + size
-        start += size
 
 
 @dataclass(slots=True)
@@ -350,7 +334,7 @@ class BatchWriter:
         ordered = sorted(folded.items())
         row_sql = "(" + ", ".join(["?"] * 12) + ")"
         peer_statements = []
-        for start, stop in _chunks(len(ordered)):
+        for start, stop in row_chunks(len(ordered)):
             chunk = ordered[start:stop]
             params: list[Any] = []
             extend = params.extend
@@ -372,7 +356,7 @@ class BatchWriter:
             # step releases and retakes the GIL, which the prepare stage is holding).
             sighting_params = [
                 tuple(chain.from_iterable(stored[start:stop]))
-                for start, stop in _chunks(len(stored))
+                for start, stop in row_chunks(len(stored))
             ]
         return PreparedRows(rows, len(rows), peer_statements, peers, sighting_params)
 
