@@ -40,15 +40,15 @@ import time
 import weakref
 import zlib
 from array import array
-from collections import OrderedDict, defaultdict
-from collections.abc import Hashable
+from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import h3
 from h3.api import basic_int as h3i
-from sqlalchemy import BigInteger, Connection, Engine, bindparam, func, literal, select
+from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.rollups import (
@@ -61,7 +61,7 @@ from swarmwatch.analysis.rollups import (
     rollup_frame_city,
 )
 from swarmwatch.analysis.scope import Scope, ScopeError
-from swarmwatch.analysis.versioned import PerEngine, Versioned
+from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight
 from swarmwatch.models import City
 from swarmwatch.store import Database
 
@@ -225,16 +225,19 @@ COMPACT_CACHE_SIZE = 16
 class CompactFrames:
     """The compact time-lapse of one question, encoded once for the frames it was built from."""
 
-    frames: tuple[Frame, ...]  # identity of the cached frames it encodes
+    frames: tuple[Frame, ...]  # the cached frames it encodes (kept alive: see version)
     body: bytes  # compact JSON (see the module docstring)
     gzipped: bytes  # the same as one gzip member
     stale_since: datetime | None
 
 
+#: Compact answers per engine. Versioned by the identity of the cached frames they
+#: encode: a frame object is replaced only when its frame is recomputed, and the answer
+#: keeps its own frames alive, so equal identities mean equal content. Re-encoded in the
+#: background as soon as a frame changed (refresh_after 0): under ingest a request
+#: never waits for the encoding of 120 frames, and answers lag by one refresh.
+_compact: PerEngine[CompactFrames] = PerEngine(max_entries=COMPACT_CACHE_SIZE, refresh_after=0.0)
 _compact_lock = threading.Lock()
-_compact: weakref.WeakKeyDictionary[Engine, OrderedDict[Hashable, CompactFrames]] = (
-    weakref.WeakKeyDictionary()
-)
 # One lock per question: a request arriving while the same answer is being built (the
 # start-up warm-up, or another request) waits for it instead of building it again.
 _building: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
@@ -312,6 +315,7 @@ def frames_compact(
     interval: int = 3600,
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
+    between: Callable[[], None] | None = None,
 ) -> CompactFrames:
     """The compact time-lapse as JSON and gzip, re-encoded only when a frame changed.
 
@@ -320,31 +324,36 @@ def frames_compact(
     refresh of the open frame, and every other request is one small query.
     """
     key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, interval, res, top)
+    engine = conn.engine
     with _compact_lock:
         lock = _building.get(key)
         if lock is None:
             lock = _building[key] = threading.Lock()
+
+    def encode(frame_set: FrameSet) -> CompactFrames:
+        compact = compact_dict(frame_set.frames, interval, res, frame_set.method)
+        body = json.dumps(compact, separators=(",", ":")).encode()
+        return CompactFrames(tuple(frame_set.frames), body, _gzip(body), frame_set.stale_since)
+
+    def refresh() -> tuple[Hashable, CompactFrames]:
+        with engine.connect() as own:
+            frame_set = frame_set_of(own, scope, interval, res, top)
+        return _identity(frame_set.frames), encode(frame_set)
+
     with lock:
-        frame_set = frame_set_of(conn, scope, interval, res, top)
-        with _compact_lock:
-            answers = _compact.setdefault(conn.engine, OrderedDict())
-            answer = answers.get(key)
-        if (
-            answer is not None
-            and len(answer.frames) == len(frame_set.frames)
-            and all(a is b for a, b in zip(answer.frames, frame_set.frames, strict=True))
-        ):
-            return answer
-        body = json.dumps(
-            compact_dict(frame_set.frames, interval, res, frame_set.method), separators=(",", ":")
-        ).encode()
-        answer = CompactFrames(tuple(frame_set.frames), body, _gzip(body), frame_set.stale_since)
-        with _compact_lock:
-            answers[key] = answer
-            answers.move_to_end(key)
-            while len(answers) > COMPACT_CACHE_SIZE:
-                answers.popitem(last=False)
-        return answer
+        frame_set = frame_set_of(conn, scope, interval, res, top, between)
+        version = _identity(frame_set.frames)
+        entry = _compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+    answer = entry.value
+    if entry.version != version:
+        # Served from before the latest frame change: fresh as of that encoding's read.
+        since = min(filter(None, (answer.stale_since, entry.read_at)))
+        answer = CompactFrames(answer.frames, answer.body, answer.gzipped, since)
+    return answer
+
+
+def _identity(frames: list[Frame]) -> tuple[int, ...]:
+    return tuple(id(frame) for frame in frames)
 
 
 #: Studies whose default time-lapse is built at server start (the most recent first).
@@ -371,7 +380,14 @@ def warm_frames(
         for study in recent:
             scope = resolve_scope(session.connection(), study)
             if scope.title_ids:
-                frames_compact(session.connection(), scope, interval=interval, res=res)
+                frames_compact(
+                    session.connection(),
+                    scope,
+                    interval=interval,
+                    res=res,
+                    # Step aside for requests between frames (at most 50 ms per frame).
+                    between=lambda: requests_in_flight.wait_idle(0.05),
+                )
     log.info(
         "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
     )
@@ -401,8 +417,18 @@ def _frames(
     return frame_set.frames, frame_set.method
 
 
-def frame_set_of(conn: Connection, scope: Scope, interval: int, res: int, top: int) -> FrameSet:
-    """Every published frame of the scope (from the frame cache), and the method."""
+def frame_set_of(
+    conn: Connection,
+    scope: Scope,
+    interval: int,
+    res: int,
+    top: int,
+    between: Callable[[], None] | None = None,
+) -> FrameSet:
+    """Every published frame of the scope (from the frame cache), and the method.
+
+    `between` is called before each frame (a warm-up pauses there for requests).
+    """
     _check(scope, interval, res)
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     a = rollup_active
@@ -439,6 +465,8 @@ def frame_set_of(conn: Connection, scope: Scope, interval: int, res: int, top: i
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.
+        if between is not None:
+            between()
         entry: Versioned[Frame] = cache.get(key, int(total), compute, refresh)
         if entry.version != int(total):
             stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)

@@ -178,6 +178,38 @@ class Refresher:
 _shared_refresher = Refresher()
 
 
+class Activity:
+    """Requests in flight, so background warm-ups can step aside for them.
+
+    On a 2-core machine a warm-up thread holding the GIL for seconds stretches every
+    short request beside it several-fold; pausing between its steps while a request
+    runs keeps those requests at their idle latency, at the cost of a slower warm-up.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait until no request is in flight, or at most `timeout` seconds."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
+#: Analysis requests in flight in this process (swarmwatch.api.routes.analysis).
+requests_in_flight = Activity()
+
+
 class PerEngine(Generic[T]):
     """One VersionedCache per database engine, dropped with the engine.
 
@@ -185,8 +217,13 @@ class PerEngine(Generic[T]):
     must never be answered from the old one's cache, even at an equal data version.
     """
 
-    def __init__(self, max_entries: int = 256, max_lag: float = DEFAULT_MAX_LAG_S) -> None:
-        self.max_entries, self.max_lag = max_entries, max_lag
+    def __init__(
+        self,
+        max_entries: int = 256,
+        max_lag: float = DEFAULT_MAX_LAG_S,
+        refresh_after: float = DEFAULT_REFRESH_AFTER_S,
+    ) -> None:
+        self.max_entries, self.max_lag, self.refresh_after = max_entries, max_lag, refresh_after
         self._lock = threading.Lock()
         self._caches: weakref.WeakKeyDictionary[Engine, VersionedCache[T]] = (
             weakref.WeakKeyDictionary()
@@ -196,11 +233,14 @@ class PerEngine(Generic[T]):
         with self._lock:
             cache = self._caches.get(engine)
             if cache is None:
-                cache = self._caches[engine] = VersionedCache(self.max_entries, self.max_lag)
+                cache = self._caches[engine] = VersionedCache(
+                    self.max_entries, self.max_lag, refresh_after=self.refresh_after
+                )
             return cache
 
 
 __all__ = [
+    "Activity",
     "DEFAULT_MAX_LAG_S",
     "DEFAULT_REFRESH_AFTER_S",
     "PerEngine",
@@ -208,4 +248,5 @@ __all__ = [
     "Versioned",
     "VersionedCache",
     "data_version",
+    "requests_in_flight",
 ]

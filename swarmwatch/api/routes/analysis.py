@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -39,6 +39,7 @@ from swarmwatch.analysis.rankings import (
 from swarmwatch.analysis.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.analysis.versioned import requests_in_flight
 from swarmwatch.api.deps import ReadableStudyDep, SessionDep
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(prefix="/api/v1/studies", tags=["analysis"], lifespan=_lifespan)
+def _in_flight() -> Iterator[None]:
+    # Counted so the start-up warm-up pauses for requests (versioned.Activity).
+    with requests_in_flight:
+        yield
+
+
+router = APIRouter(
+    prefix="/api/v1/studies",
+    tags=["analysis"],
+    lifespan=_lifespan,
+    dependencies=[Depends(_in_flight)],
+)
 
 TitleQ = Annotated[str | None, Query(max_length=300, description="title id or name")]
 FromQ = Annotated[
