@@ -11,6 +11,7 @@ would keep them, so queries see the same table shapes and sizes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -289,14 +291,71 @@ def _peers(db: Database, cities: list[dict[str, Any]], per_city: list[int]) -> N
             " (lo BIGINT, hi BIGINT, country TEXT, gid INT, cell BIGINT)"
         )
         _bulk(conn, "bench_range", "lo, hi, country, gid, cell", ranges)
-        conn.execute(
-            text(
-                f"INSERT INTO peer ({_PEER_COLS}) SELECT 1, convert_to(lpad(i::text, 32, '0'),"
-                f" 'UTF8'), 1, :t, :t, r.country, r.gid, r.gid, r.cell, false, {_TIMES}"
-                " FROM bench_range r CROSS JOIN LATERAL generate_series(r.lo, r.hi - 1) AS i"
-            ),
-            {"t": first},
-        )
+        with _bulk_load(conn, "peer"):
+            conn.execute(
+                text(
+                    f"INSERT INTO peer ({_PEER_COLS}) SELECT 1,"
+                    f" convert_to(lpad(i::text, 32, '0'), 'UTF8'), 1, :t, :t, r.country, r.gid,"
+                    f" r.gid, r.cell, false, {_TIMES} FROM bench_range r"
+                    " CROSS JOIN LATERAL generate_series(r.lo, r.hi - 1) AS i"
+                ),
+                {"t": first},
+            )
+
+
+@contextlib.contextmanager
+def _bulk_load(conn: Any, table: str) -> Iterator[None]:
+    """PostgreSQL: fill `table` with its indexes and foreign-key checks off, then rebuild.
+
+    For this synthetic loader only, whose rows are consistent by construction: building
+    a B-tree once over 33.8 M sorted keys is several times faster than growing it a row
+    at a time, and the two foreign keys of every peer row (title, study) would each be
+    a trigger call and an index probe per row. The indexes are recreated from their own
+    definitions (pg_get_indexdef / pg_get_constraintdef), so the schema after the load is
+    the migrated one, and the foreign keys are re-validated in one pass at the end. The
+    table stays logged (crash-safe) throughout; a real study's ingest never goes here.
+    """
+    regclass = {"t": table}
+    pkey = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"
+        ),
+        regclass,
+    ).all()
+    fkeys = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = CAST(:t AS regclass) AND contype = 'f'"
+        ),
+        regclass,
+    ).all()
+    indexes = conn.execute(
+        text(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x"
+            " JOIN pg_class i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = CAST(:t AS regclass) AND NOT EXISTS"
+            " (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)"
+        ),
+        regclass,
+    ).all()
+    for name, _ in fkeys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for name, _ in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    for name, _ in pkey:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    yield
+    _phase(f"{table}: rows (indexes and foreign keys off)")
+    conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '1GB'")
+    for name, definition in pkey:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    _phase(f"{table}: indexes rebuilt")
+    for name, definition in fkeys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    _phase(f"{table}: foreign keys validated")
 
 
 def _serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
