@@ -72,9 +72,7 @@ def timelapse_data(
             raise TimelapseError(f"study {study_id} not found")
         try:
             scope = resolve_scope(session.connection(), study, title=title)
-            frames = compute_compact_frames(
-                session.connection(), scope, interval=interval, res=res
-            )
+            frames = compute_compact_frames(session.connection(), scope, interval=interval, res=res)
         except ScopeError as exc:
             raise TimelapseError(str(exc)) from None
         cells = frames["cells"]  # every published cell of the time-lapse, once

@@ -61,7 +61,7 @@ from swarmwatch.analysis.rollups import (
     rollup_frame_city,
 )
 from swarmwatch.analysis.scope import Scope, ScopeError
-from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight
+from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
 from swarmwatch.models import City
 from swarmwatch.store import Database
 
@@ -360,6 +360,13 @@ def _identity(frames: list[Frame]) -> tuple[int, ...]:
 WARM_STUDIES = 8
 
 
+def _between_warm_frames() -> None:
+    # Step aside for requests (at most 50 ms per frame), and keep the frames built so far
+    # out of full garbage collections, whose pauses would stop those requests (settle).
+    requests_in_flight.wait_idle(0.05)
+    settle()
+
+
 def warm_frames(
     db: Database, *, interval: int = 3600, res: int = 4, studies: int = WARM_STUDIES
 ) -> None:
@@ -385,9 +392,9 @@ def warm_frames(
                     scope,
                     interval=interval,
                     res=res,
-                    # Step aside for requests between frames (at most 50 ms per frame).
-                    between=lambda: requests_in_flight.wait_idle(0.05),
+                    between=_between_warm_frames,
                 )
+    settle()  # the cache is long-lived: keep it out of full collections
     log.info(
         "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
     )
