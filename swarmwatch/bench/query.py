@@ -554,6 +554,7 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                 _timed(client, "/rankings", variants[i % len(variants)]) for i in range(repeats)
             ]
             figures["rankings_p95_ms_no_ingest"] = _p95(steady)
+            figures["load_avg_1m_no_ingest"] = os.getloadavg()[0]
             if feeder.size:
                 feeder.start()
             times: list[float] = []
@@ -563,6 +564,8 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                 times.append(_timed(client, "/rankings", variants[i % len(variants)]))
                 i += 1
             figures["rankings_p95_ms"] = _p95(times)
+            # The machine is shared: the 1-minute load average beside the p95s it shaped.
+            figures["load_avg_1m_under_ingest"] = os.getloadavg()[0]
             figures["rankings_requests"] = float(len(times))
             figures["rankings_window_first_ms"] = _timed(
                 client, "/rankings", {"from": "2017-08-02", "to": "2017-08-04", "vantage": "v2"}
