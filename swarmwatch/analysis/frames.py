@@ -408,9 +408,31 @@ def warm_frames(
                     between=_between_warm_frames,
                 )
     settle()  # the cache is long-lived: keep it out of full collections
-    log.info(
+    log.debug(
         "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
     )
+
+
+#: How often the warmed time-lapses are looked at again (as a visitor would).
+KEEP_WARM_EVERY_S = 10.0
+
+
+def keep_frames_warm(db: Database, stop: threading.Event, every: float = KEEP_WARM_EVERY_S) -> None:
+    """warm_frames() now, then again every `every` seconds until `stop` is set.
+
+    Cached frames may lag the data by at most max_lag (versioned); one that nobody
+    asked for while ingest went on is older than that and would be recomputed in the
+    next visitor's request (the open frame, then the re-encoding: a second or more at
+    alpha60's scale). Asking again every few seconds keeps each warmed answer
+    refreshed in the background, as a steady stream of visitors would.
+    """
+    while True:
+        try:
+            warm_frames(db)
+        except Exception:  # a failed warm-up only means the next visitor waits
+            log.exception("warming the time-lapse cache failed")
+        if stop.wait(every):
+            return
 
 
 def _gzip(data: bytes) -> bytes:
@@ -447,7 +469,8 @@ def frame_set_of(
 ) -> FrameSet:
     """Every published frame of the scope (from the frame cache), and the method.
 
-    `between` is called before each frame (a warm-up pauses there for requests).
+    `between` is called before each frame computed here (a warm-up pauses there for
+    requests).
     """
     _check(scope, interval, res)
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
@@ -471,6 +494,8 @@ def frame_set_of(
         key = (scope.title_ids, interval, res, bucket, scope.k, top)
 
         def compute(b: int = bucket, n: int = int(total), c: int = int(city_total)) -> Frame:
+            if between is not None:
+                between()  # only before real work: a cached frame costs nothing
             return _frame(conn, scope, interval, res, b, n, c, top)
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
@@ -485,8 +510,6 @@ def frame_set_of(
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.
-        if between is not None:
-            between()
         entry: Versioned[Frame] = cache.get(key, int(total), compute, refresh)
         if entry.version != int(total):
             stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)
@@ -661,5 +684,6 @@ __all__ = [
     "frames_compact",
     "frames_gzip",
     "frames_json",
+    "keep_frames_warm",
     "warm_frames",
 ]

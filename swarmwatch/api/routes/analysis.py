@@ -29,7 +29,7 @@ from swarmwatch.analysis.frames import (
     frames_compact,
     frames_gzip,
     frames_json,
-    warm_frames,
+    keep_frames_warm,
 )
 from swarmwatch.analysis.rankings import (
     DEFAULT_CELL_RES,
@@ -45,19 +45,19 @@ from swarmwatch.api.deps import ReadableStudyDep, SessionDep
 log = logging.getLogger(__name__)
 
 
-def _warm(app: FastAPI) -> None:
-    try:
-        warm_frames(app.state.database)
-    except Exception:  # a failed warm-up only means the first visitor waits
-        log.exception("warming the time-lapse cache failed")
-
-
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Warm the default time-lapse in the background while the server starts serving."""
-    if getattr(app.state, "database", None) is not None:
-        threading.Thread(target=_warm, args=(app,), daemon=True, name="warm-frames").start()
-    yield
+    """Keep the default time-lapse warm in the background while the server runs."""
+    stop = threading.Event()
+    database = getattr(app.state, "database", None)
+    if database is not None:
+        threading.Thread(
+            target=keep_frames_warm, args=(database, stop), daemon=True, name="warm-frames"
+        ).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _in_flight() -> Iterator[None]:
