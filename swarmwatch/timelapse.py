@@ -58,12 +58,12 @@ def timelapse_data(
     """What the map needs, as the API publishes it: the study, frames and outlines.
 
     Frames come from the same k-suppressed computation as
-    GET /api/v1/studies/{id}/frames; outlines and populations as from
+    GET /api/v1/studies/{id}/frames?format=compact; outlines and populations as from
     POST /api/v1/geometry/h3.
     """
     from sqlalchemy import select
 
-    from swarmwatch.analysis.frames import compute_frames
+    from swarmwatch.analysis.frames import compute_compact_frames
     from swarmwatch.analysis.scope import ScopeError, resolve_scope
 
     with db.session() as session:
@@ -72,12 +72,12 @@ def timelapse_data(
             raise TimelapseError(f"study {study_id} not found")
         try:
             scope = resolve_scope(session.connection(), study, title=title)
-            frames = compute_frames(session.connection(), scope, interval=interval, res=res)
+            frames = compute_compact_frames(session.connection(), scope, interval=interval, res=res)
         except ScopeError as exc:
             raise TimelapseError(str(exc)) from None
-        cells = sorted({c["h3"] for f in frames["frames"] for c in f["cells"]})
+        cells = frames["cells"]  # every published cell of the time-lapse, once
         features = outlines_with_population(session, cells)
-        city_ids = {c["geoname_id"] for f in frames["frames"] for c in f["top_cities"]}
+        city_ids = {c["geoname_id"] for c in frames["cities"]}
         city_population = {
             str(gid): int(pop or 0)
             for gid, pop in session.execute(
@@ -96,6 +96,10 @@ def timelapse_data(
         "res": res,
         "title": title,
         "metric": metric,
+        # The compact form of GET .../frames?format=compact, as the page reads it.
+        "format": frames["format"],
+        "cells": frames["cells"],
+        "cities": frames["cities"],
         "frames": frames["frames"],
         "method": frames["method"],
         "outlines": {

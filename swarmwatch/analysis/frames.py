@@ -9,22 +9,47 @@ closed frames never change and are always served from the cache, and the open
 frame of a live study is served as last computed (at most a few seconds behind)
 while one background thread recomputes it. A warm 120-frame time-lapse costs one
 small query and a join of cached bytes.
+
+Two encodings of the same frames. The contract's (``{t, peers, cells: [{h3, peers}],
+top_cities: [{...}]}`` per frame) repeats every cell id and key in every frame: 40 MB
+for 120 hourly frames at alpha60's scale. The compact one (``format=compact``, what
+the map page and the time-lapse export read) names each cell and city once:
+
+    {"format": "compact", "interval": 3600, "res": 4,
+     "cells": ["841f91dffffffff", ...],          # every published cell, by H3 index
+     "cities": [{"geoname_id", "name", "country", "lat", "lon"}, ...],
+     "frames": [{"t": "2017-08-01T00:00:00+00:00", "peers": 1234,
+                 "cell_gaps": [3, 1, 4, ...],    # indices into "cells", ascending,
+                                                 # each the gap from the one before
+                 "cell_peers": [40, 12, 9, ...], # parallel to cell_gaps
+                 "city": [0, 5, ...],            # indices into "cities", by rank
+                 "city_peers": [900, 400, ...]}],
+     "method": {...}}
+
+Same numbers, same suppression: a cell or city absent from a frame is unpublished
+there (no peers, or withheld), exactly as in the contract's form.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import struct
+import threading
+import time
+import weakref
 import zlib
+from array import array
 from collections import defaultdict
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import h3
 from h3.api import basic_int as h3i
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.rollups import (
@@ -37,8 +62,11 @@ from swarmwatch.analysis.rollups import (
     rollup_frame_city,
 )
 from swarmwatch.analysis.scope import Scope, ScopeError
-from swarmwatch.analysis.versioned import PerEngine
+from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
 from swarmwatch.models import City
+from swarmwatch.store import Database
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_CITIES = 10
 NO_CELL = 0  # not an H3 index: the key of a frame's peers that have no cell
@@ -46,26 +74,44 @@ NO_CELL = 0  # not an H3 index: the key of a frame's peers that have no cell
 FRAME_CACHE_SIZE = 2_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Frame:
     t: str  # ISO start of the frame, UTC
     peers: int | None  # distinct active peers in the frame (None: below k)
-    cells: list[dict[str, Any]]
+    cells: array[int]  # published H3 cells, ascending
+    counts: array[int]  # their peers, parallel to cells
     top_cities: list[dict[str, Any]]
-    # The frame as compact JSON, made once: a warm time-lapse is then a join of bytes,
-    # not a re-encoding of 120 frames of thousands of cells.
-    encoded: bytes = field(default=b"", compare=False, repr=False)
-    # The same, deflated on its own (see frames_gzip): compressing 120 frames per request
-    # cost seconds at full scale; a cached piece per frame costs nothing.
-    deflated: bytes = field(default=b"", compare=False, repr=False)
+    # The contract's JSON of the frame, and the same deflated on its own (see
+    # frames_gzip), made on first use: the map page reads the compact form, so a
+    # cold time-lapse does not pay for encoding thousands of cell objects per frame.
+    _encoded: bytes | None = None
+    _deflated: bytes | None = None
+
+    def cell_list(self) -> list[dict[str, Any]]:
+        """The contract's cells: [{h3, peers}], most peers first (ties by index)."""
+        shown = sorted(zip(self.cells, self.counts, strict=True), key=lambda cn: (-cn[1], cn[0]))
+        return [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "t": self.t,
             "peers": self.peers,
-            "cells": self.cells,
+            "cells": self.cell_list(),
             "top_cities": self.top_cities,
         }
+
+    @property
+    def encoded(self) -> bytes:
+        # Two threads may both encode a frame: the same bytes, so the race is harmless.
+        if self._encoded is None:
+            self._encoded = json.dumps(self.as_dict(), separators=(",", ":")).encode()
+        return self._encoded
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            self._deflated = _deflate(self.encoded)
+        return self._deflated
 
 
 #: Published frames per engine, each versioned by its own total (see module docstring).
@@ -172,9 +218,260 @@ def frames_gzip(
     return b"".join((_GZIP_HEADER, *packed, _FINAL_BLOCK, trailer))
 
 
+#: Compact answers kept per engine (each holds one body and its gzip, ~MBs at full scale).
+COMPACT_CACHE_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CompactFrames:
+    """The compact time-lapse of one question, encoded once for the frames it was built from."""
+
+    frames: tuple[Frame, ...]  # the cached frames it encodes (kept alive: see version)
+    body: bytes  # compact JSON (see the module docstring)
+    gzipped: bytes  # the same as one gzip member
+    stale_since: datetime | None
+
+
+#: Compact answers per engine. Versioned by the identity of the cached frames they
+#: encode: a frame object is replaced only when its frame is recomputed, and the answer
+#: keeps its own frames alive, so equal identities mean equal content. Re-encoded in the
+#: background as soon as a frame changed (refresh_after 0): under ingest a request
+#: never waits for the encoding of 120 frames, and answers lag by one refresh.
+_compact: PerEngine[CompactFrames] = PerEngine(max_entries=COMPACT_CACHE_SIZE, refresh_after=0.0)
+_compact_lock = threading.Lock()
+# One lock per question: a request arriving while the same answer is being built (the
+# start-up warm-up, or another request) waits for it instead of building it again.
+_building: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
+
+
+def compact_dict(
+    frames: list[Frame], interval: int, res: int, method: dict[str, Any]
+) -> dict[str, Any]:
+    """The compact form (module docstring) of these frames, as Python objects."""
+    union: set[int] = set()
+    for frame in frames:
+        union.update(frame.cells)
+    cells = sorted(union)
+    index = {c: i for i, c in enumerate(cells)}
+    cities: list[dict[str, Any]] = []
+    city_index: dict[Hashable, int] = {}
+    out: list[dict[str, Any]] = []
+    for frame in frames:
+        gaps: list[int] = []
+        last = 0
+        for c in frame.cells:  # ascending, so the indices are too
+            i = index[c]
+            gaps.append(i - last)
+            last = i
+        city_ids: list[int] = []
+        for city in frame.top_cities:
+            ckey = (city["geoname_id"], city["name"], city["country"], city["lat"], city["lon"])
+            j = city_index.get(ckey)
+            if j is None:
+                j = city_index[ckey] = len(cities)
+                cities.append({name: city[name] for name in CITY_FIELDS})
+            city_ids.append(j)
+        out.append(
+            {
+                "t": frame.t,
+                "peers": frame.peers,
+                "cell_gaps": gaps,
+                "cell_peers": frame.counts.tolist(),
+                "city": city_ids,
+                "city_peers": [city["peers"] for city in frame.top_cities],
+            }
+        )
+    return {
+        "format": "compact",
+        "interval": interval,
+        "res": res,
+        "cells": [h3.int_to_str(c) for c in cells],
+        "cities": cities,
+        "frames": out,
+        "method": method,
+    }
+
+
+#: A city of the compact form's table (its peers are per frame).
+CITY_FIELDS = ("geoname_id", "name", "country", "lat", "lon")
+
+
+def compute_compact_frames(
+    conn: Connection,
+    scope: Scope,
+    *,
+    interval: int = 3600,
+    res: int = 4,
+    top: int = DEFAULT_TOP_CITIES,
+) -> dict[str, Any]:
+    """The time-lapse in the compact form (module docstring), as Python objects."""
+    frames, method = _frames(conn, scope, interval, res, top)
+    return compact_dict(frames, interval, res, method)
+
+
+def frames_compact(
+    conn: Connection,
+    scope: Scope,
+    *,
+    interval: int = 3600,
+    res: int = 4,
+    top: int = DEFAULT_TOP_CITIES,
+    between: Callable[[], None] | None = None,
+) -> CompactFrames:
+    """The compact time-lapse as JSON and gzip, re-encoded only when a frame changed.
+
+    The frames come from the frame cache (the open one of a live study is refreshed in
+    the background at most every few seconds), so under ingest this encodes once per
+    refresh of the open frame, and every other request is one small query.
+    """
+    key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, interval, res, top)
+    engine = conn.engine
+    with _compact_lock:
+        lock = _building.get(key)
+        if lock is None:
+            lock = _building[key] = threading.Lock()
+
+    def encode(frame_set: FrameSet) -> CompactFrames:
+        body = _dumps_in_pieces(compact_dict(frame_set.frames, interval, res, frame_set.method))
+        return CompactFrames(tuple(frame_set.frames), body, _gzip(body), frame_set.stale_since)
+
+    def refresh() -> tuple[Hashable, CompactFrames]:
+        with engine.connect() as own:
+            frame_set = frame_set_of(own, scope, interval, res, top)
+        return _identity(frame_set.frames), encode(frame_set)
+
+    with lock:
+        frame_set = frame_set_of(conn, scope, interval, res, top, between)
+        version = _identity(frame_set.frames)
+        entry = _compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+    answer = entry.value
+    if entry.version != version:
+        # Served from before the latest frame change: fresh as of that encoding's read.
+        since = min(filter(None, (answer.stale_since, entry.read_at)))
+        answer = CompactFrames(answer.frames, answer.body, answer.gzipped, since)
+    return answer
+
+
+def _dumps_in_pieces(compact: dict[str, Any]) -> bytes:
+    """json.dumps of the compact form, one frame at a time: the C encoder holds the GIL
+    for a whole call, and one call over 120 frames (MBs at full scale) stalled every
+    request thread for its duration while a background refresh re-encoded it."""
+    dump = functools.partial(json.dumps, separators=(",", ":"))
+    head = {key: value for key, value in compact.items() if key not in ("frames", "method")}
+    pieces = [dump(head)[:-1], ',"frames":[']
+    for i, frame in enumerate(compact["frames"]):
+        pieces.append("," + dump(frame) if i else dump(frame))
+    pieces.append('],"method":' + dump(compact["method"]) + "}")
+    return "".join(pieces).encode()
+
+
+def _identity(frames: list[Frame]) -> tuple[int, ...]:
+    return tuple(id(frame) for frame in frames)
+
+
+#: Studies whose default time-lapse is built at server start (the most recent first).
+WARM_STUDIES = 8
+
+
+def _between_warm_frames() -> None:
+    # Step aside for requests (at most 50 ms per frame), and keep the frames built so far
+    # out of full garbage collections, whose pauses would stop those requests (settle).
+    requests_in_flight.wait_idle(0.05)
+    settle()
+
+
+def warm_frames(
+    db: Database, *, interval: int = 3600, res: int = 4, studies: int = WARM_STUDIES
+) -> None:
+    """Build the default time-lapse (every title, hourly, res 4: what the map page asks
+    first) of the most recent studies, so no visitor waits for a cold one.
+
+    Run on a background thread at server start (swarmwatch.api.routes.analysis). At
+    alpha60's scale a cold time-lapse is 120 frames of thousands of cells through
+    suppression, seconds of CPU; a request arriving meanwhile waits for this build
+    (frames_compact's per-question lock) instead of starting a second one.
+    """
+    from swarmwatch.analysis.scope import resolve_scope
+    from swarmwatch.models import Study
+
+    started = time.perf_counter()
+    with db.session() as session:
+        recent = session.scalars(select(Study).order_by(Study.id.desc()).limit(studies)).all()
+        for study in recent:
+            scope = resolve_scope(session.connection(), study)
+            if scope.title_ids:
+                frames_compact(
+                    session.connection(),
+                    scope,
+                    interval=interval,
+                    res=res,
+                    between=_between_warm_frames,
+                )
+    settle()  # the cache is long-lived: keep it out of full collections
+    log.debug(
+        "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
+    )
+
+
+#: How often the warmed time-lapses are looked at again (as a visitor would).
+KEEP_WARM_EVERY_S = 10.0
+
+
+def keep_frames_warm(db: Database, stop: threading.Event, every: float = KEEP_WARM_EVERY_S) -> None:
+    """warm_frames() now, then again every `every` seconds until `stop` is set.
+
+    Cached frames may lag the data by at most max_lag (versioned); one that nobody
+    asked for while ingest went on is older than that and would be recomputed in the
+    next visitor's request (the open frame, then the re-encoding: a second or more at
+    alpha60's scale). Asking again every few seconds keeps each warmed answer
+    refreshed in the background, as a steady stream of visitors would.
+    """
+    while True:
+        try:
+            warm_frames(db)
+        except Exception:  # a failed warm-up only means the next visitor waits
+            log.exception("warming the time-lapse cache failed")
+        if stop.wait(every):
+            return
+
+
+def _gzip(data: bytes) -> bytes:
+    """One gzip member (RFC 1952) of data; level 6, as the frames' own deflate pieces."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSet:
+    """The frames of one question as served: each from the cache, possibly a little old."""
+
+    frames: list[Frame]
+    method: dict[str, Any]
+    # When the data behind the oldest frame served from before the latest change was
+    # read (None: every frame counts the data as of this request).
+    stale_since: datetime | None
+
+
 def _frames(
     conn: Connection, scope: Scope, interval: int, res: int, top: int
 ) -> tuple[list[Frame], dict[str, Any]]:
+    frame_set = frame_set_of(conn, scope, interval, res, top)
+    return frame_set.frames, frame_set.method
+
+
+def frame_set_of(
+    conn: Connection,
+    scope: Scope,
+    interval: int,
+    res: int,
+    top: int,
+    between: Callable[[], None] | None = None,
+) -> FrameSet:
+    """Every published frame of the scope (from the frame cache), and the method.
+
+    `between` is called before each frame computed here (a warm-up pauses there for
+    requests).
+    """
     _check(scope, interval, res)
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     a = rollup_active
@@ -192,10 +489,13 @@ def _frames(
     engine = conn.engine
     cache = _frame_caches.of(engine)
     frames: list[Frame] = []
+    stale_since: datetime | None = None
     for bucket, total, city_total in totals:
         key = (scope.title_ids, interval, res, bucket, scope.k, top)
 
         def compute(b: int = bucket, n: int = int(total), c: int = int(city_total)) -> Frame:
+            if between is not None:
+                between()  # only before real work: a cached frame costs nothing
             return _frame(conn, scope, interval, res, b, n, c, top)
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
@@ -210,13 +510,28 @@ def _frames(
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.
-        frames.append(cache.get(key, int(total), compute, refresh).value)
+        entry: Versioned[Frame] = cache.get(key, int(total), compute, refresh)
+        if entry.version != int(total):
+            stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)
+        frames.append(entry.value)
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",
         "suppression": RULE,
     }
-    return frames, method
+    return FrameSet(frames, method, stale_since)
+
+
+def _parent_column(column: Any, stored: int, res: int) -> Any:
+    """SQL for an H3 cell's parent at `res`: the cell index with its resolution field set
+    and the digits below `res` set to 7, which is what h3's cell_to_parent does (H3 index
+    bit layout: resolution in bits 52-55, 3 bits per digit below). Grouping by it in the
+    database returns one row per served cell instead of one per stored child."""
+    if res == stored:
+        return column
+    keep = ~(0xF << 52) & (2**63 - 1)
+    fill = (res << 52) | ((1 << 3 * (15 - res)) - 1)
+    return column.bitwise_and(literal(keep, BigInteger)).bitwise_or(literal(fill, BigInteger))
 
 
 def _frame(
@@ -233,18 +548,20 @@ def _frame(
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     f = rollup_frame
     # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
-    cells: defaultdict[int, int] = defaultdict(int)
-    for stored, n in conn.execute(
-        select(f.c.h3_cell, func.sum(f.c.peers))
-        .where(
-            f.c.title_id.in_(titles),
-            f.c.interval_s == interval,
-            f.c.res == FRAME_STORED_RES,
-            f.c.bucket == bucket,
+    parent = _parent_column(f.c.h3_cell, FRAME_STORED_RES, res).label("cell")
+    cells: dict[int, int] = {
+        int(cell): int(n)
+        for cell, n in conn.execute(
+            select(parent, func.sum(f.c.peers))
+            .where(
+                f.c.title_id.in_(titles),
+                f.c.interval_s == interval,
+                f.c.res == FRAME_STORED_RES,
+                f.c.bucket == bucket,
+            )
+            .group_by(parent)
         )
-        .group_by(f.c.h3_cell)
-    ):
-        cells[parent_at(stored, res)] += int(n)
+    }
     # Peers with no cell are part of the published frame total but of no cell.
     nocell = total - sum(cells.values())
     groups: list[list[int]] = []
@@ -259,20 +576,15 @@ def _frame(
     groups.append(list(counts))
     hidden = protect(counts, k, groups, unpublished=unpublished.keys())
     published = {c: n for c, n in cells.items() if c not in hidden}
-    shown = sorted(published.items(), key=lambda cn: (-cn[1], cn[0]))
+    shown = sorted(published)
     t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
     peers = total if total >= k else None
-    cell_list = [{"h3": h3.int_to_str(c), "peers": n} for c, n in shown]
     top_cities = (
         _top_cities(conn, scope, interval, res, bucket, total, city_total, top, published)
         if total >= k
         else []
     )
-    encoded = json.dumps(
-        {"t": t, "peers": peers, "cells": cell_list, "top_cities": top_cities},
-        separators=(",", ":"),
-    ).encode()
-    return Frame(t, peers, cell_list, top_cities, encoded, _deflate(encoded))
+    return Frame(t, peers, array("q", shown), array("q", [published[c] for c in shown]), top_cities)
 
 
 def _top_cities(
@@ -359,4 +671,19 @@ def _top_cities(
     ]
 
 
-__all__ = ["DEFAULT_TOP_CITIES", "Frame", "compute_frames", "frames_gzip", "frames_json"]
+__all__ = [
+    "CITY_FIELDS",
+    "DEFAULT_TOP_CITIES",
+    "CompactFrames",
+    "Frame",
+    "FrameSet",
+    "compact_dict",
+    "compute_compact_frames",
+    "compute_frames",
+    "frame_set_of",
+    "frames_compact",
+    "frames_gzip",
+    "frames_json",
+    "keep_frames_warm",
+    "warm_frames",
+]

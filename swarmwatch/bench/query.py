@@ -11,15 +11,17 @@ would keep them, so queries see the same table shapes and sizes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
 import os
 import random
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -289,14 +291,71 @@ def _peers(db: Database, cities: list[dict[str, Any]], per_city: list[int]) -> N
             " (lo BIGINT, hi BIGINT, country TEXT, gid INT, cell BIGINT)"
         )
         _bulk(conn, "bench_range", "lo, hi, country, gid, cell", ranges)
-        conn.execute(
-            text(
-                f"INSERT INTO peer ({_PEER_COLS}) SELECT 1, convert_to(lpad(i::text, 32, '0'),"
-                f" 'UTF8'), 1, :t, :t, r.country, r.gid, r.gid, r.cell, false, {_TIMES}"
-                " FROM bench_range r CROSS JOIN LATERAL generate_series(r.lo, r.hi - 1) AS i"
-            ),
-            {"t": first},
-        )
+        with _bulk_load(conn, "peer"):
+            conn.execute(
+                text(
+                    f"INSERT INTO peer ({_PEER_COLS}) SELECT 1,"
+                    f" convert_to(lpad(i::text, 32, '0'), 'UTF8'), 1, :t, :t, r.country, r.gid,"
+                    f" r.gid, r.cell, false, {_TIMES} FROM bench_range r"
+                    " CROSS JOIN LATERAL generate_series(r.lo, r.hi - 1) AS i"
+                ),
+                {"t": first},
+            )
+
+
+@contextlib.contextmanager
+def _bulk_load(conn: Any, table: str) -> Iterator[None]:
+    """PostgreSQL: fill `table` with its indexes and foreign-key checks off, then rebuild.
+
+    For this synthetic loader only, whose rows are consistent by construction: building
+    a B-tree once over 33.8 M sorted keys is several times faster than growing it a row
+    at a time, and the two foreign keys of every peer row (title, study) would each be
+    a trigger call and an index probe per row. The indexes are recreated from their own
+    definitions (pg_get_indexdef / pg_get_constraintdef), so the schema after the load is
+    the migrated one, and the foreign keys are re-validated in one pass at the end. The
+    table stays logged (crash-safe) throughout; a real study's ingest never goes here.
+    """
+    regclass = {"t": table}
+    pkey = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"
+        ),
+        regclass,
+    ).all()
+    fkeys = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = CAST(:t AS regclass) AND contype = 'f'"
+        ),
+        regclass,
+    ).all()
+    indexes = conn.execute(
+        text(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x"
+            " JOIN pg_class i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = CAST(:t AS regclass) AND NOT EXISTS"
+            " (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)"
+        ),
+        regclass,
+    ).all()
+    for name, _ in fkeys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for name, _ in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    for name, _ in pkey:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    yield
+    _phase(f"{table}: rows (indexes and foreign keys off)")
+    conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '1GB'")
+    for name, definition in pkey:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    _phase(f"{table}: indexes rebuilt")
+    for name, definition in fkeys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    _phase(f"{table}: foreign keys validated")
 
 
 def _serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -351,54 +410,84 @@ def _p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[-1] if len(samples) >= 2 else samples[0]
 
 
-class _Ingest(threading.Thread):
+class _Ingest:
     """Keeps ingest going while queries are timed: one apply_batch per `period` seconds.
 
     Each batch: `size` sightings of known and new peers in random cities during the
     study's last hour, so unique-peer totals (the rankings' data version) and the
     open frame change at every commit, as in a live study.
+
+    In a process of its own, as the pipeline writer is in a real deployment: a thread
+    here would hold this process's GIL while building batches, and the timings would
+    measure the benchmark's own client waiting for it rather than the server.
     """
 
-    def __init__(self, url: str, cities: list[dict[str, Any]], size: int, period: float) -> None:
-        super().__init__(daemon=True)
-        self.db = Database(url)
-        self.cities, self.size, self.period = cities, size, period
-        self.stop = threading.Event()
-        self.batches = 0
-        self.seconds = 0.0
+    def __init__(self, url: str, size: int, period: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.size, self.period = size, period
+        self.stop = ctx.Event()
+        self._batches = ctx.Value("l", 0)
+        self._seconds = ctx.Value("d", 0.0)
+        self._proc = ctx.Process(
+            target=_ingest_loop,
+            args=(url, size, period, self.stop, self._batches, self._seconds),
+            daemon=True,
+        )
 
-    def run(self) -> None:
-        rng = random.Random(7)
-        at = datetime.fromtimestamp(START + (HOURS - 1) * 3600, UTC)
-        while not self.stop.wait(self.period):
-            batch = []
-            for _ in range(self.size):
-                c = rng.choice(self.cities)
-                cell = h3i.latlng_to_cell(c["latitude"], c["longitude"], BASE_RES)
-                batch.append(
-                    AnonymousSighting(
-                        1,
-                        1,
-                        1,
-                        rng.randbytes(32),
-                        at,
-                        "tracker",
-                        "v1",
-                        False,
-                        c["countrycode"],
-                        int(c["geonameid"]),
-                        int(c["geonameid"]),
-                        cell,
-                        None,
-                        new_peer=rng.random() < 0.2,
-                    )
+    @property
+    def batches(self) -> int:
+        return int(self._batches.value)
+
+    @property
+    def seconds(self) -> float:
+        return float(self._seconds.value)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def is_alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def join(self) -> None:
+        self._proc.join(timeout=120)
+
+
+def _ingest_loop(url: str, size: int, period: float, stop: Any, batches: Any, seconds: Any) -> None:
+    db = Database(url)
+    cities, _ = _city_rows(0)
+    rng = random.Random(7)
+    at = datetime.fromtimestamp(START + (HOURS - 1) * 3600, UTC)
+    while not stop.wait(period):
+        batch = []
+        for _ in range(size):
+            c = rng.choice(cities)
+            cell = h3i.latlng_to_cell(c["latitude"], c["longitude"], BASE_RES)
+            batch.append(
+                AnonymousSighting(
+                    1,
+                    1,
+                    1,
+                    rng.randbytes(32),
+                    at,
+                    "tracker",
+                    "v1",
+                    False,
+                    c["countrycode"],
+                    int(c["geonameid"]),
+                    int(c["geonameid"]),
+                    cell,
+                    None,
+                    new_peer=rng.random() < 0.2,
                 )
-            t = time.perf_counter()
-            with self.db.engine.begin() as conn:
-                apply_batch(conn, batch)
-            self.seconds += time.perf_counter() - t
-            self.batches += 1
-        self.db.dispose()
+            )
+        t = time.perf_counter()
+        with db.engine.begin() as conn:
+            apply_batch(conn, batch)
+        with seconds.get_lock():
+            seconds.value += time.perf_counter() - t
+        with batches.get_lock():
+            batches.value += 1
+    db.dispose()
 
 
 def run_benchmark(**options: Any) -> dict[str, float]:
@@ -440,10 +529,8 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         "load_and_analyze_s": ingest,
         "server_idle_rss_mib": _rss_mib(proc.pid, "VmRSS"),
     }
-    cities, _ = _city_rows(0)
     feeder = _Ingest(
         db.url,
-        cities,
         int(options.get("ingest_batch", 2000)),
         float(options.get("ingest_period", 1.0)),
     )
@@ -458,10 +545,16 @@ def run_benchmark(**options: Any) -> dict[str, float]:
             cold = [_timed(client, "/rankings", v) for v in variants]
             figures["rankings_first_max_ms"] = max(cold)
             figures["rankings_first_city_ms"] = cold[0]
+            # The map page's first question: its frames were being built since start-up
+            # (the server warms them in the background); this waits for that to finish,
+            # so the steady-state figures below are not measured beside the warm-up.
+            frames: dict[str, Any] = {"interval": 3600, "res": 4, "format": "compact"}
+            figures["frames_first_ms"] = _timed(client, "/frames", frames)
             steady = [
                 _timed(client, "/rankings", variants[i % len(variants)]) for i in range(repeats)
             ]
             figures["rankings_p95_ms_no_ingest"] = _p95(steady)
+            figures["load_avg_1m_no_ingest"] = os.getloadavg()[0]
             if feeder.size:
                 feeder.start()
             times: list[float] = []
@@ -471,17 +564,31 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                 times.append(_timed(client, "/rankings", variants[i % len(variants)]))
                 i += 1
             figures["rankings_p95_ms"] = _p95(times)
+            # The machine is shared: the 1-minute load average beside the p95s it shaped.
+            figures["load_avg_1m_under_ingest"] = os.getloadavg()[0]
             figures["rankings_requests"] = float(len(times))
             figures["rankings_window_first_ms"] = _timed(
                 client, "/rankings", {"from": "2017-08-02", "to": "2017-08-04", "vantage": "v2"}
             )
-            frames = {"interval": 3600, "res": 4}
-            figures["frames_first_ms"] = _timed(client, "/frames", frames)
+            # The map page's question again (compact form, under ingest), then the
+            # contract's full form of the same frames, then a question nobody warmed
+            # (res 3): the cold path, as a same-run baseline.
             warm = [_timed(client, "/frames", frames) for _ in range(10)]
             figures["frames_p95_ms"] = _p95(warm)
             r = client.get("/frames", params=frames)
             figures["frames_count"] = float(len(r.json()["frames"]))
             figures["frames_mib"] = len(r.content) / 2**20
+            figures["frames_gzip_mib"] = r.num_bytes_downloaded / 2**20
+            full: dict[str, Any] = {"interval": 3600, "res": 4, "format": "full"}
+            figures["frames_full_first_ms"] = _timed(client, "/frames", full)
+            figures["frames_full_p95_ms"] = _p95(
+                [_timed(client, "/frames", full) for _ in range(5)]
+            )
+            r = client.get("/frames", params=full)
+            figures["frames_full_mib"] = len(r.content) / 2**20
+            figures["frames_full_gzip_mib"] = r.num_bytes_downloaded / 2**20
+            del r
+            figures["frames_cold_res3_ms"] = _timed(client, "/frames", {**frames, "res": 3})
             client.get("/rankings.csv", params={"level": "city"}).raise_for_status()
             before = _rss_mib(proc.pid, "VmRSS")
             peak_before = _rss_mib(proc.pid, "VmHWM")

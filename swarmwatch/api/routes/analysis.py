@@ -6,10 +6,14 @@ Every count is k-anonymous (swarmwatch.analysis.disclosure); all reads come from
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -20,7 +24,13 @@ from swarmwatch.analysis.export import (
     method_headers,
     sidecar,
 )
-from swarmwatch.analysis.frames import DEFAULT_TOP_CITIES, frames_gzip, frames_json
+from swarmwatch.analysis.frames import (
+    DEFAULT_TOP_CITIES,
+    frames_compact,
+    frames_gzip,
+    frames_json,
+    keep_frames_warm,
+)
 from swarmwatch.analysis.rankings import (
     DEFAULT_CELL_RES,
     Ranking,
@@ -29,9 +39,39 @@ from swarmwatch.analysis.rankings import (
 from swarmwatch.analysis.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.analysis.versioned import requests_in_flight
 from swarmwatch.api.deps import ReadableStudyDep, SessionDep
 
-router = APIRouter(prefix="/api/v1/studies", tags=["analysis"])
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Keep the default time-lapse warm in the background while the server runs."""
+    stop = threading.Event()
+    database = getattr(app.state, "database", None)
+    if database is not None:
+        threading.Thread(
+            target=keep_frames_warm, args=(database, stop), daemon=True, name="warm-frames"
+        ).start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _in_flight() -> Iterator[None]:
+    # Counted so the start-up warm-up pauses for requests (versioned.Activity).
+    with requests_in_flight:
+        yield
+
+
+router = APIRouter(
+    prefix="/api/v1/studies",
+    tags=["analysis"],
+    lifespan=_lifespan,
+    dependencies=[Depends(_in_flight)],
+)
 
 TitleQ = Annotated[str | None, Query(max_length=300, description="title id or name")]
 FromQ = Annotated[
@@ -270,19 +310,41 @@ def frames(
     start: FromQ = None,
     end: ToQ = None,
     top: Annotated[int, Query(ge=0, le=100)] = DEFAULT_TOP_CITIES,
+    encoding: Annotated[
+        str,
+        Query(
+            alias="format",
+            pattern="^(full|compact)$",
+            description="full: the contract's {t, peers, cells: [{h3, peers}], top_cities}; "
+            "compact: each cell and city named once, frames as parallel arrays of indices "
+            "and counts (swarmwatch.analysis.frames; what the map page reads)",
+        ),
+    ] = "full",
 ) -> Response:
     scope = _scope(session, study, title, start, end, None)
+    gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
+    headers = {"Vary": "Accept-Encoding"}
     try:
+        if encoding == "compact":
+            answer = frames_compact(
+                session.connection(), scope, interval=interval, res=res, top=top
+            )
+            body = answer.gzipped if gzip_ok else answer.body
+            if answer.stale_since is not None:
+                # The open frame as last computed while ingest moves on (a few seconds).
+                headers["X-Swarmwatch-Data-Read-At"] = answer.stale_since.isoformat(
+                    timespec="seconds"
+                )
         # Joined from each frame's cached JSON (or gzip piece), not re-validated or
         # re-compressed: 120 frames of thousands of cells are tens of MB at full scale.
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        elif gzip_ok:
             body = frames_gzip(session.connection(), scope, interval=interval, res=res, top=top)
-            headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
         else:
             body = frames_json(session.connection(), scope, interval=interval, res=res, top=top)
-            headers = {"Vary": "Accept-Encoding"}
     except ScopeError as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    if gzip_ok:
+        headers["Content-Encoding"] = "gzip"
     return Response(body, media_type="application/json", headers=headers)
 
 
