@@ -13,7 +13,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 
 from swarmwatch.auth import create_api_key
+from swarmwatch.bench.server import serve, stop
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
 
@@ -157,52 +157,6 @@ def warm_up(base: str, path: str) -> float:
 
 def mix_rates(rate: float) -> dict[str, float]:
     return {kind: rate * share for kind, share in MIX.items()}
-
-
-def serve(url: str, env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn on a free loopback port, without access log (it would log client addresses)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "swarmwatch.api.app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--workers",
-        str(workers),
-    ]
-    proc = subprocess.Popen(command, env={**os.environ, **env, "SWARMWATCH_DATABASE_URL": url})
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # stuck behind its busy threads: never hang here
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def server_flavour() -> str:
