@@ -115,9 +115,9 @@ class Pipeline:
     close() likewise waits for the database to come back. A kill -9 loses what was
     accepted and not yet committed: sightings wait at most flush_seconds before a
     write starts, so in steady state that is the last flush interval's worth plus
-    the batch being written, and never more than queue_size + 3 batches (a batch is
-    batch_size sightings, or up to BEHIND_BATCH_FACTOR times that while the writer is
-    behind).
+    the batch being written, and never more than queue_size + 4 batches (one being
+    written, two queued, one prepared and waiting; a batch is batch_size sightings,
+    or up to BEHIND_BATCH_FACTOR times that while the writer is behind).
     """
 
     def __init__(
