@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from swarmwatch.analysis.rollups import apply_batch, apply_rows
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 from swarmwatch.store.chunks import row_chunks
@@ -24,14 +25,6 @@ log = logging.getLogger(__name__)
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
 ApplyRows = Callable[[Connection, "list[SightingRow]", list[int]], None]
-
-_apply_rollups: ApplyRollups | None
-_apply_rows: ApplyRows | None
-try:  # the analysis part's rollups; the writer works without them
-    from swarmwatch.analysis.rollups import apply_batch as _apply_rollups
-    from swarmwatch.analysis.rollups import apply_rows as _apply_rows
-except ImportError:  # pragma: no cover - only before the analysis part exists
-    _apply_rollups = _apply_rows = None
 
 #: One placed, keyed sighting as the writer takes it (the AnonymousSighting fields
 #: without new_peer, which the writer decides):
@@ -212,8 +205,8 @@ class BatchWriter:
         # AnonymousSighting per row.
         self._apply_rows: ApplyRows | None = None
         if rollups is True:
-            self.rollups: ApplyRollups | None = _apply_rollups
-            self._apply_rows = _apply_rows
+            self.rollups: ApplyRollups | None = apply_batch
+            self._apply_rows = apply_rows
         elif rollups is False:
             self.rollups = None
         else:
