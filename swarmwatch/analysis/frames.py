@@ -265,7 +265,7 @@ def compact_dict(
             last = i
         city_ids: list[int] = []
         for city in frame.top_cities:
-            ckey = (city["geoname_id"], city["name"], city["country"], city["lat"], city["lon"])
+            ckey = tuple(city[name] for name in CITY_FIELDS)
             j = city_index.get(ckey)
             if j is None:
                 j = city_index[ckey] = len(cities)
