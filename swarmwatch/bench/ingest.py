@@ -5,6 +5,13 @@ through the real Pipeline into a fresh SQLite file with the embedded GeoLite2 Ci
 Besides wall-clock rates it prints CPU time per sighting (this process, and the
 geolocation worker) and per bare lookup: on a machine shared with other work, the
 CPU figures move much less than the wall-clock ones.
+
+A second baseline is the storage floor: the peer, sighting and presence rows each run
+stored, inserted again into a fresh database of the same schema with plain multi-row
+INSERTs on a bare sqlite3 connection (same pragmas, same number of transactions), and
+nothing else: no geolocation, no hashing, no upsert logic, no rollups. No pipeline
+that stores those rows can beat it, so it shows how much of a goal is in reach of the
+schema itself, and how much of the pipeline's time is its own.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import ipaddress
 import os
 import random
 import resource
+import sqlite3
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,6 +36,7 @@ from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reaso
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.chunks import row_chunks
 
 INFOHASH = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
@@ -85,6 +94,75 @@ def bare_lookup_rate(city_db: Path, addrs: list[ipaddress.IPv4Address]) -> tuple
         return len(addrs) / (time.perf_counter() - t0), 1e6 * cpu / len(addrs)
     finally:
         reader.close()
+
+
+#: The tables the pipeline writes a row to per stored sighting or per peer. The rollup
+#: counters get a few rows per place, cell and frame in a batch and are left out.
+FLOOR_TABLES = ("peer", "sighting", "rollup_presence")
+
+
+def _floor_rows(path: Path) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    """The rows a run stored, per floor table, in the order the writer inserted them."""
+    src = sqlite3.connect(path)
+    try:
+        out = {}
+        for table in FLOOR_TABLES:
+            cursor = src.execute(
+                f"SELECT * FROM {table} ORDER BY rowid"
+                if table != "rollup_presence"
+                else f"SELECT * FROM {table}"
+            )
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            out[table] = (columns, rows)
+    finally:
+        src.close()
+    # Presence has no rowid: the writer met its keys frame by frame, peers in random order.
+    columns, rows = out["rollup_presence"]
+    order = random.Random(0)
+    order.shuffle(rows)
+    rows.sort(key=lambda r: (r[1], r[2]))  # interval, bucket; stable: random within
+    return out
+
+
+def storage_floor(path: Path, batches: int, into: Path) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows) to store a run's floor rows again, bare.
+
+    `batches` transactions, as the pipeline used, each with its share of every table.
+    """
+    tables = _floor_rows(path)
+    _fresh_database(into).dispose()  # the same schema, study, title and torrent
+    conn = sqlite3.connect(into, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA wal_autocheckpoint=16384")
+        batches = max(1, batches)
+        plans = []
+        for table, (columns, rows) in tables.items():
+            row_sql = "(" + ", ".join("?" * len(columns)) + ")"
+            head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            plans.append((head, row_sql, rows))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for b in range(batches):
+            conn.execute("BEGIN")
+            for head, row_sql, rows in plans:
+                part = rows[len(rows) * b // batches : len(rows) * (b + 1) // batches]
+                for start, stop in row_chunks(len(part)):
+                    chunk = part[start:stop]
+                    conn.execute(
+                        head + ", ".join([row_sql] * len(chunk)),
+                        [v for row in chunk for v in row],
+                    )
+            conn.execute("COMMIT")
+        return (
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            sum(len(rows) for _, _, rows in plans),
+        )
+    finally:
+        conn.close()
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -171,15 +249,26 @@ def run_benchmark(**options: Any) -> dict[str, float]:
             db, city_db, unique_stream(unique_addrs), workers, rollups
         )
         db.dispose()
+        # Peak RSS of the pipeline runs, before the floors read their rows into memory.
+        rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        repeat_floor = storage_floor(
+            Path(tmp) / "repeat.db", repeat_stats["batches"], Path(tmp) / "repeat-floor.db"
+        )
+        unique_floor = storage_floor(
+            Path(tmp) / "unique.db", unique_stats["batches"], Path(tmp) / "unique-floor.db"
+        )
     # The machine may have changed meanwhile: the faster of the two runs is the baseline.
     baseline_again, baseline_cpu_again = bare_lookup_rate(city_db, unique_addrs)
     baseline = max(baseline, baseline_again)
     baseline_cpu = min(baseline_cpu, baseline_cpu_again)
     load = os.getloadavg()
 
-    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     unique_hit = 1 - unique_stats["geo_lookups"] / max(1, unique)
+    repeat_n = peers * repeats
+    # The floor as sightings of the stream per second: what the schema allows at best.
+    repeat_floor_rate = repeat_n / repeat_floor[0]
+    unique_floor_rate = unique / unique_floor[0]
     figures = {
         "repeat_sightings_per_s": repeat_rate,
         "unique_sightings_per_s": unique_rate,
@@ -196,6 +285,15 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         "unique_cpu_us_per_sighting": unique_cpu[0],
         "unique_worker_cpu_us_per_sighting": unique_cpu[1],
         "bare_cpu_us_per_lookup": baseline_cpu,
+        "repeat_floor_sightings_per_s": repeat_floor_rate,
+        "unique_floor_sightings_per_s": unique_floor_rate,
+        "repeat_floor_rows": float(repeat_floor[2]),
+        "unique_floor_rows": float(unique_floor[2]),
+        "repeat_floor_cpu_us_per_sighting": 1e6 * repeat_floor[1] / max(1, repeat_n),
+        "unique_floor_cpu_us_per_sighting": 1e6 * unique_floor[1] / max(1, unique),
+        "repeat_vs_floor": repeat_rate / repeat_floor_rate,
+        "unique_vs_floor": unique_rate / unique_floor_rate,
+        "unique_floor_vs_bare": unique_floor_rate / baseline,
         "load_average_1min": load[0],
     }
     print(
@@ -219,6 +317,22 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         f"  CPU per sighting: repeat {repeat_cpu[0]:.1f} us + {repeat_cpu[1]:.1f} us (worker); "
         f"all-unique {unique_cpu[0]:.1f} us + {unique_cpu[1]:.1f} us (worker); "
         f"bare lookup {baseline_cpu:.1f} us"
+    )
+    print(
+        "  storage floor (the rows each run stored: peer, sighting, presence; inserted again"
+        " with plain INSERTs on a bare connection, nothing else):"
+    )
+    print(
+        f"    repeat: {repeat_floor[2]:,} rows, {repeat_floor_rate:,.0f} sightings/s "
+        f"({repeat_floor_rate / REPEAT_GOAL_PER_S:.2f}x the 200k goal; the pipeline reached "
+        f"{repeat_rate / repeat_floor_rate:.0%} of it), CPU "
+        f"{1e6 * repeat_floor[1] / max(1, repeat_n):.1f} us per sighting"
+    )
+    print(
+        f"    all-unique: {unique_floor[2]:,} rows, {unique_floor_rate:,.0f} sightings/s "
+        f"({unique_floor_rate / baseline:.2f}x the bare lookup loop; the pipeline reached "
+        f"{unique_rate / unique_floor_rate:.0%} of it), CPU "
+        f"{1e6 * unique_floor[1] / max(1, unique):.1f} us per sighting"
     )
     print(f"  peak RSS: {rss_self:,.0f} MiB (main), {rss_children:,.0f} MiB (worker)")
     print(f"  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
