@@ -12,6 +12,9 @@ import hashlib
 import io
 import json
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.analysis.versioned import requests_in_flight
 from swarmwatch.models import City, Metro, Peer, Study, Title
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
@@ -395,6 +399,50 @@ def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
         # Each cell and city is named once for the whole time-lapse.
         assert compact["cells"] == sorted(set(compact["cells"]))
         assert len(compact["cities"]) == len({c["geoname_id"] for c in compact["cities"]})
+
+
+def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) -> None:
+    """The warm-up steps aside for requests in flight, but not for one waiting for it:
+    both would wait (50 ms a frame, seconds for any time-lapse)."""
+    scope = scope_of(study_db, title="A")
+    warm_started, go, request_waits = threading.Event(), threading.Event(), threading.Event()
+    answers: dict[str, Any] = {}
+
+    def warm_step() -> None:  # the warm-up's `between`, holding its build
+        warm_started.set()
+        go.wait(30)
+
+    def warm_up() -> None:
+        with study_db.engine.connect() as conn:
+            answers["warm"] = frames_compact(conn, scope, interval=3600, res=4, between=warm_step)
+
+    @contextmanager
+    def waiting() -> Iterator[None]:
+        with requests_in_flight.set_aside():
+            request_waits.set()
+            yield
+
+    def request() -> None:
+        with requests_in_flight, study_db.engine.connect() as conn:
+            answers["request"] = frames_compact(conn, scope, interval=3600, res=4, waiting=waiting)
+
+    threads = [threading.Thread(target=warm_up)]
+    threads[0].start()
+    try:
+        assert warm_started.wait(30)
+        threads.append(threading.Thread(target=request))
+        threads[1].start()
+        assert request_waits.wait(30)
+        # What the warm-up's step aside asks: nobody counts as in flight.
+        assert requests_in_flight.wait_idle(0)
+    finally:
+        go.set()
+        for thread in threads:
+            thread.join(60)
+    assert answers["request"].body == answers["warm"].body
+    with requests_in_flight:  # and a request that is not waiting does count
+        assert not requests_in_flight.wait_idle(0)
+    assert requests_in_flight.wait_idle(0)
 
 
 def test_export_files(study_db: Database, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -317,12 +318,18 @@ def frames_compact(
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
     between: Callable[[], None] | None = None,
+    waiting: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> CompactFrames:
     """The compact time-lapse as JSON and gzip, re-encoded only when a frame changed.
 
     The frames come from the frame cache (the open one of a live study is refreshed in
     the background at most every few seconds), so under ingest this encodes once per
     refresh of the open frame, and every other request is one small query.
+
+    A caller that finds the same time-lapse being built (by the start-up warm-up, say)
+    waits for that build inside `waiting()`, if given: a request passes
+    requests_in_flight.set_aside, so the warm-up does not step aside for the very
+    request that waits for it.
     """
     key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, interval, res, top)
     engine = conn.engine
@@ -340,10 +347,15 @@ def frames_compact(
             frame_set = frame_set_of(own, scope, interval, res, top)
         return _identity(frame_set.frames), encode(frame_set)
 
-    with lock:
+    if not lock.acquire(blocking=False):
+        with waiting() if waiting is not None else nullcontext():
+            lock.acquire()
+    try:
         frame_set = frame_set_of(conn, scope, interval, res, top, between)
         version = _identity(frame_set.frames)
         entry = _compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+    finally:
+        lock.release()
     answer = entry.value
     if entry.version != version:
         # Served from before the latest frame change: fresh as of that encoding's read.

@@ -34,7 +34,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -233,10 +234,22 @@ class Activity:
             if self._count == 0:
                 self._idle.notify_all()
 
-    def wait_idle(self, timeout: float) -> None:
-        """Wait until no request is in flight, or at most `timeout` seconds."""
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight, or at most `timeout` seconds; idle or not."""
         with self._idle:
-            self._idle.wait_for(lambda: self._count == 0, timeout)
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+    @contextmanager
+    def set_aside(self) -> Iterator[None]:
+        """Not counted while inside: for a request that waits on the very work that steps
+        aside for requests (the start-up warm-up building the time-lapse it asked for).
+        Counted, it would make that work pause for it, and both wait: 50 ms a frame,
+        seconds for a 120-frame time-lapse of any size."""
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
 
 #: Analysis requests in flight in this process (swarmwatch.api.routes.analysis).

@@ -327,7 +327,12 @@ def frames(
     try:
         if encoding == "compact":
             answer = frames_compact(
-                session.connection(), scope, interval=interval, res=res, top=top
+                session.connection(),
+                scope,
+                interval=interval,
+                res=res,
+                top=top,
+                waiting=requests_in_flight.set_aside,
             )
             body = answer.gzipped if gzip_ok else answer.body
             if answer.stale_since is not None:
