@@ -74,7 +74,8 @@ def test_crawl_flags_never_download_and_stay_out_of_auto_management(tmp_path: Pa
     atp = add_params(WatchedTorrent(V1, None), tmp_path, loopback_only=True)
     flags = atp.flags
     assert flags == CRAWL_FLAGS
-    for wanted in ("upload_mode", "share_mode", "default_dont_download", "disable_lsd"):
+    wanted_flags = ("upload_mode", "share_mode", "default_dont_download", "disable_lsd")
+    for wanted in (*wanted_flags, "apply_ip_filter"):
         assert flags & getattr(lt.torrent_flags, wanted), wanted
     # auto_managed would let libtorrent lift upload_mode by itself.
     assert not flags & lt.torrent_flags.auto_managed
@@ -112,6 +113,36 @@ def test_new_session_filters_everything_but_loopback() -> None:
     assert f.access("127.0.0.42") == 0
     assert f.access("::1") == 0
     assert ses.get_settings()["dht_bootstrap_nodes"] == ""
+
+
+def test_crawled_torrents_are_subject_to_the_session_ip_filter(tmp_path: Path) -> None:
+    """CRAWL_FLAGS replace libtorrent's defaults: the ip_filter must still apply to peers.
+
+    Checked with a blocked loopback address, so even a regression sends nothing
+    off loopback: the peer must be refused (peer_blocked_alert), never dialled.
+    """
+    params = lt.session_params()
+    params.settings = {
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "alert_mask": lt.alert.category_t.ip_block_notification
+        | lt.alert.category_t.connect_notification,
+    }
+    blocked = lt.ip_filter()
+    blocked.add_rule("127.0.0.99", "127.0.0.99", 1)
+    params.ip_filter = blocked
+    ses = lt.session(params)
+    handle = ses.add_torrent(add_params(WatchedTorrent(V1, None), tmp_path, loopback_only=True))
+    handle.connect_peer(("127.0.0.99", 9), PEER_SOURCE_DHT)
+    seen: list[str] = []
+    for _ in range(200):  # the outcome is one alert either way
+        seen += [type(a).__name__ for a in ses.pop_alerts()]
+        if "peer_blocked_alert" in seen or "peer_connect_alert" in seen:
+            break
+        ses.wait_for_alert(50)
+    assert "peer_blocked_alert" in seen
+    assert "peer_connect_alert" not in seen
 
 
 def test_new_session_refuses_public_dht_node_under_loopback_only() -> None:
