@@ -350,8 +350,9 @@ def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
     torrent = WatchedTorrent(infohash_v1=infohash, infohash_v2=None)
 
     def seeder_by_dht() -> bool:
-        # Both ways: the torrent's own DHT lookups (a connected peer with the DHT
-        # source flag) and the crawler's per-round dht_get_peers.
+        # Both ways: a connected peer with the DHT source flag (learnt from the
+        # crawler's lookups, handed to its torrent) and the crawler's per-round
+        # dht_get_peers replies themselves.
         connected = any(
             s.ip == ip_address(members[0]) and s.source == Source.DHT and s.seed
             for s in sink.sightings

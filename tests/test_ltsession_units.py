@@ -14,8 +14,10 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
+from swarmwatch.config import Settings
 from swarmwatch.crawl import WatchedTorrent, static_torrents
 from swarmwatch.ltsession import CRAWL_FLAGS, SwarmSessionCrawler, add_params, build_magnet
+from swarmwatch.ltsession.crawler import _Joined
 from swarmwatch.ltsession.peers import (
     PEER_FLAG_HANDSHAKE,
     PEER_FLAG_SEED,
@@ -265,3 +267,37 @@ def test_crawler_refuses_bad_torrents_and_keeps_running(tmp_path: Path) -> None:
     assert {s.infohash for s in sink.samples} == {good.infohash}
     assert all(s.source == Source.SWARM and s.peers_returned == 0 for s in sink.samples)
     assert sink.sightings == []
+
+
+def test_dht_lookup_peers_are_handed_to_the_torrent_as_dht_peers(tmp_path: Path) -> None:
+    """The crawler's own get_peers results join the torrent, flagged DHT, loopback only."""
+    calls: list[tuple[tuple[str, int], int]] = []
+
+    class Handle:
+        def is_valid(self) -> bool:
+            return True
+
+        def connect_peer(self, endpoint: tuple[str, int], source: int) -> None:
+            calls.append((endpoint, source))
+
+    @dataclass
+    class Reply:
+        info_hash: str
+
+        def peers(self) -> list[tuple[str, int]]:
+            return [("127.0.0.6", 6881), ("192.0.2.1", 6881), ("127.0.0.1", 7000)]
+
+    crawler = SwarmSessionCrawler(
+        settings=Settings(loopback_only=True), enable_dht=True, dht_nodes=[], save_path=tmp_path
+    )
+    crawler._own = {(ipaddress.ip_address("127.0.0.1"), 7000)}
+    joined = _Joined(V1, Handle(), metadata_known=False, dht_hash=V1)
+    crawler._joined[V1] = joined
+    crawler._by_dht_hash[V1] = joined
+    sink = MemorySink()
+    asyncio.run(crawler._on_dht_get_peers_reply(Reply(V1), sink))
+    # Dialled: the loopback peer only (192.0.2.1 is data here, never a destination).
+    assert calls == [(("127.0.0.6", 6881), PEER_SOURCE_DHT)]
+    # Sighted: both peers the DHT returned, not ourselves.
+    assert sorted(str(s.ip) for s in sink.sightings) == ["127.0.0.6", "192.0.2.1"]
+    assert {s.source for s in sink.sightings} == {Source.DHT}
