@@ -269,6 +269,35 @@ def test_crawler_refuses_bad_torrents_and_keeps_running(tmp_path: Path) -> None:
     assert sink.sightings == []
 
 
+def test_magnet_joins_without_its_own_dht_until_the_metadata(tmp_path: Path) -> None:
+    """A magnet's torrent announces itself on the DHT only once it knows its info dict.
+
+    Before, a hybrid seed that found it there dialled in, was sent a v2 hash request
+    over a v1 handshake, dropped us, and was never dialled again (see crawler._join).
+    """
+    crawler = SwarmSessionCrawler(enable_dht=True, dht_nodes=[], save_path=tmp_path)
+    crawler._session = new_session(
+        loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=True
+    )
+    ct = lt.create_torrent(_one_file(tmp_path), 16384)
+    lt.set_piece_hashes(ct, str(tmp_path / "src"))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    with_info = WatchedTorrent(str(ti.info_hashes().v1), None, info=bytes(ti.info_section()))
+    crawler._join(V1, WatchedTorrent(V1, None), tmp_path)
+    crawler._join(with_info.infohash, with_info, tmp_path)
+    magnet, info = crawler._joined[V1].handle, crawler._joined[with_info.infohash].handle
+    assert magnet.flags() & lt.torrent_flags.disable_dht
+    assert not info.flags() & lt.torrent_flags.disable_dht
+
+    @dataclass
+    class MetadataAlert:
+        handle: object
+
+    asyncio.run(crawler._on_metadata_received(MetadataAlert(magnet), MemorySink()))
+    assert not magnet.flags() & lt.torrent_flags.disable_dht
+    crawler._close()
+
+
 def test_dht_lookup_peers_are_handed_to_the_torrent_as_dht_peers(tmp_path: Path) -> None:
     """The crawler's own get_peers results join the torrent, flagged DHT, loopback only."""
     calls: list[tuple[tuple[str, int], int]] = []

@@ -223,6 +223,14 @@ class SwarmSessionCrawler:
     def _join(self, key: str, torrent: WatchedTorrent, save_path: Path) -> None:
         try:
             atp = add_params(torrent, save_path, loopback_only=self.settings.loopback_only)
+            if torrent.info is None:
+                # Until its metadata arrives, a magnet's torrent does not announce
+                # itself on the DHT (our lookups feed it the DHT's peers meanwhile):
+                # a hybrid v1+v2 seed that finds us there dials in, and on metadata
+                # libtorrent sends it a v2 hash request over the v1 handshake, which
+                # the seed rejects ("invalid message"). Once dropped, a seed is never
+                # dialled again by a finished torrent, so it would go unsighted.
+                atp.flags |= lt.torrent_flags.disable_dht
             handle = self._session.add_torrent(atp)
         except (TorrentRefused, RuntimeError) as exc:
             self._refused.add(key)
@@ -319,6 +327,9 @@ class SwarmSessionCrawler:
         if joined is None or joined.metadata_known:
             return
         joined.metadata_known = True
+        # Its own DHT announces may start now: a peer that dials in meets a torrent
+        # that knows its v2 hashes (see _join).
+        alert.handle.unset_flags(lt.torrent_flags.disable_dht)
         ti = alert.handle.torrent_file()
         if ti is None:
             return
