@@ -317,6 +317,21 @@ def test_peer_learnt_only_through_pex(swarm: Swarm, tmp_path: Path) -> None:
 
 def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
     """A trackerless swarm on a loopback DHT of its own peers: the crawler finds it by DHT."""
+    _crawl_dht_only_swarm(tmp_path, seed_announces_late=False)
+
+
+def test_seed_announcing_after_the_crawler_joined_is_sighted_by_dht(tmp_path: Path) -> None:
+    """The seed's first DHT announce comes after the crawler's torrent has joined.
+
+    The race behind a flaky CI run, made certain: a crawler torrent that announced
+    itself while fetching metadata was found and dialled by the seed, got dropped
+    by it on metadata (a v2 hash request over a v1 handshake), and never dialled
+    a known seed again, so the seed was never sighted by DHT with its seed state.
+    """
+    _crawl_dht_only_swarm(tmp_path, seed_announces_late=True)
+
+
+def _crawl_dht_only_swarm(tmp_path: Path, *, seed_announces_late: bool) -> None:
     src = tmp_path / "seed"
     src.mkdir()
     (src / "payload.bin").write_bytes(os.urandom(64 * 1024))
@@ -335,6 +350,8 @@ def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
     atp.ti = lt.torrent_info(ti)
     atp.save_path = str(src)
     atp.flags = lt.torrent_flags.seed_mode
+    if seed_announces_late:
+        atp.flags |= lt.torrent_flags.disable_dht
     seed_handle = sessions[0].add_torrent(atp)  # announces itself to the DHT (BEP 5)
 
     crawler = SwarmSessionCrawler(
@@ -350,8 +367,9 @@ def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
     torrent = WatchedTorrent(infohash_v1=infohash, infohash_v2=None)
 
     def seeder_by_dht() -> bool:
-        # Both ways: the torrent's own DHT lookups (a connected peer with the DHT
-        # source flag) and the crawler's per-round dht_get_peers.
+        # Both ways: a connected peer with the DHT source flag (learnt from the
+        # crawler's lookups, handed to its torrent) and the crawler's per-round
+        # dht_get_peers replies themselves.
         connected = any(
             s.ip == ip_address(members[0]) and s.source == Source.DHT and s.seed
             for s in sink.sightings
@@ -361,6 +379,12 @@ def test_peers_found_through_the_session_dht(tmp_path: Path) -> None:
 
     async def crawl() -> None:
         async def announce() -> None:
+            if seed_announces_late:
+                # After two of the crawler's rounds: its torrent has joined (and,
+                # before the fix, announced itself) and its lookups found nothing.
+                while len({r.started_at for r in sink.samples if r.source == Source.SWARM}) < 2:
+                    await asyncio.sleep(0.1)
+                seed_handle.unset_flags(lt.torrent_flags.disable_dht)
             # The seeder's first announce may precede its DHT having any node;
             # libtorrent would only retry after 15 min.
             while True:

@@ -14,8 +14,10 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
+from swarmwatch.config import Settings
 from swarmwatch.crawl import WatchedTorrent, static_torrents
 from swarmwatch.ltsession import CRAWL_FLAGS, SwarmSessionCrawler, add_params, build_magnet
+from swarmwatch.ltsession.crawler import _Joined
 from swarmwatch.ltsession.peers import (
     PEER_FLAG_HANDSHAKE,
     PEER_FLAG_SEED,
@@ -74,7 +76,8 @@ def test_crawl_flags_never_download_and_stay_out_of_auto_management(tmp_path: Pa
     atp = add_params(WatchedTorrent(V1, None), tmp_path, loopback_only=True)
     flags = atp.flags
     assert flags == CRAWL_FLAGS
-    for wanted in ("upload_mode", "share_mode", "default_dont_download", "disable_lsd"):
+    wanted_flags = ("upload_mode", "share_mode", "default_dont_download", "disable_lsd")
+    for wanted in (*wanted_flags, "apply_ip_filter"):
         assert flags & getattr(lt.torrent_flags, wanted), wanted
     # auto_managed would let libtorrent lift upload_mode by itself.
     assert not flags & lt.torrent_flags.auto_managed
@@ -112,6 +115,36 @@ def test_new_session_filters_everything_but_loopback() -> None:
     assert f.access("127.0.0.42") == 0
     assert f.access("::1") == 0
     assert ses.get_settings()["dht_bootstrap_nodes"] == ""
+
+
+def test_crawled_torrents_are_subject_to_the_session_ip_filter(tmp_path: Path) -> None:
+    """CRAWL_FLAGS replace libtorrent's defaults: the ip_filter must still apply to peers.
+
+    Checked with a blocked loopback address, so even a regression sends nothing
+    off loopback: the peer must be refused (peer_blocked_alert), never dialled.
+    """
+    params = lt.session_params()
+    params.settings = {
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "alert_mask": lt.alert.category_t.ip_block_notification
+        | lt.alert.category_t.connect_notification,
+    }
+    blocked = lt.ip_filter()
+    blocked.add_rule("127.0.0.99", "127.0.0.99", 1)
+    params.ip_filter = blocked
+    ses = lt.session(params)
+    handle = ses.add_torrent(add_params(WatchedTorrent(V1, None), tmp_path, loopback_only=True))
+    handle.connect_peer(("127.0.0.99", 9), PEER_SOURCE_DHT)
+    seen: list[str] = []
+    for _ in range(200):  # the outcome is one alert either way
+        seen += [type(a).__name__ for a in ses.pop_alerts()]
+        if "peer_blocked_alert" in seen or "peer_connect_alert" in seen:
+            break
+        ses.wait_for_alert(50)
+    assert "peer_blocked_alert" in seen
+    assert "peer_connect_alert" not in seen
 
 
 def test_new_session_refuses_public_dht_node_under_loopback_only() -> None:
@@ -234,3 +267,66 @@ def test_crawler_refuses_bad_torrents_and_keeps_running(tmp_path: Path) -> None:
     assert {s.infohash for s in sink.samples} == {good.infohash}
     assert all(s.source == Source.SWARM and s.peers_returned == 0 for s in sink.samples)
     assert sink.sightings == []
+
+
+def test_magnet_joins_without_its_own_dht_until_the_metadata(tmp_path: Path) -> None:
+    """A magnet's torrent announces itself on the DHT only once it knows its info dict.
+
+    Before, a hybrid seed that found it there dialled in, was sent a v2 hash request
+    over a v1 handshake, dropped us, and was never dialled again (see crawler._join).
+    """
+    crawler = SwarmSessionCrawler(enable_dht=True, dht_nodes=[], save_path=tmp_path)
+    crawler._session = new_session(
+        loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=True
+    )
+    ct = lt.create_torrent(_one_file(tmp_path), 16384)
+    lt.set_piece_hashes(ct, str(tmp_path / "src"))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    with_info = WatchedTorrent(str(ti.info_hashes().v1), None, info=bytes(ti.info_section()))
+    crawler._join(V1, WatchedTorrent(V1, None), tmp_path)
+    crawler._join(with_info.infohash, with_info, tmp_path)
+    magnet, info = crawler._joined[V1].handle, crawler._joined[with_info.infohash].handle
+    assert magnet.flags() & lt.torrent_flags.disable_dht
+    assert not info.flags() & lt.torrent_flags.disable_dht
+
+    @dataclass
+    class MetadataAlert:
+        handle: object
+
+    asyncio.run(crawler._on_metadata_received(MetadataAlert(magnet), MemorySink()))
+    assert not magnet.flags() & lt.torrent_flags.disable_dht
+    crawler._close()
+
+
+def test_dht_lookup_peers_are_handed_to_the_torrent_as_dht_peers(tmp_path: Path) -> None:
+    """The crawler's own get_peers results join the torrent, flagged DHT, loopback only."""
+    calls: list[tuple[tuple[str, int], int]] = []
+
+    class Handle:
+        def is_valid(self) -> bool:
+            return True
+
+        def connect_peer(self, endpoint: tuple[str, int], source: int) -> None:
+            calls.append((endpoint, source))
+
+    @dataclass
+    class Reply:
+        info_hash: str
+
+        def peers(self) -> list[tuple[str, int]]:
+            return [("127.0.0.6", 6881), ("192.0.2.1", 6881), ("127.0.0.1", 7000)]
+
+    crawler = SwarmSessionCrawler(
+        settings=Settings(loopback_only=True), enable_dht=True, dht_nodes=[], save_path=tmp_path
+    )
+    crawler._own = {(ipaddress.ip_address("127.0.0.1"), 7000)}
+    joined = _Joined(V1, Handle(), metadata_known=False, dht_hash=V1)
+    crawler._joined[V1] = joined
+    crawler._by_dht_hash[V1] = joined
+    sink = MemorySink()
+    asyncio.run(crawler._on_dht_get_peers_reply(Reply(V1), sink))
+    # Dialled: the loopback peer only (192.0.2.1 is data here, never a destination).
+    assert calls == [(("127.0.0.6", 6881), PEER_SOURCE_DHT)]
+    # Sighted: both peers the DHT returned, not ourselves.
+    assert sorted(str(s.ip) for s in sink.sightings) == ["127.0.0.6", "192.0.2.1"]
+    assert {s.source for s in sink.sightings} == {Source.DHT}

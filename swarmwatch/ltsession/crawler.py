@@ -2,6 +2,7 @@
 
 It fetches BEP 9 metadata for magnet-only torrents, and reports every connected peer
 (with how it was learnt, seed state and client) and the session's DHT results as sightings.
+The DHT results are also handed to the swarm's torrent, which dials them (source DHT).
 
 No payload is downloaded or uploaded, by construction and checked at run time:
 - each torrent joins in upload_mode (libtorrent sends no piece request) with every
@@ -33,8 +34,15 @@ import libtorrent as lt
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.crawl import TorrentSource, WatchedTorrent
 from swarmwatch.ltsession.params import TorrentRefused, add_params
-from swarmwatch.ltsession.peers import RoundDedupe, SeedStateGate, connected_peers, sightings_of
+from swarmwatch.ltsession.peers import (
+    PEER_SOURCE_DHT,
+    RoundDedupe,
+    SeedStateGate,
+    connected_peers,
+    sightings_of,
+)
 from swarmwatch.ltsession.session import new_session, parse_host_ports
+from swarmwatch.netsafety import is_loopback
 from swarmwatch.sightings import IPAddress, PeerSighting, SampleRecord, SightingSink, Source
 
 log = logging.getLogger(__name__)
@@ -215,6 +223,14 @@ class SwarmSessionCrawler:
     def _join(self, key: str, torrent: WatchedTorrent, save_path: Path) -> None:
         try:
             atp = add_params(torrent, save_path, loopback_only=self.settings.loopback_only)
+            if torrent.info is None:
+                # Until its metadata arrives, a magnet's torrent does not announce
+                # itself on the DHT (our lookups feed it the DHT's peers meanwhile):
+                # a hybrid v1+v2 seed that finds us there dials in, and on metadata
+                # libtorrent sends it a v2 hash request over the v1 handshake, which
+                # the seed rejects ("invalid message"). Once dropped, a seed is never
+                # dialled again by a finished torrent, so it would go unsighted.
+                atp.flags |= lt.torrent_flags.disable_dht
             handle = self._session.add_torrent(atp)
         except (TorrentRefused, RuntimeError) as exc:
             self._refused.add(key)
@@ -311,6 +327,9 @@ class SwarmSessionCrawler:
         if joined is None or joined.metadata_known:
             return
         joined.metadata_known = True
+        # Its own DHT announces may start now: a peer that dials in meets a torrent
+        # that knows its v2 hashes (see _join).
+        alert.handle.unset_flags(lt.torrent_flags.disable_dht)
         ti = alert.handle.torrent_file()
         if ti is None:
             return
@@ -350,6 +369,7 @@ class SwarmSessionCrawler:
             if (ip, int(port)) in self._own:
                 continue
             count += 1
+            self._hand_to_torrent(joined, ip, int(port))
             await self._put(
                 sink,
                 PeerSighting(
@@ -372,6 +392,18 @@ class SwarmSessionCrawler:
                 peers_returned=count,
             )
         )
+
+    def _hand_to_torrent(self, joined: _Joined, ip: IPAddress, port: int) -> None:
+        """Give the torrent a peer our DHT lookup found, marked as learnt from the DHT.
+
+        A peer not yet connected is then dialled, so its seed state is read like any
+        other's. One already connected gains the DHT source flag: a peer that dialled
+        us first carries only the incoming flag, and would be sighted as SWARM.
+        """
+        if self.settings.loopback_only and not is_loopback(str(ip)):
+            return  # the ip_filter would refuse it too; not a destination under loopback_only
+        if joined.handle.is_valid():
+            joined.handle.connect_peer((str(ip), port), PEER_SOURCE_DHT)
 
     async def _on_tracker_reply(self, alert: Any, sink: SightingSink) -> None:
         # The peers themselves are sighted once connected (source flag tracker).

@@ -29,11 +29,15 @@ log = logging.getLogger(__name__)
 #: - auto_managed is left out: the session would otherwise take the torrent out of
 #:   upload mode on its own (it treats upload mode as a disk-error back-off).
 #: - disable_lsd: local service discovery multicasts, and a crawler has no LAN peers.
+#: - apply_ip_filter: part of libtorrent's default flags, which these flags replace;
+#:   without it the session's ip_filter (the loopback guard) does not apply to the
+#:   torrent's peers, and a peer from a tracker, PEX or the DHT would be connected.
 CRAWL_FLAGS = (
     lt.torrent_flags.upload_mode
     | lt.torrent_flags.share_mode
     | lt.torrent_flags.default_dont_download
     | lt.torrent_flags.disable_lsd
+    | lt.torrent_flags.apply_ip_filter
 )
 
 
