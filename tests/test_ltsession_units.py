@@ -193,7 +193,8 @@ def _packets_at(address: str, tmp_path: Path, *, block: bool, patience: float) -
 
 def test_the_session_ip_filter_covers_its_dht_traffic_too(tmp_path: Path) -> None:
     """libtorrent applied the ip_filter to peer connections only, not to its DHT
-    (arvidn/libtorrent#7789; fixed in 2.1: pyproject asks for >= 2.1.1). Under
+    (arvidn/libtorrent#7789, fixed in 2026 by #8645 and #8666; 2.1.1, which pyproject
+    asks for, is checked to have it here). Under
     loopback_only the filter is the guard for any address a tracker, PEX or DHT hands
     the session, so its DHT must honour it as well. The address is a loopback one the
     filter blocks, so a regression still sends nothing off loopback."""
