@@ -250,7 +250,7 @@ def _check_dialect(conn: Connection) -> str:
 
 
 # Raw driver SQL on purpose: SQLAlchemy's per-row parameter processing cost more than
-# the database work (≈ 40 µs a row), and the writer has to keep up with ≥ 200k sightings/s.
+# the database work (≈ 40 µs a row), and the writer is what limits ingest (bench ingest).
 # Both engines share the upsert syntax; PostgreSQL gets whole batches as arrays (unnest).
 _PG_TYPES = {Integer: "int4", BigInteger: "int8", String: "text"}
 
