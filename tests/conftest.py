@@ -5,10 +5,12 @@ that keep every test on loopback."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from swarmwatch.config import get_settings
@@ -35,16 +37,45 @@ def _loopback_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def pg_run_url() -> Iterator[str | None]:
+    """A PostgreSQL database of this test run's own, on the server of
+    SWARMWATCH_TEST_DATABASE_URL, dropped at the end: every test empties its schema,
+    so two runs sharing one database (two developers, a helper beside CI) would
+    empty each other's. A role that may not create databases gets the given one."""
+    if not PG_URL:
+        yield None
+        return
+    name = f"swarmwatch_test_{os.getpid()}_{secrets.token_hex(4)}"
+    server = Database(PG_URL)
+    admin = server.engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except sa_exc.ProgrammingError:  # no CREATEDB privilege
+        server.dispose()
+        yield PG_URL
+        return
+    try:
+        yield server.engine.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+
 @pytest.fixture
-def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_run_url: str | None
+) -> Iterator[str]:
     """A URL to an empty database, also set as SWARMWATCH_DATABASE_URL."""
-    if PG_URL:
-        db = Database(PG_URL)
+    if pg_run_url:
+        db = Database(pg_run_url)
         with db.engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
         db.dispose()
-        url = PG_URL
+        url = pg_run_url
     else:
         url = f"sqlite:///{tmp_path / 'swarmwatch.db'}"
     monkeypatch.setenv("SWARMWATCH_DATABASE_URL", url)
