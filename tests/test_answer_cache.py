@@ -110,6 +110,42 @@ def test_an_expired_answer_is_served_while_it_is_recomputed_in_the_background() 
     run(scenario())
 
 
+@pytest.mark.parametrize("status", [401, 403, 404, 410])
+def test_an_answer_refused_on_recomputation_is_not_served_again(status: int) -> None:
+    """A revoked key, or a study made private or deleted: once a recomputation is
+    refused, the kept answer goes, instead of being served through the stale grace."""
+
+    async def scenario() -> None:
+        app, clock = CountingApp(), Clock()
+        cache = AnswerCache(app, ttl=1.0, clock=clock)
+        await get(cache, headers={"Authorization": "Bearer k"})
+        app.status = status  # the key is revoked, say
+        clock.now += 1.5
+        await get(cache, headers={"Authorization": "Bearer k"})  # stale, recomputing
+        await asyncio.gather(*cache.refreshes)
+        refused = await get(cache, headers={"Authorization": "Bearer k"})
+        assert refused[0] == status
+        assert not cache.answers and cache.total_bytes == 0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_a_passing_failure_leaves_the_kept_answer(status: int) -> None:
+    async def scenario() -> None:
+        app, clock = CountingApp(), Clock()
+        cache = AnswerCache(app, ttl=1.0, clock=clock)
+        await get(cache)
+        app.status = status
+        clock.now += 1.5
+        await get(cache)
+        await asyncio.gather(*cache.refreshes)
+        stale = await get(cache)
+        assert stale[0] == 200 and stale[2] == b"answer 1"  # still within the grace
+
+    run(scenario())
+
+
 def test_past_the_grace_period_a_request_computes_the_answer_itself() -> None:
     async def scenario() -> None:
         app, clock = CountingApp(), Clock()

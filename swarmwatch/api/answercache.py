@@ -31,6 +31,11 @@ CACHED_SUFFIXES = (
 #: An expired answer is served while a background request recomputes it, but never
 #: longer than this past its time to live (then a request computes it, as with no cache).
 STALE_GRACE_S = 5.0
+#: Answers that make a kept answer for the same key wrong, not just unavailable: the
+#: key was revoked (401), the study made private (403) or deleted (404, 410). The
+#: kept answer is dropped at once, or it would be served on through the stale grace
+#: (5 s). A 429 or a 5xx leaves it: the data it holds is still theirs to read.
+FORGETTING_STATUSES = frozenset({401, 403, 404, 410})
 #: Answers larger than this are passed through, never kept (full-scale frames, exports).
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: All kept answers together, at most: the least recently used are dropped first.
@@ -204,6 +209,8 @@ class AnswerCache:
             if message["type"] == "http.response.start":
                 if message["status"] != 200:
                     passing = True
+                    if message["status"] in FORGETTING_STATUSES:
+                        self._forget(key)
                     await send(message)
                     return
                 start = message
@@ -237,6 +244,11 @@ class AnswerCache:
             await self._send(scope, send, answer, hit=False)
 
         await self.app(scope, receive, capture)
+
+    def _forget(self, key: tuple[Any, ...]) -> None:
+        old = self.answers.pop(key, None)
+        if old is not None:
+            self.total_bytes -= old.size
 
     def _keep(self, key: tuple[Any, ...], answer: Answer) -> None:
         old = self.answers.pop(key, None)
