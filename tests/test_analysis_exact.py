@@ -36,7 +36,7 @@ from swarmwatch.analysis.frames import (
     frames_json,
 )
 from swarmwatch.analysis.rankings import compute_ranking
-from swarmwatch.analysis.rollups import apply_batch
+from swarmwatch.analysis.rollups import apply_batch, rebuild_peer_times
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.analysis.versioned import requests_in_flight
@@ -183,6 +183,7 @@ def study_db(db: Database) -> Database:
             for i in range(5)
         ]
         s.execute(insert(Peer), rows)
+        rebuild_peer_times(s.connection())  # what the writer keeps as it upserts peers
     return db
 
 

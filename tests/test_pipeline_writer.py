@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from datetime import timedelta
 
+import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
+from swarmwatch.analysis.rollups import rollup_activity, rollup_peer_times
 from swarmwatch.models import Peer, Sighting
 from swarmwatch.pipeline.pipeline import write_failure_kind
 from swarmwatch.pipeline.writer import BatchWriter, CommitUncertain, WriteBatch
 from swarmwatch.store import Database
-from tests.pipeline_fixtures import INFOHASH, T0, register
+from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, T0, register
 
 
 def test_failures_are_classified() -> None:
@@ -56,3 +60,60 @@ def test_a_batch_whose_commit_was_uncertain_is_not_written_twice(db: Database) -
     writer.write(fresh)
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Sighting)) == 6
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
+    """Chao1's f1 and f2 (peers seen once, twice) and the observed peers, as the writer
+    keeps them in rollups, equal a count over the peer table after every batch: peers
+    repeat within and across batches, in two titles."""
+    ids = register(db, ("alpha", [INFOHASH]), ("beta", [INFOHASH_B]))
+    torrents = {1: ids[("alpha", INFOHASH)], 2: ids[("beta", INFOHASH_B)]}
+    writer = BatchWriter(db.engine)
+    rng = random.Random(seed)
+    at = T0
+    for _ in range(6):
+        batch = WriteBatch()
+        for _ in range(rng.randrange(1, 60)):
+            title = rng.choice((1, 2))
+            at += timedelta(seconds=1)
+            key = rng.randrange(40).to_bytes(16, "big")
+            batch.sightings.append(
+                (
+                    title,
+                    title,
+                    torrents[title],
+                    key,
+                    at,
+                    "tracker",
+                    "v1",
+                    None,
+                    "GB",
+                    2643743,
+                    None,
+                    None,
+                    None,
+                )
+            )
+        writer.write(batch)
+        with db.engine.connect() as conn:
+            direct = conn.execute(
+                select(Peer.title_id, Peer.sightings, func.count())
+                .where(Peer.sightings.in_((1, 2)))
+                .group_by(Peer.title_id, Peer.sightings)
+            ).all()
+            kept = conn.execute(
+                select(
+                    rollup_peer_times.c.title_id,
+                    rollup_peer_times.c.times,
+                    rollup_peer_times.c.peers,
+                ).where(rollup_peer_times.c.peers != 0)
+            ).all()
+            assert sorted(kept) == sorted(direct)
+            observed = conn.execute(
+                select(rollup_activity.c.title_id, func.sum(rollup_activity.c.new_peers)).group_by(
+                    rollup_activity.c.title_id
+                )
+            ).all()
+            peers = conn.execute(select(Peer.title_id, func.count()).group_by(Peer.title_id)).all()
+            assert sorted(observed) == sorted(peers)

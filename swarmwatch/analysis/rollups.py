@@ -198,6 +198,18 @@ rollup_presence = Table(
     **_KW,
 )
 
+# Peers of a title by how many stored sightings they have, for Chao1's f1 and f2
+# (times 1 and 2). Kept by the writer from its peer upserts (add_peer_times), so no
+# summary counts them over the peer table (a scan of every peer of the study).
+rollup_peer_times = Table(
+    "rollup_peer_times",
+    Base.metadata,
+    _title_fk(),
+    Column("times", Integer, primary_key=True, autoincrement=False),
+    _count("peers"),
+    **_KW,
+)
+
 ROLLUP_TABLES: tuple[Table, ...] = (
     rollup_place,
     rollup_place_day,
@@ -208,6 +220,17 @@ ROLLUP_TABLES: tuple[Table, ...] = (
     rollup_active,
     rollup_activity,
     rollup_presence,
+    rollup_peer_times,
+)
+
+#: The sighting counts rollup_peer_times keeps (Chao1 uses f1 and f2).
+PEER_TIMES: tuple[int, ...] = (1, 2)
+#: rollup_peer_times from the peer table itself: the migration's backfill, and loaders
+#: that write peer rows directly.
+PEER_TIMES_FROM_PEERS = (
+    "INSERT INTO rollup_peer_times (title_id, times, peers)"
+    " SELECT title_id, sightings, count(*) FROM peer WHERE sightings IN (1, 2)"
+    " GROUP BY title_id, sightings"
 )
 
 #: Presence keys remembered per engine (≈ 60 bytes each): an hour of a million active peers.
@@ -566,6 +589,30 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
     _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), active, ("peers", "city_peers"))
 
 
+def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int]]) -> None:
+    """Fold upserted peers, as (title_id, sightings before, sightings after), into
+    rollup_peer_times, in the caller's transaction. A new peer's "before" is 0."""
+    delta: Counter[Key] = Counter()
+    for title_id, before, after in changes:
+        if before in PEER_TIMES:
+            delta[(title_id, before)] -= 1
+        if after in PEER_TIMES:
+            delta[(title_id, after)] += 1
+    _add(
+        conn,
+        rollup_peer_times,
+        ("title_id", "times"),
+        {k: (v,) for k, v in delta.items() if v},
+        ("peers",),
+    )
+
+
+def rebuild_peer_times(conn: Connection) -> None:
+    """rollup_peer_times counted afresh from the peer table (for direct peer loads)."""
+    conn.exec_driver_sql("DELETE FROM rollup_peer_times")
+    conn.exec_driver_sql(PEER_TIMES_FROM_PEERS)
+
+
 def _with_seeds(keys: list[Key], seeds: list[bool]) -> dict[Key, tuple[int, int]]:
     """(peers, seeds) per key."""
     seeded = Counter([k for k, s in zip(keys, seeds, strict=True) if s])
@@ -582,18 +629,23 @@ __all__ = [
     "FRAME_INTERVALS",
     "FRAME_RESOLUTIONS",
     "FRAME_STORED_RES",
+    "PEER_TIMES",
+    "PEER_TIMES_FROM_PEERS",
     "ROLLUP_TABLES",
+    "add_peer_times",
     "apply_batch",
     "apply_rows",
     "cell_parents",
     "parent_at",
     "peer_id",
+    "rebuild_peer_times",
     "rollup_active",
     "rollup_activity",
     "rollup_cell",
     "rollup_cell_day",
     "rollup_frame",
     "rollup_frame_city",
+    "rollup_peer_times",
     "rollup_place",
     "rollup_place_day",
     "rollup_presence",

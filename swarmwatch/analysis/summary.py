@@ -13,11 +13,17 @@ from sqlalchemy import Connection, bindparam, case, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import chao1
-from swarmwatch.analysis.rollups import DAY, rollup_active, rollup_activity, rollup_place
+from swarmwatch.analysis.rollups import (
+    DAY,
+    rollup_active,
+    rollup_activity,
+    rollup_peer_times,
+    rollup_place,
+)
 from swarmwatch.analysis.rollups import rollup_place_day as place_day
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import PerEngine, data_version
-from swarmwatch.models import Anomaly, Peer, Title, Torrent
+from swarmwatch.models import Anomaly, Title, Torrent
 
 
 def _published(counts: Mapping[str, int], k: int, *groups: list[str]) -> dict[str, int | None]:
@@ -194,15 +200,22 @@ def _estimate(conn: Connection, scope: Scope) -> dict[str, Any] | None:
 
 
 def _chao1(conn: Connection, scope: Scope) -> dict[str, Any] | None:
-    """Chao1 from how many samples saw each peer (peer.sightings); one pass over peers."""
-    row = conn.execute(
-        select(
-            func.count(),
-            func.sum(case((Peer.sightings == 1, 1), else_=0)),
-            func.sum(case((Peer.sightings == 2, 1), else_=0)),
-        ).where(Peer.title_id.in_(bindparam("titles", list(scope.title_ids), expanding=True)))
-    ).one()
-    observed, f1, f2 = int(row[0]), int(row[1] or 0), int(row[2] or 0)
+    """Chao1 from how many samples saw each peer (peer.sightings): the observed peers
+    (one new peer each) and f1, f2 (peers seen once, twice) from their rollups."""
+    titles = list(scope.title_ids)
+    observed = conn.execute(
+        select(func.coalesce(func.sum(rollup_activity.c.new_peers), 0)).where(
+            rollup_activity.c.title_id.in_(bindparam("titles", titles, expanding=True))
+        )
+    ).scalar_one()
+    f = dict(
+        conn.execute(
+            select(rollup_peer_times.c.times, func.sum(rollup_peer_times.c.peers))
+            .where(rollup_peer_times.c.title_id.in_(bindparam("titles", titles, expanding=True)))
+            .group_by(rollup_peer_times.c.times)
+        ).all()
+    )
+    observed, f1, f2 = int(observed), int(f.get(1) or 0), int(f.get(2) or 0)
     if observed < scope.k:
         return None
     est = chao1(observed, f1, f2)

@@ -33,6 +33,7 @@ from swarmwatch.analysis.rollups import (
     FRAME_STORED_RES,
     ROLLUP_TABLES,
     apply_batch,
+    rebuild_peer_times,
 )
 from swarmwatch.bench.server import serve, stop
 from swarmwatch.sightings import AnonymousSighting
@@ -225,6 +226,8 @@ def _load(db: Database, scale: float) -> dict[str, int]:
             conn.execute(text(sql), params)
             _phase(sql[:60])
     _peers(db, cities, per_city)
+    with db.engine.begin() as conn:
+        rebuild_peer_times(conn)  # written by the writer as it upserts peers
     _phase("peer table")
     sizes: dict[str, int] = {}
     with db.engine.begin() as conn:

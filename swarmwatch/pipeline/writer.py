@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from swarmwatch.analysis.rollups import apply_batch, apply_rows
+from swarmwatch.analysis.rollups import add_peer_times, apply_batch, apply_rows
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 from swarmwatch.store.chunks import row_chunks
@@ -359,11 +359,15 @@ class BatchWriter:
             return 0
         peers = prepared.peers
         new_rows: list[int] = []
+        # (title, sightings before, after) of each peer, for Chao1's f1 and f2.
+        times: list[tuple[int, int, int]] = []
         for statement, params in prepared.peer_statements:
             for title_id, key, count in conn.exec_driver_sql(statement, params).fetchall():
                 first, sightings = peers[(title_id, bytes(key))]
                 if count == sightings:
                     new_rows.append(first)
+                if count <= 2 + sightings:  # it was seen at most twice before
+                    times.append((title_id, count - sightings, count))
         if self.sqlite:
             for params in prepared.sighting_params:
                 width = len(params) // 13
@@ -371,6 +375,8 @@ class BatchWriter:
                 conn.exec_driver_sql(statement, params)
         else:
             conn.exec_driver_sql(self._sql(_INSERT_SIGHTING), prepared.sighting_params)
+        if self._apply_rows is not None or self.rollups is not None:
+            add_peer_times(conn, times)
         if self._apply_rows is not None:
             self._apply_rows(conn, rows, new_rows)
         elif self.rollups is not None:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
+from swarmwatch.analysis.rollups import rollup_activity
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -30,7 +31,7 @@ from swarmwatch.api.schemas import (
     TorrentPublic,
     TrackerPublic,
 )
-from swarmwatch.models import Peer, Sample, Study, Title, Torrent
+from swarmwatch.models import Sample, Study, Title, Torrent
 from swarmwatch.store import Database
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
@@ -142,7 +143,13 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(LAST_SAMPLES)
     ).all()
-    peers = session.scalar(select(func.count()).where(Peer.title_id == torrent.title_id)) or 0
+    # Each peer of the title was new once: a sum over days, not a count over peers.
+    peers = session.scalar(
+        select(func.coalesce(func.sum(rollup_activity.c.new_peers), 0)).where(
+            rollup_activity.c.title_id == torrent.title_id
+        )
+    )
+    peers = int(peers or 0)
     return CrawlStatus(
         samples=int(count),
         peers_returned=int(returned),
