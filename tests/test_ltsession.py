@@ -7,6 +7,7 @@ A seeder of a torrent it made and two leechers that cannot finish, on their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -110,18 +111,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     ti = lt.torrent_info(lt.bencode(ct.generate()))
     infohash = str(ti.info_hashes().v1)
 
-    whitelist = root / "whitelist"
-    whitelist.write_text(infohash + "\n")
-    whitelist.chmod(0o644)
-    cmd = ["opentracker", "-i", "127.0.0.1", "-p", str(tracker_port), "-P", str(tracker_port)]
-    cmd += ["-w", "/whitelist", "-d", str(root)]  # the whitelist path is inside the chroot
-    if os.geteuid() == 0:
-        cmd += ["-u", "nobody"]  # opentracker refuses to run as root
-    assert shutil.which("opentracker"), "the Debian package opentracker is needed"
-    tracker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(tracker_port, tracker)
-
+    with _opentracker(root, tracker_port, [infohash]):
         seeder = _peer_session(SEEDER_IP)
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(ti)
@@ -154,6 +144,23 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
             )
         )
         yield swarm
+
+
+@contextlib.contextmanager
+def _opentracker(root: Path, port: int, infohashes: list[str]) -> Iterator[None]:
+    """opentracker on 127.0.0.1:port, whitelisting these infohashes (hex, 40 digits)."""
+    whitelist = root / "whitelist"
+    whitelist.write_text("".join(ih + "\n" for ih in infohashes))
+    whitelist.chmod(0o644)
+    cmd = ["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+    cmd += ["-w", "/whitelist", "-d", str(root)]  # the whitelist path is inside the chroot
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]  # opentracker refuses to run as root
+    assert shutil.which("opentracker"), "the Debian package opentracker is needed"
+    tracker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, tracker)
+        yield
     finally:
         tracker.terminate()
         tracker.wait(timeout=10)
