@@ -7,12 +7,14 @@ A seeder of a torrent it made and two leechers that cannot finish, on their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -37,6 +39,7 @@ PIECE_BYTES = 16 * 1024
 SEEDER_UPLOAD_LIMIT = 16 * 1024
 SEEDER_IP, LEECHER_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 CRAWLER_IP = "127.0.0.1"
+PEX_CRAWLER_IP = "127.0.0.5"
 DEADLINE = 90.0  # generous: a loaded CI machine connects slowly; the loop exits as soon as done
 
 
@@ -110,18 +113,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     ti = lt.torrent_info(lt.bencode(ct.generate()))
     infohash = str(ti.info_hashes().v1)
 
-    whitelist = root / "whitelist"
-    whitelist.write_text(infohash + "\n")
-    whitelist.chmod(0o644)
-    cmd = ["opentracker", "-i", "127.0.0.1", "-p", str(tracker_port), "-P", str(tracker_port)]
-    cmd += ["-w", "/whitelist", "-d", str(root)]  # the whitelist path is inside the chroot
-    if os.geteuid() == 0:
-        cmd += ["-u", "nobody"]  # opentracker refuses to run as root
-    assert shutil.which("opentracker"), "the Debian package opentracker is needed"
-    tracker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(tracker_port, tracker)
-
+    with _opentracker(root, tracker_port, [infohash]):
         seeder = _peer_session(SEEDER_IP)
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(ti)
@@ -154,6 +146,23 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
             )
         )
         yield swarm
+
+
+@contextlib.contextmanager
+def _opentracker(root: Path, port: int, infohashes: list[str]) -> Iterator[None]:
+    """opentracker on 127.0.0.1:port, whitelisting these infohashes (hex, 40 digits)."""
+    whitelist = root / "whitelist"
+    whitelist.write_text("".join(ih + "\n" for ih in infohashes))
+    whitelist.chmod(0o644)
+    cmd = ["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+    cmd += ["-w", "/whitelist", "-d", str(root)]  # the whitelist path is inside the chroot
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]  # opentracker refuses to run as root
+    assert shutil.which("opentracker"), "the Debian package opentracker is needed"
+    tracker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, tracker)
+        yield
     finally:
         tracker.terminate()
         tracker.wait(timeout=10)
@@ -288,8 +297,13 @@ def test_peer_learnt_only_through_pex(swarm: Swarm, tmp_path: Path) -> None:
     first = LEECHER_IPS[0]
     magnet = f"magnet:?xt=urn:btih:{swarm.infohash}&x.pe={first}:{swarm.peer_port(0)}"
     torrent = WatchedTorrent(infohash_v1=swarm.infohash, infohash_v2=None, magnet=magnet)
+    # An address of its own: the swarm's peers remember 127.0.0.1 from the previous
+    # test's crawler, which (rejoined with its v1+v2 metadata) talked v2 with them.
+    # libtorrent answers a v1 handshake from an address it knows as v2 with the v2
+    # hash, which a magnet's torrent (v1 only, before metadata) refuses as an
+    # invalid info-hash: its only peer would never give it anything.
     crawler = SwarmSessionCrawler(
-        listen_interfaces=f"{CRAWLER_IP}:0", enable_dht=False, poll_interval=0.1
+        listen_interfaces=f"{PEX_CRAWLER_IP}:0", enable_dht=False, poll_interval=0.1
     )
     sink = MemorySink()
     others = (SEEDER_IP, LEECHER_IPS[1])
@@ -403,3 +417,109 @@ def _crawl_dht_only_swarm(tmp_path: Path, *, seed_announces_late: bool) -> None:
     assert dht_samples and max(r.peers_returned for r in dht_samples) >= 1
     assert {str(s.ip) for s in sink.sightings} <= set(members)
     assert list((tmp_path / "crawler").rglob("*")) == []
+
+
+HYBRID_SEED_IP = "127.0.0.9"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        # The failing case: on metadata, libtorrent sent the seed (which had dialled
+        # us with a v1 handshake) a v2 hash request; the seed dropped us as an
+        # "invalid message", and a finished torrent never dials a known seed again.
+        "hybrid, v1 magnet",
+        "v1-only, v1 magnet",  # no v2 hash: nothing to rejoin
+        "hybrid, .torrent",  # metadata known from the start: nothing to rejoin
+    ],
+)
+def test_seed_announcing_after_the_crawler_joined_is_sighted_by_tracker(
+    kind: str, tmp_path: Path
+) -> None:
+    """A seed that finds the crawler by tracker (announcing after it) is sighted as a seed.
+
+    And sighted again in a later round: the crawler stays connected to it.
+    """
+    root = tmp_path / "tracker"
+    root.mkdir()
+    root.chmod(0o755)  # opentracker drops to user nobody and chroots here
+    src = tmp_path / "seed"
+    src.mkdir()
+    (src / "payload.bin").write_bytes(os.urandom(64 * 1024))
+    flags = lt.create_torrent.v1_only if kind.startswith("v1-only") else 0
+    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES, flags=flags)
+    lt.set_piece_hashes(ct, str(src))
+    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    hashes = ti.info_hashes()
+    assert hashes.has_v2() is kind.startswith("hybrid")
+    v1 = str(hashes.v1)
+    v2 = str(hashes.v2) if hashes.has_v2() else None
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/announce"
+    if kind.endswith(".torrent"):
+        torrent = WatchedTorrent(v1, v2, trackers=((url, 0),), info=bytes(ti.info_section()))
+    else:
+        torrent = WatchedTorrent(v1, None, trackers=((url, 0),))
+
+    metadata: list[tuple[str, str, int, bytes]] = []
+
+    def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
+        metadata.append((infohash, name, size, info))
+
+    save_path = tmp_path / "crawler"
+    save_path.mkdir()
+    crawler = SwarmSessionCrawler(
+        on_metadata=on_metadata,
+        listen_interfaces=f"{CRAWLER_IP}:0",
+        enable_dht=False,
+        save_path=save_path,
+        resight_interval=1.0,
+        poll_interval=0.1,
+    )
+    sink = MemorySink()
+    seeder = _peer_session(HYBRID_SEED_IP)
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(ti)
+    atp.save_path = str(src)
+    atp.flags = lt.torrent_flags.seed_mode
+    atp.trackers = [url]
+
+    def seed_sighted_twice() -> bool:
+        # One sighting per (peer, source, seed state) per round: two of one source
+        # are two rounds.
+        by_source = Counter(
+            s.source for s in sink.sightings if s.ip == ip_address(HYBRID_SEED_IP) and s.seed
+        )
+        return max(by_source.values(), default=0) >= 2
+
+    async def crawl() -> None:
+        async def seed_joins_late() -> None:
+            # Once the crawler has announced: the tracker then hands the crawler to
+            # the seed, which dials it (a v1 handshake, as a v1 magnet announces v1).
+            while crawler.stats.tracker_replies < 1:
+                await asyncio.sleep(0.1)
+            seeder.add_torrent(atp)
+
+        seeding = asyncio.create_task(seed_joins_late())
+        try:
+            await _crawl_until(crawler, torrent, sink, seed_sighted_twice)
+        finally:
+            seeding.cancel()
+
+    # v2 announces are made with the truncated v2 hash (BEP 52).
+    whitelist = [v1] + ([v2[:40]] if v2 else [])
+    with _opentracker(root, port, whitelist):
+        asyncio.run(crawl())
+
+    # Our key throughout: the registered v1 infohash, for sightings and samples alike.
+    assert {s.infohash for s in sink.sightings} == {v1}
+    assert {r.infohash for r in sink.samples} == {v1}
+    assert {str(s.ip) for s in sink.sightings} == {HYBRID_SEED_IP}
+    assert False not in {s.seed for s in sink.sightings}  # a seed, never a guessed leecher
+    if torrent.info is None:
+        assert metadata == [(v1, ti.name(), int(ti.total_size()), bytes(ti.info_section()))]
+    else:
+        assert metadata == []
+    assert crawler.stats.torrents_joined == 1
+    assert (crawler.stats.payload_bytes_down, crawler.stats.payload_bytes_up) == (0, 0)
+    assert list(save_path.rglob("*")) == []

@@ -33,7 +33,7 @@ import libtorrent as lt
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.crawl import TorrentSource, WatchedTorrent
-from swarmwatch.ltsession.params import TorrentRefused, add_params
+from swarmwatch.ltsession.params import CRAWL_FLAGS, TorrentRefused, add_params
 from swarmwatch.ltsession.peers import (
     PEER_SOURCE_DHT,
     RoundDedupe,
@@ -76,6 +76,20 @@ class SwarmSessionStats:
     payload_bytes_up: int = 0  # must stay 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Rejoin:
+    """What a magnet's torrent is added again with once its metadata shows a v2 hash.
+
+    The magnet's own trackers and peers, already filtered by add_params; the rest
+    (tracker, PEX and DHT peers) the new torrent learns again as the first one did.
+    """
+
+    trackers: tuple[str, ...]
+    tiers: tuple[int, ...]
+    peers: tuple[tuple[str, int], ...]
+    save_path: str
+
+
 @dataclass(slots=True)
 class _Joined:
     infohash: str  # our key: the registered v1 (or v2) infohash, lower-case hex
@@ -87,6 +101,8 @@ class _Joined:
     round_peers: dict[tuple[IPAddress, int], bool | None] = field(default_factory=dict)
     gate: SeedStateGate = field(default_factory=SeedStateGate)
     tripped: bool = False
+    # Set for a magnet that names no v2 hash: see _rejoin.
+    rejoin: _Rejoin | None = None
 
 
 class SwarmSessionCrawler:
@@ -239,6 +255,13 @@ class SwarmSessionCrawler:
             return
         dht_hash = handle.info_hashes().get_best()
         joined = _Joined(key, handle, metadata_known=torrent.info is not None, dht_hash=dht_hash)
+        if torrent.info is None and not atp.info_hashes.has_v2():
+            joined.rejoin = _Rejoin(
+                trackers=tuple(atp.trackers),
+                tiers=tuple(atp.tracker_tiers),
+                peers=tuple((str(host), int(port)) for host, port in atp.peers),
+                save_path=str(atp.save_path),
+            )
         self._joined[key] = joined
         self._by_handle[handle] = joined
         self._by_dht_hash[str(dht_hash)] = joined
@@ -327,14 +350,17 @@ class SwarmSessionCrawler:
         if joined is None or joined.metadata_known:
             return
         joined.metadata_known = True
-        # Its own DHT announces may start now: a peer that dials in meets a torrent
-        # that knows its v2 hashes (see _join).
-        alert.handle.unset_flags(lt.torrent_flags.disable_dht)
         ti = alert.handle.torrent_file()
-        if ti is None:
-            return
-        # default_dont_download already did this; set it explicitly all the same.
-        alert.handle.prioritize_files([0] * ti.num_files())
+        if ti is not None and joined.rejoin is not None and ti.info_hashes().has_v2():
+            self._rejoin(joined, ti)  # the metadata is good even if this fails
+        else:
+            # Its own DHT announces may start now: a peer that dials in meets a torrent
+            # that knows its v2 hashes (see _join).
+            alert.handle.unset_flags(lt.torrent_flags.disable_dht)
+            if ti is None:
+                return
+            # default_dont_download already did this; set it explicitly all the same.
+            alert.handle.prioritize_files([0] * ti.num_files())
         self.stats.metadata_received += 1
         log.info(
             "metadata for %s: %d files, %d bytes",
@@ -353,6 +379,51 @@ class SwarmSessionCrawler:
         except Exception:
             self.stats.metadata_callback_errors += 1
             log.exception("metadata callback failed for %s", joined.infohash[:8])
+
+    def _rejoin(self, joined: _Joined, ti: Any) -> None:
+        """Add a v1 magnet's torrent again from its metadata, which shows a v2 hash too.
+
+        A hybrid v1+v2 torrent joined by its v1 magnet connects to peers with v1
+        handshakes, but once the metadata arrives libtorrent sends them v2 hash
+        requests over those, and a seed rejects that ("invalid message") and drops
+        us. A finished torrent never dials a known seed again, so the seed would go
+        unsighted for good (whether it came by tracker, PEX or the DHT). A torrent
+        added with its full metadata from the start sends hash requests only over
+        v2 handshakes (seen: the seed answers them, and stays connected), so it is
+        added again that way: same key, flags, trackers, magnet peers and save path,
+        and the peers are learnt again. Hashes are not payload: nothing is downloaded.
+        """
+        rejoin = joined.rejoin
+        assert rejoin is not None
+        old = joined.handle
+        if old.is_valid():
+            self._check_no_payload(joined, old.status())
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(ti)
+        atp.trackers = list(rejoin.trackers)
+        atp.tracker_tiers = list(rejoin.tiers)
+        atp.peers = list(rejoin.peers)
+        atp.save_path = rejoin.save_path
+        atp.flags = CRAWL_FLAGS
+        # No moment with a wanted file (default_dont_download does the same).
+        atp.file_priorities = [0] * ti.num_files()
+        self._by_handle.pop(old, None)
+        self._session.remove_torrent(old)
+        try:
+            handle = self._session.add_torrent(atp)
+        except RuntimeError as exc:
+            del self._joined[joined.infohash]
+            self._by_dht_hash = {k: v for k, v in self._by_dht_hash.items() if v is not joined}
+            self._refused.add(joined.infohash)
+            self.stats.torrent_errors += 1
+            log.warning("cannot rejoin swarm %s with its metadata: %s", joined.infohash[:8], exc)
+            return
+        joined.handle = handle
+        joined.rejoin = None
+        if joined.tripped:
+            handle.pause()
+        self._by_handle[handle] = joined
+        log.info("rejoined swarm %s with its v1+v2 metadata", joined.infohash[:8])
 
     async def _on_dht_get_peers_reply(self, alert: Any, sink: SightingSink) -> None:
         joined = self._by_dht_hash.get(str(alert.info_hash))
