@@ -34,9 +34,11 @@ from swarmwatch.geoip import embedded_city_db
 from swarmwatch.models import Study, Title, Torrent
 from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
+from swarmwatch.pipeline.writer import WRITER_SQLITE_PRAGMAS
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.chunks import row_chunks
+from swarmwatch.store.database import SQLITE_PRAGMAS
 
 INFOHASH = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
@@ -134,10 +136,8 @@ def storage_floor(path: Path, batches: int, into: Path) -> tuple[float, float, i
     _fresh_database(into).dispose()  # the same schema, study, title and torrent
     conn = sqlite3.connect(into, isolation_level=None)
     try:
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("PRAGMA wal_autocheckpoint=16384")
+        for pragma in (*SQLITE_PRAGMAS, *WRITER_SQLITE_PRAGMAS):  # the writer's own
+            conn.execute(pragma)
         batches = max(1, batches)
         plans = []
         for table, (columns, rows) in tables.items():

@@ -48,6 +48,17 @@ SightingRow = tuple[
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
+#: Set on the writer's SQLite connection before each batch (per connection, so they stay).
+#: - cache_size: random 16-byte peer keys touch pages all over the peer index; 64 MiB
+#:   of page cache keeps most of a million-peer index in memory.
+#: - wal_autocheckpoint: a 5,000-row batch dirties ~4,000 pages (random keys again), so
+#:   at SQLite's default of 1,000 WAL pages every commit was followed by a checkpoint
+#:   that copied and fsynced them all. Checkpointing every ~64 MiB of WAL instead copies
+#:   a page rewritten by several batches once (stage timing: -19 % write wall time).
+WRITER_SQLITE_PRAGMAS = (
+    "PRAGMA cache_size=-65536",
+    f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}",
+)
 
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
@@ -228,15 +239,8 @@ class BatchWriter:
 
     def _connection_setup(self, conn: Connection) -> None:
         if self.sqlite:
-            # Random 16-byte peer keys touch pages all over the peer index; 64 MiB of
-            # page cache keeps most of a million-peer index in memory.
-            conn.exec_driver_sql("PRAGMA cache_size=-65536")
-            # A 5,000-row batch dirties ~4,000 pages (random keys again), so at SQLite's
-            # default of 1,000 WAL pages every commit was followed by a checkpoint that
-            # copied and fsynced them all. Checkpointing every ~64 MiB of WAL instead
-            # copies a page rewritten by several batches once (stage timing: -19 %
-            # write wall time). Per connection, like cache_size: this one stays so.
-            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+            for pragma in WRITER_SQLITE_PRAGMAS:
+                conn.exec_driver_sql(pragma)
 
     # -- the batch -----------------------------------------------------------------------
 
@@ -478,6 +482,7 @@ __all__ = [
     "CommitUncertain",
     "PreparedRows",
     "SightingRow",
+    "WRITER_SQLITE_PRAGMAS",
     "WriteBatch",
     "WriteResult",
 ]
