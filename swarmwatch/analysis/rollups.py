@@ -47,7 +47,10 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    bindparam,
     event,
+    func,
+    select,
 )
 
 from swarmwatch.models import Base
@@ -607,6 +610,17 @@ def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int]]) ->
     )
 
 
+def unique_peers(conn: Connection, title_ids: Iterable[int]) -> int:
+    """Unique peers of titles, all time: each was new to its title once, so a sum over
+    rollup_activity's days rather than a count over the peer table."""
+    total = conn.execute(
+        select(func.coalesce(func.sum(rollup_activity.c.new_peers), 0)).where(
+            rollup_activity.c.title_id.in_(bindparam("titles", list(title_ids), expanding=True))
+        )
+    ).scalar_one()
+    return int(total)
+
+
 def rebuild_peer_times(conn: Connection) -> None:
     """rollup_peer_times counted afresh from the peer table (for direct peer loads)."""
     conn.exec_driver_sql("DELETE FROM rollup_peer_times")
@@ -649,4 +663,5 @@ __all__ = [
     "rollup_place",
     "rollup_place_day",
     "rollup_presence",
+    "unique_peers",
 ]

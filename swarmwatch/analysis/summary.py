@@ -19,6 +19,7 @@ from swarmwatch.analysis.rollups import (
     rollup_activity,
     rollup_peer_times,
     rollup_place,
+    unique_peers,
 )
 from swarmwatch.analysis.rollups import rollup_place_day as place_day
 from swarmwatch.analysis.scope import Scope, geoip_provenance
@@ -203,11 +204,7 @@ def _chao1(conn: Connection, scope: Scope) -> dict[str, Any] | None:
     """Chao1 from how many samples saw each peer (peer.sightings): the observed peers
     (one new peer each) and f1, f2 (peers seen once, twice) from their rollups."""
     titles = list(scope.title_ids)
-    observed = conn.execute(
-        select(func.coalesce(func.sum(rollup_activity.c.new_peers), 0)).where(
-            rollup_activity.c.title_id.in_(bindparam("titles", titles, expanding=True))
-        )
-    ).scalar_one()
+    observed = unique_peers(conn, titles)
     f = dict(
         conn.execute(
             select(rollup_peer_times.c.times, func.sum(rollup_peer_times.c.peers))
@@ -215,7 +212,7 @@ def _chao1(conn: Connection, scope: Scope) -> dict[str, Any] | None:
             .group_by(rollup_peer_times.c.times)
         ).all()
     )
-    observed, f1, f2 = int(observed), int(f.get(1) or 0), int(f.get(2) or 0)
+    f1, f2 = int(f.get(1) or 0), int(f.get(2) or 0)
     if observed < scope.k:
         return None
     est = chao1(observed, f1, f2)

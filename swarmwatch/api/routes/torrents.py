@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
-from swarmwatch.analysis.rollups import rollup_activity
+from swarmwatch.analysis.rollups import unique_peers
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -143,13 +143,7 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(LAST_SAMPLES)
     ).all()
-    # Each peer of the title was new once: a sum over days, not a count over peers.
-    peers = session.scalar(
-        select(func.coalesce(func.sum(rollup_activity.c.new_peers), 0)).where(
-            rollup_activity.c.title_id == torrent.title_id
-        )
-    )
-    peers = int(peers or 0)
+    peers = unique_peers(session.connection(), [torrent.title_id])
     return CrawlStatus(
         samples=int(count),
         peers_returned=int(returned),
