@@ -35,8 +35,10 @@ class ManualRefresher:
             job()
 
 
-def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
-    now = [100.0]
+def manual_cache(start: float) -> tuple[VersionedCache[str], list[float], ManualRefresher]:
+    """A cache with max_lag 30 s and refresh_after 5 s, on a clock the test sets
+    (now[0]), whose refreshes run only when the test says so."""
+    now = [start]
     refresher = ManualRefresher()
     cache: VersionedCache[str] = VersionedCache(
         max_lag=30,
@@ -44,6 +46,11 @@ def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
         clock=lambda: now[0],
         refresher=refresher,  # type: ignore[arg-type]
     )
+    return cache, now, refresher
+
+
+def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
+    cache, now, refresher = manual_cache(100.0)
     computed: list[str] = []
 
     def compute(value: str) -> Callable[[], str]:
@@ -76,14 +83,7 @@ def test_versioned_cache_serves_recent_answers_and_refreshes_them() -> None:
 
 
 def test_a_slow_answer_is_allowed_its_own_cost_in_lag() -> None:
-    now = [0.0]
-    refresher = ManualRefresher()
-    cache: VersionedCache[str] = VersionedCache(
-        max_lag=30,
-        refresh_after=5,
-        clock=lambda: now[0],
-        refresher=refresher,  # type: ignore[arg-type]
-    )
+    cache, now, refresher = manual_cache(0.0)
 
     def slow() -> str:
         now[0] += 40.0  # takes longer than max_lag
@@ -98,14 +98,7 @@ def test_a_slow_answer_is_allowed_its_own_cost_in_lag() -> None:
 
 
 def test_lag_counts_from_the_last_read_that_found_the_answer_current() -> None:
-    now = [0.0]
-    refresher = ManualRefresher()
-    cache: VersionedCache[str] = VersionedCache(
-        max_lag=30,
-        refresh_after=5,
-        clock=lambda: now[0],
-        refresher=refresher,  # type: ignore[arg-type]
-    )
+    cache, now, refresher = manual_cache(0.0)
     cache.get("k", 1, lambda: "v1")
     now[0] = 100.0  # a quiet study: still version 1, so v1 is current at t = 100
     assert cache.get("k", 1, lambda: "never").value == "v1"
@@ -117,14 +110,7 @@ def test_lag_counts_from_the_last_read_that_found_the_answer_current() -> None:
 
 
 def test_a_costly_answer_is_refreshed_less_often() -> None:
-    now = [0.0]
-    refresher = ManualRefresher()
-    cache: VersionedCache[str] = VersionedCache(
-        max_lag=30,
-        refresh_after=5,
-        clock=lambda: now[0],
-        refresher=refresher,  # type: ignore[arg-type]
-    )
+    cache, now, refresher = manual_cache(0.0)
 
     def slow() -> str:
         now[0] += 3.0
@@ -140,14 +126,7 @@ def test_a_costly_answer_is_refreshed_less_often() -> None:
 
 
 def test_a_late_refresh_never_replaces_a_newer_answer() -> None:
-    now = [0.0]
-    refresher = ManualRefresher()
-    cache: VersionedCache[str] = VersionedCache(
-        max_lag=30,
-        refresh_after=5,
-        clock=lambda: now[0],
-        refresher=refresher,  # type: ignore[arg-type]
-    )
+    cache, now, refresher = manual_cache(0.0)
     cache.get("k", 1, lambda: "v1")
     now[0] = 10.0
     cache.get("k", 2, lambda: "x", lambda: (2, "old read"))  # queued, read at t = 10
