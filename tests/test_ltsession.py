@@ -29,11 +29,11 @@ from swarmwatch.ltsession import SwarmSessionCrawler
 from swarmwatch.ltsession.session import LOOPBACK_DHT_SETTINGS
 from swarmwatch.netsafety import loopback_ip_filter
 from swarmwatch.sightings import MemorySink, Source
+from tests.torrent_files import make_torrent
 
 pytestmark = pytest.mark.slow
 
 PAYLOAD_BYTES = 8 * 1024 * 1024
-PIECE_BYTES = 16 * 1024
 # The seeder's upload cap: 8 MiB at 16 KiB/s keeps the leechers unfinished for minutes,
 # while each of them still visibly downloads (payload is flowing in this swarm).
 SEEDER_UPLOAD_LIMIT = 16 * 1024
@@ -97,29 +97,59 @@ class Swarm:
         return total
 
 
+def _seed_torrent(
+    src: Path, size: int, *, trackers: tuple[str, ...] = (), v1_only: bool = False
+) -> Any:
+    """The torrent_info of one file of `size` random bytes, written into src."""
+    return lt.torrent_info(
+        make_torrent(src, "payload.bin", size, trackers=trackers, v1_only=v1_only)
+    )
+
+
+def _seeding(ti: Any, src: Path) -> Any:
+    """add_torrent_params that seed ti from src, where its file already is."""
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(ti)
+    atp.save_path = str(src)
+    atp.flags = lt.torrent_flags.seed_mode
+    return atp
+
+
+def _recording_crawler(
+    save_path: Path,
+) -> tuple[SwarmSessionCrawler, list[tuple[str, str, int, bytes]]]:
+    """A crawler on CRAWLER_IP without DHT, in 1 s rounds, saving into save_path
+    (made here), and the metadata it hands on, as (infohash, name, size, info)."""
+    metadata: list[tuple[str, str, int, bytes]] = []
+
+    async def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
+        metadata.append((infohash, name, size, info))
+
+    save_path.mkdir()
+    crawler = SwarmSessionCrawler(
+        on_metadata=on_metadata,
+        listen_interfaces=f"{CRAWLER_IP}:0",
+        enable_dht=False,
+        save_path=save_path,
+        resight_interval=1.0,
+        poll_interval=0.1,
+    )
+    return crawler, metadata
+
+
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     root = tmp_path_factory.mktemp("swarm")
     root.chmod(0o755)  # opentracker drops to user nobody and chroots here
     src = root / "seed"
-    src.mkdir()
-    (src / "payload.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
-
     tracker_port = _free_port()
     tracker_url = f"http://127.0.0.1:{tracker_port}/announce"
-    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES)
-    ct.add_tracker(tracker_url)
-    lt.set_piece_hashes(ct, str(src))
-    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    ti = _seed_torrent(src, PAYLOAD_BYTES, trackers=(tracker_url,))
     infohash = str(ti.info_hashes().v1)
 
     with _opentracker(root, tracker_port, [infohash]):
         seeder = _peer_session(SEEDER_IP)
-        atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(ti)
-        atp.save_path = str(src)
-        atp.flags = lt.torrent_flags.seed_mode
-        seed_handle = seeder.add_torrent(atp)
+        seed_handle = seeder.add_torrent(_seeding(ti, src))
         seed_handle.set_upload_limit(SEEDER_UPLOAD_LIMIT)
         swarm = Swarm(
             infohash=infohash,
@@ -216,21 +246,8 @@ def _seen(sink: MemorySink, ip: str, seed: bool) -> bool:
 def test_magnet_only_crawl_fetches_metadata_and_sees_seed_and_leechers(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    metadata: list[tuple[str, str, int, bytes]] = []
-
-    async def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
-        metadata.append((infohash, name, size, info))
-
     save_path = tmp_path / "crawler"
-    save_path.mkdir()
-    crawler = SwarmSessionCrawler(
-        on_metadata=on_metadata,
-        listen_interfaces=f"{CRAWLER_IP}:0",
-        enable_dht=False,
-        save_path=save_path,
-        resight_interval=1.0,
-        poll_interval=0.1,
-    )
+    crawler, metadata = _recording_crawler(save_path)
     sink = MemorySink()
     torrent = WatchedTorrent(
         infohash_v1=swarm.infohash, infohash_v2=None, trackers=((swarm.tracker_url, 0),)
@@ -347,11 +364,7 @@ def test_seed_announcing_after_the_crawler_joined_is_sighted_by_dht(tmp_path: Pa
 
 def _crawl_dht_only_swarm(tmp_path: Path, *, seed_announces_late: bool) -> None:
     src = tmp_path / "seed"
-    src.mkdir()
-    (src / "payload.bin").write_bytes(os.urandom(64 * 1024))
-    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES)
-    lt.set_piece_hashes(ct, str(src))
-    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    ti = _seed_torrent(src, 64 * 1024)
     infohash = str(ti.info_hashes().v1)
 
     members = ["127.0.0.6", "127.0.0.7", "127.0.0.8"]
@@ -360,10 +373,7 @@ def _crawl_dht_only_swarm(tmp_path: Path, *, seed_announces_late: bool) -> None:
     for ses in sessions:
         for ip, port in zip(members, ports, strict=True):
             ses.add_dht_node((ip, port))
-    atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(ti)
-    atp.save_path = str(src)
-    atp.flags = lt.torrent_flags.seed_mode
+    atp = _seeding(ti, src)
     if seed_announces_late:
         atp.flags |= lt.torrent_flags.disable_dht
     seed_handle = sessions[0].add_torrent(atp)  # announces itself to the DHT (BEP 5)
@@ -444,12 +454,7 @@ def test_seed_announcing_after_the_crawler_joined_is_sighted_by_tracker(
     root.mkdir()
     root.chmod(0o755)  # opentracker drops to user nobody and chroots here
     src = tmp_path / "seed"
-    src.mkdir()
-    (src / "payload.bin").write_bytes(os.urandom(64 * 1024))
-    flags = lt.create_torrent.v1_only if kind.startswith("v1-only") else 0
-    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), PIECE_BYTES, flags=flags)
-    lt.set_piece_hashes(ct, str(src))
-    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    ti = _seed_torrent(src, 64 * 1024, v1_only=kind.startswith("v1-only"))
     hashes = ti.info_hashes()
     assert hashes.has_v2() is kind.startswith("hybrid")
     v1 = str(hashes.v1)
@@ -461,27 +466,11 @@ def test_seed_announcing_after_the_crawler_joined_is_sighted_by_tracker(
     else:
         torrent = WatchedTorrent(v1, None, trackers=((url, 0),))
 
-    metadata: list[tuple[str, str, int, bytes]] = []
-
-    def on_metadata(infohash: str, name: str, size: int, info: bytes) -> None:
-        metadata.append((infohash, name, size, info))
-
     save_path = tmp_path / "crawler"
-    save_path.mkdir()
-    crawler = SwarmSessionCrawler(
-        on_metadata=on_metadata,
-        listen_interfaces=f"{CRAWLER_IP}:0",
-        enable_dht=False,
-        save_path=save_path,
-        resight_interval=1.0,
-        poll_interval=0.1,
-    )
+    crawler, metadata = _recording_crawler(save_path)
     sink = MemorySink()
     seeder = _peer_session(HYBRID_SEED_IP)
-    atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(ti)
-    atp.save_path = str(src)
-    atp.flags = lt.torrent_flags.seed_mode
+    atp = _seeding(ti, src)
     atp.trackers = [url]
 
     def seed_sighted_twice() -> bool:

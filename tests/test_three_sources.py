@@ -32,6 +32,7 @@ from swarmwatch.store import Database
 from swarmwatch.tracker.crawler import TrackerCrawler
 from tests.pipeline_fixtures import write_city_db
 from tests.test_ltsession import _free_port, _peer_session, _wait_listening
+from tests.torrent_files import make_torrent
 
 MEMBERS = ("127.0.0.42", "127.0.0.43", "127.0.0.44")  # seeder, leecher, leecher
 DEADLINE = 120.0
@@ -47,14 +48,9 @@ def test_sightings_from_tracker_dht_and_swarm(
     root.mkdir()
     root.chmod(0o755)  # opentracker drops to user nobody and chroots here
     src = root / "seed"
-    src.mkdir()
-    (src / "payload.bin").write_bytes(os.urandom(4 * 1024 * 1024))
     port = _free_port()
     tracker_url = f"http://127.0.0.1:{port}/announce"
-    ct = lt.create_torrent(lt.list_files(str(src / "payload.bin")), 16 * 1024)
-    ct.add_tracker(tracker_url)
-    lt.set_piece_hashes(ct, str(src))
-    ti = lt.torrent_info(lt.bencode(ct.generate()))
+    ti = lt.torrent_info(make_torrent(src, "payload.bin", 4 * 1024 * 1024, trackers=(tracker_url,)))
     infohash = str(ti.info_hashes().v1)
     (root / "whitelist").write_text(infohash + "\n")
     (root / "whitelist").chmod(0o644)
