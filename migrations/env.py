@@ -7,6 +7,7 @@ from sqlalchemy import Connection
 
 import swarmwatch.analysis.rollups  # noqa: F401  (registers rollup tables)
 import swarmwatch.leases  # noqa: F401  (registers lease tables)
+import swarmwatch.ownendpoints  # noqa: F401  (registers crawler endpoint tables)
 from swarmwatch.config import get_settings
 from swarmwatch.models import Base
 from swarmwatch.store.database import make_engine, normalise_url

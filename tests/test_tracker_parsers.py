@@ -207,7 +207,7 @@ def test_udp_connect_roundtrip_and_wrong_tid(tid: int, other: int, conn: int) ->
 
 @given(
     st.integers(0, 2**32 - 1),
-    st.integers(0, 2**31),
+    st.integers(0, udpwire.MAX_INTERVAL_SECONDS),
     st.lists(st.tuples(v4, ports), max_size=40),
     st.binary(max_size=17),
 )
@@ -220,6 +220,27 @@ def test_udp_announce_roundtrip_and_bad_lengths(
     if len(junk) % 6:
         with pytest.raises(TrackerResponseError):
             udpwire.parse_announce_response(resp + junk, tid, ipv6=False)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_udp_announce_fields_are_validated_as_int32(
+    interval: int, leechers: int, seeders: int
+) -> None:
+    """BEP 15 fields are int32: -1 (0xFFFFFFFF) is refused, never a 136-year interval."""
+    resp = udpwire.encode_announce_response(1, interval, leechers, seeders, b"")
+    negative = max(interval, leechers, seeders) >= 2**31
+    if negative or interval > udpwire.MAX_INTERVAL_SECONDS:
+        with pytest.raises(TrackerResponseError):
+            udpwire.parse_announce_response(resp, 1, ipv6=False)
+    else:
+        r = udpwire.parse_announce_response(resp, 1, ipv6=False)
+        assert (r.interval, r.leechers, r.seeders) == (interval, leechers, seeders)
+
+
+def test_udp_interval_minus_one_is_refused() -> None:
+    resp = udpwire.encode_announce_response(9, 2**32 - 1, 0, 0, b"")  # -1 as the wire has it
+    with pytest.raises(TrackerResponseError, match="negative"):
+        udpwire.parse_announce_response(resp, 9, ipv6=False)
 
 
 def test_udp_error_packet_is_a_failure() -> None:
