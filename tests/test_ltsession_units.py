@@ -295,10 +295,12 @@ def test_round_dedupe() -> None:
     assert dedupe.first(s)  # a new round sights it again
 
 
-def test_sightings_of_one_per_source() -> None:
+def test_sightings_of_one_swarm_sighting_with_how_learnt() -> None:
+    """The session is its own source; how libtorrent learnt the peer is detail (issue 14)."""
     peer = ConnectedPeer(_ip("127.0.0.2"), 1, (Source.TRACKER, Source.PEX), False, "x")
     got = list(sightings_of(peer, V1, "vantage-a", NOW))
-    assert [s.source for s in got] == [Source.TRACKER, Source.PEX]
+    assert [s.source for s in got] == [Source.SWARM]
+    assert got[0].learnt == (Source.TRACKER, Source.PEX)
     assert all(s.seed is False and s.vantage == "vantage-a" and s.infohash == V1 for s in got)
 
 
@@ -386,4 +388,6 @@ def test_dht_lookup_peers_are_handed_to_the_torrent_as_dht_peers(tmp_path: Path)
     assert calls == [(("127.0.0.6", 6881), PEER_SOURCE_DHT)]
     # Sighted: both peers the DHT returned, not ourselves.
     assert sorted(str(s.ip) for s in sink.sightings) == ["127.0.0.6", "192.0.2.1"]
-    assert {s.source for s in sink.sightings} == {Source.DHT}
+    # The session's own lookups: sighted as SWARM, learnt from the DHT.
+    assert {s.source for s in sink.sightings} == {Source.SWARM}
+    assert {s.learnt for s in sink.sightings} == {(Source.DHT,)}
