@@ -22,6 +22,7 @@ from swarmwatch.ltsession import CRAWL_FLAGS, SwarmSessionCrawler, add_params, b
 from swarmwatch.ltsession.crawler import _Joined
 from swarmwatch.ltsession.peers import (
     PEER_FLAG_HANDSHAKE,
+    PEER_FLAG_LOCAL_CONNECTION,
     PEER_FLAG_SEED,
     PEER_SOURCE_DHT,
     PEER_SOURCE_INCOMING,
@@ -293,6 +294,20 @@ def test_round_dedupe() -> None:
     assert dedupe.first(changed)  # a change of seed state is news
     dedupe.clear()
     assert dedupe.first(s)  # a new round sights it again
+
+
+def test_a_peer_connected_both_ways_is_one_peer_in_a_round() -> None:
+    """Issue 14: its incoming connection carries an ephemeral port, our outgoing one its
+    listen port; the round counts one peer, and only the outgoing port is redialled."""
+    infos = [
+        FakePeerInfo(("127.0.0.2", 51413), flags=PEER_FLAG_LOCAL_CONNECTION | PEER_FLAG_SEED),
+        FakePeerInfo(("127.0.0.2", 40123), source=PEER_SOURCE_INCOMING, flags=PEER_FLAG_SEED),
+    ]
+    peers = list(connected_peers(infos, own=set()))
+    assert [(p.port, p.incoming) for p in peers] == [(51413, False), (40123, True)]
+    dedupe = RoundDedupe()
+    sent = [s for p in peers for s in sightings_of(p, V1, "v", NOW) if dedupe.first(s)]
+    assert len(sent) == 1 and sent[0].source == Source.SWARM
 
 
 def test_sightings_of_one_swarm_sighting_with_how_learnt() -> None:

@@ -183,6 +183,7 @@ def sightings_of(
 
 
 __all__ = [
+    "PEER_FLAG_LOCAL_CONNECTION",
     "PEER_SOURCE_DHT",
     "PEER_SOURCE_INCOMING",
     "PEER_SOURCE_LSD",
