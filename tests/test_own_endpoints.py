@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from swarmwatch.config import get_settings
 from swarmwatch.ownendpoints import (
     ExcludeOwnSink,
     OwnEndpoints,
@@ -18,8 +22,10 @@ from swarmwatch.ownendpoints import (
     endpoint_digest,
     withdraw,
 )
+from swarmwatch.service import CrawlService
 from swarmwatch.sightings import MemorySink, PeerSighting, Source
 from swarmwatch.store import Database
+from tests.test_privacy_scan import forms
 
 IH = "0123456789abcdef0123456789abcdef01234567"
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
@@ -119,3 +125,31 @@ def test_digest_is_the_same_for_mapped_and_plain_ipv4(
         mapped = ipaddress.IPv6Address(f"::ffff:{ip}")
         assert endpoint_digest(key, mapped, port) == digest
     assert endpoint_digest(key, ip, port % 65535 + 1) != digest
+
+
+def test_a_crawl_service_exchange_leaves_no_address_in_the_database_or_logs(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's endpoint exchange, for real: database bytes and DEBUG logs scanned
+    for the crawler's addresses in text and packed form (tests/test_privacy_scan.py)."""
+    if not db_url.startswith("sqlite:///"):
+        pytest.skip("scans the SQLite file's bytes")
+    caplog.set_level(logging.DEBUG)
+    ours = ["198.51.100.7", "2001:db8::77"]
+    db = Database(db_url)
+    db.upgrade()
+    service = CrawlService(get_settings(), db, crawlers=[], use_leases=False)
+    for text in ours:
+        service.own.add(text, 6881)
+    assert asyncio.run(service.exchange_endpoints()) == 2
+    service._release()
+    db.dispose()
+    blobs = {"log": caplog.text.encode()}
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        f = Path(db_url.removeprefix("sqlite:///") + suffix)
+        if f.exists():
+            blobs[f.name] = f.read_bytes()
+    for where, blob in blobs.items():
+        for text in ours:
+            for form in forms(text):
+                assert form not in blob, f"{text} found in {where}"

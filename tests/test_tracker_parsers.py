@@ -48,6 +48,7 @@ KEYS = [
     b"warning message",
     b"tracker id",
     b"files",
+    b"external ip",
 ]
 announce_like = st.dictionaries(st.sampled_from(KEYS), bvalues | st.binary(max_size=60), max_size=8)
 
@@ -126,6 +127,17 @@ def test_announce_response_valid(
     r = parse_announce_response(bencode.encode(d))
     assert (r.interval, r.min_interval, r.seeders, r.leechers) == (interval, min_interval, 3, 4)
     assert sorted(r.peers, key=str) == sorted(p4 + p6, key=str)
+
+
+@given(st.binary(max_size=20) | bvalues)
+def test_bep24_external_ip_any_value(value: object) -> None:
+    """Our address as the tracker saw it: 4 or 16 packed bytes, anything else ignored."""
+    result = parse_announce_response(bencode.encode({b"interval": 60, b"external ip": value}))
+    if isinstance(value, bytes) and len(value) in (4, 16):
+        assert result.external_ip == ipaddress.ip_address(value)
+    else:
+        assert result.external_ip is None
+    assert "external" not in repr(result)  # hidden like the peers: it is an address
 
 
 def test_dict_peer_hostnames_are_skipped_not_resolved() -> None:
