@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,7 +21,7 @@ from swarmwatch.config import Settings
 from swarmwatch.crawl import Crawler, TorrentSource, WatchedTorrent
 from swarmwatch.metrics import CountingSink, ServiceMetrics
 from swarmwatch.ownendpoints import ExcludeOwnSink, OwnEndpoints, withdraw
-from swarmwatch.sightings import SightingSink
+from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,10 @@ class CrawlService:
             self.metrics.watch_queue(lambda: float(pipeline.queue_depth))
             self.metrics.watch_anomalies(lambda: float(pipeline.stats.anomalies))
             inner = pipeline
-        # Our own endpoints are dropped before anything counts them.
-        sink = CountingSink(ExcludeOwnSink(inner, self.own), self.metrics)
+        # Our own endpoints are dropped before anything counts them; tracker and DHT
+        # answers also tell the swarm session where to dial a peer again.
+        hints = [h for c in self.crawlers if (h := getattr(c, "hint", None)) is not None]
+        sink = CountingSink(ExcludeOwnSink(HintingSink(inner, hints), self.own), self.metrics)
         self.metrics.watch_own_excluded(lambda: float(self.own.excluded))
         self.metrics.watch_coverage(self.coverage)
         exchange = asyncio.create_task(self._run_endpoint_exchange(stop), name="own-endpoints")
@@ -325,6 +327,24 @@ class CrawlService:
                 s, k = report()
                 sighted, known = sighted + s, known + k
         return sighted, known
+
+
+class HintingSink:
+    """Hands every tracker and DHT sighting (a listen endpoint) to the given hint
+    callbacks too, in memory, then on to the inner sink."""
+
+    def __init__(self, inner: SightingSink, hints: list[Callable[[PeerSighting], None]]) -> None:
+        self.inner = inner
+        self.hints = hints
+
+    async def put(self, sighting: PeerSighting) -> None:
+        if sighting.source in (Source.TRACKER, Source.DHT):
+            for hint in self.hints:
+                hint(sighting)
+        await self.inner.put(sighting)
+
+    async def put_sample(self, sample: SampleRecord) -> None:
+        await self.inner.put_sample(sample)
 
 
 def attach_crawl_service(app: FastAPI, settings: Settings, db: Database) -> CrawlService:

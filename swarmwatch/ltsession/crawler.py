@@ -117,9 +117,13 @@ class _Joined:
     dht_hash: Any = None
     # Peers (by address) sighted this round, with their best-known seed state.
     round_peers: dict[IPAddress, bool | None] = field(default_factory=dict)
-    # Listen endpoints we reached (an outgoing connection, or a DHT reply), with the
-    # round they were last connected in: dialled again when a round finds them gone.
-    reachable: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
+    # Peers (by address) we held a connection to, either way, with the round they were
+    # last connected in: dialled again when a round finds them gone.
+    reachable: dict[IPAddress, int] = field(default_factory=dict)
+    # A listen port per address, to dial it on: from our outgoing connections, our DHT
+    # replies, and other crawlers' tracker and DHT answers (hint()). An incoming
+    # connection only shows the peer's ephemeral port.
+    listen_ports: dict[IPAddress, int] = field(default_factory=dict)
     gate: SeedStateGate = field(default_factory=SeedStateGate)
     tripped: bool = False
     # Set for a magnet that names no v2 hash: see _rejoin.
@@ -326,8 +330,9 @@ class SwarmSessionCrawler:
                 # Any sighting with known state decides: seed over leecher over unknown.
                 before = joined.round_peers.get(peer.ip)
                 joined.round_peers[peer.ip] = _best_state(before, peer.seed)
+                joined.reachable[peer.ip] = self._round
                 if not peer.incoming:
-                    joined.reachable[(peer.ip, peer.port)] = self._round
+                    joined.listen_ports[peer.ip] = peer.port
                 for sighting in sightings_of(peer, joined.infohash, vantage, seen_at):
                     await self._put(sink, sighting)
 
@@ -379,9 +384,21 @@ class SwarmSessionCrawler:
     def _reachable(self, joined: _Joined) -> set[IPAddress]:
         """Addresses connected in one of the last REACHABLE_ROUNDS rounds."""
         oldest = self._round - REACHABLE_ROUNDS
-        for ep in [ep for ep, r in joined.reachable.items() if r < oldest]:
-            del joined.reachable[ep]
-        return {ip for ip, _ in joined.reachable}
+        for ip in [ip for ip, r in joined.reachable.items() if r < oldest]:
+            del joined.reachable[ip]
+        return set(joined.reachable)
+
+    def hint(self, sighting: PeerSighting) -> None:
+        """A listen endpoint another crawler learnt (a tracker's or the DHT's answer).
+
+        Kept in memory only, to dial the peer on once its connection is gone: a peer
+        that dialled us shows only an ephemeral port (aria2 and Transmission dial in
+        once the tracker lists us, and aria2 drops a connection neither side is
+        interested in), so without this we could never reach it again.
+        """
+        joined = self._joined.get(sighting.infohash)
+        if joined is not None and sighting.port:
+            joined.listen_ports[sighting.ip] = sighting.port
 
     def coverage(self) -> tuple[int, int]:
         """(peers sighted in the last round, peers known and reachable), over all swarms."""
@@ -400,10 +417,11 @@ class SwarmSessionCrawler:
                 continue
             connected = {peer.ip for peer in connected_peers(handle.get_peer_info(), self._own)}
             room = self.connection_budget - len(connected)
-            for ip, port in sorted(joined.reachable, key=lambda ep: -joined.reachable[ep]):
+            for ip in sorted(joined.reachable, key=lambda a: -joined.reachable[a]):
                 if room <= 0:
                     break
-                if ip in connected:
+                port = joined.listen_ports.get(ip)
+                if ip in connected or port is None:
                     continue
                 if self.settings.loopback_only and not is_loopback(str(ip)):
                     continue
@@ -524,6 +542,7 @@ class SwarmSessionCrawler:
             if (ip, int(port)) in self._own:
                 continue
             count += 1
+            joined.listen_ports[ip] = int(port)
             self._hand_to_torrent(joined, ip, int(port))
             await self._put(
                 sink,
