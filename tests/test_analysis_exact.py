@@ -40,9 +40,9 @@ from swarmwatch.analysis.rollups import apply_batch, rebuild_peer_times
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.analysis.versioned import requests_in_flight
-from swarmwatch.models import City, Metro, Peer, Study, Title
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro, Peer, Study, Title
 
 D0 = datetime(2017, 8, 1, tzinfo=UTC)
 D1 = D0 + timedelta(days=1)
@@ -127,7 +127,7 @@ def study_db(db: Database) -> Database:
                 for m, p in METROS.items()
             ],
         )
-        from swarmwatch.models import Torrent
+        from swarmwatch.store.models import Torrent
 
         s.add_all(
             [

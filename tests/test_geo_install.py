@@ -10,7 +10,6 @@ import typer
 from typer.testing import CliRunner
 
 from swarmwatch.config import Settings, get_settings
-from swarmwatch.models import Study, StudyKey
 from swarmwatch.pipeline.anonymise import ensure_study_key
 from swarmwatch.pipeline.cli import geoip_app, study_seal_command
 from swarmwatch.pipeline.geoipdb import (
@@ -22,6 +21,7 @@ from swarmwatch.pipeline.geoipdb import (
     installed_path,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, StudyKey
 from tests.pipeline_fixtures import write_asn_db, write_city_db
 
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from swarmwatch.models import Sighting
 from swarmwatch.pipeline.cli import ingest_command
 from swarmwatch.pipeline.replay import (
     MAX_LINE_BYTES,
@@ -23,6 +22,7 @@ from swarmwatch.pipeline.replay import (
 )
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.models import Sighting
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 
 CSV = f"""ip,port,infohash,time,source

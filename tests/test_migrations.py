@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, text
 
-from swarmwatch.models import Base, Peer, Study, Title
 from swarmwatch.store import Database
 from swarmwatch.store.database import upgrade_database
+from swarmwatch.store.models import Base, Peer, Study, Title
 
 
 def test_upgrade_builds_the_models_schema(db: Database) -> None:

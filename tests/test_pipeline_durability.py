@@ -19,11 +19,11 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import func, select, text
 
-from swarmwatch.models import Peer, Sighting
 from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.models import Peer, Sighting
 from tests.pipeline_fixtures import INFOHASH, T0, addr, register, write_city_db
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from swarmwatch.models import Anomaly, Peer, Sample, Sighting, Tracker
 from swarmwatch.pipeline.anonymise import StudySealed, ensure_study_key, seal_study
 from swarmwatch.pipeline.binning import cell_for
 from swarmwatch.pipeline.geolocate import Geolocator
@@ -19,6 +18,7 @@ from swarmwatch.pipeline.pipeline import Pipeline, PipelineClosed
 from swarmwatch.pipeline.places import load_places
 from swarmwatch.sightings import PeerSighting, SampleRecord, Source
 from swarmwatch.store import Database
+from swarmwatch.store.models import Anomaly, Peer, Sample, Sighting, Tracker
 from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, KNOWN, T0, addr, register, write_city_db
 
 

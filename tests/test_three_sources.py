@@ -26,9 +26,9 @@ from swarmwatch import registry
 from swarmwatch.config import get_settings
 from swarmwatch.dht.crawler import DhtCrawler
 from swarmwatch.ltsession.crawler import SwarmSessionCrawler
-from swarmwatch.models import Sighting, Torrent
 from swarmwatch.service import CrawlService, _metadata_writer
 from swarmwatch.store import Database
+from swarmwatch.store.models import Sighting, Torrent
 from swarmwatch.tracker.crawler import TrackerCrawler
 from tests.pipeline_fixtures import write_city_db
 from tests.test_ltsession import _free_port, _peer_session, _wait_listening

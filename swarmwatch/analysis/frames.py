@@ -64,8 +64,8 @@ from swarmwatch.analysis.rollups import (
 )
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
-from swarmwatch.models import City
 from swarmwatch.store import Database
+from swarmwatch.store.models import City
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def warm_frames(
     (frames_compact's per-question lock) instead of starting a second one.
     """
     from swarmwatch.analysis.scope import resolve_scope
-    from swarmwatch.models import Study
+    from swarmwatch.store.models import Study
 
     started = time.perf_counter()
     with db.session() as session:

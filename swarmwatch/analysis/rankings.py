@@ -46,7 +46,7 @@ from swarmwatch.analysis.rollups import (
 )
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import PerEngine, Versioned, data_version
-from swarmwatch.models import City, Metro
+from swarmwatch.store.models import City, Metro
 
 Level = Literal["city", "metro", "country", "cell"]
 Metric = Literal["absolute", "per_capita"]

@@ -53,9 +53,9 @@ from sqlalchemy import (
     select,
 )
 
-from swarmwatch.models import Base
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store.chunks import row_chunks
+from swarmwatch.store.models import Base
 
 #: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
 FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, select
 
 from swarmwatch.analysis.rollups import DAY
-from swarmwatch.models import GeoipDatabase, Study, Title
+from swarmwatch.store.models import GeoipDatabase, Study, Title
 
 COUNTING = (
     "unique peers (keyed peer hashes) per title, at the place, day and vantage of each "

@@ -24,7 +24,7 @@ from swarmwatch.analysis.rollups import (
 from swarmwatch.analysis.rollups import rollup_place_day as place_day
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import PerEngine, data_version
-from swarmwatch.models import Anomaly, Title, Torrent
+from swarmwatch.store.models import Anomaly, Title, Torrent
 
 
 def _published(counts: Mapping[str, int], k: int, *groups: list[str]) -> dict[str, int | None]:

@@ -43,7 +43,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, bindparam, func, select
 
 from swarmwatch.analysis.rollups import rollup_activity
-from swarmwatch.models import City, Metro
+from swarmwatch.store.models import City, Metro
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from swarmwatch.auth import verify_api_key
 from swarmwatch.config import Settings
-from swarmwatch.models import ApiKey, Study
 from swarmwatch.store import Database
+from swarmwatch.store.models import ApiKey, Study
 
 bearer = HTTPBearer(auto_error=False, description="API key from `swarmwatch apikey create`")
 

@@ -31,7 +31,6 @@ from typing import Any
 import maxminddb
 
 from swarmwatch.geoip import embedded_city_db
-from swarmwatch.models import Study, Title, Torrent
 from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.pipeline.writer import WRITER_SQLITE_PRAGMAS
@@ -39,6 +38,7 @@ from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.database import SQLITE_PRAGMAS
+from swarmwatch.store.models import Study, Title, Torrent
 
 INFOHASH = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)

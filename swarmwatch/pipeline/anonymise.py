@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from swarmwatch.models import Study, StudyKey, utcnow
+from swarmwatch.store.models import Study, StudyKey, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from sqlalchemy import select
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.geoip import is_embedded
-from swarmwatch.models import Torrent
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
 from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
 from swarmwatch.pipeline.geolocate import (
@@ -39,6 +38,7 @@ from swarmwatch.pipeline.writer import (
 )
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
+from swarmwatch.store.models import Torrent
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import selectinload
 from swarmwatch import registry
 from swarmwatch.api.deps import ApiKeyDep, OptionalKeyDep, ReadableStudyDep, SessionDep, SettingsDep
 from swarmwatch.api.schemas import Page, StudyCreate, StudyPublic
-from swarmwatch.models import Study
+from swarmwatch.store.models import Study
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 

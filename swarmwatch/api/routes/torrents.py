@@ -31,8 +31,8 @@ from swarmwatch.api.schemas import (
     TorrentPublic,
     TrackerPublic,
 )
-from swarmwatch.models import Sample, Study, Title, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import Sample, Study, Title, Torrent
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 

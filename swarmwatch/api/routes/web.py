@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from swarmwatch import PROJECT_ROOT
 from swarmwatch.analysis.rankings import cell_population
 from swarmwatch.api.deps import SessionDep
-from swarmwatch.models import City
+from swarmwatch.store.models import City
 
 WEB_DIR = PROJECT_ROOT / "web"
 #: Largest outline request: 120 frames x 5,000 cells use one set; 50k covers res 5 over land.
