@@ -36,13 +36,13 @@ from swarmwatch.analysis.frames import (
     frames_json,
 )
 from swarmwatch.analysis.rankings import compute_ranking
-from swarmwatch.analysis.rollups import apply_batch, rebuild_peer_times
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.analysis.versioned import requests_in_flight
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 from swarmwatch.store.models import City, Metro, Peer, Study, Title
+from swarmwatch.store.rollups import apply_batch, rebuild_peer_times
 
 D0 = datetime(2017, 8, 1, tzinfo=UTC)
 D1 = D0 + timedelta(days=1)

@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 
 from swarmwatch.analysis.rankings import _levels, compute_ranking
-from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.analysis.versioned import (
     PerEngine,
     VersionedCache,
@@ -17,6 +16,7 @@ from swarmwatch.analysis.versioned import (
     data_version,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.rollups import apply_batch
 from tests.test_analysis_exact import D0, scope_of, sighting, study_db  # noqa: F401
 
 

@@ -53,7 +53,11 @@ from h3.api import basic_int as h3i
 from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, ScopeError
+from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
+from swarmwatch.store import Database
+from swarmwatch.store.models import City
+from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
     FRAME_STORED_RES,
@@ -62,10 +66,6 @@ from swarmwatch.analysis.rollups import (
     rollup_frame,
     rollup_frame_city,
 )
-from swarmwatch.analysis.scope import Scope, ScopeError
-from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
-from swarmwatch.store import Database
-from swarmwatch.store.models import City
 
 log = logging.getLogger(__name__)
 

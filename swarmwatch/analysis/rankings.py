@@ -35,7 +35,10 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import PER, rate_per_100k
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import PerEngine, Versioned, data_version
+from swarmwatch.store.models import City, Metro
+from swarmwatch.store.rollups import (
     CELL_RESOLUTIONS,
     CELL_STORED_RES,
     parent_at,
@@ -44,9 +47,6 @@ from swarmwatch.analysis.rollups import (
     rollup_place,
     rollup_place_day,
 )
-from swarmwatch.analysis.scope import Scope, geoip_provenance
-from swarmwatch.analysis.versioned import PerEngine, Versioned, data_version
-from swarmwatch.store.models import City, Metro
 
 Level = Literal["city", "metro", "country", "cell"]
 Metric = Literal["absolute", "per_capita"]

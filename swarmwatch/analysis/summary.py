@@ -13,7 +13,10 @@ from sqlalchemy import Connection, bindparam, case, func, select
 
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import chao1
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import PerEngine, data_version
+from swarmwatch.store.models import Anomaly, Title, Torrent
+from swarmwatch.store.rollups import (
     DAY,
     rollup_active,
     rollup_activity,
@@ -21,10 +24,7 @@ from swarmwatch.analysis.rollups import (
     rollup_place,
     unique_peers,
 )
-from swarmwatch.analysis.rollups import rollup_place_day as place_day
-from swarmwatch.analysis.scope import Scope, geoip_provenance
-from swarmwatch.analysis.versioned import PerEngine, data_version
-from swarmwatch.store.models import Anomaly, Title, Torrent
+from swarmwatch.store.rollups import rollup_place_day as place_day
 
 
 def _published(counts: Mapping[str, int], k: int, *groups: list[str]) -> dict[str, int | None]:

@@ -42,8 +42,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, select
 
-from swarmwatch.analysis.rollups import rollup_activity
 from swarmwatch.store.models import City, Metro
+from swarmwatch.store.rollups import rollup_activity
 
 log = logging.getLogger(__name__)
 

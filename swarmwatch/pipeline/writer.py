@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from swarmwatch.analysis.rollups import add_peer_times, apply_batch, apply_rows
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 from swarmwatch.store.chunks import row_chunks
+from swarmwatch.store.rollups import add_peer_times, apply_batch, apply_rows
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ from swarmwatch.analysis.rankings import (
     Ranking,
     compute_ranking,
 )
-from swarmwatch.analysis.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.analysis.versioned import requests_in_flight
 from swarmwatch.api.deps import ReadableStudyDep, SessionDep
+from swarmwatch.store.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
-from swarmwatch.analysis.rollups import unique_peers
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -33,6 +32,7 @@ from swarmwatch.api.schemas import (
 )
 from swarmwatch.store import Database
 from swarmwatch.store.models import Sample, Study, Title, Torrent
+from swarmwatch.store.rollups import unique_peers
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 
