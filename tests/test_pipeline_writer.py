@@ -11,10 +11,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from swarmwatch.pipeline.pipeline import write_failure_kind
-from swarmwatch.pipeline.writer import BatchWriter, CommitUncertain, WriteBatch
 from swarmwatch.store import Database
 from swarmwatch.store.models import Peer, Sighting
 from swarmwatch.store.rollups import rollup_activity, rollup_peer_times
+from swarmwatch.store.writer import BatchWriter, CommitUncertain, WriteBatch
 from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, T0, register
 
 

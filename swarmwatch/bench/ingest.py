@@ -33,12 +33,12 @@ import maxminddb
 from swarmwatch.geoip import embedded_city_db
 from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
-from swarmwatch.pipeline.writer import WRITER_SQLITE_PRAGMAS
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.database import SQLITE_PRAGMAS
 from swarmwatch.store.models import Study, Title, Torrent
+from swarmwatch.store.writer import WRITER_SQLITE_PRAGMAS
 
 INFOHASH = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)

@@ -29,16 +29,16 @@ from swarmwatch.pipeline.geolocate import (
     packed_key,
 )
 from swarmwatch.pipeline.places import metro_map
-from swarmwatch.pipeline.writer import (
+from swarmwatch.sightings import PeerSighting, SampleRecord
+from swarmwatch.store import Database
+from swarmwatch.store.models import Torrent
+from swarmwatch.store.writer import (
     BatchWriter,
     CommitUncertain,
     SightingRow,
     WriteBatch,
     WriteResult,
 )
-from swarmwatch.sightings import PeerSighting, SampleRecord
-from swarmwatch.store import Database
-from swarmwatch.store.models import Torrent
 
 log = logging.getLogger(__name__)
 
