@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from swarmwatch.pipeline.pipeline import write_failure_kind
 from swarmwatch.store import Database
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.models import Peer, Sighting
 from swarmwatch.store.rollups import rollup_activity, rollup_peer_times
 from swarmwatch.store.writer import BatchWriter, CommitUncertain, WriteBatch
@@ -33,7 +34,9 @@ def batch_of(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
     for i in range(n):
         key = i.to_bytes(16, "big")
         batch.sightings.append(
-            (1, 1, torrent, key, T0, "tracker", "v1", None, "GB", 2643743, None, None, None)
+            SightingRow(
+                1, 1, torrent, key, T0, "tracker", "v1", None, "GB", 2643743, None, None, None
+            )
         )
     return batch
 
@@ -79,7 +82,7 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
             at += timedelta(seconds=1)
             key = rng.randrange(40).to_bytes(16, "big")
             batch.sightings.append(
-                (
+                SightingRow(
                     title,
                     title,
                     torrents[title],

@@ -31,11 +31,11 @@ from swarmwatch.pipeline.geolocate import (
 from swarmwatch.pipeline.places import metro_map
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.models import Torrent
 from swarmwatch.store.writer import (
     BatchWriter,
     CommitUncertain,
-    SightingRow,
     WriteBatch,
     WriteResult,
 )
@@ -460,20 +460,20 @@ class Pipeline:
                     stats.sealed += 1
                     continue
                 append(
-                    (
-                        ref.study_id,
-                        ref.title_id,
-                        ref.torrent_id,
-                        peer_key(secret, packed),
-                        s.seen_at,
-                        source,
-                        s.vantage,
-                        s.seed,
-                        place.country,
-                        place.geoname_id,
-                        place.metro_id,
-                        place.h3_cell,
-                        place.asn,
+                    SightingRow(
+                        study_id=ref.study_id,
+                        title_id=ref.title_id,
+                        torrent_id=ref.torrent_id,
+                        peer_key=peer_key(secret, packed),
+                        seen_at=s.seen_at,
+                        source=source,
+                        vantage=s.vantage,
+                        seed=s.seed,
+                        country=place.country,
+                        geoname_id=place.geoname_id,
+                        metro_id=place.metro_id,
+                        h3_cell=place.h3_cell,
+                        asn=place.asn,
                     )
                 )
                 if place.anomaly is not None:

@@ -54,6 +54,7 @@ from sqlalchemy import (
 )
 
 from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.models import Base
 
@@ -419,7 +420,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
     if not batch:
         return
     rows = [
-        (
+        SightingRow(
             s.study_id,
             s.title_id,
             s.torrent_id,
@@ -456,14 +457,13 @@ def _stored_parent(cell: int, res: int) -> int | None:
 _NO_PEERS: frozenset[int] = frozenset()
 
 
-def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterable[int]) -> None:
+def apply_rows(conn: Connection, rows: Sequence[SightingRow], new_rows: Iterable[int]) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
-    rows are in the writer's SightingRow layout: (study_id, title_id, torrent_id,
-    peer_key, seen_at, source, vantage, seed, country, geoname_id, metro_id, h3_cell,
-    asn). new_rows are the indexes of the rows that first saw a peer new to its
-    title, one per new peer. Everything is first summed per row key (column-wise,
-    with Counters, which count in C), so each table gets one statement per batch
+    rows are the writer's SightingRows; new_rows are the indexes of the rows that
+    first saw a peer new to its title, one per new peer. Everything is first summed
+    per row key (column-wise, with Counters, which count in C), so each table gets
+    one statement per batch
     with one row per distinct key: places, cells and frames repeat across a batch
     far more than peers do.
     """
@@ -473,22 +473,24 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
     frames_known = cache.frames
     hour_s, day_s = FRAME_INTERVALS
     n = len(rows)
-    stamps = [r[4].timestamp() for r in rows]
-    titles = [r[1] for r in rows]
+    stamps = [r.seen_at.timestamp() for r in rows]
+    titles = [r.title_id for r in rows]
     days = [int(ts // day_s) for ts in stamps]
     hours = [int(ts // hour_s) for ts in stamps]
 
     # Sightings, seed sightings and new peers by day, source and vantage.
-    akeys = list(zip(titles, days, [r[5] for r in rows], [r[6] for r in rows], strict=True))
+    akeys = list(
+        zip(titles, days, [r.source for r in rows], [r.vantage for r in rows], strict=True)
+    )
     seen_n = Counter(akeys)
-    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r[7] is True])
+    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r.seed is True])
     new = sorted(set(new_rows))
     new_n = Counter([akeys[i] for i in new])
     activity = {k: (c, new_n[k], seed_n[k]) for k, c in seen_n.items()}
 
     # Presence candidates: each (frame, peer) once, with the first row that has it,
     # less those the cache knows are committed already.
-    pids = [int.from_bytes(r[3][:8], "big", signed=True) for r in rows]
+    pids = [int.from_bytes(r.peer_key[:8], "big", signed=True) for r in rows]
     candidates: dict[Key, int] = {}
     for interval, buckets in ((hour_s, hours), (day_s, days)):
         keys = list(zip(titles, [interval] * n, buckets, pids, strict=True))
@@ -502,21 +504,26 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
     # Unique peers by place, day and cell, at their first sighting.
     nrows = [rows[i] for i in new]
     ndays = [days[i] for i in new]
-    pkeys = [(r[1], r[9] or 0, r[8] or "") for r in nrows]
-    dkeys = [(r[1], d, r[6], r[9] or 0, r[8] or "") for r, d in zip(nrows, ndays, strict=True)]
-    nseeds = [r[7] is True for r in nrows]
-    metros = [(r[10] or 0,) for r in nrows]
+    pkeys = [(r.title_id, r.geoname_id or 0, r.country or "") for r in nrows]
+    dkeys = [
+        (r.title_id, d, r.vantage, r.geoname_id or 0, r.country or "")
+        for r, d in zip(nrows, ndays, strict=True)
+    ]
+    nseeds = [r.seed is True for r in nrows]
+    metros = [(r.metro_id or 0,) for r in nrows]
     place = _with_seeds(pkeys, nseeds)
     place_day = _with_seeds(dkeys, nseeds)
     # The metro a place row is created with: that of its first sighting in the batch.
     metro = dict(zip(reversed(pkeys), reversed(metros), strict=True))
     metro_day = dict(zip(reversed(dkeys), reversed(metros), strict=True))
     res = CELL_STORED_RES
-    parents = [_stored_parent(r[11], res) if r[11] else None for r in nrows]
-    cell = Counter([(r[1], res, p) for r, p in zip(nrows, parents, strict=True) if p is not None])
+    parents = [_stored_parent(r.h3_cell, res) if r.h3_cell else None for r in nrows]
+    cell = Counter(
+        [(r.title_id, res, p) for r, p in zip(nrows, parents, strict=True) if p is not None]
+    )
     cell_day = Counter(
         [
-            (r[1], d, r[6], res, p)
+            (r.title_id, d, r.vantage, res, p)
             for r, d, p in zip(nrows, ndays, parents, strict=True)
             if p is not None
         ]
@@ -537,15 +544,15 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
         for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
     ]
     active_n = Counter([k[:3] for k, _ in fresh])
-    city_n = Counter([k[:3] for k, r in fresh if r[9]])
+    city_n = Counter([k[:3] for k, r in fresh if r.geoname_id])
     active = {k: (c, city_n[k]) for k, c in active_n.items()}
-    frame_city = Counter([(*k[:3], r[9]) for k, r in fresh if r[9]])
+    frame_city = Counter([(*k[:3], r.geoname_id) for k, r in fresh if r.geoname_id])
     fres = FRAME_STORED_RES
     frame = Counter(
         [
             (k[0], k[1], fres, k[2], p)
             for k, r in fresh
-            if r[11] and (p := _stored_parent(r[11], fres)) is not None
+            if r.h3_cell and (p := _stored_parent(r.h3_cell, fres)) is not None
         ]
     )
 

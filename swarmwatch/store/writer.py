@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.rollups import add_peer_times, apply_batch, apply_rows
 
@@ -25,26 +26,6 @@ log = logging.getLogger(__name__)
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
 ApplyRows = Callable[[Connection, "list[SightingRow]", list[int]], None]
-
-#: One placed, keyed sighting as the writer takes it (the AnonymousSighting fields
-#: without new_peer, which the writer decides):
-#: (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage, seed,
-#:  country, geoname_id, metro_id, h3_cell, asn)
-SightingRow = tuple[
-    int,
-    int,
-    int,
-    bytes,
-    datetime,
-    str,
-    str,
-    bool | None,
-    str | None,
-    int | None,
-    int | None,
-    int | None,
-    int | None,
-]
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
@@ -292,9 +273,8 @@ class BatchWriter:
         # Coalescing stores a (torrent, peer, source, vantage) once per window, so an
         # exact match on the time as well is this batch's own row.
         r = batch.sightings[-1]
-        found = conn.exec_driver_sql(
-            self._sql(_PROBE_SIGHTING), (r[0], self._time(r[4]), r[2], r[3], r[5], r[6])
-        ).first()
+        probe = (r.study_id, self._time(r.seen_at), r.torrent_id, r.peer_key, r.source, r.vantage)
+        found = conn.exec_driver_sql(self._sql(_PROBE_SIGHTING), probe).first()
         return found is not None
 
     def prepare(self, batch: WriteBatch) -> PreparedRows:
@@ -306,25 +286,25 @@ class BatchWriter:
 
     def _prepare_rows(self, rows: list[SightingRow]) -> PreparedRows:
         # Each row's time in storage form, once: peers refer to their rows' times.
-        times = [self._time(r[4]) for r in rows] if self.sqlite else [r[4] for r in rows]
+        times = [self._time(r.seen_at) for r in rows] if self.sqlite else [r.seen_at for r in rows]
         # One upsert per distinct (title, peer) in the batch, folded here first:
         # [first row, last row, row whose place is kept, seed, sightings]
         folded: dict[tuple[int, bytes], list[Any]] = {}
         for i, r in enumerate(rows):
-            pk = (r[1], r[3])
+            pk = (r.title_id, r.peer_key)
             p = folded.get(pk)
             if p is None:
-                folded[pk] = [i, i, i, r[7], 1]
+                folded[pk] = [i, i, i, r.seed, 1]
                 continue
-            seen = r[4]
-            if seen < rows[p[0]][4]:
+            seen = r.seen_at
+            if seen < rows[p[0]].seen_at:
                 p[0] = i
-            if seen > rows[p[1]][4]:
+            if seen > rows[p[1]].seen_at:
                 p[1] = i
-            if r[9] is not None or rows[p[2]][9] is None:
+            if r.geoname_id is not None or rows[p[2]].geoname_id is None:
                 p[2] = i
-            if r[7] is not None and p[3] is not True:
-                p[3] = r[7]
+            if r.seed is not None and p[3] is not True:
+                p[3] = r.seed
             p[4] += 1
 
         # Sorted by key, so the B-tree inserts walk the index in order.
@@ -338,15 +318,16 @@ class BatchWriter:
             for (title_id, key), (first, last, placed, seed, count) in chunk:
                 r = rows[placed]
                 extend(
-                    (title_id, key, r[0], times[first], times[last])
-                    + r[8:13]  # country, geoname_id, metro_id, h3_cell, asn
+                    (title_id, key, r.study_id, times[first], times[last])
+                    + (r.country, r.geoname_id, r.metro_id, r.h3_cell, r.asn)
                     + (seed, count)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
             peer_statements.append((self._sql(statement), tuple(params)))
         peers = {pk: (p[0], p[4]) for pk, p in folded.items()}
 
-        stored = [(*r[:4], at, *r[5:]) for r, at in zip(rows, times, strict=True)]
+        # As the sighting insert binds them: the row with its time in storage form.
+        stored = [r._replace(seen_at=at) for r, at in zip(rows, times, strict=True)]
         sighting_params: list[Any] = stored
         if self.sqlite:
             # Multi-row VALUES: one statement step per chunk instead of one per row (a
@@ -387,7 +368,10 @@ class BatchWriter:
             new_set = set(new_rows)
             self.rollups(
                 conn,
-                [AnonymousSighting(*r, new_peer=i in new_set) for i, r in enumerate(rows)],
+                [
+                    AnonymousSighting(*r, new_peer=i in new_set)  # same fields, same order
+                    for i, r in enumerate(rows)
+                ],
             )
         return len(new_rows)
 
