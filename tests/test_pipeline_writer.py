@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from swarmwatch.pipeline.pipeline import write_failure_kind
 from swarmwatch.store import Database
@@ -120,3 +120,39 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
             ).all()
             peers = conn.execute(select(Peer.title_id, func.count()).group_by(Peer.title_id)).all()
             assert sorted(observed) == sorted(peers)
+
+
+def distinct_batch(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
+    """batch_of() with keys that differ in their first 64 bits (the presence key)."""
+    batch = batch_of(n, ids)
+    batch.sightings = [r._replace(peer_key=r.peer_key[::-1]) for r in batch.sightings]
+    return batch
+
+
+def test_a_rolled_back_batch_leaves_no_presence_known(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's own presence cache learns a frame's peers only from batches that
+    committed: a batch that failed after its rollups ran is counted in full when it
+    is written again, and a repeat after that costs no second count."""
+    ids = register(db, ("alpha", [INFOHASH]))
+    writer = BatchWriter(db.engine)
+    first = distinct_batch(3, ids)
+    writer.write(first)  # peers 0-2 are now known, committed, in T0's hour and day
+    assert writer.presence.size == 6
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("after the rollups")
+
+    again = distinct_batch(5, ids)  # 0-2 repeat, 3-4 are new
+    with monkeypatch.context() as m:
+        m.setattr(writer, "_write_anomalies", fail)
+        with pytest.raises(RuntimeError):
+            writer.write(again)
+    assert writer.presence.size == 6  # nothing of the failed batch was learned
+    writer.write(again)
+    writer.write(distinct_batch(5, ids))  # all repeats now: the cache knows every one
+    with db.engine.connect() as conn:
+        active = conn.execute(text("SELECT interval_s, peers FROM rollup_active")).all()
+    assert sorted(active) == [(3600, 5), (86400, 5)]
+    assert writer.presence.size == 10

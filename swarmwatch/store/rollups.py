@@ -29,7 +29,6 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -41,14 +40,12 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    Engine,
     ForeignKey,
     Index,
     Integer,
     String,
     Table,
     bindparam,
-    event,
     func,
     select,
 )
@@ -352,9 +349,10 @@ class PresenceCache:
 
     Most sightings repeat a peer already counted in the current frame (peers
     re-announce every few minutes). A key enters the cache only when the
-    transaction that wrote or met it commits, so a rolled-back batch can never
-    make a later one skip a count; a committed presence row stays true whoever
-    wrote it, so several writers may share a database. Memory is bounded:
+    transaction that wrote or met it commits (its owner, the writer, calls
+    commit() or rollback() after each transaction), so a rolled-back batch can
+    never make a later one skip a count; a committed presence row stays true
+    whoever wrote it, so several writers may share a database. Memory is bounded:
     past ``limit`` keys, the frames that ended first are forgotten (a forgotten
     key costs one database probe, never a wrong count).
     """
@@ -362,19 +360,21 @@ class PresenceCache:
     def __init__(self, limit: int = PRESENCE_CACHE_LIMIT) -> None:
         self.limit = limit
         self.size = 0
-        # (title, interval, bucket) -> committed peer ids; read directly by apply_batch.
+        # (title, interval, bucket) -> committed peer ids; read directly by apply_rows.
         self.frames: dict[tuple[int, int, int], set[int]] = {}
-        self._pending: dict[int, list[Key]] = {}
+        self._pending: list[Key] = []
 
     def known(self, key: Key) -> bool:
         frame = self.frames.get(key[:3])
         return frame is not None and key[3] in frame
 
-    def hold(self, conn: Connection, keys: list[Key]) -> None:
-        self._pending.setdefault(id(conn.connection.dbapi_connection), []).extend(keys)
+    def hold(self, keys: list[Key]) -> None:
+        """Keys the current transaction wrote or met: known once it commits."""
+        self._pending.extend(keys)
 
-    def commit(self, dbapi_id: int) -> None:
-        for key in self._pending.pop(dbapi_id, ()):
+    def commit(self) -> None:
+        pending, self._pending = self._pending, []
+        for key in pending:
             frame = self.frames.setdefault(key[:3], set())
             if key[3] not in frame:
                 frame.add(key[3])
@@ -382,8 +382,8 @@ class PresenceCache:
         if self.size > self.limit:
             self._evict()
 
-    def rollback(self, dbapi_id: int) -> None:
-        self._pending.pop(dbapi_id, None)
+    def rollback(self) -> None:
+        self._pending = []
 
     def _evict(self) -> None:
         # Frames that ended earliest first: late sightings for them are the rarest.
@@ -393,29 +393,16 @@ class PresenceCache:
             self.size -= len(self.frames.pop(frame_key))
 
 
-_caches: weakref.WeakKeyDictionary[Engine, PresenceCache] = weakref.WeakKeyDictionary()
-
-
-def presence_cache(engine: Engine) -> PresenceCache:
-    """The engine's presence cache, hooked to its commits and rollbacks on first use."""
-    cache = _caches.get(engine)
-    if cache is None:
-        cache = _caches[engine] = PresenceCache()
-
-        def _dbapi_id(conn: Connection) -> int:
-            return id(conn.connection.dbapi_connection)
-
-        event.listen(engine, "commit", lambda conn: cache.commit(_dbapi_id(conn)))
-        event.listen(engine, "rollback", lambda conn: cache.rollback(_dbapi_id(conn)))
-    return cache
-
-
-def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
+def apply_batch(
+    conn: Connection, batch: list[AnonymousSighting], presence: PresenceCache | None = None
+) -> None:
     """Fold one batch of AnonymousSightings into every rollup, in the caller's transaction.
 
     The writer calls apply_rows() with its row tuples instead (no object per row);
     this form is for callers that hold AnonymousSightings. A peer marked new_peer
-    more than once in the batch is counted once.
+    more than once in the batch is counted once. Without a presence cache (whose
+    owner must commit it with the transaction), every presence key is asked of the
+    database: slower, never wrong.
     """
     if not batch:
         return
@@ -443,7 +430,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         if s.new_peer and (s.title_id, s.peer_key) not in counted:
             counted.add((s.title_id, s.peer_key))
             new.append(i)
-    apply_rows(conn, rows, new)
+    apply_rows(conn, rows, new, presence or PresenceCache())
 
 
 @lru_cache(maxsize=1 << 18)
@@ -457,7 +444,12 @@ def _stored_parent(cell: int, res: int) -> int | None:
 _NO_PEERS: frozenset[int] = frozenset()
 
 
-def apply_rows(conn: Connection, rows: Sequence[SightingRow], new_rows: Iterable[int]) -> None:
+def apply_rows(
+    conn: Connection,
+    rows: Sequence[SightingRow],
+    new_rows: Iterable[int],
+    presence: PresenceCache,
+) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
     rows are the writer's SightingRows; new_rows are the indexes of the rows that
@@ -465,12 +457,12 @@ def apply_rows(conn: Connection, rows: Sequence[SightingRow], new_rows: Iterable
     per row key (column-wise, with Counters, which count in C), so each table gets
     one statement per batch
     with one row per distinct key: places, cells and frames repeat across a batch
-    far more than peers do.
+    far more than peers do. presence holds the frames' peers known to be committed;
+    the keys this batch writes or meets are held in it until the caller's commit.
     """
     if not rows:
         return
-    cache = presence_cache(conn.engine)
-    frames_known = cache.frames
+    frames_known = presence.frames
     hour_s, day_s = FRAME_INTERVALS
     n = len(rows)
     stamps = [r.seen_at.timestamp() for r in rows]
@@ -533,7 +525,7 @@ def apply_rows(conn: Connection, rows: Sequence[SightingRow], new_rows: Iterable
     # A peer new to its title has no presence row yet, so its keys are fresh without
     # asking the database (and without a RETURNING row each). A peer_id collision with
     # an older peer then counts both rather than merging them.
-    cache.hold(conn, list(candidates))
+    presence.hold(list(candidates))
     new_peers = {(titles[i], pids[i]) for i in new}
     known: list[Key] = []
     first_seen: list[Key] = []
@@ -652,6 +644,7 @@ __all__ = [
     "FRAME_STORED_RES",
     "PEER_TIMES",
     "PEER_TIMES_FROM_PEERS",
+    "PresenceCache",
     "ROLLUP_TABLES",
     "add_peer_times",
     "apply_batch",

@@ -19,13 +19,13 @@ from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.chunks import row_chunks
-from swarmwatch.store.rollups import add_peer_times, apply_batch, apply_rows
+from swarmwatch.store.rollups import PresenceCache, add_peer_times, apply_batch, apply_rows
 
 log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
-ApplyRows = Callable[[Connection, "list[SightingRow]", list[int]], None]
+ApplyRows = Callable[[Connection, list[SightingRow], list[int], PresenceCache], None]
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
@@ -193,6 +193,10 @@ class BatchWriter:
         self.engine = engine
         self.settings = settings or get_settings()
         self.sqlite = engine.dialect.name == "sqlite"
+        # Frames' peers this writer knows are committed: kept across batches, so repeat
+        # sightings skip the database (see PresenceCache); held and released here, with
+        # each transaction.
+        self.presence = PresenceCache()
         # The built-in rollups take the rows as they are; any other callable gets one
         # AnonymousSighting per row.
         self._apply_rows: ApplyRows | None = None
@@ -249,13 +253,18 @@ class BatchWriter:
                 self._write_anomalies(conn, batch)
                 self._write_samples(conn, batch.samples)
             except BaseException:
+                self.presence.rollback()
                 trans.rollback()
                 raise
             try:
                 trans.commit()
             except Exception as exc:
+                # Whether it is stored is unknown: forget its keys (a forgotten key costs
+                # a probe, a wrongly known one would lose a count).
+                self.presence.rollback()
                 batch.maybe_committed = True
                 raise CommitUncertain(type(exc).__name__) from exc
+            self.presence.commit()
         return self._result(batch, new_peers)
 
     @staticmethod
@@ -363,7 +372,7 @@ class BatchWriter:
         if self._apply_rows is not None or self.rollups is not None:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
-            self._apply_rows(conn, rows, new_rows)
+            self._apply_rows(conn, rows, new_rows, self.presence)
         elif self.rollups is not None:
             new_set = set(new_rows)
             self.rollups(
