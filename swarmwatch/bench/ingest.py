@@ -31,7 +31,7 @@ from typing import Any
 import maxminddb
 
 from swarmwatch.geoip import embedded_city_db
-from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
+from swarmwatch.pipeline.geolocate import Geolocator, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
@@ -203,10 +203,7 @@ async def _ingest(
     geo = await asyncio.to_thread(Geolocator, city_db, workers=workers)
     pipeline = Pipeline(db, geolocator=geo, rollups=rollups)
     await pipeline.start()
-    if workers:  # the worker process starts lazily: warm it before the clock runs
-        await asyncio.get_running_loop().run_in_executor(
-            geo.executor, _noop_lookup, [address_key(ipaddress.IPv4Address("81.2.69.160"))]
-        )
+    await geo.warm()  # the worker process starts lazily: warm it before the clock runs
     t0 = time.perf_counter()
     for s in stream:
         await pipeline.put(s)
@@ -214,12 +211,6 @@ async def _ingest(
     elapsed = time.perf_counter() - t0
     geo.close()
     return len(stream) / elapsed, pipeline.stats.as_dict()
-
-
-def _noop_lookup(keys: list[int]) -> object:
-    from swarmwatch.pipeline.geolocate import _worker_resolve
-
-    return _worker_resolve(keys)
 
 
 def run_benchmark(**options: Any) -> dict[str, float]:

@@ -25,7 +25,6 @@ from swarmwatch.pipeline.geolocate import (
     V6_FLAG,
     Geolocator,
     Placement,
-    _worker_resolve,
     packed_key,
 )
 from swarmwatch.pipeline.places import metro_map
@@ -288,12 +287,11 @@ class Pipeline:
     async def refresh(self) -> None:
         """Re-read registered torrents and study keys (creating keys a study lacks)."""
         torrents, keys, metros = await asyncio.to_thread(
-            self._load_registry, not self.geolocator.metro_of
+            self._load_registry, not self.geolocator.has_metros
         )
         self._torrents, self._keys = torrents, keys
         if metros:
-            self.geolocator.metro_of.update(metros)
-            self.geolocator.cache.clear()  # cached placements lack the metro
+            self.geolocator.add_metros(metros)
         self._refreshed_at = time.monotonic()
 
     async def _refresh_while_preparing(self) -> None:
@@ -400,7 +398,7 @@ class Pipeline:
             stats.samples += 1
 
         geo = self.geolocator
-        cache_get = geo.cache.get
+        cached = geo.cached
         window = self.window_seconds
         coalesce = self._coalesce
         kept: list[tuple[PeerSighting, int, list[TorrentRef], Placement | None]] = []
@@ -428,7 +426,7 @@ class Pipeline:
                 continue
             members.add(ckey)
             self._coalesce_size += 1
-            place = cache_get(key)
+            place = cached(key)
             if place is None:
                 misses[key] = None
             kept.append((s, key, refs, place))
@@ -437,14 +435,7 @@ class Pipeline:
         if misses:
             keys = list(misses)
             stats.geo_lookups += len(keys)
-            executor = geo.executor
-            if executor is not None:
-                resolved = await asyncio.get_running_loop().run_in_executor(
-                    executor, _worker_resolve, keys
-                )
-            else:
-                resolved = geo.resolve_local(keys)
-            found = dict(zip(keys, geo.store(keys, resolved), strict=True))
+            found = dict(zip(keys, await geo.locate_many(keys), strict=True))
 
         study_keys = self._keys
         rows: list[SightingRow] = batch.sightings
