@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.auth import verify_api_key
 from swarmwatch.config import Settings
 from swarmwatch.store import Database
@@ -31,8 +32,15 @@ async def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+async def get_analysis_caches(request: Request) -> AnalysisCaches:
+    caches: AnalysisCaches = request.app.state.analysis_caches
+    return caches
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+#: The app's cached analysis answers (create_app makes them; nothing is process-global).
+CachesDep = Annotated[AnalysisCaches, Depends(get_analysis_caches)]
 
 
 def get_session(db: DatabaseDep) -> Iterator[Session]:
@@ -115,6 +123,7 @@ ReadableStudyDep = Annotated[Study, Depends(readable_study)]
 __all__ = [
     "ApiKeyApartDep",
     "ApiKeyDep",
+    "CachesDep",
     "DatabaseDep",
     "OptionalKeyDep",
     "ReadableStudyDep",
