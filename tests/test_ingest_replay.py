@@ -22,7 +22,8 @@ from swarmwatch.pipeline.replay import (
 )
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
-from swarmwatch.store.models import Sighting
+from swarmwatch.store.models import Peer, Vantage
+from swarmwatch.store.writer import sources_of, vantage_bit
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 
 CSV = f"""ip,port,infohash,time,source
@@ -63,10 +64,17 @@ def test_csv_good_rows_kept_bad_rows_reported(db: Database, city: Path, tmp_path
     ]
     assert report.pipeline["stored"] == 4
     with db.session() as s:
-        rows = s.scalars(select(Sighting).order_by(Sighting.id)).all()
+        rows = s.scalars(select(Peer)).all()
+        assert sum(r.sightings for r in rows) == 4
         assert {r.geoname_id for r in rows} == {2643743, 2694762, 2038180, None}
-        assert {r.source for r in rows} == {"tracker", "dht", "pex", "replay"}
-        assert all(r.vantage == "replay" for r in rows)
+        assert set().union(*(sources_of(r.sources) for r in rows)) == {
+            "tracker",
+            "dht",
+            "pex",
+            "replay",
+        }
+        replay = s.scalar(select(Vantage.id).where(Vantage.name == "replay"))
+        assert replay is not None and {r.vantages for r in rows} == {vantage_bit(replay)}
 
 
 def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) -> None:
@@ -88,8 +96,10 @@ def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) ->
     report = ingest_file(f, db)
     assert report.accepted == 2 and [e.line for e in report.errors] == [3, 4, 5]
     with db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Sighting)) == 2
-        assert {r.vantage for r in s.scalars(select(Sighting))} == {"replay", "vps-2"}
+        assert s.scalar(select(func.sum(Peer.sightings))) == 2
+        assert set(s.scalars(select(Vantage.name))) == {"replay", "vps-2"}
+        bits = {vantage_bit(v.id) for v in s.scalars(select(Vantage))}
+        assert {p.vantages for p in s.scalars(select(Peer))} == bits  # one peer each
 
 
 def test_cli_ingest(db: Database, city: Path, tmp_path: Path) -> None:

@@ -199,7 +199,11 @@ class Sample(Base):
 
 
 class Sighting(Base):
-    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model)."""
+    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model).
+
+    Legacy: written before migration 0006 only. The writer keeps one peer row per
+    title and peer instead; rows already here are kept, and read by nothing.
+    """
 
     __tablename__ = "sighting"
     __table_args__ = (Index("ix_sighting_study_seen", "study_id", "seen_at"),)
@@ -220,7 +224,11 @@ class Sighting(Base):
 
 
 class Peer(Base):
-    """One unique peer of a title: the table behind download estimates and rankings."""
+    """One unique peer of a title: the table behind download estimates and rankings.
+
+    Storage grows with peers, not sightings: a repeat sighting updates this row's
+    counters (and the rollups), it adds no row anywhere.
+    """
 
     __tablename__ = "peer"
     title_id: Mapped[int] = mapped_column(
@@ -237,6 +245,28 @@ class Peer(Base):
     asn: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[bool | None] = mapped_column(Boolean)  # ever seen as a seed
     sightings: Mapped[int] = mapped_column(Integer, default=1)
+    # Bitmasks of the sources (store.writer.source_bit) and vantages (vantage.id) that
+    # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
+    sources: Mapped[int] = mapped_column(Integer, server_default="0")
+    vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The peer's fixed random key for cell-key perturbation (31 bits; DESIGN.md).
+    record_key: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class Vantage(Base):
+    """A vantage point's name and its bit in peer.vantages."""
+
+    __tablename__ = "vantage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class BatchToken(Base):
+    """A writer batch known to be committed: asked after a commit whose outcome was lost."""
+
+    __tablename__ = "write_batch"
+    token: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Anomaly(Base):
@@ -307,6 +337,7 @@ __all__ = [
     "Anomaly",
     "ApiKey",
     "Base",
+    "BatchToken",
     "City",
     "GeoipDatabase",
     "Metro",
@@ -319,5 +350,6 @@ __all__ = [
     "Torrent",
     "Tracker",
     "UTCDateTime",
+    "Vantage",
     "utcnow",
 ]
