@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -17,7 +18,7 @@ from swarmwatch.store import Database
 from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.database import upgrade_database
 from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
-from swarmwatch.store.rollups import PEER_TIMES_FROM_PEERS, apply_batch
+from swarmwatch.store.rollups import PEER_TIMES_FROM_PEERS, ROLLUP_TABLES, apply_batch
 from swarmwatch.store.writer import BatchWriter, WriteBatch, sources_of, vantage_bit
 
 
@@ -79,7 +80,29 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
         db.dispose()
 
 
-def test_0006_keeps_a_database_with_sightings_and_its_answers(db_url: str) -> None:
+def _rollups_as_0005_wrote_them(
+    sightings: list[AnonymousSighting], tmp_path: Path
+) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """The rollup rows of these sightings without the columns 0006 added: folded into a
+    head-schema scratch database, then read back column by column."""
+    scratch = Database(f"sqlite:///{tmp_path / 'scratch.db'}")
+    try:
+        scratch.upgrade()
+        with scratch.engine.begin() as conn:
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            apply_batch(conn, sightings)
+        out = {}
+        with scratch.engine.connect() as conn:
+            for table in ROLLUP_TABLES:
+                cols = [c.name for c in table.c if not c.name.endswith("_rk")]
+                rows = conn.execute(select(*[table.c[c] for c in cols])).all()
+                out[table.name] = (cols, [tuple(r) for r in rows])
+        return out
+    finally:
+        scratch.dispose()
+
+
+def test_0006_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_path: Path) -> None:
     """From 0005 with peers, sightings and rollups in place: 0006 gives each peer the
     sources and vantages its sightings had and a record key, keeps the sighting rows,
     leaves every analysis answer as it was, and the writer goes on from there."""
@@ -146,7 +169,13 @@ def test_0006_keeps_a_database_with_sightings_and_its_answers(db_url: str) -> No
                     for n in sorted(first)
                 ],
             )
-            apply_batch(conn, sightings)
+            for table, (cols, rows) in _rollups_as_0005_wrote_them(sightings, tmp_path).items():
+                if rows:
+                    marks = ", ".join(f":{c}" for c in cols)
+                    conn.execute(
+                        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
+                        [dict(zip(cols, row, strict=True)) for row in rows],
+                    )
             conn.execute(text(PEER_TIMES_FROM_PEERS))
 
         def answers() -> tuple[object, ...]:

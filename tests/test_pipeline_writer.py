@@ -6,6 +6,7 @@ import random
 import sqlite3
 from datetime import timedelta
 
+import h3
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
@@ -26,6 +27,9 @@ def test_failures_are_classified() -> None:
     assert write_failure_kind(CommitUncertain("OperationalError")) == "unavailable"
     assert write_failure_kind(bad) == "data"
     assert write_failure_kind(ValueError("a bug")) == "other"
+
+
+LONDON_CELL = h3.str_to_int(h3.latlng_to_cell(51.5142, -0.0931, 7))
 
 
 def batch_of(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
@@ -94,7 +98,7 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
                     "GB",
                     2643743,
                     None,
-                    None,
+                    LONDON_CELL,
                     None,
                 )
             )
@@ -120,6 +124,33 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
             ).all()
             peers = conn.execute(select(Peer.title_id, func.count()).group_by(Peer.title_id)).all()
             assert sorted(observed) == sorted(peers)
+            # Record-key sums beside the counts: each peer's key once where it is counted.
+            keys = dict(
+                conn.execute(
+                    select(Peer.title_id, func.sum(Peer.record_key)).group_by(Peer.title_id)
+                ).all()
+            )
+            for table, column in (
+                ("rollup_place", "peers_rk"),
+                ("rollup_activity", "new_peers_rk"),
+                ("rollup_cell", "peers_rk"),
+            ):
+                sums = conn.execute(
+                    text(f"SELECT title_id, sum({column}) FROM {table} GROUP BY title_id")
+                ).all()
+                assert dict(sums) == keys, table
+            few = conn.execute(
+                select(Peer.sightings, func.sum(Peer.record_key))
+                .where(Peer.sightings.in_((1, 2)))
+                .group_by(Peer.sightings)
+            ).all()
+            kept_rk = conn.execute(
+                text(
+                    "SELECT times, sum(peers_rk) FROM rollup_peer_times GROUP BY times"
+                    " HAVING sum(peers) > 0"
+                )
+            ).all()
+            assert sorted(map(tuple, kept_rk)) == sorted(map(tuple, few))
 
 
 def distinct_batch(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:

@@ -4,8 +4,10 @@ From here the writer adds no row per sighting: a repeat sighting updates its pee
 counters and the rollups. Peers gain the bitmasks of the sources and vantages that
 saw them and a fixed random record key (cell-key perturbation); a `vantage` table
 gives each vantage its bit; `write_batch` holds the token of each committed batch
-(what a retry after an uncertain commit asks). Existing sighting rows are kept as
-they are (read by nothing) and existing peers are backfilled from them.
+(what a retry after an uncertain commit asks). Every rollup count gains the sum of
+its peers' record keys beside it (`<count>_rk`). Existing sighting rows are kept as
+they are (read by nothing) and existing peers are backfilled from them; rollup rows
+counted before this migration hold 0 record-key sums for what they counted then.
 
 Revision ID: 0006_i17_store
 Revises: 0005
@@ -27,6 +29,18 @@ depends_on: str | Sequence[str] | None = None
 # does. Sources' bits in declared order (swarmwatch.sightings.Source), vantages' by id.
 _SOURCE_BITS = {"tracker": 1, "dht": 2, "pex": 4, "swarm": 8, "replay": 16}
 _VANTAGE_BITS = 63
+#: The record-key sums each rollup table gains, one per count of peers.
+_RECORD_KEY_SUMS = {
+    "rollup_place": ("peers_rk", "seeds_rk"),
+    "rollup_place_day": ("peers_rk", "seeds_rk"),
+    "rollup_cell": ("peers_rk",),
+    "rollup_cell_day": ("peers_rk",),
+    "rollup_frame": ("peers_rk",),
+    "rollup_frame_city": ("peers_rk",),
+    "rollup_active": ("peers_rk", "city_peers_rk"),
+    "rollup_activity": ("new_peers_rk",),
+    "rollup_peer_times": ("peers_rk",),
+}
 
 
 def upgrade() -> None:
@@ -48,6 +62,11 @@ def upgrade() -> None:
         "peer", sa.Column("vantages", sa.BigInteger(), server_default="0", nullable=False)
     )
     op.add_column("peer", sa.Column("record_key", sa.Integer(), server_default="0", nullable=False))
+    for table, columns in _RECORD_KEY_SUMS.items():
+        for column in columns:
+            op.add_column(
+                table, sa.Column(column, sa.BigInteger(), server_default="0", nullable=False)
+            )
     _backfill()
 
 
@@ -116,6 +135,10 @@ def _backfill_record_keys(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    for table, columns in _RECORD_KEY_SUMS.items():
+        with op.batch_alter_table(table) as batch:
+            for column in reversed(columns):
+                batch.drop_column(column)
     with op.batch_alter_table("peer") as batch:
         batch.drop_column("record_key")
         batch.drop_column("vantages")

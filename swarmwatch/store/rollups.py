@@ -29,7 +29,7 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain
@@ -87,6 +87,13 @@ def _count(name: str) -> Column[int]:
     return Column(name, BigInteger, nullable=False, default=0)
 
 
+def _rk(name: str) -> Column[int]:
+    """The sum of the record keys (peer.record_key) of the peers a count counts: what the
+    cell-key method derives a cell's noise from (DESIGN.md). Rows written before
+    migration 0006 hold 0 for what they counted then."""
+    return Column(name, BigInteger, nullable=False, default=0, server_default="0")
+
+
 # Unique peers per place, all time. geoname_id 0: not placed at city level;
 # country '': not placed at all (alpha60's "anomalies").
 rollup_place = Table(
@@ -98,6 +105,8 @@ rollup_place = Table(
     Column("metro_id", Integer, nullable=False, default=0),
     _count("peers"),
     _count("seeds"),
+    _rk("peers_rk"),
+    _rk("seeds_rk"),
     **_KW,
 )
 
@@ -113,6 +122,8 @@ rollup_place_day = Table(
     Column("metro_id", Integer, nullable=False, default=0),
     _count("peers"),
     _count("seeds"),
+    _rk("peers_rk"),
+    _rk("seeds_rk"),
     **_KW,
 )
 
@@ -125,6 +136,7 @@ rollup_cell = Table(
     Column("res", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 rollup_cell_day = Table(
@@ -136,6 +148,7 @@ rollup_cell_day = Table(
     Column("res", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 
@@ -149,6 +162,7 @@ rollup_frame = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 rollup_frame_city = Table(
@@ -159,6 +173,7 @@ rollup_frame_city = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("geoname_id", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     # Top cities of a frame are an index range scan, not a sort of every city.
     Index("ix_rollup_frame_city_top", "title_id", "interval_s", "bucket", "peers"),
     **_KW,
@@ -171,6 +186,8 @@ rollup_active = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
     _count("city_peers"),  # placed at a city: the rest of a frame is hidden in suppression
+    _rk("peers_rk"),
+    _rk("city_peers_rk"),
     **_KW,
 )
 
@@ -185,6 +202,7 @@ rollup_activity = Table(
     _count("sightings"),
     _count("new_peers"),
     _count("seed_sightings"),
+    _rk("new_peers_rk"),
     **_KW,
 )
 
@@ -208,6 +226,7 @@ rollup_peer_times = Table(
     _title_fk(),
     Column("times", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 
@@ -449,6 +468,7 @@ def apply_rows(
     rows: Sequence[SightingRow],
     new_rows: Iterable[int],
     presence: PresenceCache,
+    record_keys: Sequence[int] | None = None,
 ) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
@@ -457,8 +477,10 @@ def apply_rows(
     per row key (column-wise, with Counters, which count in C), so each table gets
     one statement per batch
     with one row per distinct key: places, cells and frames repeat across a batch
-    far more than peers do. presence holds the frames' peers known to be committed;
-    the keys this batch writes or meets are held in it until the caller's commit.
+    far more than peers do. record_keys are the rows' peers' record keys (0 for
+    each when not given), summed beside every count. presence holds the frames'
+    peers known to be committed; the keys this batch writes or meets are held in it
+    until the caller's commit.
     """
     if not rows:
         return
@@ -477,8 +499,10 @@ def apply_rows(
     seen_n = Counter(akeys)
     seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r.seed is True])
     new = sorted(set(new_rows))
+    rks: Sequence[int] = record_keys if record_keys is not None else [0] * n
     new_n = Counter([akeys[i] for i in new])
-    activity = {k: (c, new_n[k], seed_n[k]) for k, c in seen_n.items()}
+    new_rk = _sum_by([akeys[i] for i in new], [rks[i] for i in new])
+    activity = {k: (c, new_n[k], seed_n[k], new_rk.get(k, 0)) for k, c in seen_n.items()}
 
     # Presence candidates: each (frame, peer) once, with the first row that has it,
     # less those the cache knows are committed already.
@@ -502,23 +526,22 @@ def apply_rows(
         for r, d in zip(nrows, ndays, strict=True)
     ]
     nseeds = [r.seed is True for r in nrows]
+    nrks = [rks[i] for i in new]
     metros = [(r.metro_id or 0,) for r in nrows]
-    place = _with_seeds(pkeys, nseeds)
-    place_day = _with_seeds(dkeys, nseeds)
+    place = _with_seeds(pkeys, nseeds, nrks)
+    place_day = _with_seeds(dkeys, nseeds, nrks)
     # The metro a place row is created with: that of its first sighting in the batch.
     metro = dict(zip(reversed(pkeys), reversed(metros), strict=True))
     metro_day = dict(zip(reversed(dkeys), reversed(metros), strict=True))
     res = CELL_STORED_RES
     parents = [_stored_parent(r.h3_cell, res) if r.h3_cell else None for r in nrows]
-    cell = Counter(
-        [(r.title_id, res, p) for r, p in zip(nrows, parents, strict=True) if p is not None]
+    celled = [i for i, p in enumerate(parents) if p is not None]
+    cell = _counted(
+        [(nrows[i].title_id, res, parents[i]) for i in celled], [nrks[i] for i in celled]
     )
-    cell_day = Counter(
-        [
-            (r.title_id, d, r.vantage, res, p)
-            for r, d, p in zip(nrows, ndays, parents, strict=True)
-            if p is not None
-        ]
+    cell_day = _counted(
+        [(nrows[i].title_id, ndays[i], nrows[i].vantage, res, parents[i]) for i in celled],
+        [nrks[i] for i in celled],
     )
 
     # Distinct active peers per frame: the candidates the database did not know either.
@@ -532,80 +555,84 @@ def apply_rows(
     for k in candidates:
         (first_seen if (k[0], k[3]) in new_peers else known).append(k)
     fresh = [
-        (k, rows[candidates[k]])
+        (k, rows[candidates[k]], rks[candidates[k]])
         for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
     ]
-    active_n = Counter([k[:3] for k, _ in fresh])
-    city_n = Counter([k[:3] for k, r in fresh if r.geoname_id])
-    active = {k: (c, city_n[k]) for k, c in active_n.items()}
-    frame_city = Counter([(*k[:3], r.geoname_id) for k, r in fresh if r.geoname_id])
-    fres = FRAME_STORED_RES
-    frame = Counter(
-        [
-            (k[0], k[1], fres, k[2], p)
-            for k, r in fresh
-            if r.h3_cell and (p := _stored_parent(r.h3_cell, fres)) is not None
-        ]
+    active_n = Counter([k[:3] for k, _, _ in fresh])
+    active_rk = _sum_by([k[:3] for k, _, _ in fresh], [rk for _, _, rk in fresh])
+    citied = [(k, r, rk) for k, r, rk in fresh if r.geoname_id]
+    city_n = Counter([k[:3] for k, _, _ in citied])
+    city_rk = _sum_by([k[:3] for k, _, _ in citied], [rk for _, _, rk in citied])
+    active = {k: (c, city_n[k], active_rk[k], city_rk.get(k, 0)) for k, c in active_n.items()}
+    frame_city = _counted(
+        [(*k[:3], r.geoname_id) for k, r, _ in citied], [rk for _, _, rk in citied]
     )
+    fres = FRAME_STORED_RES
+    in_cells = [
+        ((k[0], k[1], fres, k[2], p), rk)
+        for k, r, rk in fresh
+        if r.h3_cell and (p := _stored_parent(r.h3_cell, fres)) is not None
+    ]
+    frame = _counted([k for k, _ in in_cells], [rk for _, rk in in_cells])
 
     _add(
         conn,
         rollup_activity,
         ("title_id", "day", "source", "vantage"),
         activity,
-        ("sightings", "new_peers", "seed_sightings"),
+        ("sightings", "new_peers", "seed_sightings", "new_peers_rk"),
     )
     place_key = ("title_id", "geoname_id", "country")
-    _add(conn, rollup_place, place_key, place, ("peers", "seeds"), metro, ("metro_id",))
+    with_seeds = ("peers", "seeds", "peers_rk", "seeds_rk")
+    _add(conn, rollup_place, place_key, place, with_seeds, metro, ("metro_id",))
     _add(
         conn,
         rollup_place_day,
         ("title_id", "day", "vantage", "geoname_id", "country"),
         place_day,
-        ("peers", "seeds"),
+        with_seeds,
         metro_day,
         ("metro_id",),
     )
-    _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), _one(cell), ("peers",))
-    _add(
-        conn,
-        rollup_cell_day,
-        ("title_id", "day", "vantage", "res", "h3_cell"),
-        _one(cell_day),
-        ("peers",),
-    )
-    _add(
-        conn,
-        rollup_frame,
-        ("title_id", "interval_s", "res", "bucket", "h3_cell"),
-        _one(frame),
-        ("peers",),
-    )
+    peers = ("peers", "peers_rk")
+    _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), cell, peers)
+    _add(conn, rollup_cell_day, ("title_id", "day", "vantage", "res", "h3_cell"), cell_day, peers)
+    _add(conn, rollup_frame, ("title_id", "interval_s", "res", "bucket", "h3_cell"), frame, peers)
     _add(
         conn,
         rollup_frame_city,
         ("title_id", "interval_s", "bucket", "geoname_id"),
-        _one(frame_city),
-        ("peers",),
+        frame_city,
+        peers,
     )
-    _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), active, ("peers", "city_peers"))
+    _add(
+        conn,
+        rollup_active,
+        ("title_id", "interval_s", "bucket"),
+        active,
+        ("peers", "city_peers", "peers_rk", "city_peers_rk"),
+    )
 
 
-def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int]]) -> None:
-    """Fold upserted peers, as (title_id, sightings before, sightings after), into
-    rollup_peer_times, in the caller's transaction. A new peer's "before" is 0."""
-    delta: Counter[Key] = Counter()
-    for title_id, before, after in changes:
+def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int, int]]) -> None:
+    """Fold upserted peers, as (title_id, sightings before, sightings after, record key),
+    into rollup_peer_times, in the caller's transaction. A new peer's "before" is 0."""
+    delta: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    for title_id, before, after, rk in changes:
         if before in PEER_TIMES:
-            delta[(title_id, before)] -= 1
+            d = delta[(title_id, before)]
+            d[0] -= 1
+            d[1] -= rk
         if after in PEER_TIMES:
-            delta[(title_id, after)] += 1
+            d = delta[(title_id, after)]
+            d[0] += 1
+            d[1] += rk
     _add(
         conn,
         rollup_peer_times,
         ("title_id", "times"),
-        {k: (v,) for k, v in delta.items() if v},
-        ("peers",),
+        {k: (v[0], v[1]) for k, v in delta.items() if v[0] or v[1]},
+        ("peers", "peers_rk"),
     )
 
 
@@ -626,14 +653,29 @@ def rebuild_peer_times(conn: Connection) -> None:
     conn.exec_driver_sql(PEER_TIMES_FROM_PEERS)
 
 
-def _with_seeds(keys: list[Key], seeds: list[bool]) -> dict[Key, tuple[int, int]]:
-    """(peers, seeds) per key."""
-    seeded = Counter([k for k, s in zip(keys, seeds, strict=True) if s])
-    return {k: (c, seeded[k]) for k, c in Counter(keys).items()}
+def _with_seeds(
+    keys: list[Key], seeds: list[bool], rks: list[int]
+) -> dict[Key, tuple[int, int, int, int]]:
+    """(peers, seeds, their record-key sums) per key."""
+    seeded = [i for i, s in enumerate(seeds) if s]
+    seeded_n = Counter([keys[i] for i in seeded])
+    seeded_rk = _sum_by([keys[i] for i in seeded], [rks[i] for i in seeded])
+    rk = _sum_by(keys, rks)
+    return {k: (c, seeded_n[k], rk[k], seeded_rk.get(k, 0)) for k, c in Counter(keys).items()}
 
 
-def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:
-    return {k: (v,) for k, v in counter.items()}
+def _sum_by(keys: Sequence[Key], values: Sequence[int]) -> dict[Key, int]:
+    """values summed per key."""
+    out: defaultdict[Key, int] = defaultdict(int)
+    for k, v in zip(keys, values, strict=True):
+        out[k] += v
+    return out
+
+
+def _counted(keys: Sequence[Key], rks: Sequence[int]) -> dict[Key, tuple[int, int]]:
+    """(count, record-key sum) per key."""
+    rk = _sum_by(keys, rks)
+    return {k: (c, rk[k]) for k, c in Counter(keys).items()}
 
 
 __all__ = [

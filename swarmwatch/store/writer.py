@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
-ApplyRows = Callable[[Connection, list[SightingRow], list[int], PresenceCache], None]
+ApplyRows = Callable[[Connection, list[SightingRow], list[int], PresenceCache, list[int]], None]
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
@@ -71,7 +71,7 @@ _UPSERT_PEER_TAIL = (
     " sources = peer.sources | excluded.sources,"
     " vantages = peer.vantages | excluded.vantages"
     # record_key is never updated: it is the peer's for good (cell-key perturbation).
-    " RETURNING title_id, peer_key, sightings"
+    " RETURNING title_id, peer_key, sightings, record_key"
 )
 # Each batch notes its token; whether a commit went through is asked of it afterwards.
 _NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
@@ -406,19 +406,24 @@ class BatchWriter:
             return 0
         peers = prepared.peers
         new_rows: list[int] = []
-        # (title, sightings before, after) of each peer, for Chao1's f1 and f2.
-        times: list[tuple[int, int, int]] = []
+        # (title, sightings before, after, record key) of each peer, for Chao1's f1 and f2.
+        times: list[tuple[int, int, int, int]] = []
+        # Each peer's record key as stored (a new peer's is the one just drawn).
+        record_key: dict[tuple[int, bytes], int] = {}
         for statement, params in prepared.peer_statements:
-            for title_id, key, count in conn.exec_driver_sql(statement, params).fetchall():
-                first, sightings = peers[(title_id, bytes(key))]
+            for title_id, key, count, rk in conn.exec_driver_sql(statement, params).fetchall():
+                pk = (title_id, bytes(key))
+                first, sightings = peers[pk]
+                record_key[pk] = rk
                 if count == sightings:
                     new_rows.append(first)
                 if count <= 2 + sightings:  # it was seen at most twice before
-                    times.append((title_id, count - sightings, count))
+                    times.append((title_id, count - sightings, count, rk))
         if self._apply_rows is not None or self.rollups is not None:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
-            self._apply_rows(conn, rows, new_rows, self.presence)
+            rks = [record_key[(r.title_id, r.peer_key)] for r in rows]
+            self._apply_rows(conn, rows, new_rows, self.presence, rks)
         elif self.rollups is not None:
             new_set = set(new_rows)
             self.rollups(
