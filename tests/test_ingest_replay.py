@@ -9,7 +9,7 @@ import pytest
 import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from swarmwatch.pipeline.cli import ingest_command
@@ -187,3 +187,83 @@ def test_overlong_lines_are_bad_lines(tmp_path: Path, db: Database, city: Path) 
     assert report.accepted == 1 and [(e.line, e.reason) for e in report.errors] == [
         (2, "line too long")
     ]
+
+
+def _replay_file(path: Path, lines: int) -> None:
+    """A CSV of `lines` sightings: 40 addresses in four networks, each seen again every
+    two minutes (further apart than the coalescing window), from two sources."""
+    nets = ("81.2.69.{}", "89.160.20.{}", "24.0.0.{}", "1.128.0.{}")
+    rows = ["ip,port,infohash,time,source"]
+    for i in range(lines):
+        address = nets[i % 4].format(100 + i % 10 + (i % 40) // 10)
+        at = 1795780800 + 120 * (i // 40) + i % 40
+        rows.append(f"{address},6881,{INFOHASH},{at},{('tracker', 'dht')[i % 2]}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _state(db: Database) -> tuple[object, ...]:
+    with db.engine.connect() as conn:
+        # Peer keys differ between databases (each study has its own key): compare
+        # what each peer holds.
+        peers = conn.execute(
+            select(Peer.geoname_id, Peer.sightings, Peer.sources, Peer.first_seen)
+        ).all()
+        activity = conn.execute(
+            text("SELECT day, source, sightings, new_peers FROM rollup_activity ORDER BY 1, 2")
+        ).all()
+        active = conn.execute(
+            text("SELECT interval_s, bucket, peers FROM rollup_active ORDER BY 1, 2")
+        ).all()
+    return sorted(map(repr, peers)), [tuple(a) for a in activity], [tuple(a) for a in active]
+
+
+def test_ingest_resumes_after_what_was_stored_and_never_counts_a_line_twice(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """An ingest cut short (here: the file as it was when it stopped, a prefix of it),
+    then the whole file: the same peers, counts and frames as one uninterrupted run;
+    and the same file once more stores nothing."""
+    whole, cut = tmp_path / "peers.csv", tmp_path / "cut.csv"
+    _replay_file(whole, 400)
+    text_whole = whole.read_text()
+    cut.write_text("".join(text_whole.splitlines(keepends=True)[:151]))  # header + 150
+    options = {"batch_size": 7}  # many batches, so marks land mid-file
+
+    fresh = Database(f"sqlite:///{tmp_path / 'uninterrupted.db'}")
+    try:
+        fresh.upgrade()
+        register(fresh, ("alpha", [INFOHASH]))
+        once = ingest_file(whole, fresh, pipeline_options=options)
+        expected = _state(fresh)
+    finally:
+        fresh.dispose()
+    assert once.accepted == 400 and once.resumed_lines == 0
+
+    register(db, ("alpha", [INFOHASH]))
+    first = ingest_file(cut, db, pipeline_options=options)
+    assert first.accepted == 150
+    second = ingest_file(whole, db, pipeline_options=options)
+    assert second.resumed_lines == 151 and second.resumed_bytes == len(cut.read_bytes())
+    assert second.already_stored == 150 and second.accepted == 250
+    assert _state(db) == expected
+    third = ingest_file(whole, db, pipeline_options=options)
+    assert third.resumed_lines == 401 and third.accepted == 0
+    assert third.pipeline["stored"] == 0
+    assert _state(db) == expected
+
+
+def test_cli_ingest_says_where_it_resumed_and_its_rate(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    _replay_file(f, 50)
+    app = typer.Typer()
+    app.command()(ingest_command)
+    first = CliRunner().invoke(app, [str(f)])
+    assert first.exit_code == 0, first.output
+    assert "resumed" not in first.output and "lines in" in first.output
+    again = CliRunner().invoke(app, [str(f)])
+    assert again.exit_code == 0, again.output
+    assert "resumed after line 51" in again.output
+    assert "50 sightings there were stored by an earlier run" in again.output

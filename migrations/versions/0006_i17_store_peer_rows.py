@@ -4,7 +4,8 @@ From here the writer adds no row per sighting: a repeat sighting updates its pee
 counters and the rollups. Peers gain the bitmasks of the sources and vantages that
 saw them and a fixed random record key (cell-key perturbation); a `vantage` table
 gives each vantage its bit; `write_batch` holds the token of each committed batch
-(what a retry after an uncertain commit asks). Every rollup count gains the sum of
+(what a retry after an uncertain commit asks); `replay_progress` how far a replayed
+file is stored (resumable `swarmwatch ingest`). Every rollup count gains the sum of
 its peers' record keys beside it (`<count>_rk`). Existing sighting rows are kept as
 they are (read by nothing) and existing peers are backfilled from them; rollup rows
 counted before this migration hold 0 record-key sums for what they counted then.
@@ -56,6 +57,14 @@ def upgrade() -> None:
         sa.Column("token", sa.LargeBinary(length=16), nullable=False),
         sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("token", name=op.f("pk_write_batch")),
+    )
+    op.create_table(
+        "replay_progress",
+        sa.Column("digest", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("bytes_read", sa.BigInteger(), nullable=False),
+        sa.Column("lines", sa.BigInteger(), nullable=False),
+        sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("digest", name=op.f("pk_replay_progress")),
     )
     op.add_column("peer", sa.Column("sources", sa.Integer(), server_default="0", nullable=False))
     op.add_column(
@@ -143,5 +152,6 @@ def downgrade() -> None:
         batch.drop_column("record_key")
         batch.drop_column("vantages")
         batch.drop_column("sources")
+    op.drop_table("replay_progress")
     op.drop_table("write_batch")
     op.drop_table("vantage")

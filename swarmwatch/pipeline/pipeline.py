@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from swarmwatch.pipeline.geolocate import (
 from swarmwatch.pipeline.places import metro_map
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import ReplayMark, SightingRow
 from swarmwatch.store.models import Torrent
 from swarmwatch.store.writer import (
     BatchWriter,
@@ -148,6 +149,11 @@ class Pipeline:
 
         self._items: list[PeerSighting] = []
         self._samples: list[SampleRecord] = []
+        # Replay marks, each after the number of sightings put before it: a batch takes
+        # the last mark its sightings reach (put_mark).
+        self._marks: deque[tuple[int, ReplayMark]] = deque()
+        self._items_put = 0
+        self._items_taken = 0
         self._put_seq = 0
         self._taken_seq = 0
         self._done_seq = 0
@@ -256,6 +262,7 @@ class Pipeline:
             if self._closing:
                 raise PipelineClosed("the pipeline is closed")
         self._items.append(sighting)
+        self._items_put += 1
         self._put_seq += 1
         if len(self._items) >= self.batch_size:
             self._wake.set()
@@ -264,6 +271,14 @@ class Pipeline:
         """put() for each, for replay and benchmarks."""
         for s in sightings:
             await self.put(s)
+
+    async def put_mark(self, mark: ReplayMark) -> None:
+        """Note how far into a replayed file everything put so far reaches: stored in
+        the transaction of the batch that takes the last of those sightings."""
+        if self._closing:
+            raise PipelineClosed("the pipeline is closed")
+        self._marks.append((self._items_put, mark))
+        self._put_seq += 1
 
     async def put_sample(self, sample: SampleRecord) -> None:
         if self._closing:
@@ -350,7 +365,7 @@ class Pipeline:
                     pass
             self._wake.clear()
             self._force = False
-            if not self._items and not self._samples:
+            if not self._items and not self._samples and not self._marks:
                 if self._stop:
                     await self._write_q.put(None)
                     return
@@ -362,11 +377,18 @@ class Pipeline:
             items = self._items[:take]
             del self._items[:take]
             samples, self._samples = self._samples, []
+            self._items_taken += len(items)
+            mark: ReplayMark | None = None
+            marks = 0
+            while self._marks and self._marks[0][0] <= self._items_taken:
+                mark = self._marks.popleft()[1]
+                marks += 1
             self._space.set()
-            self._taken_seq += len(items) + len(samples)
+            self._taken_seq += len(items) + len(samples) + marks
             seq = self._taken_seq
             try:
                 batch = await self._prepare(items, samples)
+                batch.mark = mark
             except Exception as exc:  # a bug must not stop the crawl; no address in the log
                 log.error("pipeline: a batch could not be prepared (%s)", type(exc).__name__)
                 self.stats.lost += len(items)

@@ -1,4 +1,4 @@
-"""The typed rows the pipeline hands the store: one placed, keyed sighting each.
+"""The typed rows the pipeline hands the store: placed, keyed sightings and replay marks.
 
 Its own module so the writer and the rollup upkeep share it without importing each other.
 """
@@ -30,4 +30,16 @@ class SightingRow(NamedTuple):
     asn: int | None
 
 
-__all__ = ["SightingRow"]
+class ReplayMark(NamedTuple):
+    """How far into a replayed file the sightings before it reach (`swarmwatch ingest`).
+
+    Stored in the transaction of the batch that holds those sightings, so a file run
+    again resumes exactly after what was committed, whatever interrupted it.
+    """
+
+    digest: bytes  # SHA-256 of the file's bytes up to the end of line `lines`
+    bytes_read: int
+    lines: int
+
+
+__all__ = ["ReplayMark", "SightingRow"]

@@ -261,6 +261,20 @@ class Vantage(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
 
 
+class ReplayProgress(Base):
+    """How far a replayed file is stored: one row per batch that held its lines.
+
+    Keyed by the SHA-256 of the file's first `bytes_read` bytes, so the same file, or
+    one that starts with it (a log that grew), resumes after line `lines`.
+    """
+
+    __tablename__ = "replay_progress"
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    bytes_read: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(BigInteger)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class BatchToken(Base):
     """A writer batch known to be committed: asked after a commit whose outcome was lost."""
 
@@ -342,6 +356,7 @@ __all__ = [
     "GeoipDatabase",
     "Metro",
     "Peer",
+    "ReplayProgress",
     "Sample",
     "Sighting",
     "Study",

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import ReplayMark, SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.rollups import PresenceCache, add_peer_times, apply_batch, apply_rows
 
@@ -77,6 +77,10 @@ _UPSERT_PEER_TAIL = (
 _NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
 _PROBE_BATCH = "SELECT 1 FROM write_batch WHERE token = ?"
 _PRUNE_BATCHES = "DELETE FROM write_batch WHERE written_at < ?"
+_NOTE_REPLAY = (
+    "INSERT INTO replay_progress (digest, bytes_read, lines, written_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (digest) DO NOTHING"
+)
 #: Batch tokens are kept this long: a batch retried after an uncertain commit is asked
 #: about within seconds (at most the length of a database outage).
 BATCH_TOKEN_DAYS = 7
@@ -150,6 +154,8 @@ class WriteBatch:
     samples: list[tuple[int, SampleRecord]] = field(default_factory=list)
     # Noted with the batch, in its transaction: a retry asks whether it is there.
     token: bytes = field(default_factory=lambda: os.urandom(16))
+    # How far into a replayed file this batch's sightings reach (stored with them).
+    mark: ReplayMark | None = None
     # Set when a commit of this batch failed in a way that leaves it unknown whether
     # the server applied it (the connection died during COMMIT): the retry asks first.
     maybe_committed: bool = False
@@ -170,7 +176,7 @@ class WriteBatch:
             entry[2] = seen_at
 
     def __bool__(self) -> bool:
-        return bool(self.sightings or self.anomalies or self.samples)
+        return bool(self.sightings or self.anomalies or self.samples or self.mark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +331,12 @@ class BatchWriter:
     def _note_batch(self, conn: Connection, batch: WriteBatch) -> None:
         now = datetime.now(UTC)
         conn.exec_driver_sql(self._sql(_NOTE_BATCH), (batch.token, self._time(now)))
+        if batch.mark is not None:
+            mark = batch.mark
+            conn.exec_driver_sql(
+                self._sql(_NOTE_REPLAY),
+                (mark.digest, mark.bytes_read, mark.lines, self._time(now)),
+            )
         self._batches += 1
         if self._batches % PRUNE_EVERY_BATCHES == 0:
             cutoff = now - timedelta(days=BATCH_TOKEN_DAYS)
