@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +272,56 @@ def test_cli_ingest_says_where_it_resumed_and_its_rate(
     assert again.exit_code == 0, again.output
     assert "resumed after line 51" in again.output
     assert "50 sightings there were stored by an earlier run" in again.output
+
+
+INGEST_CHILD = """
+import sys
+from swarmwatch.pipeline.replay import ingest_file
+from swarmwatch.store import Database
+ingest_file(sys.argv[1], Database(sys.argv[2]), pipeline_options={"batch_size": 20})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_ingest_then_again_counts_every_line_once(
+    db: Database, db_url: str, city: Path, tmp_path: Path
+) -> None:
+    """A real `kill -9` of an ingest between its write batches, then the same file
+    again: the database ends as after one uninterrupted run."""
+    register(db, ("alpha", [INFOHASH]))
+    whole = tmp_path / "peers.csv"
+    _replay_file(whole, 20_000)
+    env = {**os.environ, "SWARMWATCH_GEOIP_CITY": str(city)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", INGEST_CHILD, str(whole), db_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            with db.engine.connect() as conn:
+                stored = conn.execute(text("SELECT count(*) FROM replay_progress")).scalar()
+            if stored and stored >= 5:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL  # killed mid-file, not finished
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    again = ingest_file(whole, db)
+    assert 0 < again.resumed_lines < 20_001
+    assert again.already_stored + again.accepted == 20_000
+
+    fresh = Database(f"sqlite:///{tmp_path / 'uninterrupted.db'}")
+    try:
+        fresh.upgrade()
+        register(fresh, ("alpha", [INFOHASH]))
+        ingest_file(whole, fresh)
+        assert _state(db) == _state(fresh)
+    finally:
+        fresh.dispose()
