@@ -187,3 +187,58 @@ def test_a_rolled_back_batch_leaves_no_presence_known(
         active = conn.execute(text("SELECT interval_s, peers FROM rollup_active")).all()
     assert sorted(active) == [(3600, 5), (86400, 5)]
     assert writer.presence.size == 10
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_frames_count_each_peer_once_per_frame_whatever_the_order(db: Database, seed: int) -> None:
+    """Distinct active peers per hour and per day, as the writer keeps them, equal a
+    brute-force count over every sighting written, after every batch: peers repeat
+    within and across batches and hours, and sightings arrive out of order."""
+    ids = register(db, ("alpha", [INFOHASH]), ("beta", [INFOHASH_B]))
+    torrents = {1: ids[("alpha", INFOHASH)], 2: ids[("beta", INFOHASH_B)]}
+    writer = BatchWriter(db.engine)
+    rng = random.Random(seed)
+    written: list[SightingRow] = []
+    for _ in range(8):
+        batch = WriteBatch()
+        for _ in range(rng.randrange(1, 80)):
+            title = rng.choice((1, 2))
+            # Mostly forward in time, sometimes hours late, over three days.
+            at = T0 + timedelta(minutes=rng.randrange(0, 72 * 60))
+            key = bytes([rng.randrange(30)]) * 16
+            row = SightingRow(
+                title, title, torrents[title], key, at, "tracker", "v1", None,
+                "GB", 2643743, None, LONDON_CELL, None,
+            )  # fmt: skip
+            batch.sightings.append(row)
+        writer.write(batch)
+        written.extend(batch.sightings)
+        expected: dict[tuple[int, int, int], set[bytes]] = {}
+        for r in written:
+            for interval in (3600, 86400):
+                bucket = int(r.seen_at.timestamp()) // interval
+                expected.setdefault((r.title_id, interval, bucket), set()).add(r.peer_key)
+        with db.engine.connect() as conn:
+            active = conn.execute(
+                text("SELECT title_id, interval_s, bucket, peers, city_peers FROM rollup_active")
+            ).all()
+            frames = conn.execute(
+                text(
+                    "SELECT title_id, interval_s, bucket, sum(peers) FROM rollup_frame"
+                    " GROUP BY title_id, interval_s, bucket"
+                )
+            ).all()
+        want = {k: len(v) for k, v in expected.items()}
+        assert {(t, i, b): p for t, i, b, p, _ in active if p} == want
+        assert {(t, i, b): c for t, i, b, _, c in active if c} == want
+        assert {(t, i, b): int(p) for t, i, b, p in frames if p} == want
+    # A writer that starts afresh (no cache: a restart) still counts nothing twice.
+    again = BatchWriter(db.engine)
+    batch = WriteBatch()
+    batch.sightings.extend(written[:50])
+    again.write(batch)
+    with db.engine.connect() as conn:
+        active = conn.execute(
+            text("SELECT title_id, interval_s, bucket, peers FROM rollup_active")
+        ).all()
+    assert {(t, i, b): p for t, i, b, p in active if p} == want
