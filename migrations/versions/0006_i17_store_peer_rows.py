@@ -2,7 +2,9 @@
 
 From here the writer adds no row per sighting: a repeat sighting updates its peer's
 counters and the rollups. Peers gain the bitmasks of the sources and vantages that
-saw them and a fixed random record key (cell-key perturbation); a `vantage` table
+saw them, a fixed random record key (cell-key perturbation) and their latest hour and
+day (presence there costs no rollup_presence row; NULL for existing peers, which
+keep being asked of rollup_presence until their next sighting); a `vantage` table
 gives each vantage its bit; `write_batch` holds the token of each committed batch
 (what a retry after an uncertain commit asks); `replay_progress` how far a replayed
 file is stored (resumable `swarmwatch ingest`). Every rollup count gains the sum of
@@ -71,6 +73,8 @@ def upgrade() -> None:
         "peer", sa.Column("vantages", sa.BigInteger(), server_default="0", nullable=False)
     )
     op.add_column("peer", sa.Column("record_key", sa.Integer(), server_default="0", nullable=False))
+    for column in ("last_hour", "last_day", "prev_hour", "prev_day"):
+        op.add_column("peer", sa.Column(column, sa.Integer(), nullable=True))
     for table, columns in _RECORD_KEY_SUMS.items():
         for column in columns:
             op.add_column(
@@ -149,6 +153,8 @@ def downgrade() -> None:
             for column in reversed(columns):
                 batch.drop_column(column)
     with op.batch_alter_table("peer") as batch:
+        for column in ("prev_day", "prev_hour", "last_day", "last_hour"):
+            batch.drop_column(column)
         batch.drop_column("record_key")
         batch.drop_column("vantages")
         batch.drop_column("sources")

@@ -98,7 +98,8 @@ def bare_lookup_rate(city_db: Path, addrs: list[ipaddress.IPv4Address]) -> tuple
         reader.close()
 
 
-#: The tables the pipeline writes a row to per peer, per frame a peer is in, or per batch.
+#: The tables the pipeline writes a row to per peer, per frame a peer has moved on from, or
+#: per batch.
 #: The rollup counters get a few rows per place, cell and frame in a batch and are left
 #: out. A repeat sighting adds no row (it updates its peer's).
 FLOOR_TABLES = ("peer", "rollup_presence", "write_batch")

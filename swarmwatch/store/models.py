@@ -251,6 +251,13 @@ class Peer(Base):
     vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The peer's fixed random key for cell-key perturbation (31 bits; DESIGN.md).
     record_key: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
+    # in, so presence there costs no rollup_presence row; prev_*: the same before the
+    # latest upsert, which it returns (store.rollups.apply_rows). NULL: written before 0006.
+    last_hour: Mapped[int | None] = mapped_column(Integer)
+    last_day: Mapped[int | None] = mapped_column(Integer)
+    prev_hour: Mapped[int | None] = mapped_column(Integer)
+    prev_day: Mapped[int | None] = mapped_column(Integer)
 
 
 class Vantage(Base):

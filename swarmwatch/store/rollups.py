@@ -17,11 +17,14 @@ two hours is one peer in the day. So frames are kept only at fixed intervals
 interval is never finer than the sampling cadence: trackers are re-asked at least
 every ``tracker_max_interval`` (30 min) and DHT lookups more often, so every
 active peer has a chance to be seen in every hourly frame. A distinct count needs
-to know whether a peer was already counted in the frame: ``rollup_presence`` keeps
-one row per (title, interval, bucket, peer) for that, keyed by the first 64 bits
-of the peer key (a collision merges two peers with probability ~n²/2⁶⁵, about
-3·10⁻⁸ for a million peers in one hour; a peer new to its title is never merged,
-as its presence rows are known to be new). Presence rows are never read by queries.
+to know whether a peer was already counted in the frame. The writer keeps a peer's
+latest hour and day in its peer row (see apply_rows); ``rollup_presence`` keeps one
+row per (title, interval, bucket, peer) for the frames a peer has moved on from
+(and for every frame, when rollups are folded without the peer table), keyed by the
+first 64 bits of the peer key (a collision merges two peers with probability
+~n²/2⁶⁵, about 3·10⁻⁸ for a million peers in one hour; a peer new to its title is
+never merged, as its presence is known to be new). Presence rows are never read by
+queries.
 
 A study-level answer is the sum over its titles: a person who downloads two
 titles is two downloads, which is what the study counts.
@@ -68,7 +71,11 @@ CELL_RESOLUTIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
 FRAME_STORED_RES = max(FRAME_RESOLUTIONS)
 #: The resolution rollup_cell and rollup_cell_day rows are written at.
 CELL_STORED_RES = max(CELL_RESOLUTIONS)
-DAY = 86400
+HOUR, DAY = FRAME_INTERVALS
+#: A peer's latest hour and day before a batch, as the writer's peer upsert returns them.
+PriorFrames = tuple[int, int]
+#: The prior frames of a peer new to its title: none (every bucket is after them).
+NEW_PEER: PriorFrames = (-1, -1)
 
 _KW: dict[str, Any] = {"sqlite_with_rowid": False}  # clustered on the key: half the size
 
@@ -469,6 +476,7 @@ def apply_rows(
     new_rows: Iterable[int],
     presence: PresenceCache,
     record_keys: Sequence[int] | None = None,
+    prior: Mapping[tuple[int, bytes], PriorFrames] | None = None,
 ) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
@@ -481,6 +489,15 @@ def apply_rows(
     each when not given), summed beside every count. presence holds the frames'
     peers known to be committed; the keys this batch writes or meets are held in it
     until the caller's commit.
+
+    prior (the writer's, from its peer upserts) holds each peer's latest hour and day
+    before this batch (NEW_PEER for a peer new to its title; a peer without an entry
+    is asked of rollup_presence). A peer's presence in its latest hour and day is
+    kept in its peer row, not in a rollup_presence row: a frame later than the
+    peer's latest is new for sure, its latest is counted already, and its row is
+    written when the peer moves on to a later frame, so that a late sighting of an
+    earlier frame is asked of rollup_presence as before. An all-unique stream
+    writes no presence row at all.
     """
     if not rows:
         return
@@ -549,15 +566,16 @@ def apply_rows(
     # asking the database (and without a RETURNING row each). A peer_id collision with
     # an older peer then counts both rather than merging them.
     presence.hold(list(candidates))
-    new_peers = {(titles[i], pids[i]) for i in new}
-    known: list[Key] = []
-    first_seen: list[Key] = []
-    for k in candidates:
-        (first_seen if (k[0], k[3]) in new_peers else known).append(k)
-    fresh = [
-        (k, rows[candidates[k]], rks[candidates[k]])
-        for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
-    ]
+    if prior is None:
+        new_peers = {(titles[i], pids[i]) for i in new}
+        known: list[Key] = []
+        first_seen: list[Key] = []
+        for k in candidates:
+            (first_seen if (k[0], k[3]) in new_peers else known).append(k)
+        counted = _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
+    else:
+        counted = _counted_presence(conn, rows, hours, days, pids, candidates, prior)
+    fresh = [(k, rows[candidates[k]], rks[candidates[k]]) for k in counted]
     active_n = Counter([k[:3] for k, _, _ in fresh])
     active_rk = _sum_by([k[:3] for k, _, _ in fresh], [rk for _, _, rk in fresh])
     citied = [(k, r, rk) for k, r, rk in fresh if r.geoname_id]
@@ -612,6 +630,58 @@ def apply_rows(
         active,
         ("peers", "city_peers", "peers_rk", "city_peers_rk"),
     )
+
+
+def _counted_presence(
+    conn: Connection,
+    rows: Sequence[SightingRow],
+    hours: list[int],
+    days: list[int],
+    pids: list[int],
+    candidates: dict[Key, int],
+    prior: Mapping[tuple[int, bytes], PriorFrames],
+) -> list[Key]:
+    """The presence candidates that count a peer in a frame for the first time, with
+    the peers' latest frames kept in their rows (see apply_rows): rows are written
+    only for frames a peer has moved on from, and asked only for frames before a
+    peer's latest."""
+    latest: dict[tuple[int, bytes], list[int]] = {}
+    pid_of: dict[tuple[int, bytes], int] = {}
+    for i, r in enumerate(rows):
+        pk = (r.title_id, r.peer_key)
+        top = latest.get(pk)
+        if top is None:
+            latest[pk] = [hours[i], days[i]]
+            pid_of[pk] = pids[i]
+        else:
+            top[0] = max(top[0], hours[i])
+            top[1] = max(top[1], days[i])
+    fresh: list[Key] = []  # counted; the peer's latest frame now, so no row
+    moved_on: list[Key] = []  # counted, and left within this batch: a row, known new
+    ask: list[Key] = []  # before the peer's latest: counted if its row was not there
+    for k, i in candidates.items():
+        r = rows[i]
+        pk = (r.title_id, r.peer_key)
+        before = prior.get(pk)
+        if before is None:
+            ask.append(k)
+            continue
+        at = 0 if k[1] == HOUR else 1
+        bucket = k[2]
+        if bucket > before[at]:
+            (moved_on if bucket < latest[pk][at] else fresh).append(k)
+        elif bucket < before[at]:
+            ask.append(k)
+        # bucket == the peer's latest before: counted then, its row comes when it leaves
+    # The frames peers move on from in this batch: their rows, for late sightings.
+    left: list[Key] = [
+        (pk[0], interval, before[at], pid_of[pk])
+        for pk, before in prior.items()
+        for at, interval in ((0, HOUR), (1, DAY))
+        if 0 <= before[at] < latest[pk][at]
+    ]
+    _new_presence(conn, left, all_new=True)
+    return fresh + _new_presence(conn, moved_on, all_new=True) + _new_presence(conn, ask)
 
 
 def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int, int]]) -> None:
@@ -684,9 +754,12 @@ __all__ = [
     "FRAME_INTERVALS",
     "FRAME_RESOLUTIONS",
     "FRAME_STORED_RES",
+    "HOUR",
+    "NEW_PEER",
     "PEER_TIMES",
     "PEER_TIMES_FROM_PEERS",
     "PresenceCache",
+    "PriorFrames",
     "ROLLUP_TABLES",
     "add_peer_times",
     "apply_batch",

@@ -14,6 +14,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -22,13 +23,32 @@ from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
 from swarmwatch.store.batch import ReplayMark, SightingRow
 from swarmwatch.store.chunks import row_chunks
-from swarmwatch.store.rollups import PresenceCache, add_peer_times, apply_batch, apply_rows
+from swarmwatch.store.rollups import (
+    DAY,
+    HOUR,
+    NEW_PEER,
+    PresenceCache,
+    PriorFrames,
+    add_peer_times,
+    apply_batch,
+    apply_rows,
+)
 
 log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
-ApplyRows = Callable[[Connection, list[SightingRow], list[int], PresenceCache, list[int]], None]
+ApplyRows = Callable[
+    [
+        Connection,
+        list[SightingRow],
+        list[int],
+        PresenceCache,
+        list[int],
+        dict[tuple[int, bytes], PriorFrames],
+    ],
+    None,
+]
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
 _WAL_CHECKPOINT_PAGES = 16_384
@@ -46,7 +66,8 @@ WRITER_SQLITE_PRAGMAS = (
 
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
-    " geoname_id, metro_id, h3_cell, asn, seed, sightings, sources, vantages, record_key"
+    " geoname_id, metro_id, h3_cell, asn, seed, sightings, sources, vantages, record_key,"
+    " last_hour, last_day"
 )
 _PEER_WIDTH = _PEER_COLUMNS.count(",") + 1
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
@@ -69,9 +90,18 @@ _UPSERT_PEER_TAIL = (
     " seed = COALESCE(peer.seed OR excluded.seed, peer.seed, excluded.seed),"
     " sightings = peer.sightings + excluded.sightings,"
     " sources = peer.sources | excluded.sources,"
-    " vantages = peer.vantages | excluded.vantages"
+    " vantages = peer.vantages | excluded.vantages,"
+    # The latest hour and day the peer is present in, and (SET reads the row as it
+    # was) the ones before this upsert: presence in a peer's latest frames costs no
+    # rollup_presence row (see rollups.apply_rows).
+    " prev_hour = peer.last_hour,"
+    " prev_day = peer.last_day,"
+    " last_hour = CASE WHEN peer.last_hour IS NULL OR excluded.last_hour > peer.last_hour"
+    " THEN excluded.last_hour ELSE peer.last_hour END,"
+    " last_day = CASE WHEN peer.last_day IS NULL OR excluded.last_day > peer.last_day"
+    " THEN excluded.last_day ELSE peer.last_day END"
     # record_key is never updated: it is the peer's for good (cell-key perturbation).
-    " RETURNING title_id, peer_key, sightings, record_key"
+    " RETURNING title_id, peer_key, sightings, record_key, prev_hour, prev_day"
 )
 # Each batch notes its token; whether a commit went through is asked of it afterwards.
 _NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
@@ -402,10 +432,12 @@ class BatchWriter:
                 chunk, start
             ):
                 r = rows[placed]
+                latest = int(rows[last].seen_at.timestamp())
                 extend(
                     (title_id, key, r.study_id, times[first], times[last])
                     + (r.country, r.geoname_id, r.metro_id, r.h3_cell, r.asn)
                     + (seed, count, src, van, record_keys[n] & RECORD_KEY_MASK)
+                    + (latest // HOUR, latest // DAY)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
             peer_statements.append((self._sql(statement), tuple(params)))
@@ -422,20 +454,28 @@ class BatchWriter:
         times: list[tuple[int, int, int, int]] = []
         # Each peer's record key as stored (a new peer's is the one just drawn).
         record_key: dict[tuple[int, bytes], int] = {}
-        for statement, params in prepared.peer_statements:
-            for title_id, key, count, rk in conn.exec_driver_sql(statement, params).fetchall():
-                pk = (title_id, bytes(key))
-                first, sightings = peers[pk]
-                record_key[pk] = rk
-                if count == sightings:
-                    new_rows.append(first)
-                if count <= 2 + sightings:  # it was seen at most twice before
-                    times.append((title_id, count - sightings, count, rk))
+        # Each peer's latest hour and day before this batch (see apply_rows).
+        prior: dict[tuple[int, bytes], PriorFrames] = {}
+        returned = (
+            conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
+        )
+        for title_id, key, count, rk, prev_hour, prev_day in chain.from_iterable(returned):
+            pk = (title_id, bytes(key))
+            first, sightings = peers[pk]
+            record_key[pk] = rk
+            if count == sightings:
+                new_rows.append(first)
+                prior[pk] = NEW_PEER
+            elif prev_hour is not None and prev_day is not None:
+                prior[pk] = (prev_hour, prev_day)
+            # (a peer written before 0006 has no latest frames yet: it has no prior entry)
+            if count <= 2 + sightings:  # it was seen at most twice before
+                times.append((title_id, count - sightings, count, rk))
         if self._apply_rows is not None or self.rollups is not None:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
             rks = [record_key[(r.title_id, r.peer_key)] for r in rows]
-            self._apply_rows(conn, rows, new_rows, self.presence, rks)
+            self._apply_rows(conn, rows, new_rows, self.presence, rks, prior)
         elif self.rollups is not None:
             new_set = set(new_rows)
             self.rollups(
