@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -325,3 +326,24 @@ def test_kill_9_mid_ingest_then_again_counts_every_line_once(
         assert _state(db) == _state(fresh)
     finally:
         fresh.dispose()
+
+
+def test_replay_digests_are_keyed_so_a_short_prefix_cannot_be_searched(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """A file of a header and one line: the digest stored for it is not a plain hash of
+    those bytes (which could be searched over all addresses), but keyed."""
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "one.csv"
+    f.write_text(f"ip,port,infohash,time,source\n81.2.69.160,6881,{INFOHASH},1795780800,dht\n")
+    ingest_file(f, db)
+    raw = f.read_bytes()
+    with db.engine.connect() as conn:
+        digests = {bytes(d) for (d,) in conn.execute(text("SELECT digest FROM replay_progress"))}
+    assert len(digests) == 1
+    plain = {
+        hashlib.sha256(raw).digest(),
+        hashlib.blake2b(raw, digest_size=32).digest(),
+        hashlib.sha3_256(raw).digest(),
+    }
+    assert not digests & plain

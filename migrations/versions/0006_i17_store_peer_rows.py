@@ -7,7 +7,8 @@ day (presence there costs no rollup_presence row; NULL for existing peers, which
 keep being asked of rollup_presence until their next sighting); a `vantage` table
 gives each vantage its bit; `write_batch` holds the token of each committed batch
 (what a retry after an uncertain commit asks); `replay_progress` how far a replayed
-file is stored (resumable `swarmwatch ingest`). Every rollup count gains the sum of
+file is stored (resumable `swarmwatch ingest`; its digests are keyed with a secret in
+`store_secret`). Every rollup count gains the sum of
 its peers' record keys beside it (`<count>_rk`). Existing sighting rows are kept as
 they are (read by nothing) and existing peers are backfilled from them; rollup rows
 counted before this migration hold 0 record-key sums for what they counted then.
@@ -67,6 +68,12 @@ def upgrade() -> None:
         sa.Column("lines", sa.BigInteger(), nullable=False),
         sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("digest", name=op.f("pk_replay_progress")),
+    )
+    op.create_table(
+        "store_secret",
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("value", sa.LargeBinary(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_store_secret")),
     )
     op.add_column("peer", sa.Column("sources", sa.Integer(), server_default="0", nullable=False))
     op.add_column(
@@ -158,6 +165,7 @@ def downgrade() -> None:
         batch.drop_column("record_key")
         batch.drop_column("vantages")
         batch.drop_column("sources")
+    op.drop_table("store_secret")
     op.drop_table("replay_progress")
     op.drop_table("write_batch")
     op.drop_table("vantage")

@@ -4,8 +4,8 @@ Each line is untrusted input: a bad line raises ReplayRowError inside the parser
 is reported with its line number (never its content: it may hold an address), and
 is skipped; good lines are never lost because of a bad neighbour.
 
-Resumable and idempotent: each write batch stores, in its own transaction, the
-SHA-256 of the file's bytes up to the last line its sightings came from
+Resumable and idempotent: each write batch stores, in its own transaction, a keyed
+digest of the file's bytes up to the last line its sightings came from
 (replay_progress). Run again after any interruption, the same file (or one that
 starts with it, such as a log that grew) resumes after the last stored line, so no
 line is counted twice. A file whose overlap with an earlier one is not a common
@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.batch import ReplayMark
-from swarmwatch.store.models import ReplayProgress
+from swarmwatch.store.models import ReplayProgress, StoreSecret
 
 log = logging.getLogger(__name__)
 
@@ -263,10 +264,16 @@ async def ingest_lines(
 
 
 class FileCursor:
-    """Reads a file's lines while hashing them: where a replay is, as a ReplayMark."""
+    """Reads a file's lines while hashing them: where a replay is, as a ReplayMark.
 
-    def __init__(self) -> None:
-        self.sha = hashlib.sha256()
+    The hash is keyed (BLAKE2b with the database's replay key): the lines hold raw
+    addresses, and an unkeyed digest of a short prefix (a header and one line) could
+    be searched for the address it hashes, which would keep an address in the database
+    in all but name.
+    """
+
+    def __init__(self, key: bytes = b"") -> None:
+        self.sha = hashlib.blake2b(key=key, digest_size=32)
         self.bytes_read = 0
         self.lines = 0
 
@@ -301,7 +308,17 @@ def _file_lines(path: Path) -> Iterator[bytes]:
     return FileCursor().read(path)
 
 
-def resume_point(path: Path, db: Database) -> tuple[int, int]:
+def replay_key(db: Database) -> bytes:
+    """The key of this database's replay digests, made on first use."""
+    with db.writing() as session:
+        key = session.scalar(select(StoreSecret.value).where(StoreSecret.name == "replay"))
+        if key is None:
+            key = secrets.token_bytes(32)
+            session.add(StoreSecret(name="replay", value=key))
+    return bytes(key)
+
+
+def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
     """(lines, bytes) of the file that an earlier run stored: the furthest replay mark
     whose digest is that of the file's own prefix, or (0, 0)."""
     size = path.stat().st_size
@@ -318,7 +335,7 @@ def resume_point(path: Path, db: Database) -> tuple[int, int]:
     if not known:
         return best
     sizes = {read for _, read in known.values()}  # hash only where a mark could match
-    cursor = FileCursor()
+    cursor = FileCursor(key)
     for _ in cursor.read(path):
         if cursor.bytes_read in sizes and cursor.mark().digest in known:
             best = (cursor.lines, cursor.bytes_read)
@@ -342,8 +359,9 @@ def ingest_file(
         raise ValueError(f"unknown format {kind!r} (csv or jsonl)")
 
     started = time.perf_counter()
-    resume_lines, resume_bytes = resume_point(path, db)
-    cursor = FileCursor()
+    key = replay_key(db)
+    resume_lines, resume_bytes = resume_point(path, db, key)
+    cursor = FileCursor(key)
 
     async def run() -> ReplayReport:
         async with Pipeline(db, **(pipeline_options or {})) as pipeline:

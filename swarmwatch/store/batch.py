@@ -37,7 +37,7 @@ class ReplayMark(NamedTuple):
     again resumes exactly after what was committed, whatever interrupted it.
     """
 
-    digest: bytes  # SHA-256 of the file's bytes up to the end of line `lines`
+    digest: bytes  # keyed BLAKE2b of the file's bytes up to the end of line `lines`
     bytes_read: int
     lines: int
 

@@ -271,7 +271,7 @@ class Vantage(Base):
 class ReplayProgress(Base):
     """How far a replayed file is stored: one row per batch that held its lines.
 
-    Keyed by the SHA-256 of the file's first `bytes_read` bytes, so the same file, or
+    Keyed by a keyed digest of the file's first `bytes_read` bytes, so the same file, or
     one that starts with it (a log that grew), resumes after line `lines`.
     """
 
@@ -280,6 +280,15 @@ class ReplayProgress(Base):
     bytes_read: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[int] = mapped_column(BigInteger)
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StoreSecret(Base):
+    """A secret of the store itself, made on first use: `replay` keys the digests of
+    replay_progress (which hash file bytes holding raw addresses)."""
+
+    __tablename__ = "store_secret"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary(64))
 
 
 class BatchToken(Base):
@@ -366,6 +375,7 @@ __all__ = [
     "ReplayProgress",
     "Sample",
     "Sighting",
+    "StoreSecret",
     "Study",
     "StudyKey",
     "Title",
