@@ -332,7 +332,8 @@ def test_replay_digests_are_keyed_so_a_short_prefix_cannot_be_searched(
     db: Database, city: Path, tmp_path: Path
 ) -> None:
     """A file of a header and one line: the digest stored for it is not a plain hash of
-    those bytes (which could be searched over all addresses), but keyed."""
+    those bytes (which anyone could search over all addresses), but keyed with the
+    store's secret (which, like the study keys, belongs in key custody)."""
     register(db, ("alpha", [INFOHASH]))
     f = tmp_path / "one.csv"
     f.write_text(f"ip,port,infohash,time,source\n81.2.69.160,6881,{INFOHASH},1795780800,dht\n")

@@ -268,8 +268,9 @@ class FileCursor:
 
     The hash is keyed (BLAKE2b with the database's replay key): the lines hold raw
     addresses, and an unkeyed digest of a short prefix (a header and one line) could
-    be searched for the address it hashes, which would keep an address in the database
-    in all but name.
+    be searched for the address it hashes by anyone, which would keep an address in the
+    database in all but name. The key sits in store_secret, beside the study keys: it
+    protects as much as they do, and belongs wherever key custody puts them.
     """
 
     def __init__(self, key: bytes = b"") -> None:
