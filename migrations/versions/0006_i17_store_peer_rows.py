@@ -3,8 +3,9 @@
 From here the writer adds no row per sighting: a repeat sighting updates its peer's
 counters and the rollups. Peers gain the bitmasks of the sources and vantages that
 saw them, a fixed random record key (cell-key perturbation) and their latest hour and
-day (presence there costs no rollup_presence row; NULL for existing peers, which
-keep being asked of rollup_presence until their next sighting); a `vantage` table
+day, and bitmaps of the hours and days they moved on from (presence costs no
+rollup_presence row within the bitmaps' 128 hours and 64 days; NULL for existing
+peers, which are asked of rollup_presence until their next sighting); a `vantage` table
 gives each vantage its bit; `write_batch` holds the token of each committed batch
 (what a retry after an uncertain commit asks); `replay_progress` how far a replayed
 file is stored (resumable `swarmwatch ingest`; its digests are keyed with a secret in
@@ -80,8 +81,12 @@ def upgrade() -> None:
         "peer", sa.Column("vantages", sa.BigInteger(), server_default="0", nullable=False)
     )
     op.add_column("peer", sa.Column("record_key", sa.Integer(), server_default="0", nullable=False))
-    for column in ("last_hour", "last_day", "prev_hour", "prev_day"):
+    for column in ("last_hour", "last_day", "prev_hour", "prev_day", "hour_base", "day_base"):
         op.add_column("peer", sa.Column(column, sa.Integer(), nullable=True))
+    for column in ("hours0", "hours1", "days"):
+        op.add_column(
+            "peer", sa.Column(column, sa.BigInteger(), server_default="0", nullable=False)
+        )
     for table, columns in _RECORD_KEY_SUMS.items():
         for column in columns:
             op.add_column(
@@ -160,6 +165,8 @@ def downgrade() -> None:
             for column in reversed(columns):
                 batch.drop_column(column)
     with op.batch_alter_table("peer") as batch:
+        for column in ("days", "hours1", "hours0", "day_base", "hour_base"):
+            batch.drop_column(column)
         for column in ("prev_day", "prev_hour", "last_day", "last_hour"):
             batch.drop_column(column)
         batch.drop_column("record_key")

@@ -258,6 +258,14 @@ class Peer(Base):
     last_day: Mapped[int | None] = mapped_column(Integer)
     prev_hour: Mapped[int | None] = mapped_column(Integer)
     prev_day: Mapped[int | None] = mapped_column(Integer)
+    # Presence in the frames the peer moved on from: bit i of hours0 is hour
+    # hour_base + i, of hours1 hour hour_base + 64 + i, of days day day_base + i (the
+    # bases: the peer's first hour and day). Other frames are rollup_presence rows.
+    hour_base: Mapped[int | None] = mapped_column(Integer)
+    hours0: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hours1: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    day_base: Mapped[int | None] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Vantage(Base):

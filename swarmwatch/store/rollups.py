@@ -36,7 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from h3.api import basic_int as h3i
 from sqlalchemy import (
@@ -72,10 +72,45 @@ FRAME_STORED_RES = max(FRAME_RESOLUTIONS)
 #: The resolution rollup_cell and rollup_cell_day rows are written at.
 CELL_STORED_RES = max(CELL_RESOLUTIONS)
 HOUR, DAY = FRAME_INTERVALS
-#: A peer's latest hour and day before a batch, as the writer's peer upsert returns them.
-PriorFrames = tuple[int, int]
+
+
+class PeerFrames(NamedTuple):
+    """A peer's presence before a batch, as the writer's peer upsert returns it: its
+    latest hour and day, and the bitmaps of the frames it moved on from (bit i of
+    hours0 is hour hour_base + i, of hours1 hour hour_base + 64 + i, of days day
+    day_base + i; each base is the peer's first frame). Frames outside the bitmaps,
+    and frames a peer moved on from within one batch, are rollup_presence rows."""
+
+    hour: int
+    day: int
+    hour_base: int | None = None
+    hours0: int = 0
+    hours1: int = 0
+    day_base: int | None = None
+    days: int = 0
+
+    def latest(self, at: int) -> int:
+        return self.hour if at == 0 else self.day
+
+    def in_bitmap(self, at: int, bucket: int) -> bool | None:
+        """Whether the bitmaps hold the frame: None if it lies outside them."""
+        if at == 0:
+            if self.hour_base is None:
+                return None
+            i = bucket - self.hour_base
+            if 0 <= i < 64:
+                return bool(self.hours0 >> i & 1)
+            if 64 <= i < 128:
+                return bool(self.hours1 >> (i - 64) & 1)
+            return None
+        if self.day_base is None:
+            return None
+        i = bucket - self.day_base
+        return bool(self.days >> i & 1) if 0 <= i < 64 else None
+
+
 #: The prior frames of a peer new to its title: none (every bucket is after them).
-NEW_PEER: PriorFrames = (-1, -1)
+NEW_PEER = PeerFrames(-1, -1)
 
 _KW: dict[str, Any] = {"sqlite_with_rowid": False}  # clustered on the key: half the size
 
@@ -476,7 +511,7 @@ def apply_rows(
     new_rows: Iterable[int],
     presence: PresenceCache,
     record_keys: Sequence[int] | None = None,
-    prior: Mapping[tuple[int, bytes], PriorFrames] | None = None,
+    prior: Mapping[tuple[int, bytes], PeerFrames] | None = None,
 ) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
@@ -639,7 +674,7 @@ def _counted_presence(
     days: list[int],
     pids: list[int],
     candidates: dict[Key, int],
-    prior: Mapping[tuple[int, bytes], PriorFrames],
+    prior: Mapping[tuple[int, bytes], PeerFrames],
 ) -> list[Key]:
     """The presence candidates that count a peer in a frame for the first time, with
     the peers' latest frames kept in their rows (see apply_rows): rows are written
@@ -668,17 +703,20 @@ def _counted_presence(
             continue
         at = 0 if k[1] == HOUR else 1
         bucket = k[2]
-        if bucket > before[at]:
+        last = before.latest(at)
+        if bucket > last:
             (moved_on if bucket < latest[pk][at] else fresh).append(k)
-        elif bucket < before[at]:
-            ask.append(k)
-        # bucket == the peer's latest before: counted then, its row comes when it leaves
-    # The frames peers move on from in this batch: their rows, for late sightings.
+        elif bucket < last and not before.in_bitmap(at, bucket):
+            ask.append(k)  # not in the bitmaps (or outside them): maybe a row
+        # bucket == the peer's latest before: counted then, and kept when it moves on
+    # The frames peers move on from in this batch that their bitmaps cannot hold (the
+    # upsert set the bits of the others): rows, for late sightings.
     left: list[Key] = [
-        (pk[0], interval, before[at], pid_of[pk])
+        (pk[0], interval, before.latest(at), pid_of[pk])
         for pk, before in prior.items()
         for at, interval in ((0, HOUR), (1, DAY))
-        if 0 <= before[at] < latest[pk][at]
+        if 0 <= before.latest(at) < latest[pk][at]
+        and before.in_bitmap(at, before.latest(at)) is None
     ]
     _new_presence(conn, left, all_new=True)
     return fresh + _new_presence(conn, moved_on, all_new=True) + _new_presence(conn, ask)
@@ -759,7 +797,7 @@ __all__ = [
     "PEER_TIMES",
     "PEER_TIMES_FROM_PEERS",
     "PresenceCache",
-    "PriorFrames",
+    "PeerFrames",
     "ROLLUP_TABLES",
     "add_peer_times",
     "apply_batch",

@@ -27,8 +27,8 @@ from swarmwatch.store.rollups import (
     DAY,
     HOUR,
     NEW_PEER,
+    PeerFrames,
     PresenceCache,
-    PriorFrames,
     add_peer_times,
     apply_batch,
     apply_rows,
@@ -45,7 +45,7 @@ ApplyRows = Callable[
         list[int],
         PresenceCache,
         list[int],
-        dict[tuple[int, bytes], PriorFrames],
+        dict[tuple[int, bytes], PeerFrames],
     ],
     None,
 ]
@@ -67,7 +67,7 @@ WRITER_SQLITE_PRAGMAS = (
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
     " geoname_id, metro_id, h3_cell, asn, seed, sightings, sources, vantages, record_key,"
-    " last_hour, last_day"
+    " last_hour, last_day, hour_base, day_base"
 )
 _PEER_WIDTH = _PEER_COLUMNS.count(",") + 1
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
@@ -75,6 +75,19 @@ _PEER_WIDTH = _PEER_COLUMNS.count(",") + 1
 # comes back with exactly the batch's count was inserted (an existing row had >= 1
 # already), so new peers are known without a read before the write.
 _UPSERT_PEER_HEAD = "INSERT INTO peer (" + _PEER_COLUMNS + ") VALUES "
+
+
+def _leave(column: str, unit: str, first: int) -> str:
+    """SET clause: the bit of the frame the peer leaves (its latest before this upsert,
+    when a later one arrives), if that frame falls in this 64-frame word."""
+    at = f"(peer.last_{unit} - peer.{unit}_base - {first})"
+    return (
+        f" {column} = CASE WHEN excluded.last_{unit} > peer.last_{unit}"
+        f" AND {at} BETWEEN 0 AND 63"
+        f" THEN peer.{column} | (CAST(1 AS BIGINT) << {at}) ELSE peer.{column} END,"
+    )
+
+
 _UPSERT_PEER_TAIL = (
     " ON CONFLICT (title_id, peer_key) DO UPDATE SET"
     " first_seen = CASE WHEN excluded.first_seen < peer.first_seen"
@@ -96,12 +109,19 @@ _UPSERT_PEER_TAIL = (
     # rollup_presence row (see rollups.apply_rows).
     " prev_hour = peer.last_hour,"
     " prev_day = peer.last_day,"
+    # The frame a peer moves on from goes into its presence bitmaps (see PeerFrames).
+    + _leave("hours0", "hour", 0)
+    + _leave("hours1", "hour", 64)
+    + _leave("days", "day", 0)
+    + " hour_base = COALESCE(peer.hour_base, excluded.hour_base),"
+    " day_base = COALESCE(peer.day_base, excluded.day_base),"
     " last_hour = CASE WHEN peer.last_hour IS NULL OR excluded.last_hour > peer.last_hour"
     " THEN excluded.last_hour ELSE peer.last_hour END,"
     " last_day = CASE WHEN peer.last_day IS NULL OR excluded.last_day > peer.last_day"
     " THEN excluded.last_day ELSE peer.last_day END"
     # record_key is never updated: it is the peer's for good (cell-key perturbation).
-    " RETURNING title_id, peer_key, sightings, record_key, prev_hour, prev_day"
+    " RETURNING title_id, peer_key, sightings, record_key, prev_hour, prev_day,"
+    " hour_base, hours0, hours1, day_base, days"
 )
 # Each batch notes its token; whether a commit went through is asked of it afterwards.
 _NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
@@ -433,11 +453,13 @@ class BatchWriter:
             ):
                 r = rows[placed]
                 latest = int(rows[last].seen_at.timestamp())
+                earliest = int(rows[first].seen_at.timestamp())
                 extend(
                     (title_id, key, r.study_id, times[first], times[last])
                     + (r.country, r.geoname_id, r.metro_id, r.h3_cell, r.asn)
                     + (seed, count, src, van, record_keys[n] & RECORD_KEY_MASK)
                     + (latest // HOUR, latest // DAY)
+                    + (earliest // HOUR, earliest // DAY)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
             peer_statements.append((self._sql(statement), tuple(params)))
@@ -455,11 +477,13 @@ class BatchWriter:
         # Each peer's record key as stored (a new peer's is the one just drawn).
         record_key: dict[tuple[int, bytes], int] = {}
         # Each peer's latest hour and day before this batch (see apply_rows).
-        prior: dict[tuple[int, bytes], PriorFrames] = {}
+        prior: dict[tuple[int, bytes], PeerFrames] = {}
         returned = (
             conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
         )
-        for title_id, key, count, rk, prev_hour, prev_day in chain.from_iterable(returned):
+        for title_id, key, count, rk, prev_hour, prev_day, *bitmaps in chain.from_iterable(
+            returned
+        ):
             pk = (title_id, bytes(key))
             first, sightings = peers[pk]
             record_key[pk] = rk
@@ -467,7 +491,7 @@ class BatchWriter:
                 new_rows.append(first)
                 prior[pk] = NEW_PEER
             elif prev_hour is not None and prev_day is not None:
-                prior[pk] = (prev_hour, prev_day)
+                prior[pk] = PeerFrames(prev_hour, prev_day, *bitmaps)
             # (a peer written before 0006 has no latest frames yet: it has no prior entry)
             if count <= 2 + sightings:  # it was seen at most twice before
                 times.append((title_id, count - sightings, count, rk))
