@@ -539,8 +539,9 @@ def crawl(
     settings = get_settings()
     if vantage:
         settings = settings.model_copy(update={"vantage": vantage})
-    db = open_database(settings, places=True)
-    require_custody(settings, db)
+    db = open_database(settings)
+    require_custody(settings, db)  # before the minute of loading places, not after
+    ensure_places(db)
     names = [n.strip() for n in crawlers.split(",") if n.strip()]
     try:
         built = build_crawlers(settings, db, names)
@@ -593,14 +594,9 @@ def demo(
     from swarmwatch.demo import banner, run_demo
 
     setup_logging(verbose)
-    for suffix in ("", "-wal", "-shm", ".secret"):
+    for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    # The demo's own deployment secret (0600, beside its database, replaced with it):
-    # the demo runs out of the box and still never stores a study key in usable form.
-    secret_file = Path(f"{db_path}.secret")
-    from swarmwatch.custody import write_secret_file
-
-    write_secret_file(secret_file)
+    secret_file = demo_secret(db_path)
     settings = get_settings().model_copy(
         update={
             "database_url": f"sqlite:///{db_path.resolve()}",
@@ -632,6 +628,19 @@ def demo(
         asyncio.run(main())
     except OSError as exc:
         fail(f"cannot start the demo: {exc}")
+
+
+def demo_secret(db_path: Path) -> Path:
+    """The demo's own deployment secret: a new 0600 file beside its database, replaced with it.
+
+    The demo runs out of the box and still never stores a study key in usable form.
+    """
+    from swarmwatch.custody import write_secret_file
+
+    path = Path(f"{db_path}.secret")
+    path.unlink(missing_ok=True)
+    write_secret_file(path)
+    return path
 
 
 def run() -> None:

@@ -53,7 +53,7 @@ def ingest_command(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
         except CustodyError as exc:  # no study key is made or used without the secret
-            console.print(f"[red]refusing to ingest: {exc}[/red]")
+            console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
     finally:
         db.dispose()
