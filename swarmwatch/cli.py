@@ -490,9 +490,9 @@ def serve(
     if is_empty(db.engine):
         err.print("empty database: creating the schema")
     db.upgrade()
-    ensure_places(db)
-    if crawl:
+    if crawl:  # before the minute of loading places, not after
         require_custody(settings, db)
+    ensure_places(db)
     log_level = "debug" if verbose else "info"
     if workers > 1:
         db.dispose()  # each worker process opens its own pool

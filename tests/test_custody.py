@@ -178,7 +178,7 @@ def test_no_secret_refuses_ingest_and_crawl(
     )
     monkeypatch.delenv("SWARMWATCH_SECRET")
     get_settings.cache_clear()
-    for args in (["ingest", str(lines)], ["crawl", "--crawlers", "tracker"]):
+    for args in (["ingest", str(lines)], ["crawl", "--crawlers", "tracker"], ["serve"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert "refusing to" in result.output and "no deployment secret" in result.output
