@@ -202,6 +202,37 @@ def secret_create(
     out.print(f"export SWARMWATCH_SECRET_FILE={path.resolve()}")
 
 
+@secret_app.command("rotate")
+def secret_rotate(
+    new_file: Annotated[
+        Path, typer.Option("--new-file", help="The new secret (from `secret create`).")
+    ],
+) -> None:
+    """Wrap every study key with a new secret (the current one is SWARMWATCH_SECRET_FILE).
+
+    Then point every worker at the new file and destroy the old one: backups made
+    before the rotation can then no longer be unwrapped, sealed studies included.
+    """
+    from swarmwatch.custody import CustodyError, KeyCustody
+    from swarmwatch.pipeline.anonymise import rewrap_keys
+
+    settings = get_settings()
+    db = open_database(settings)
+    try:
+        old = KeyCustody.from_settings(settings)
+        new = KeyCustody.from_settings(
+            settings.model_copy(update={"secret_file": str(new_file), "secret": None})
+        )
+        with db.session() as session:
+            count = rewrap_keys(session, old, new)
+    except CustodyError as exc:
+        fail(f"cannot rotate: {exc}")
+    out.print(
+        f"{count} study keys now wrapped with secret {new.secret_id}: set "
+        f"SWARMWATCH_SECRET_FILE={new_file.resolve()} everywhere and destroy the old secret"
+    )
+
+
 def require_custody(settings: Settings, db: Database) -> None:
     """Refuse to crawl or ingest without this database's deployment secret (one line, exit 1)."""
     from swarmwatch.custody import CustodyError, KeyCustody

@@ -323,3 +323,27 @@ def test_seal_study_is_idempotent(db: Database) -> None:
         ensure_study_key(s, 1, KeyCustody.from_settings(get_settings()))
         assert not seal_study(s, 1).already_sealed
         assert seal_study(s, 1).already_sealed
+
+
+def test_rotation_rewraps_every_key_and_retires_the_old_secret(
+    db: Database, city_db: Path, tmp_path: Path
+) -> None:
+    register(db, ("rotated", [INFOHASH]))
+    crawl(db, city_db, PEERS[:3])
+    old = KeyCustody.from_settings(get_settings())
+    with db.session() as s:
+        key = ensure_study_key(s, 1, old)
+    new_file = tmp_path / "new.secret"
+    write_secret_file(new_file)
+    result = runner.invoke(app, ["secret", "rotate", "--new-file", str(new_file)])
+    assert result.exit_code == 0, result.output
+    assert "1 study keys now wrapped" in result.output
+    new = KeyCustody.from_settings(Settings(secret=None, secret_file=str(new_file)))
+    with db.session() as s:
+        assert ensure_study_key(s, 1, new) == key  # peer keys stay valid
+    with pytest.raises(WrongSecret):
+        crawl(db, city_db, PEERS, custody=old)
+    crawl(db, city_db, PEERS, custody=new)
+    assert len(stored_peer_keys(db)) == len(PEERS)  # the first three were recognised
+    again = runner.invoke(app, ["secret", "rotate", "--new-file", str(new_file)])
+    assert again.exit_code == 1 and "cannot rotate" in again.output  # old one is retired

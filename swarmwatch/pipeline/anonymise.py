@@ -109,6 +109,26 @@ def ensure_study_key(session: Session, study_id: int, custody: KeyCustody) -> by
     return key
 
 
+def rewrap_keys(session: Session, old: KeyCustody, new: KeyCustody) -> int:
+    """Wrap every study key again under a new deployment secret; the count rewrapped.
+
+    Peer keys do not change. Afterwards the old secret opens nothing in this database,
+    and the new one opens nothing in backups made before: destroy the old secret and a
+    study sealed before the rotation cannot be linked again even from an old backup.
+    """
+    check_custody(session, old)
+    rows = session.scalars(select(StudyKey).order_by(StudyKey.study_id)).all()
+    for row in rows:
+        wrapped = new.wrap(row.study_id, old.unwrap(row.study_id, _stored(row)))
+        row.nonce, row.wrapped_key, row.tag = wrapped.nonce, wrapped.wrapped, wrapped.tag
+        row.secret_id = wrapped.secret_id
+    session.execute(delete(DeploymentSecret))
+    session.add(DeploymentSecret(secret_id=new.secret_id, pinned_at=utcnow()))
+    session.flush()
+    log.info("study keys rewrapped under deployment secret %s: %d", new.secret_id, len(rows))
+    return len(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class SealResult:
     study_id: int
@@ -169,5 +189,6 @@ __all__ = [
     "check_custody",
     "ensure_study_key",
     "peer_key",
+    "rewrap_keys",
     "seal_study",
 ]
