@@ -282,6 +282,9 @@ def test_migration_wraps_existing_plaintext_keys(
     get_settings.cache_clear()
     with pytest.raises(RuntimeError, match="needs the deployment secret"):
         db.upgrade()
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1 and "needs the deployment secret" in result.output
+    assert "Traceback" not in result.output
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT key FROM study_key")).scalar_one() == plain
     # With it: wrapped in place, and the old peer keys stay valid (no new key).
