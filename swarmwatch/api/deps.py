@@ -131,18 +131,12 @@ def readable_study(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyD
     return require_role(session, study_id, key, Role.READ)
 
 
-def writable_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> Study:
-    """The study named in the path, if the caller may change it (owner, writer, admin)."""
-    return require_role(session, study_id, key, Role.WRITE)
-
-
 def owned_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> Study:
     """The study named in the path, if the caller owns it (or is an admin)."""
     return require_role(session, study_id, key, Role.OWNER)
 
 
 ReadableStudyDep = Annotated[Study, Depends(readable_study)]
-WritableStudyDep = Annotated[Study, Depends(writable_study)]
 OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 
 __all__ = [
@@ -152,8 +146,7 @@ __all__ = [
     "OptionalKeyDep",
     "OwnedStudyDep",
     "ReadableStudyDep",
-    "WritableStudyDep",
-    "require_role",
     "SessionDep",
     "SettingsDep",
+    "require_role",
 ]
