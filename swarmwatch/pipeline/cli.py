@@ -120,6 +120,9 @@ def study_seal_command(
         if db.is_sqlite:  # the write-ahead log still holds the key's old page: empty it
             with db.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:  # PostgreSQL keeps the deleted row version until the table is rewritten
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM FULL study_key")
     except StudyError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
