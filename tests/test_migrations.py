@@ -53,8 +53,13 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
         upgrade_database(db.engine, "0004")
         at = datetime(2026, 11, 27, tzinfo=UTC)
         with db.session() as s:
-            s.add(Study(id=1, name="before 0005"))
-            s.flush()
+            # Core SQL: the model has columns later migrations add.
+            s.execute(
+                text(
+                    "INSERT INTO study (id, name, description, k_threshold, private, created_at)"
+                    " VALUES (1, 'before 0005', '', 5, false, '2026-11-27 00:00:00')"
+                )
+            )
             s.add(Title(id=1, study_id=1, name="t"))
             s.flush()
             s.execute(
@@ -83,7 +88,7 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
 def _rollups_as_0005_wrote_them(
     sightings: list[AnonymousSighting], tmp_path: Path
 ) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
-    """The rollup rows of these sightings without the columns 0006 added: folded into a
+    """The rollup rows of these sightings without the columns 0007_i17_store added: folded into a
     head-schema scratch database, then read back column by column."""
     scratch = Database(f"sqlite:///{tmp_path / 'scratch.db'}")
     try:
@@ -102,16 +107,17 @@ def _rollups_as_0005_wrote_them(
         scratch.dispose()
 
 
-def test_0006_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_path: Path) -> None:
-    """From 0005 with peers, sightings and rollups in place: 0006 gives each peer the
-    sources and vantages its sightings had and a record key, keeps the sighting rows,
-    leaves every analysis answer as it was, and the writer goes on from there."""
+def test_0007_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_path: Path) -> None:
+    """From the head before it, with peers, sightings and rollups in place:
+    0007_i17_store gives each peer the sources and vantages its sightings had and a
+    record key, keeps the sighting rows, leaves every analysis answer as it was, and
+    the writer goes on from there."""
     db = Database(db_url)
     try:
-        upgrade_database(db.engine, "0005")
+        upgrade_database(db.engine, "0006_i15")  # the head before it
         at = datetime(2026, 11, 27, 10, tzinfo=UTC)
         with db.session() as s:
-            s.add(Study(id=1, name="before 0006", k_threshold=1))
+            s.add(Study(id=1, name="before 0007", k_threshold=1))
             s.flush()
             s.add(Title(id=1, study_id=1, name="t"))
             s.flush()

@@ -21,7 +21,7 @@ from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
-from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.routes import health, keys, studies, torrents
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
@@ -66,7 +66,7 @@ def create_app(
     app.state.analysis_caches = caches or AnalysisCaches()
     app.state.metrics = ServiceMetrics()
 
-    for router_module in (health, studies, torrents):
+    for router_module in (health, studies, torrents, keys):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:

@@ -30,6 +30,7 @@ from typing import Any
 
 import maxminddb
 
+from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import embedded_city_db
 from swarmwatch.pipeline.geolocate import Geolocator, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
@@ -203,7 +204,8 @@ async def _ingest(
     db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
 ) -> tuple[float, dict[str, int]]:
     geo = await asyncio.to_thread(Geolocator, city_db, workers=workers)
-    pipeline = Pipeline(db, geolocator=geo, rollups=rollups)
+    # A throw-away database: a secret that lives only in this process wraps its keys.
+    pipeline = Pipeline(db, geolocator=geo, rollups=rollups, custody=KeyCustody.ephemeral())
     await pipeline.start()
     await geo.warm()  # the worker process starts lazily: warm it before the clock runs
     t0 = time.perf_counter()

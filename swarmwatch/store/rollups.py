@@ -132,7 +132,7 @@ def _count(name: str) -> Column[int]:
 def _rk(name: str) -> Column[int]:
     """The sum of the record keys (peer.record_key) of the peers a count counts: what the
     cell-key method derives a cell's noise from (DESIGN.md). Rows written before
-    migration 0006 hold 0 for what they counted then."""
+    migration 0007_i17_store hold 0 for what they counted then."""
     return Column(name, BigInteger, nullable=False, default=0, server_default="0")
 
 

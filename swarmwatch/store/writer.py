@@ -492,7 +492,7 @@ class BatchWriter:
                 prior[pk] = NEW_PEER
             elif prev_hour is not None and prev_day is not None:
                 prior[pk] = PeerFrames(prev_hour, prev_day, *bitmaps)
-            # (a peer written before 0006 has no latest frames yet: it has no prior entry)
+            # (a peer written before 0007_i17_store has no latest frames yet: it has no prior entry)
             if count <= 2 + sightings:  # it was seen at most twice before
                 times.append((title_id, count - sightings, count, rk))
         if self._apply_rows is not None or self.rollups is not None:

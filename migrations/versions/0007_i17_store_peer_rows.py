@@ -14,8 +14,8 @@ its peers' record keys beside it (`<count>_rk`). Existing sighting rows are kept
 they are (read by nothing) and existing peers are backfilled from them; rollup rows
 counted before this migration hold 0 record-key sums for what they counted then.
 
-Revision ID: 0006_i17_store
-Revises: 0005
+Revision ID: 0007_i17_store
+Revises: 0006_i15
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_i17_store"
-down_revision: str | None = "0005"
+revision: str = "0007_i17_store"
+down_revision: str | None = "0006_i15"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
