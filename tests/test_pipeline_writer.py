@@ -245,3 +245,11 @@ def test_frames_count_each_peer_once_per_frame_whatever_the_order(
             text("SELECT title_id, interval_s, bucket, peers FROM rollup_active")
         ).all()
     assert {(t, i, b): p for t, i, b, p in active if p} == want
+
+
+def test_record_keys_are_drawn_as_the_cell_key_method_takes_them() -> None:
+    from swarmwatch.analysis.cellkey import RECORD_KEY_MODULUS
+    from swarmwatch.store.writer import RECORD_KEY_MASK
+    from swarmwatch.store.writer import RECORD_KEY_MODULUS as DRAWN
+
+    assert DRAWN == RECORD_KEY_MODULUS and RECORD_KEY_MASK == RECORD_KEY_MODULUS - 1

@@ -152,11 +152,11 @@ def _backfill() -> None:
 
 
 def _backfill_record_keys(conn: sa.Connection) -> None:
-    # A fixed random record key per existing peer, in 31 bits as the writer draws them.
+    # A fixed random record key per existing peer, in [0, 4096) as the writer draws them.
     if conn.dialect.name == "sqlite":
-        conn.execute(sa.text("UPDATE peer SET record_key = abs(random() % 2147483648)"))
+        conn.execute(sa.text("UPDATE peer SET record_key = abs(random() % 4096)"))
     else:
-        conn.execute(sa.text("UPDATE peer SET record_key = floor(random() * 2147483648)::int"))
+        conn.execute(sa.text("UPDATE peer SET record_key = floor(random() * 4096)::int"))
 
 
 def downgrade() -> None:

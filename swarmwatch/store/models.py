@@ -292,7 +292,7 @@ class Peer(Base):
     # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
     sources: Mapped[int] = mapped_column(Integer, server_default="0")
     vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    # The peer's fixed random key for cell-key perturbation (31 bits; DESIGN.md).
+    # The peer's fixed random key for cell-key perturbation, in [0, 4096) (DESIGN.md).
     record_key: Mapped[int] = mapped_column(Integer, server_default="0")
     # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
     # in, so presence there costs no rollup_presence row; prev_*: the same before the

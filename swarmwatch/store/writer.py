@@ -138,8 +138,11 @@ BATCH_TOKEN_DAYS = 7
 PRUNE_EVERY_BATCHES = 4096
 _INSERT_VANTAGE = "INSERT INTO vantage (name) VALUES (?) ON CONFLICT (name) DO NOTHING"
 _SELECT_VANTAGES = "SELECT id, name FROM vantage"
-#: record_key's range: 31 bits, so that sums of millions of them fit a 64-bit counter.
-RECORD_KEY_MASK = 0x7FFFFFFF
+#: Record keys are uniform in [0, RECORD_KEY_MODULUS): the modulus of the cell-key method
+#: (analysis.cellkey, which takes a cell's key as its record-key sum modulo it; a test
+#: checks the two agree). A power of two, so a key is the low bits of a random word.
+RECORD_KEY_MODULUS = 4096
+RECORD_KEY_MASK = RECORD_KEY_MODULUS - 1
 #: Vantages with a bit of their own in peer.vantages (a signed 64-bit integer); a
 #: vantage registered after the 62nd shares the last bit.
 VANTAGE_BITS = 63
