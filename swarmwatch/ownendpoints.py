@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import Column, Index, Integer, LargeBinary, String, Table, delete, select
 from sqlalchemy.orm import Session
 
-from swarmwatch.models import Base, UTCDateTime, utcnow
 from swarmwatch.sightings import IPAddress, PeerSighting, SampleRecord, SightingSink
+from swarmwatch.store.models import Base, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 

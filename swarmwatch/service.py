@@ -16,13 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from swarmwatch import leases, registry
+from swarmwatch import registry
 from swarmwatch.config import Settings
 from swarmwatch.crawl import Crawler, TorrentSource, WatchedTorrent
 from swarmwatch.metrics import CountingSink, ServiceMetrics
 from swarmwatch.ownendpoints import ExcludeOwnSink, OwnEndpoints, withdraw
 from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
-from swarmwatch.store import Database
+from swarmwatch.store import Database, leases
 
 log = logging.getLogger(__name__)
 
