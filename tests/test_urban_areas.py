@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from swarmwatch.analysis.export import export_study
 from swarmwatch.analysis.rankings import _levels, compute_ranking
 from swarmwatch.analysis.scope import resolve_scope
+from swarmwatch.analysis.versioned import data_version
 from swarmwatch.cli import app
 from swarmwatch.models import City, Metro, Study
 from swarmwatch.pipeline.urban_areas import (
@@ -72,6 +73,8 @@ def test_load_replaces_metros_for_peers_already_stored(
 ) -> None:
     path = tmp_path / "areas.csv"
     path.write_text(GOOD, encoding="utf-8")
+    with study.engine.connect() as conn:
+        version = data_version(conn, [1])
     before = _ranking(study, "absolute")
     assert [(p, n) for p, n, _ in before] == [
         ("Gamma", 20),
@@ -82,6 +85,8 @@ def test_load_replaces_metros_for_peers_already_stored(
     result = runner.invoke(app, ["places", "load", str(path)])
     assert result.exit_code == 0, result.output
     assert "loaded 3 urban areas over 4 cities" in result.output
+    with study.engine.connect() as conn:  # cached answers know the places moved
+        assert data_version(conn, [1]) != version
     assert f"{SOURCE} (2020)" in result.output and "Other Census (2018)" in result.output
     with study.session() as s:
         assert s.get(City, 102).metro_id == 7  # type: ignore[union-attr]
@@ -159,6 +164,19 @@ def test_bad_rows_are_named_and_nothing_is_loaded(
     assert "line 1: the header lacks area_id, population" in result.output
     result = runner.invoke(app, ["places", "load", str(tmp_path / "missing.csv")])
     assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_readme_example_table_loads(db: Database, tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```csv\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "perth.csv"
+    path.write_text(example, encoding="utf-8")
+    loaded = load_urban_areas(db, path)
+    assert (loaded.areas, loaded.cities) == (1, 2)
+    assert loaded.sources == ("Demographia World Urban Areas 16th ed. (2020)",)
+    with db.session() as s:
+        perth = s.get(Metro, 1)
+        assert perth is not None and perth.name == "Perth" and perth.country == "AU"
 
 
 @settings(max_examples=200, deadline=None)
