@@ -20,7 +20,7 @@ from swarmwatch import PROJECT_ROOT, __version__
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
-from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.routes import health, keys, studies, torrents
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.database = database
     app.state.metrics = ServiceMetrics()
 
-    for router_module in (health, studies, torrents):
+    for router_module in (health, studies, torrents, keys):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:
