@@ -99,7 +99,7 @@ def test_metros_against_demographia(places: Places, capsys: pytest.CaptureFixtur
         )
     # Issue 16 asks for >= 90 % within 0.67-1.5x and none outside 0.4-2.5x; the builder
     # is at 75 % with 2 outside (test_metros_meet_issue_16_bounds records the gap). This
-    # floor keeps it from sliding back: the builder before issue 16 had 57 % and 9.
+    # floor keeps it from sliding back: the builder before issue 16 had 57 % and 6.
     assert len(within) >= 0.74 * len(ratios)
     assert logs[len(logs) // 2] < 0.24
     assert len(wild) <= 2
