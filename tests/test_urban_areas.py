@@ -21,11 +21,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from swarmwatch.analysis.export import export_study
-from swarmwatch.analysis.rankings import _levels, compute_ranking
+from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.analysis.versioned import data_version
 from swarmwatch.cli import app
-from swarmwatch.models import City, Metro, Study
 from swarmwatch.pipeline.urban_areas import (
     COLUMNS,
     UrbanAreaTableError,
@@ -33,6 +32,7 @@ from swarmwatch.pipeline.urban_areas import (
     parse_urban_areas,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro, Study
 from tests.test_analysis_exact import study_db  # noqa: F401  (the fixture)
 
 runner = CliRunner()
@@ -56,9 +56,6 @@ def study(study_db: Database) -> Database:  # noqa: F811
 
 
 def _ranking(db: Database, metric: str, **kw: object) -> list[tuple[str, int, float | None]]:
-    # A server serves an answer up to 30 s old while it recomputes one (versioned.py);
-    # these tests want the answer for the tables as they are now.
-    _levels.of(db.engine).clear()
     with db.engine.connect() as conn, db.session() as s:
         one = s.get(Study, 1)
         assert one is not None

@@ -25,8 +25,8 @@ from swarmwatch.analysis.rankings import (
     density_range,
 )
 from swarmwatch.analysis.scope import Scope, resolve_scope
-from swarmwatch.models import Study
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study
 
 #: Rows per streamed CSV chunk: a few KB per write keeps memory flat and syscalls few.
 CSV_CHUNK_ROWS = 500

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
@@ -33,7 +34,12 @@ WEB_DIR = PROJECT_ROOT / "web"
 OPTIONAL_ROUTERS = ("swarmwatch.api.routes.analysis", "swarmwatch.api.routes.web")
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    caches: AnalysisCaches | None = None,
+) -> FastAPI:
+    """The app, with its own analysis caches unless given some (see AnalysisCaches)."""
     settings = settings or get_settings()
     database = database or Database(settings.database_url)
     app = SwarmwatchAPI(
@@ -57,6 +63,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.analysis_caches = caches or AnalysisCaches()
     app.state.metrics = ServiceMetrics()
 
     for router_module in (health, studies, torrents, keys):

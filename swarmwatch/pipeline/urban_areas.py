@@ -26,9 +26,9 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
-from swarmwatch.models import City, Metro
 from swarmwatch.pipeline.places import load_places
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro
 
 log = logging.getLogger(__name__)
 

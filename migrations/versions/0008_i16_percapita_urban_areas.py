@@ -3,8 +3,8 @@
 `swarmwatch places load FILE.csv` fills them from a user's table (Demographia, GHSL,
 a statistics office); metros built from GeoNames leave them empty.
 
-Revision ID: 0007_i16_percapita
-Revises: 0006_i15
+Revision ID: 0008_i16_percapita
+Revises: 0007_i17_store
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_i16_percapita"
-down_revision: str | None = "0006_i15"
+revision: str = "0008_i16_percapita"
+down_revision: str | None = "0007_i17_store"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
