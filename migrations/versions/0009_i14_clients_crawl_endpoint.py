@@ -1,7 +1,7 @@
 """crawl endpoints: keyed digests of every worker's own endpoints, so no crawler counts itself.
 
-Revision ID: 0008_i14_clients
-Revises: 0007_i17_store
+Revision ID: 0009_i14_clients
+Revises: 0008_i16_percapita
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_i14_clients"
-down_revision: str | None = "0007_i17_store"
+revision: str = "0009_i14_clients"
+down_revision: str | None = "0008_i16_percapita"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
