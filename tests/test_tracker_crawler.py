@@ -13,6 +13,9 @@ from swarmwatch.sightings import IPAddress, MemorySink, PeerSighting, SampleReco
 from swarmwatch.sim import CompressedClock, SimulatedSwarm, build_index
 from swarmwatch.sim.trackers import SimTracker
 from swarmwatch.tracker import HttpTrackerClient, TrackerCrawler, UdpTrackerClient
+from swarmwatch.tracker.client import CrawlIdentity
+from swarmwatch.tracker.crawler import HARD_MIN_INTERVAL
+from swarmwatch.tracker.exceptions import TrackerTimeout
 from tests.test_sim_citydb import write_city_db
 from tests.test_sim_trackers import aio
 
@@ -233,3 +236,94 @@ async def test_hostile_and_refused_trackers_become_counted_errors(index) -> None
     # ... and the good tracker kept working through all of it.
     good = [s for s in by_url[tracker.http_url] if s.error is None]
     assert len(good) > 10 and sink.addresses(IH) <= {p.ip for p in swarm.peers}
+
+
+@pytest.mark.parametrize("protocol", ["http", "udp"])
+@aio
+async def test_an_interval_zero_tracker_is_held_to_the_hard_floor(index, protocol: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: interval 0 from the wire and a 0 floor in the settings still mean one
+    announce per HARD_MIN_INTERVAL, not thousands a second."""
+    clock = CompressedClock(START, factor=200)
+    swarm = SimulatedSwarm(seed=4, n_peers=50, torrents=[IH], index=index, clock=clock, start=START)
+    async with SimTracker(swarm, interval=0, min_interval=0) as tracker:
+        url = tracker.http_url if protocol == "http" else tracker.udp_url
+        stop = asyncio.Event()
+        c = crawler(clock, scrape=False)  # min_interval_floor=0.0, as a setting could say
+        task = asyncio.create_task(
+            c.run(static_torrents([WatchedTorrent(IH, None, ((url, 0),))]), MemorySink(), stop)
+        )
+        while clock.now() < START + timedelta(minutes=2):
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        await c.aclose()
+    # 120 simulated seconds at one announce per 5 s, plus the first and the stopped one.
+    assert c.floor == HARD_MIN_INTERVAL
+    assert 2 <= tracker.stats.announces <= 120 / HARD_MIN_INTERVAL + 3, tracker.stats
+
+
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A tracker that never finishes: a byte every 0.1 s, so no single read times out."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+    try:
+        while True:
+            writer.write(b"d")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+@aio
+async def test_the_deadline_covers_the_whole_http_request() -> None:
+    server = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/announce"
+    client = HttpTrackerClient(timeout=0.5)
+    try:
+        with pytest.raises(TrackerTimeout):
+            # The outer bound only keeps a broken deadline from hanging the suite.
+            await asyncio.wait_for(
+                client.announce(url, bytes(20), CrawlIdentity.fresh()), timeout=30
+            )
+    finally:
+        await client.aclose()
+        server.close()
+
+
+@aio
+async def test_trickling_trackers_cannot_starve_a_torrent_registered_later(index) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: 32 trickling trackers on one host took every announce slot for good;
+    a torrent registered afterwards, on another host, must still be announced."""
+    server = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    trickle = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/announce"
+    hostile = [WatchedTorrent(f"{i:040x}", None, ((trickle, 0),)) for i in range(32)]
+    clock = CompressedClock(START, factor=1)
+    swarm = SimulatedSwarm(seed=6, n_peers=50, torrents=[IH], index=index, clock=clock, start=START)
+    async with SimTracker(swarm, host="127.0.0.2", host6=None) as tracker:
+        later = WatchedTorrent(IH, None, ((tracker.http_url, 0),))
+        calls = 0
+
+        async def source() -> list[WatchedTorrent]:
+            nonlocal calls
+            calls += 1
+            return hostile if calls == 1 else [*hostile, later]
+
+        # A long deadline: the trickling trackers keep their slots for the whole test.
+        c = TrackerCrawler(refresh=0.2, deadline=120, scrape=False, vantage="t", seed=1)
+        stop = asyncio.Event()
+        sink = MemorySink()
+        task = asyncio.create_task(c.run(source, sink, stop))
+        try:
+            async with asyncio.timeout(30):
+                while not any(s.infohash == IH and s.error is None for s in sink.samples):
+                    assert not task.done()
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await c.aclose()
+            server.close()
+    assert tracker.stats.announces >= 1
