@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import BigInteger, insert
 
 from swarmwatch.analysis.caches import AnalysisCaches
+from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
@@ -39,6 +40,7 @@ from swarmwatch.analysis.frames import (
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.auth import create_api_key
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 from swarmwatch.store.models import City, Metro, Peer, Study, Title
@@ -282,13 +284,14 @@ def test_cell_ranking(study_db: Database) -> None:
 
 def test_summary_exact(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        a = compute_summary(conn, scope_of(study_db, title="A"))
-        both = compute_summary(conn, scope_of(study_db))
+        a = compute_summary(conn, scope_of(study_db, title="A", exact=True))
+        both = compute_summary(conn, scope_of(study_db, exact=True))
+    assert a["method"]["exact"] is True
     assert a["unique_peers"] == 54
     assert (a["placed_at_city"], a["anomalies"]) == (48, 6)
     assert a["anomaly_share"] == pytest.approx(6 / 54, abs=1e-6)
-    # 2 country-only and 4 unlocated: both below k and only each other's complement.
-    assert (a["country_only"], a["unlocated"]) == (None, None)
+    # The owner's read: 2 country-only and 4 unlocated, shown although below k.
+    assert (a["country_only"], a["unlocated"]) == (2, 4)
     assert (a["seeds"], a["leechers"]) == (10, 44)
     # Sightings: 54 first + 54 again + 20 later; by source tracker 74, dht 54.
     assert a["sightings_by_source"] == {"tracker": 74, "dht": 54}
@@ -297,7 +300,7 @@ def test_summary_exact(study_db: Database) -> None:
     assert a["high_water_mark"] == {"day": "2017-08-01", "active_peers": 54, "new_peers": 54}
     est = a["estimate"]
     # Chao1: 54 + f1(f1-1)/(2(f2+1)) = 54 + 10*9/10 = 63.
-    assert (est["observed"], est["f1"], est["f2"], est["estimate"]) == (54, 10, None, 63.0)
+    assert (est["observed"], est["f1"], est["f2"], est["estimate"]) == (54, 10, 4, 63.0)
     r = 10 / 4
     var = 4 * (r**2 / 2 + r**3 + r**4 / 4)
     c = math.exp(Z95 * math.sqrt(math.log(1 + var / 81)))
@@ -307,6 +310,40 @@ def test_summary_exact(study_db: Database) -> None:
     assert both["by_title"] == {"A": 54, "B": 5}
     assert both["estimate"]["estimate"] == chao1(59, 10, 4).estimate == 68.0
     assert [d["active_peers"] for d in both["daily"]] == [54, 5]
+
+
+def test_summary_protected(study_db: Database) -> None:
+    """Anyone but an owner: every number cell-key perturbed, within the bound, never 1..k-1."""
+    with study_db.engine.connect() as conn:
+        a = compute_summary(conn, scope_of(study_db, title="A"))
+        both = compute_summary(conn, scope_of(study_db))
+        again = compute_summary(conn, scope_of(study_db))
+    assert both == again  # the same peers, the same noise
+    assert a["method"]["exact"] is False
+    assert a["method"]["noise"] == DEFAULT_TABLE.describe()
+    truth = {
+        "unique_peers": 54,
+        "placed_at_city": 48,
+        "anomalies": 6,
+        "seeds": 10,
+        "leechers": 44,
+        "country_only": 2,
+        "unlocated": 4,
+    }
+    for name, n in truth.items():
+        value = a[name]
+        assert value is None if n < 5 else (value is None or abs(value - n) <= BOUND), name
+        assert value is None or value >= 5, name
+    for name, n in (("tracker", 74), ("dht", 54)):
+        assert abs(a["sightings_by_source"][name] - n) <= BOUND
+    assert abs(both["unique_peers"] - 59) <= BOUND
+    assert abs(both["by_title"]["A"] - 54) <= BOUND
+    assert both["by_title"]["B"] is None or both["by_title"]["B"] in range(5, 9)
+    est = a["estimate"]
+    if est is not None:  # withheld when a protected f1 or f2 is
+        assert est["f2"] is None or est["f2"] >= 5
+        assert abs(est["observed"] - 54) <= BOUND
+    assert all(d["active_peers"] is None or d["active_peers"] >= 5 for d in both["daily"])
 
 
 def test_frames_exact(study_db: Database) -> None:
@@ -493,8 +530,12 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
 
 
 def test_api_endpoints(study_db: Database, live_server: str) -> None:
+    with study_db.session() as s:
+        admin = create_api_key(s, "admin", admin=True)
     # Closed on exit: pytest turns an unclosed socket into an error.
-    with httpx.Client(base_url=live_server, timeout=30) as client:
+    with httpx.Client(
+        base_url=live_server, timeout=30, headers={"Authorization": f"Bearer {admin}"}
+    ) as client:
         _check_api_endpoints(client)
 
 

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
 from swarmwatch.access import Role, can_read, readable_studies, role_of
+from swarmwatch.analysis import cellkey
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -34,7 +35,7 @@ from swarmwatch.api.schemas import (
 )
 from swarmwatch.store import Database
 from swarmwatch.store.models import ApiKey, Sample, Study, Title, Torrent
-from swarmwatch.store.rollups import unique_peers
+from swarmwatch.store.rollups import rollup_activity
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 
@@ -133,7 +134,7 @@ async def _read_upload(
         await form.close()
 
 
-def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
+def _status(session: Session, torrent: Torrent, k: int, exact: bool) -> CrawlStatus:
     count, returned = session.execute(
         select(func.count(Sample.id), func.coalesce(func.sum(Sample.peers_returned), 0)).where(
             Sample.torrent_id == torrent.id
@@ -145,16 +146,26 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(LAST_SAMPLES)
     ).all()
-    peers = unique_peers(session.connection(), [torrent.title_id])
+    # The title's unique peers, as the summary by title publishes them: exact for the
+    # study's owners, cell-key perturbed (the same noise as there) for anyone else.
+    act = rollup_activity
+    peers, peers_rk = session.execute(
+        select(
+            func.coalesce(func.sum(act.c.new_peers), 0),
+            func.coalesce(func.sum(act.c.new_peers_rk), 0),
+        ).where(act.c.title_id == torrent.title_id)
+    ).one()
     return CrawlStatus(
         samples=int(count),
         peers_returned=int(returned),
         last_samples=[SamplePublic.model_validate(s) for s in last],
-        unique_peers=peers if peers >= k else None,
+        unique_peers=int(peers) if exact else cellkey.publish(int(peers), int(peers_rk), k),
     )
 
 
-def _public(session: Session, torrent: Torrent, *, status: bool = False) -> TorrentPublic:
+def _public(
+    session: Session, torrent: Torrent, *, status: bool = False, key: ApiKey | None = None
+) -> TorrentPublic:
     study = session.get(Study, torrent.study_id)
     # By primary key: in the session already after a registration (no query), and one
     # row rather than every title of the study otherwise.
@@ -171,7 +182,16 @@ def _public(session: Session, torrent: Torrent, *, status: bool = False) -> Torr
         metadata_state=torrent.metadata_state,
         added_at=torrent.added_at,
         trackers=[TrackerPublic.model_validate(t) for t in torrent.trackers],
-        status=_status(session, torrent, study.k_threshold if study else 5) if status else None,
+        status=(
+            _status(
+                session,
+                torrent,
+                study.k_threshold if study else 5,
+                study is not None and role_of(session, study, key) >= Role.OWNER,
+            )
+            if status
+            else None
+        ),
     )
 
 
@@ -286,7 +306,7 @@ def get_torrent(
 ) -> TorrentPublic:
     """One torrent with its crawl status: trackers, last samples, unique peers."""
     torrent = _one(_readable_torrents(session, infohash, study_id, key), infohash)
-    return _public(session, torrent, status=True)
+    return _public(session, torrent, status=True, key=key)
 
 
 @router.delete("/{infohash}", status_code=204, response_class=Response)
