@@ -384,13 +384,15 @@ def test_summary_protected(study_db: Database) -> None:
 
 def test_frames_exact(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        out = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        again = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        daily = compute_frames(conn, scope_of(study_db), interval=86400, res=4)
+        out = compute_frames(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
+        again = compute_frames(
+            conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4
+        )
+        daily = compute_frames(conn, scope_of(study_db, exact=True), interval=86400, res=4)
     assert out == again  # the cached frames are the computed ones
     with study_db.engine.connect() as conn:
-        encoded = frames_json(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        packed = frames_gzip(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        encoded = frames_json(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
+        packed = frames_gzip(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
     assert json.loads(encoded) == out  # the API's bytes, joined from each frame's encoding
     assert gzip.decompress(packed) == encoded  # one valid gzip member from per-frame pieces
     cell = {
@@ -406,9 +408,14 @@ def test_frames_exact(study_db: Database) -> None:
         {"h3": cell[201], "peers": 7},
         {"h3": cell[202], "peers": 6},
     ]
-    # Top cities: Alpha (12) is withheld since its cell (15) would reveal Beta (3);
-    # Eps (6) since the rest of the frame would be {Beta 3, no-city 6} only.
-    assert [(c["name"], c["peers"]) for c in f10["top_cities"]] == [("Gamma", 20), ("Delta", 7)]
+    # Top cities, the owner's read: every city, exact.
+    assert [(c["name"], c["peers"]) for c in f10["top_cities"]] == [
+        ("Gamma", 20),
+        ("Alpha", 12),
+        ("Delta", 7),
+        ("Eps", 6),
+        ("Beta", 3),
+    ]
     assert f11 == {
         "t": H11.isoformat(),
         "peers": 20,
@@ -431,7 +438,25 @@ def test_frames_exact(study_db: Database) -> None:
     ]
     with pytest.raises(ScopeError):
         with study_db.engine.connect() as conn:
-            compute_frames(conn, scope_of(study_db), interval=60, res=4)
+            compute_frames(conn, scope_of(study_db, exact=True), interval=60, res=4)
+
+
+def test_frames_protected(study_db: Database) -> None:
+    """The public's frames: every cell, city and total perturbed, none below k."""
+    with study_db.engine.connect() as conn:
+        out = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        exact = compute_frames(
+            conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4
+        )
+    assert out["method"]["exact"] is False and exact["method"]["exact"] is True
+    for mine, true in zip(out["frames"], exact["frames"], strict=True):
+        assert abs(mine["peers"] - true["peers"]) <= BOUND
+        truth = {c["h3"]: c["peers"] for c in true["cells"]}
+        assert all(abs(c["peers"] - truth[c["h3"]]) <= BOUND for c in mine["cells"])
+        cities = {c["name"]: c["peers"] for c in true["top_cities"]}
+        for city in mine["top_cities"]:
+            assert city["peers"] >= 5 and abs(city["peers"] - cities[city["name"]]) <= BOUND
+        assert "Beta" not in {c["name"] for c in mine["top_cities"]}  # 3 peers: withheld
 
 
 def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
