@@ -1,6 +1,7 @@
 """Analysis endpoints: summary, rankings (JSON, CSV, sidecar), frames, GeoJSON.
 
-Every count is k-anonymous (swarmwatch.analysis.disclosure); all reads come from rollups.
+Owners read exact counts; anyone else cell-key perturbed ones, nothing below k
+(swarmwatch.analysis.cellkey). All reads come from rollups.
 """
 
 from __future__ import annotations
