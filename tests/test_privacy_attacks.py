@@ -318,8 +318,9 @@ def _seeded_keys(seed: int) -> Callable[[int], array[int]]:
 def _public_study(db: Database, city_db: Path, index: int) -> tuple[int, str, dict[str, int]]:
     """A public study with small cells: (id, T1's infohash, the withheld true counts).
 
-    T1: 20 peers via vantage va on day 0, 2 via vb, 4 first seen the next day;
-    T2: 3 peers. Withheld (k = 5): T2, vantage vb, the second day.
+    T1: 20 peers via vantage va on day 0, 2 via vb, 4 first seen the next day, 2 the
+    GeoIP database cannot place; T2: 3 peers. Withheld (k = 5): T2, vantage vb, the
+    second day, the unlocated.
     """
     ih1, ih2 = f"{2 * index + 1:040x}", f"{2 * index + 2:040x}"
     with db.session() as s:
@@ -328,15 +329,19 @@ def _public_study(db: Database, city_db: Path, index: int) -> tuple[int, str, di
         registry.register_torrent(s, study.id, registry.parse_infohash(ih2), title="T2")
         study_id = study.id
 
-    def seen(n: int, first: int, ih: str, vantage: str, day: int) -> list[PeerSighting]:
+    def seen(
+        n: int, first: int, ih: str, vantage: str, day: int, net: str = "2a02:8108::"
+    ) -> list[PeerSighting]:
+        # Berlin in the test City database (a /32: room for every peer); 8.8.8.x is in
+        # none of its networks. Data only: nothing is sent to these addresses.
         at = T0 + timedelta(days=day)
         return [
-            PeerSighting(ih, addr(f"81.2.69.{first + i}"), 51413, Source.TRACKER, vantage, at)
+            PeerSighting(ih, addr(f"{net}{first + i}"), 51413, Source.TRACKER, vantage, at)
             for i in range(n)
         ]
 
     items = seen(20, 1, ih1, "va", 0) + seen(2, 30, ih1, "vb", 0) + seen(4, 40, ih1, "va", 1)
-    items += seen(3, 101, ih2, "va", 0)
+    items += seen(3, 101, ih2, "va", 0) + seen(2, 1, ih1, "va", 0, net="8.8.8.")  # not placed
 
     async def crawl() -> None:
         geo = Geolocator(city_db, workers=0)
@@ -348,7 +353,7 @@ def _public_study(db: Database, city_db: Path, index: int) -> tuple[int, str, di
             geo.close()
 
     asyncio.run(crawl())
-    return study_id, ih1, {"title": 3, "vantage": 2, "window": 4}
+    return study_id, ih1, {"title": 3, "vantage": 2, "window": 4, "located": 2}
 
 
 def test_a_public_study_resists_differencing_through_the_api(
@@ -385,7 +390,20 @@ def test_a_public_study_resists_differencing_through_the_api(
             assert whole["sightings_by_vantage"]["vb"] is None
             status = c.get(f"/api/v1/torrents/{ih1}").json()["status"]["unique_peers"]
             first_day = next(d for d in whole["daily"] if d["day"] == DAY0)
+
+            def place(level: str, study_id: int = study_id, **params: object) -> list[int | None]:
+                rows = c.get(
+                    f"/api/v1/studies/{study_id}/rankings", params={"level": level, **params}
+                ).json()["rows"]
+                return [row["peers"] for row in rows] or [None]
+
+            assert whole["unlocated"] is None
             derived = {
+                # the total against its located places: the country, the city, the H3
+                # cell at every resolution (all the located peers are in one of each)
+                "located": place("country")
+                + place("city")
+                + [v for res in (3, 4, 5, 6) for v in place("cell", res=res)],
                 "title": [peers(title="T1"), status],
                 "vantage": [peers(vantage="va")],
                 "window": [peers(**{"from": DAY0, "to": DAY1}), first_day["new_peers"]],
@@ -407,7 +425,7 @@ def test_a_public_study_resists_differencing_through_the_api(
                     exact += estimate == truth[name]
                     assert truth[name] in feasible(estimate, 2), (name, estimate)
                     certain += len(feasible(estimate, 2)) == 1
-    assert tried >= STUDIES * 4
+    assert tried >= STUDIES * 8
     # P(two independent noises cancel) = sum p_i^2 = 44/256; plus 4 standard errors.
     p = sum(w * w for w in DEFAULT_TABLE.weights) / sum(DEFAULT_TABLE.weights) ** 2
     assert exact / tried <= p + 4 * (p * (1 - p) / tried) ** 0.5
