@@ -48,7 +48,7 @@ class AnalysisCaches:
     #: Chao1 per scope (one read of the peer-times rollup, reused while the data holds).
     estimates: PerEngine[dict[str, Any] | None] = field(init=False)
     #: Seeds, leechers and unknown state per (titles, window): one read of their peers.
-    seed_states: PerEngine[dict[str, int]] = field(init=False)
+    seed_states: PerEngine[dict[str, tuple[int, int]]] = field(init=False)
     #: Published frames, each versioned by its own total (see analysis.frames).
     frames: PerEngine[Frame] = field(init=False)
     #: Compact time-lapses, versioned by the identity of the frames they encode;

@@ -127,7 +127,9 @@ class CrawlStatus(BaseModel):
     peers_returned: int
     last_samples: list[SamplePublic]
     unique_peers: int | None = Field(
-        default=None, description="distinct peers of this torrent's title, k-suppressed"
+        default=None,
+        description="distinct peers of this torrent's title: exact for the study's owners, "
+        "cell-key perturbed and withheld below k for anyone else",
     )
     anomalies: int | None = Field(
         default=None, description="peers of the title not placed at a city, k-suppressed"

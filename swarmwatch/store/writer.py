@@ -198,6 +198,14 @@ _UPSERT_GEOIP = (
 )
 
 
+def draw_record_keys(n: int) -> array[int]:
+    """n random words for new peer rows' record keys (masked to the cell-key modulus at
+    insert); one function so a test can make a study's keys reproducible."""
+    keys = array("l")
+    keys.frombytes(os.urandom(keys.itemsize * n))
+    return keys
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one transaction writes. Holds no address: only keys and places."""
@@ -445,8 +453,7 @@ class BatchWriter:
         row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
         # A fixed random key per peer for the cell-key method (DESIGN.md): drawn for
         # every upserted row, kept only by the row that is inserted.
-        record_keys = array("l")
-        record_keys.frombytes(os.urandom(record_keys.itemsize * len(ordered)))
+        record_keys = draw_record_keys(len(ordered))
         peer_statements = []
         for start, stop in row_chunks(len(ordered)):
             chunk = ordered[start:stop]

@@ -1,6 +1,7 @@
 """Analysis endpoints: summary, rankings (JSON, CSV, sidecar), frames, GeoJSON.
 
-Every count is k-anonymous (swarmwatch.analysis.disclosure); all reads come from rollups.
+Owners read exact counts; anyone else cell-key perturbed ones, nothing below k
+(swarmwatch.analysis.cellkey). All reads come from rollups.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from swarmwatch.analysis.rankings import (
 )
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
-from swarmwatch.api.deps import CachesDep, ReadableStudyDep, SessionDep
+from swarmwatch.api.deps import CachesDep, ExactReaderDep, ReadableStudyDep, SessionDep
 from swarmwatch.store.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,17 @@ def _scope(
     start: datetime | None,
     end: datetime | None,
     vantage: str | None,
+    exact: bool,
 ) -> Scope:
     try:
         return resolve_scope(
-            session.connection(), study, title=title, start=start, end=end, vantage=vantage
+            session.connection(),
+            study,
+            title=title,
+            start=start,
+            end=end,
+            vantage=vantage,
+            exact=exact,
         )
     except ScopeError as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
@@ -189,6 +197,7 @@ def _ranking(session: SessionDep, scope: Scope, caches: CachesDep, **kwargs: Any
 @router.get("/{study_id}/summary", response_model=SummaryPublic)
 def summary(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     title: TitleQ = None,
@@ -197,13 +206,14 @@ def summary(
     vantage: VantageQ = None,
 ) -> dict[str, Any]:
     """Unique peers (downloads), anomalies, seeds/leechers, daily series, Chao1 estimate."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     return compute_summary(session.connection(), scope, caches)
 
 
 @router.get("/{study_id}/rankings", response_model=RankingPublic)
 def rankings(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -216,7 +226,7 @@ def rankings(
     limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -251,6 +261,7 @@ def _row(row: Any) -> dict[str, Any]:
 )
 def rankings_csv(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -264,7 +275,7 @@ def rankings_csv(
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> StreamingResponse:
     """Every published place by default (no limit), streamed in chunks."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -287,6 +298,7 @@ def rankings_csv(
 @router.get("/{study_id}/rankings.json")
 def rankings_sidecar(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -299,7 +311,7 @@ def rankings_sidecar(
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> dict[str, Any]:
     """The method metadata of rankings.csv with the same parameters (the sidecar)."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -317,6 +329,7 @@ def rankings_sidecar(
 def frames(
     request: Request,
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     interval: Annotated[
@@ -338,7 +351,7 @@ def frames(
         ),
     ] = "full",
 ) -> Response:
-    scope = _scope(session, study, title, start, end, None)
+    scope = _scope(session, study, title, start, end, None, exact)
     gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
     headers = {"Vary": "Accept-Encoding"}
     try:
@@ -378,6 +391,7 @@ def frames(
 @router.get("/{study_id}/cells.geojson")
 def cells(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     res: CellResQ = DEFAULT_CELL_RES,
@@ -386,7 +400,7 @@ def cells(
     end: ToQ = None,
     vantage: VantageQ = None,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(session, scope, caches, level="cell", limit=None, res=res)
     return Response(
         json.dumps(cells_geojson(ranking), separators=(",", ":")),
@@ -398,6 +412,7 @@ def cells(
 @router.get("/{study_id}/cities.geojson")
 def cities(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     title: TitleQ = None,
@@ -405,7 +420,7 @@ def cities(
     end: ToQ = None,
     vantage: VantageQ = None,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(session, scope, caches, level="city", limit=None)
     return Response(
         json.dumps(cities_geojson(ranking), separators=(",", ":")),
