@@ -482,7 +482,9 @@ def crawl(
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the map and API (0: any free port).")] = 8000,
-    peers: Annotated[int, typer.Option(min=100, help="Simulated peers.")] = 20_000,
+    peers: Annotated[
+        int, typer.Option(min=100, help="Simulated arrivals per simulated day.")
+    ] = 20_000,
     torrents: Annotated[int, typer.Option(min=1, max=100, help="Simulated torrents.")] = 6,
     speed: Annotated[
         float,

@@ -48,6 +48,8 @@ SIM_MIN_INTERVAL = 900
 SIM_DHT_NODES = 40
 #: The simulated DHT re-reads who is online this often (simulated seconds).
 DHT_REFRESH_SIM_SECONDS = 1800.0
+#: The demo study's description starts with this; the map then says the data is simulated.
+SIMULATED_TAG = "[simulated]"
 
 
 @dataclass
@@ -180,7 +182,8 @@ async def _register(url: str, key: str, hashes: list[str], trackers: list[str]) 
             "/api/v1/studies",
             json={
                 "name": f"demo {datetime.now(UTC):%Y-%m-%d %H:%M:%S}",
-                "description": "Simulated swarm on loopback (swarmwatch demo): not real people.",
+                "description": f"{SIMULATED_TAG} Simulated swarm on loopback (swarmwatch demo): "
+                "synthetic peers, not real people.",
                 "titles": ["Simulated episode"],
             },
         )
@@ -222,4 +225,4 @@ def banner(info: DemoInfo, *, peers: int, speed: float) -> str:
     )
 
 
-__all__ = ["DemoInfo", "banner", "demo_infohashes", "run_demo"]
+__all__ = ["SIMULATED_TAG", "DemoInfo", "banner", "demo_infohashes", "run_demo"]

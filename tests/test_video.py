@@ -60,19 +60,22 @@ def test_cli_renders_an_h264_mp4_of_every_frame(known: KnownStudy, tmp_path: Pat
     assert still.stat().st_size > 10_000
 
 
-def test_cli_window_size_and_other_containers(known: KnownStudy, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("suffix", "codec"), [(".gif", "gif"), (".webm", "vp9")])
+def test_cli_window_size_and_other_containers(
+    known: KnownStudy, tmp_path: Path, suffix: str, codec: str
+) -> None:
     # --from/--to keep the frames starting inside the window: hours 2 and 3.
     start, end = START + timedelta(hours=2), START + timedelta(hours=4)
-    out = tmp_path / "window.gif"
+    out = tmp_path / f"window{suffix}"
     result = runner.invoke(
         app,
         ["video", "--study", str(known.id), "--out", str(out), "--size", "480x270"]
         + ["--from", start.isoformat(), "--to", end.isoformat(), "--metric", "per_capita"],
     )
     assert result.exit_code == 0, result.output
-    gif = stream(out)
-    assert gif["codec_name"] == "gif" and (gif["width"], gif["height"]) == (480, 270)
-    assert int(str(gif["nb_read_frames"])) == 2
+    video = stream(out)
+    assert video["codec_name"] == codec and (video["width"], video["height"]) == (480, 270)
+    assert int(str(video["nb_read_frames"])) == 2
 
 
 @pytest.mark.parametrize(
@@ -139,16 +142,25 @@ def test_api_serves_the_video_once_rendered_and_bounds_the_work(
     assert int(str(video["nb_read_frames"])) == FRAMES
 
 
-def test_api_renders_one_video_at_a_time(db: Database, known: KnownStudy) -> None:
+def test_api_renders_one_video_at_a_time_and_bounds_its_length(
+    db: Database, known: KnownStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from swarmwatch.api import create_app
-    from swarmwatch.api.routes.video import VideoRenders
+    from swarmwatch.api.ratelimit import EXPENSIVE_SUFFIXES
+    from swarmwatch.api.routes import video
     from swarmwatch.config import get_settings
     from tests.conftest import LiveServer
 
+    assert "/video.mp4" in EXPENSIVE_SUFFIXES  # under the read rate limit
     app_ = create_app(get_settings(), db)
-    renders = app_.state.video_renders = VideoRenders()
-    with LiveServer(app_) as server, renders.rendering:  # a render is running
-        busy = httpx.get(f"{server.url}/api/v1/studies/{known.id}/video.mp4", timeout=60)
-    assert busy.status_code == 503
-    assert busy.headers["retry-after"] == "60"
-    assert "another video" in busy.json()["detail"]
+    renders = app_.state.video_renders = video.VideoRenders()
+    url = f"/api/v1/studies/{known.id}/video.mp4"
+    with LiveServer(app_) as server:
+        with renders.rendering:  # a render is running
+            busy = httpx.get(server.url + url, timeout=60)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "60"
+        assert "another video" in busy.json()["detail"]
+        monkeypatch.setattr(video, "MAX_WEB_FRAMES", FRAMES - 1)
+        long = httpx.get(server.url + url, timeout=60)
+        assert long.status_code == 422 and "swarmwatch video" in long.json()["detail"]

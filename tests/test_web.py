@@ -218,7 +218,8 @@ _LAYOUT_JS = """() => {
     Math.min(...rects.map((r) => r.left)), Math.min(...rects.map((r) => r.top)),
     Math.max(...rects.map((r) => r.right)), Math.max(...rects.map((r) => r.bottom))] : null;
   return {map: box(document.getElementById('map')), land: union,
-    strokes: all('#map g.swarmwatch-colors path').map((p) => p.getAttribute('stroke-width')),
+    minimum: document.querySelector('#map g.swarmwatch-colors').dataset.minimumSize,
+    painted: all('#map g.swarmwatch-colors path').filter((p) => p.getAttribute('d')).length,
     labels: all('#map g.swarmwatch-labels text').map((t) => t.textContent),
     legend: all('#bubbleLegend circle').length};
 }"""
@@ -239,8 +240,8 @@ def test_map_fills_its_panel_and_says_what_it_shows(
         assert r0 - l0 >= 0.9 * width, (layout["land"], layout["map"])
         assert b0 - t0 >= 0.8 * height, (layout["land"], layout["map"])
         assert t0 - top <= 0.1 * height and (top + height) - b0 <= 0.1 * height
-        # Hexagons are drawn at least a few pixels wide at world zoom...
-        assert any(float(w or 0) > 0 for w in layout["strokes"])
+        # Hexagons (a pixel or two at world zoom) are drawn as 3 px squares...
+        assert layout["minimum"] == "squares" and layout["painted"] >= 2
         # ... labels name the biggest bubbles, and a legend gives bubble sizes.
         assert set(layout["labels"]) >= {"London", "Tokyo", "São Paulo"}
         assert layout["legend"] >= 2
@@ -271,6 +272,7 @@ def test_map_fills_its_panel_and_says_what_it_shows(
         page.evaluate("window.swarmwatchMap.showFrame(1)")
         zoomed = page.evaluate(_LAYOUT_JS)
         assert "London" in zoomed["labels"] and "Tokyo" not in zoomed["labels"]
+        assert zoomed["minimum"] == "" and zoomed["painted"] >= 1  # big enough as they are
         screenshot(browser, "web_map_europe.png")
 
     from swarmwatch.demo import SIMULATED_TAG

@@ -32,7 +32,7 @@
   const LABELLED_CITIES = 8;
   // Hexagons are drawn at least this wide (px) whatever the zoom: a res-4 hexagon is
   // ~1.5 px at world zoom, and an outline in its own colour makes it a visible dot.
-  const MIN_HEX_PX = 3;
+  const MIN_HEX_PX = window.SWARMWATCH_MIN_HEX_PX ?? 3;  // the benchmark turns it off
   // Regions to zoom to: projection centre and scale (1 = the whole world).
   const REGIONS = {
     world: { lon: 0, lat: 0, scale: 1 },
@@ -632,20 +632,25 @@
         PALETTE.forEach((color) => {
           const path = document.createElementNS(SVG_NS, "path");
           path.setAttribute("fill", color);
-          path.setAttribute("stroke-width", "1.5");
-          path.setAttribute("stroke-linejoin", "round");
+          path.setAttribute("shape-rendering", "optimizeSpeed");
           layer.append(path);
         });
         choropleth.after(layer);
       }
-      // A res-4 hexagon (~40 km) is a pixel or two on a world map: an outline in its
-      // own colour draws it at least MIN_HEX_PX wide. Zoomed in, hexagons are big
-      // enough by themselves and the outline shrinks away (it also costs paint time).
-      const stroke = Math.max(0, MIN_HEX_PX - hexagonPixels(ds));
-      [...layer.children].forEach((path, k) => {
-        path.setAttribute("stroke", stroke > 0.2 ? PALETTE[k] : "none");
-        path.setAttribute("stroke-width", stroke.toFixed(2));
-      });
+      // A res-4 hexagon (~40 km) is a pixel or two on a world map. Below MIN_HEX_PX
+      // each one is drawn as a MIN_HEX_PX square on its centre instead: always
+      // visible, and a filled square is the cheapest shape to paint (an outline in
+      // the hexagon's colour did the same at four times the frame-switch time).
+      // Zoomed in, hexagons are big enough and are drawn as they are.
+      const hexPx = hexagonPixels(ds);
+      if (MIN_HEX_PX > 0 && hexPx < MIN_HEX_PX) {
+        const h = MIN_HEX_PX / 2;
+        for (let i = 0; i < ds.length; i++) {
+          const c = ds[i] && centre(ds[i]);
+          ds[i] = c ? `M${(c[0] - h).toFixed(1)},${(c[1] - h).toFixed(1)}h${MIN_HEX_PX}v${MIN_HEX_PX}h-${MIN_HEX_PX}Z` : null;
+        }
+      }
+      layer.dataset.minimumSize = hexPx < MIN_HEX_PX && MIN_HEX_PX > 0 ? "squares" : "";
     }
     const cities = [...el.map.querySelectorAll(".scatterlayer path.point")];
     state.paths = {
@@ -654,6 +659,20 @@
       shown: new Array(PALETTE.length).fill(""),
       cities: cities.length === state.cities.length ? cities : [],
     };
+  }
+
+  /* The mean of a path's points (the centre of a hexagon's projected outline). */
+  function centre(d) {
+    const n = d.match(/-?\d+(\.\d+)?(e-?\d+)?/g);
+    if (!n || n.length < 2) return null;
+    let x = 0;
+    let y = 0;
+    const points = Math.floor(n.length / 2);
+    for (let j = 0; j < points; j++) {
+      x += Number(n[2 * j]);
+      y += Number(n[2 * j + 1]);
+    }
+    return [x / points, y / points];
   }
 
   /* The drawn width (px) of a typical hexagon: the median of a few outlines' extents. */
