@@ -164,3 +164,29 @@ def test_api_renders_one_video_at_a_time_and_bounds_its_length(
         monkeypatch.setattr(video, "MAX_WEB_FRAMES", FRAMES - 1)
         long = httpx.get(server.url + url, timeout=60)
         assert long.status_code == 422 and "swarmwatch video" in long.json()["detail"]
+
+
+def test_page_offers_the_video_for_download(
+    live_server: str, known: KnownStudy, tmp_path: Path
+) -> None:
+    from tests.web_browser import chromium
+
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(
+            "window.swarmwatchMap !== undefined && window.swarmwatchMap.ready", timeout=60_000
+        )
+        link = page.locator("#video")
+        assert link.inner_text() == "Download video (MP4)"
+        href = link.get_attribute("href") or ""
+        assert href.startswith(f"/api/v1/studies/{known.id}/video.mp4?")
+        assert "metric=absolute" in href and "res=4" in href and "interval=3600" in href
+        with page.expect_download(timeout=300_000) as download_info:
+            link.click()
+        saved = tmp_path / download_info.value.suggested_filename
+        download_info.value.save_as(saved)
+    assert saved.name == f"swarmwatch-study{known.id}-absolute.mp4"
+    video = stream(saved)
+    assert video["codec_name"] == "h264" and int(str(video["nb_read_frames"])) == FRAMES
+    assert browser.console_errors == []

@@ -257,6 +257,8 @@ def test_map_fills_its_panel_and_says_what_it_shows(
         for name in ("GeoLite2", "MaxMind", "CC BY-SA", "GeoNames", "Natural Earth"):
             assert name in credits
         assert page.locator("#simNotice").is_hidden()
+        # Scroll zooms the map (plotly's geo zoom on the wheel), drag pans it.
+        assert page.evaluate("document.getElementById('map')._context.scrollZoom")
         # The play button draws its icon: no glyph that Debian's fonts may lack.
         assert page.locator("#play").inner_text().strip() == "Play"
         page.get_by_role("button", name="play").click()
