@@ -757,9 +757,13 @@
     const top = values.map((v, i) => [v, i]).filter(([v, i]) => v != null && v > 0 && where(i))
       .sort((a, b) => b[0] - a[0]).slice(0, LABELLED_CITIES);
     const labels = [];
+    const taken = [];  // label boxes so far: a label that would overlap one is left out
     for (const [v, i] of top) {
       const m = where(i);
       const r = Math.sqrt(v) / state.sizeref / 2;
+      const box = [m[0] + r + 3, m[1] - 8, m[0] + r + 3 + 7 * state.cities[i].name.length, m[1] + 6];
+      if (taken.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
+      taken.push(box);
       const text = document.createElementNS(SVG_NS, "text");
       text.setAttribute("x", (m[0] + r + 3).toFixed(1));
       text.setAttribute("y", (m[1] + 4).toFixed(1));
