@@ -334,3 +334,24 @@ def test_live_page_shows_new_frames_and_ranking_without_reload(
         assert page.locator("#frameCount").inner_text() == f"frame {FRAMES + 1} / {FRAMES + 1}"
         screenshot(browser, "web_map_live.png")
     assert browser.console_errors == []
+
+
+def test_live_polls_cost_a_304_each(live_server: str, known: KnownStudy) -> None:
+    """What the page's poll costs the server when nothing changed: a bodiless 304, for
+    every viewer, frames and ranking alike."""
+    import concurrent.futures
+
+    urls = [
+        f"/api/v1/studies/{known.id}/frames?interval=3600&res=4&format=compact",
+        f"/api/v1/studies/{known.id}/rankings?level=city&metric=absolute&limit=25",
+    ]
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        tags = {url: client.get(url).headers["etag"] for url in urls}
+
+        def poll(url: str) -> tuple[int, int]:
+            r = client.get(url, headers={"If-None-Match": tags[url]})
+            return r.status_code, len(r.content)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(poll, urls * 40))
+    assert answers == [(304, 0)] * 80
