@@ -152,7 +152,7 @@ def render_video(
         raise VideoError(f"fps must be in (0, {MAX_FPS:g}]")
     if metric not in ("absolute", "per_capita"):
         raise VideoError("metric must be absolute or per_capita")
-    from swarmwatch.analysis.rollups import FRAME_INTERVALS, FRAME_RESOLUTIONS
+    from swarmwatch.store.rollups import FRAME_INTERVALS, FRAME_RESOLUTIONS
 
     if interval not in FRAME_INTERVALS:
         raise VideoError(f"interval must be one of {', '.join(map(str, FRAME_INTERVALS))}")

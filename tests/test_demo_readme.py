@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from swarmwatch import PROJECT_ROOT
 from swarmwatch.config import get_settings
 from swarmwatch.demo import DemoInfo, run_demo
-from swarmwatch.models import Study, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, Torrent
 from tests.torrent_files import make_torrent
 
 pytestmark = [
@@ -96,6 +96,7 @@ def test_readme_api_examples_work_against_the_demo(tmp_path: Path) -> None:
         loop.call_soon_threadsafe(stop.set)
         thread.join(120)
     assert not thread.is_alive()
+    loop.close()  # its self-pipe sockets, or a later test trips over them as warnings
 
     db = Database(settings.database_url)
     try:

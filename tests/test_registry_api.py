@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from swarmwatch.models import Torrent, Tracker
 from swarmwatch.store import Database
+from swarmwatch.store.models import Torrent, Tracker
 from tests.torrent_files import make_torrent
 
 IH = "0123456789abcdef0123456789abcdef01234567"
@@ -202,10 +202,11 @@ def test_auth(live_server: str, api_key: str) -> None:
         assert c.get(f"/api/v1/studies/{private}").status_code == 200
     with httpx.Client(base_url=live_server) as anon:
         assert anon.get(f"/api/v1/studies/{public}").status_code == 200
-        assert anon.get(f"/api/v1/studies/{private}").status_code == 401
+        # A private study is unknown to whoever may not read it: its existence does not leak.
+        assert anon.get(f"/api/v1/studies/{private}").status_code == 404
         assert [s["name"] for s in anon.get("/api/v1/studies").json()["items"]] == ["public"]
         assert anon.get(f"/api/v1/torrents/{IH}").status_code == 404
-        assert anon.get("/api/v1/torrents", params={"study_id": private}).status_code == 401
+        assert anon.get("/api/v1/torrents", params={"study_id": private}).status_code == 404
         assert anon.delete(f"/api/v1/torrents/{IH}").status_code == 401
 
 
@@ -252,7 +253,7 @@ def test_write_rate_limit_is_429_json(db: Database, api_key: str) -> None:
         assert int(r.headers["retry-after"]) >= 1
         assert c.get("/api/v1/studies").status_code == 200  # cheap reads are not limited
     with db.session() as s:
-        from swarmwatch.models import Study
+        from swarmwatch.store.models import Study
 
         assert s.scalar(select(func.count()).select_from(Study)) == 3
 

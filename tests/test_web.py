@@ -280,7 +280,7 @@ def test_map_fills_its_panel_and_says_what_it_shows(
         screenshot(browser, "web_map_europe.png")
 
     from swarmwatch.demo import SIMULATED_TAG
-    from swarmwatch.models import Study
+    from swarmwatch.store.models import Study
 
     with db.session() as session:
         study = session.get(Study, known.id)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, select
 
-from swarmwatch.analysis.rollups import DAY
-from swarmwatch.models import GeoipDatabase, Study, Title
+from swarmwatch.store.models import GeoipDatabase, Study, Title
+from swarmwatch.store.rollups import DAY
 
 COUNTING = (
     "unique peers (keyed peer hashes) per title, at the place, day and vantage of each "

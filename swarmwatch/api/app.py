@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
-from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.routes import health, keys, studies, torrents
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
@@ -37,7 +38,12 @@ OPTIONAL_ROUTERS = (
 )
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    caches: AnalysisCaches | None = None,
+) -> FastAPI:
+    """The app, with its own analysis caches unless given some (see AnalysisCaches)."""
     settings = settings or get_settings()
     database = database or Database(settings.database_url)
     app = SwarmwatchAPI(
@@ -61,9 +67,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.analysis_caches = caches or AnalysisCaches()
     app.state.metrics = ServiceMetrics()
 
-    for router_module in (health, studies, torrents):
+    for router_module in (health, studies, torrents, keys):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:

@@ -57,6 +57,28 @@ class StudyPublic(BaseModel):
     titles: list[TitlePublic]
 
 
+class GrantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_key_id: int = Field(ge=1, le=2**31 - 1, description="the key's id (GET /api/v1/keys/me)")
+    role: str = Field(pattern="^(read|write)$", description="read, or read and write")
+
+
+class GrantPublic(BaseModel):
+    api_key_id: int
+    name: str
+    role: str
+    granted_at: datetime
+
+
+class ApiKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    prefix: str
+    admin: bool
+    created_at: datetime
+
+
 class TorrentCreate(BaseModel):
     """Register by magnet or infohash (v1 hex, v2 hex or v1 base32): exactly one of the two."""
 

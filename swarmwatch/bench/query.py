@@ -28,16 +28,16 @@ import httpx
 from h3.api import basic_int as h3i
 from sqlalchemy import text
 
-from swarmwatch.analysis.rollups import (
+from swarmwatch.bench.server import serve, stop
+from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store import Database
+from swarmwatch.store.rollups import (
     CELL_STORED_RES,
     FRAME_STORED_RES,
     ROLLUP_TABLES,
     apply_batch,
     rebuild_peer_times,
 )
-from swarmwatch.bench.server import serve, stop
-from swarmwatch.sightings import AnonymousSighting
-from swarmwatch.store import Database
 
 ALPHA60_PEERS = 33_800_000
 TORRENTS = 274

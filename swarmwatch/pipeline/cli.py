@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from swarmwatch.config import get_settings
+from swarmwatch.custody import CustodyError
 from swarmwatch.pipeline.anonymise import StudyError, seal_study
 from swarmwatch.pipeline.geoipdb import (
     GeoipError,
@@ -51,12 +52,20 @@ def ingest_command(
         except (FileNotFoundError, ValueError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        except CustodyError as exc:  # no study key is made or used without the secret
+            console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
+            raise typer.Exit(1) from None
     finally:
         db.dispose()
     for error in report.errors:
         console.print(f"[yellow]skipped[/yellow] {error}")
     if report.bad > len(report.errors):
         console.print(f"... and {report.bad - len(report.errors)} more bad lines")
+    if report.resumed_lines:
+        typer.echo(
+            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes; "
+            f"{report.already_stored} sightings there were stored by an earlier run)"
+        )
     stats = report.pipeline
     typer.echo(
         f"{report.accepted} sightings read, {report.bad} bad lines skipped; "
@@ -65,6 +74,7 @@ def ingest_command(
         f"{stats.get('unknown_infohash', 0)} for unregistered torrents, "
         f"{stats.get('sealed', 0)} for sealed studies"
     )
+    typer.echo(f"{report.lines} lines in {report.seconds:.1f} s: {report.lines_per_second:,.0f}/s")
 
 
 @geoip_app.command("info")
@@ -113,6 +123,12 @@ def study_seal_command(
     try:
         with db.session() as session:
             result = seal_study(session, study_id)
+        if db.is_sqlite:  # the write-ahead log still holds the key's old page: empty it
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:  # PostgreSQL keeps the deleted row version until the table is rewritten
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM FULL study_key")
     except StudyError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -24,8 +24,8 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from swarmwatch.analysis.rollups import FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.api.deps import ReadableStudyDep
+from swarmwatch.store.rollups import FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.timelapse import TimelapseError, timelapse_data
 from swarmwatch.video import VideoError, render_video_data
 

@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from swarmwatch import PROJECT_ROOT
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.rankings import cell_population
-from swarmwatch.api.deps import SessionDep
-from swarmwatch.models import City
+from swarmwatch.api.deps import CachesDep, SessionDep
+from swarmwatch.store.models import City
 
 WEB_DIR = PROJECT_ROOT / "web"
 #: Largest outline request: 120 frames x 5,000 cells use one set; 50k covers res 5 over land.
@@ -104,7 +105,9 @@ class CellOutlinesRequest(BaseModel):
 
 
 @router.post("/api/v1/geometry/h3")
-def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, Any]:
+def cell_outlines(
+    body: CellOutlinesRequest, session: SessionDep, caches: CachesDep
+) -> dict[str, Any]:
     """Hexagon outlines as GeoJSON for H3 cell ids, with each cell's population.
 
     No study data: outlines are geometry, ``properties.population`` is the sum
@@ -119,7 +122,7 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
     if bad:
         raise HTTPException(status_code=422, detail=f"not H3 cell ids: {bad[:5]}")
     cells = list(dict.fromkeys(c.lower() for c in body.cells))
-    features = outlines_with_population(session, cells)
+    features = outlines_with_population(session, cells, caches)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
     if body.cities:
@@ -137,10 +140,12 @@ def _valid_cell(cell: str) -> bool:
         return False
 
 
-def outlines_with_population(session: Session, cells: list[str]) -> list[dict[str, Any]]:
+def outlines_with_population(
+    session: Session, cells: list[str], caches: AnalysisCaches | None = None
+) -> list[dict[str, Any]]:
     """GeoJSON features of valid H3 cells, with residents as in cell rankings."""
     populations = {
-        res: cell_population(session.connection(), res)
+        res: cell_population(session.connection(), res, caches)
         for res in {h3.get_resolution(c) for c in cells}
     }
     features = []

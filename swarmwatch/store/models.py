@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -73,13 +74,18 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """An API key; only its SHA-256 is stored, the key itself is shown once."""
+    """An API key; only its SHA-256 is stored, the key itself is shown once.
+
+    An admin key (made only with `swarmwatch apikey create --admin`) may do anything;
+    any other key may create studies, and reaches others' studies only by a grant.
+    """
 
     __tablename__ = "api_key"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -93,20 +99,57 @@ class Study(Base):
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The key that created it; None for studies made with the CLI without --owner (and
+    # those older than ownership): then only admin keys manage them. Keys are revoked,
+    # never deleted, so a revoked owner's studies stay theirs (and admins').
+    owner_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_key.id"), index=True)
 
     titles: Mapped[list[Title]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
+class StudyGrant(Base):
+    """Another key's right to read, or read and write, a study (given by its owner)."""
+
+    __tablename__ = "study_grant"
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("study.id", ondelete="CASCADE"), primary_key=True
+    )
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_key.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(8))  # read | write
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class StudyKey(Base):
-    """The study's secret for peer keys, apart from the study so `study seal` can delete it."""
+    """The study's secret for peer keys, wrapped with the deployment secret (swarmwatch.custody).
+
+    Apart from the study so `study seal` can delete it. Never stored in usable form:
+    a copy of the database without the secret cannot recompute any peer key.
+    """
 
     __tablename__ = "study_key"
     study_id: Mapped[int] = mapped_column(
         ForeignKey("study.id", ondelete="CASCADE"), primary_key=True
     )
-    key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(16))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    tag: Mapped[bytes] = mapped_column(LargeBinary(32))
+    secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
+
+
+class DeploymentSecret(Base):
+    """The id of the deployment secret this database's study keys are wrapped with.
+
+    Pinned by the first process that holds a secret, so a worker started with another
+    secret is refused before it can wrap a key nobody else could unwrap.
+    """
+
+    __tablename__ = "deployment_secret"
+    secret_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Title(Base):
@@ -199,7 +242,11 @@ class Sample(Base):
 
 
 class Sighting(Base):
-    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model)."""
+    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model).
+
+    Legacy: written before migration 0007_i17_store only. The writer keeps one peer row per
+    title and peer instead; rows already here are kept, and read by nothing.
+    """
 
     __tablename__ = "sighting"
     __table_args__ = (Index("ix_sighting_study_seen", "study_id", "seen_at"),)
@@ -220,7 +267,11 @@ class Sighting(Base):
 
 
 class Peer(Base):
-    """One unique peer of a title: the table behind download estimates and rankings."""
+    """One unique peer of a title: the table behind download estimates and rankings.
+
+    Storage grows with peers, not sightings: a repeat sighting updates this row's
+    counters (and the rollups), it adds no row anywhere.
+    """
 
     __tablename__ = "peer"
     title_id: Mapped[int] = mapped_column(
@@ -237,6 +288,66 @@ class Peer(Base):
     asn: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[bool | None] = mapped_column(Boolean)  # ever seen as a seed
     sightings: Mapped[int] = mapped_column(Integer, default=1)
+    # Bitmasks of the sources (store.writer.source_bit) and vantages (vantage.id) that
+    # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
+    sources: Mapped[int] = mapped_column(Integer, server_default="0")
+    vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The peer's fixed random key for cell-key perturbation, in [0, 4096) (DESIGN.md).
+    record_key: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
+    # in, so presence there costs no rollup_presence row; prev_*: the same before the
+    # latest upsert, which it returns (store.rollups.apply_rows). NULL: from before 0007.
+    last_hour: Mapped[int | None] = mapped_column(Integer)
+    last_day: Mapped[int | None] = mapped_column(Integer)
+    prev_hour: Mapped[int | None] = mapped_column(Integer)
+    prev_day: Mapped[int | None] = mapped_column(Integer)
+    # Presence in the frames the peer moved on from: bit i of hours0 is hour
+    # hour_base + i, of hours1 hour hour_base + 64 + i, of days day day_base + i (the
+    # bases: the peer's first hour and day). Other frames are rollup_presence rows.
+    hour_base: Mapped[int | None] = mapped_column(Integer)
+    hours0: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hours1: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    day_base: Mapped[int | None] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class Vantage(Base):
+    """A vantage point's name and its bit in peer.vantages."""
+
+    __tablename__ = "vantage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class ReplayProgress(Base):
+    """How far a replayed file is stored: one row per batch that held its lines.
+
+    Keyed by a keyed digest of the file's first `bytes_read` bytes, so the same file, or
+    one that starts with it (a log that grew), resumes after line `lines`.
+    """
+
+    __tablename__ = "replay_progress"
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    bytes_read: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(BigInteger)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StoreSecret(Base):
+    """A secret of the store itself, made on first use: `replay` keys the digests of
+    replay_progress (which hash file bytes holding raw addresses)."""
+
+    __tablename__ = "store_secret"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class BatchToken(Base):
+    """A writer batch known to be committed: asked after a commit whose outcome was lost."""
+
+    __tablename__ = "write_batch"
+    token: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Anomaly(Base):
@@ -307,17 +418,23 @@ __all__ = [
     "Anomaly",
     "ApiKey",
     "Base",
+    "BatchToken",
     "City",
+    "DeploymentSecret",
     "GeoipDatabase",
     "Metro",
     "Peer",
+    "ReplayProgress",
     "Sample",
     "Sighting",
+    "StoreSecret",
     "Study",
+    "StudyGrant",
     "StudyKey",
     "Title",
     "Torrent",
     "Tracker",
     "UTCDateTime",
+    "Vantage",
     "utcnow",
 ]
