@@ -63,9 +63,9 @@ def test_no_address_from_arrivals_to_the_video_page(
         await tracker.aclose()
 
     asyncio.run(crawl())
-    # Everyone who arrived up to now: more than the crawl found, never fewer.
+    # Everyone who arrived up to now, whether or not the crawl met them.
     ips = [p.ip for b in range(swarm.bucket_of(clock.now()) + 1) for p in swarm.arrivals(b)]
-    assert len(ips) >= 300
+    assert len(ips) >= 100
 
     blobs: dict[str, bytes] = {}
     data = timelapse_data(db, 1, interval=3600, res=4)
