@@ -139,9 +139,12 @@ def study_db(db: Database) -> Database:
     again: list[AnonymousSighting] = []
     n = 0
     gamma_keys = []
+    seeds_n: set[int] = set()
     for place, count in TITLE_A.items():
         for _ in range(count):
             seed = place == 103 and len(gamma_keys) < 10  # 10 of Gamma's 20 are seeds
+            if seed:
+                seeds_n.add(n)
             first.append(sighting(1, n, place, H10, new_peer=True, seed=seed))
             # Seen again the same hour from another vantage and source: no new count.
             again.append(
@@ -166,6 +169,9 @@ def study_db(db: Database) -> Database:
         rows = []
         for i in range(54):
             times = 1 if i < 10 else 2 if i < 14 else 5
+            # The peer row's seed state over all its sightings: 10 seeds; the last 5
+            # peers were never seen with a known state (unknown, not leechers).
+            state = True if i in seeds_n else None if i >= 49 else False
             rows.append(
                 dict(
                     title_id=1,
@@ -174,6 +180,7 @@ def study_db(db: Database) -> Database:
                     first_seen=H10,
                     last_seen=H10,
                     sightings=times,
+                    seed=state,
                 )
             )
         rows += [
@@ -289,7 +296,9 @@ def test_summary_exact(study_db: Database) -> None:
     assert a["anomaly_share"] == pytest.approx(6 / 54, abs=1e-6)
     # 2 country-only and 4 unlocated: both below k and only each other's complement.
     assert (a["country_only"], a["unlocated"]) == (None, None)
-    assert (a["seeds"], a["leechers"]) == (10, 44)
+    # Seed state from the peer rows (any sighting with known state), unknown apart.
+    assert (a["seeds"], a["leechers"], a["unknown_state"]) == (10, 39, 5)
+    assert "any sighting with known state" in a["method"]["seeds"]
     # Sightings: 54 first + 54 again + 20 later; by source tracker 74, dht 54.
     assert a["sightings_by_source"] == {"tracker": 74, "dht": 54}
     assert a["sightings_by_vantage"] == {"v1": 74, "v2": 54}

@@ -1,6 +1,8 @@
 """A study's (or title's) headline numbers: unique peers, anomalies, series, estimate.
 
-Everything comes from rollups except Chao1's f1/f2, one aggregate over the peer table.
+Everything comes from rollups except the seed/leecher/unknown split, one aggregate
+over the peer table (whose seed column is the peer's state over all its sightings),
+reused while the data version holds, as Chao1 is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import chao1
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import data_version
-from swarmwatch.store.models import Anomaly, Title, Torrent
+from swarmwatch.store.models import Anomaly, Peer, Title, Torrent
 from swarmwatch.store.rollups import (
     DAY,
     rollup_active,
@@ -81,7 +83,15 @@ def compute_summary(
         ["city", "anomalies"],
         ["country_only", "unlocated"],
     )
-    state = _published({"seeds": seeds, "leechers": total - seeds}, k)
+    del seeds  # rollup_place counts seeds at first sighting: not what a reader expects
+    states = (
+        seed_states(conn, scope.title_ids, scope.window, caches) if scope.vantage is None else None
+    )
+    state = (
+        _published(states, k)
+        if states is not None
+        else {"seeds": None, "leechers": None, "unknown": None}
+    )
     title_names = dict(conn.execute(select(Title.id, Title.name).where(Title.id.in_(titles))).all())
     by_title = _published({title_names[r[0]]: int(r[1]) for r in per_title}, k)
     anomalies = places["anomalies"]
@@ -150,6 +160,7 @@ def compute_summary(
         "unlocated": places["unlocated"],
         "seeds": state["seeds"],
         "leechers": state["leechers"],
+        "unknown_state": state["unknown"],
         "by_title": by_title,
         "sightings_by_source": sightings_by(activity.c.source),
         "sightings_by_vantage": sightings_by(activity.c.vantage),
@@ -159,7 +170,7 @@ def compute_summary(
         "estimate": _estimate(conn, scope, caches) if not scope.by_day else None,
         "method": {
             **scope.describe(),
-            "seeds": "peers seen as seeds at their first sighting",
+            "seeds": SEED_STATE_METHOD,
             "anomalies": "unique peers the GeoIP database could not place at a city",
             "daily": "active_peers: distinct peers seen that UTC day; new_peers: first seen",
             "suppression": RULE,
@@ -167,6 +178,53 @@ def compute_summary(
         },
     }
     return answer
+
+
+#: The definition the method block states, and the one seed_states() counts by.
+SEED_STATE_METHOD = (
+    "seeds: peers that any sighting with known state showed as a seed (all pieces); "
+    "leechers: peers seen with known state, never as a seed; unknown_state: peers whose "
+    "state no sighting showed (tracker and DHT answers carry none), counted apart, never "
+    "as leechers. State is a peer's over every vantage, so a vantage filter leaves these null"
+)
+
+
+def seed_states(
+    conn: Connection,
+    title_ids: tuple[int, ...],
+    window: tuple[datetime | None, datetime | None] = (None, None),
+    caches: AnalysisCaches | None = None,
+) -> dict[str, int]:
+    """{"seeds", "leechers", "unknown"}: peers of the titles (first seen in the window).
+
+    One pass over those titles' peer rows, so reused from `caches` while the data
+    version holds and refreshed in the background while ingest goes on, as Chao1 is.
+    """
+    engine = conn.engine
+
+    def count(c: Connection) -> dict[str, int]:
+        where: list[Any] = [Peer.title_id.in_(bindparam("titles", list(title_ids), expanding=True))]
+        start, end = window
+        if start is not None:
+            where.append(Peer.first_seen >= start)
+        if end is not None:
+            where.append(Peer.first_seen < end)
+        rows = c.execute(select(Peer.seed, func.count()).where(*where).group_by(Peer.seed)).all()
+        by = {seed: int(n) for seed, n in rows}
+        return {"seeds": by.get(True, 0), "leechers": by.get(False, 0), "unknown": by.get(None, 0)}
+
+    if caches is None:
+        return count(conn)
+
+    def refresh() -> tuple[Hashable, dict[str, int]]:
+        with engine.connect() as own:
+            return data_version(own, title_ids), count(own)
+
+    return (
+        caches.seed_states.of(engine)
+        .get((title_ids, window), data_version(conn, title_ids), lambda: count(conn), refresh)
+        .value
+    )
 
 
 def _anomaly_reasons(conn: Connection, scope: Scope) -> dict[str, int | None]:
@@ -233,4 +291,4 @@ def _chao1(conn: Connection, scope: Scope) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["compute_summary"]
+__all__ = ["SEED_STATE_METHOD", "compute_summary", "seed_states"]

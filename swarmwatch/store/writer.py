@@ -178,7 +178,8 @@ _UPSERT_ANOMALY = (
 )
 _INSERT_SAMPLE = (
     "INSERT INTO sample (torrent_id, source, vantage, started_at, finished_at, tracker_url,"
-    " peers_returned, seeders, leechers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " peers_returned, seeders, leechers, error, known_peers)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _TRACKER_OK = (
     'UPDATE tracker SET last_announce = ?, next_announce = ?, "interval" = ?,'
@@ -552,6 +553,7 @@ class BatchWriter:
                     s.seeders,
                     s.leechers,
                     s.error,
+                    s.known_peers,
                 )
                 for torrent_id, s in samples
             ],

@@ -132,6 +132,8 @@ class SummaryPublic(BaseModel):
     unlocated: int | None
     seeds: int | None
     leechers: int | None
+    # Peers no sighting showed the state of (see method.seeds): not leechers.
+    unknown_state: int | None = None
     by_title: dict[str, int | None]
     sightings_by_source: dict[str, int | None]
     sightings_by_vantage: dict[str, int | None]

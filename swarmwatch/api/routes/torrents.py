@@ -15,6 +15,8 @@ from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
 from swarmwatch.access import Role, can_read, readable_studies, role_of
+from swarmwatch.analysis.disclosure import protect
+from swarmwatch.analysis.summary import seed_states
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -34,7 +36,7 @@ from swarmwatch.api.schemas import (
 )
 from swarmwatch.store import Database
 from swarmwatch.store.models import ApiKey, Sample, Study, Title, Torrent
-from swarmwatch.store.rollups import unique_peers
+from swarmwatch.store.rollups import rollup_place, unique_peers
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 
@@ -145,13 +147,43 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(LAST_SAMPLES)
     ).all()
-    peers = unique_peers(session.connection(), [torrent.title_id])
+    conn = session.connection()
+    peers = unique_peers(conn, [torrent.title_id])
+    # The summary's numbers for this torrent's title, with its suppression: the same
+    # peers (anomalies included) whichever page a reader looks at.
+    placed = conn.execute(
+        select(func.coalesce(func.sum(rollup_place.c.peers), 0)).where(
+            rollup_place.c.title_id == torrent.title_id, rollup_place.c.geoname_id != 0
+        )
+    ).scalar_one()
+    anomalies = _published({"city": int(placed), "anomalies": peers - int(placed)}, k)
+    states = _published(seed_states(conn, (torrent.title_id,)), k)
+    # Coverage of the last swarm round (any vantage): peers sighted over known and reachable.
+    round_ = session.execute(
+        select(Sample.peers_returned, Sample.known_peers)
+        .where(Sample.torrent_id == torrent.id, Sample.known_peers.is_not(None))
+        .order_by(Sample.started_at.desc(), Sample.id.desc())
+        .limit(1)
+    ).first()
     return CrawlStatus(
         samples=int(count),
         peers_returned=int(returned),
         last_samples=[SamplePublic.model_validate(s) for s in last],
         unique_peers=peers if peers >= k else None,
+        anomalies=anomalies["anomalies"],
+        seeds=states["seeds"],
+        leechers=states["leechers"],
+        unknown_state=states["unknown"],
+        round_sighted=round_[0] if round_ else None,
+        round_reachable=round_[1] if round_ else None,
+        coverage=(round(round_[0] / round_[1], 4) if round_ and round_[1] else None),
     )
+
+
+def _published(counts: dict[str, int], k: int) -> dict[str, int | None]:
+    """Counts as parts of one published total, k-suppressed (analysis.disclosure)."""
+    hidden = protect(dict(counts), k, [], whole=True)
+    return {key: (None if key in hidden else n) for key, n in counts.items()}
 
 
 def _public(session: Session, torrent: Torrent, *, status: bool = False) -> TorrentPublic:
