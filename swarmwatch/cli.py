@@ -1,4 +1,4 @@
-"""The `swarmwatch` command: serve, crawl, demo, db, apikey, study, torrent, export, bench.
+"""The `swarmwatch` command: serve, crawl, demo, db, apikey, study, torrent, export, video, bench.
 
 Each command is a thin shell over library functions; errors are one line on
 stderr and a non-zero exit, never a traceback.
@@ -441,6 +441,69 @@ def export(
         out.print(str(path))
 
 
+# --- video --------------------------------------------------------------------------------
+
+
+@app.command()
+def video(
+    study: Annotated[int, typer.Option("--study", help="The study's id.")],
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Video file: .mp4 (H.264), .webm (VP9) or .gif.")
+    ] = Path("timelapse.mp4"),
+    interval: Annotated[int, typer.Option(help="Frame length in seconds: 3600 or 86400.")] = 3600,
+    res: Annotated[int, typer.Option(help="H3 resolution of the hexagons (3-5).")] = 4,
+    metric: Annotated[str, typer.Option(help="absolute or per_capita.")] = "absolute",
+    start: Annotated[str | None, typer.Option("--from", help="First frame (UTC, ISO).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="End of the last frame (UTC).")] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second of the video.")] = 4.0,
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT in pixels.")] = "1920x1080",
+    heading: Annotated[
+        str | None, typer.Option("--title", help="Heading (default: the study's name).")
+    ] = None,
+    title_filter: Annotated[
+        str | None, typer.Option("--only-title", help="Only this title of the study.")
+    ] = None,
+) -> None:
+    """Render a study's time-lapse map as a video (Chromium + ffmpeg), with clock, legends
+    and credits: the published (k-suppressed) frames, as the web map draws them."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from swarmwatch.timelapse import TimelapseError
+    from swarmwatch.video import parse_size, render_video
+
+    try:
+        width, height = parse_size(size)
+    except TimelapseError as exc:
+        fail(str(exc))
+    begin, finish = _parse_time(start, "--from"), _parse_time(end, "--to")
+    db = open_database()
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress("rendering frames", *columns, console=err, transient=True) as bar:
+        task = bar.add_task("frames", total=None)
+        try:
+            result = render_video(
+                db,
+                study,
+                out_file,
+                interval=interval,
+                res=res,
+                metric=metric,
+                title=title_filter,
+                heading=heading,
+                start=begin,
+                end=finish,
+                fps=fps,
+                size=(width, height),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except TimelapseError as exc:
+            fail(str(exc))
+    out.print(
+        f"{result.path}: {result.frames} frames, {result.width}x{result.height}, "
+        f"{result.fps:g} fps, {result.duration:.1f} s"
+    )
+
+
 # --- bench --------------------------------------------------------------------------------
 
 
@@ -637,7 +700,9 @@ def crawl(
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the map and API (0: any free port).")] = 8000,
-    peers: Annotated[int, typer.Option(min=100, help="Simulated peers.")] = 20_000,
+    peers: Annotated[
+        int, typer.Option(min=100, help="Simulated arrivals per simulated day.")
+    ] = 20_000,
     torrents: Annotated[int, typer.Option(min=1, max=100, help="Simulated torrents.")] = 6,
     speed: Annotated[
         float,

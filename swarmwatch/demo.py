@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 #: A simulated day per wall minute: 24 hourly frames in a minute, alpha60's five days in five.
 DEFAULT_SPEED = 1440.0
-#: Big enough to fill a world map, small enough to start in seconds on two cores.
+#: Arrivals per simulated day: big enough to fill a world map, small enough for two cores.
 DEFAULT_PEERS = 20_000
+#: How long a simulated peer stays, on average and at most (simulated seconds): a few
+#: hours like a download, so the map follows the evening round the globe.
+MEAN_STAY = 4 * 3600.0
+MAX_STAY = 24 * 3600.0
 #: Releases of the one simulated episode (alpha60 tracked 72 of one episode).
 DEFAULT_TORRENTS = 6
 #: The simulated trackers' min interval (simulated seconds): 15 min keeps the crawl at a
@@ -44,6 +48,8 @@ SIM_MIN_INTERVAL = 900
 SIM_DHT_NODES = 40
 #: The simulated DHT re-reads who is online this often (simulated seconds).
 DHT_REFRESH_SIM_SECONDS = 1800.0
+#: The demo study's description starts with this; the map then says the data is simulated.
+SIMULATED_TAG = "[simulated]"
 
 
 @dataclass
@@ -53,6 +59,9 @@ class DemoInfo:
     torrents: list[str]
     geoip: Path
     started_at: datetime
+    #: An API key that lives in the demo's database, for the README's examples.
+    api_key: str = ""
+    database: str = ""
 
 
 def demo_infohashes(n: int, seed: int = 1) -> list[str]:
@@ -74,7 +83,7 @@ async def run_demo(
 ) -> None:
     """Run the demo until stop is set (Ctrl-C in the CLI)."""
     from swarmwatch.dht.crawler import DhtCrawler
-    from swarmwatch.sim import CompressedClock, SimulatedSwarm
+    from swarmwatch.sim import ArrivingSwarm, CompressedClock
     from swarmwatch.sim.dht import SimulatedDht
     from swarmwatch.sim.trackers import SimTracker
     from swarmwatch.tracker.crawler import TrackerCrawler
@@ -93,9 +102,15 @@ async def run_demo(
         start=now.replace(hour=0, minute=0, second=0, microsecond=0), factor=speed
     )
     hashes = demo_infohashes(torrents, seed)
-    progress(f"building a simulated population of {peers:,} peers (first run indexes the GeoIP db)")
+    progress(f"simulating {peers:,} arrivals a day (the first run indexes the GeoIP db)")
     swarm = await asyncio.to_thread(
-        SimulatedSwarm, seed=seed, n_peers=peers, torrents=hashes, clock=clock
+        ArrivingSwarm,
+        seed=seed,
+        arrivals_per_day=peers,
+        torrents=hashes,
+        clock=clock,
+        mean_stay=MEAN_STAY,
+        max_stay=MAX_STAY,
     )
     tracker = await SimTracker(
         swarm, interval=1800, min_interval=SIM_MIN_INTERVAL, seed=seed
@@ -144,7 +159,7 @@ async def run_demo(
 
     geoip = city_db_path(settings)
     if on_ready is not None:
-        on_ready(DemoInfo(url, study_id, hashes, geoip, clock.start))
+        on_ready(DemoInfo(url, study_id, hashes, geoip, clock.start, key, settings.database_url))
     try:
         await stop.wait()
     finally:
@@ -167,7 +182,8 @@ async def _register(url: str, key: str, hashes: list[str], trackers: list[str]) 
             "/api/v1/studies",
             json={
                 "name": f"demo {datetime.now(UTC):%Y-%m-%d %H:%M:%S}",
-                "description": "Simulated swarm on loopback (swarmwatch demo): not real people.",
+                "description": f"{SIMULATED_TAG} Simulated swarm on loopback (swarmwatch demo): "
+                "synthetic peers, not real people.",
                 "titles": ["Simulated episode"],
             },
         )
@@ -197,14 +213,16 @@ def banner(info: DemoInfo, *, peers: int, speed: float) -> str:
         [
             "swarmwatch demo: the swarm is SIMULATED (synthetic peers on loopback, not people)",
             f"  map and API:  {info.url}/   (API docs: {info.url}/docs)",
-            f"  study:        {info.study_id}, {n} torrents, {peers:,} simulated peers",
+            f"  study:        {info.study_id}, {n} torrents, {peers:,} simulated arrivals a day",
             f"  clock:        {speed:g}x (a simulated day every {day:.0f} s), "
             f"from {info.started_at:%Y-%m-%d %H:%M} UTC",
             f"  GeoIP:        {info.geoip}{stale}",
             f"  rankings CSV: {info.url}/api/v1/studies/{info.study_id}/rankings.csv",
+            f"  API key:      {info.api_key}   (for the README's examples: KEY={info.api_key})",
+            f"  database:     {info.database} (replaced on each run, key included)",
             "Press Ctrl-C to stop.",
         ]
     )
 
 
-__all__ = ["DemoInfo", "banner", "demo_infohashes", "run_demo"]
+__all__ = ["SIMULATED_TAG", "DemoInfo", "banner", "demo_infohashes", "run_demo"]

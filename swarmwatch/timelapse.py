@@ -87,6 +87,7 @@ def timelapse_data(
         study_public = {
             "id": study.id,
             "name": study.name,
+            "description": study.description or "",
             "k_threshold": study.k_threshold,
             "titles": [{"id": t.id, "name": t.name} for t in study.titles],
         }
@@ -161,8 +162,10 @@ def export_html(
 
 
 @contextmanager
-def chromium_page(width: int = 1280, height: int = 720) -> Iterator[Any]:
+def chromium_page(width: int = 1280, height: int = 720, scale: float = 1.0) -> Iterator[Any]:
     """A Playwright page in Debian's headless Chromium, with a fresh profile.
+
+    `scale` is the device pixel ratio: screenshots are width*scale x height*scale pixels.
 
     Playwright is a test extra (``pip install swarmwatch[test]``): imported here only.
     """
@@ -184,6 +187,7 @@ def chromium_page(width: int = 1280, height: int = 720) -> Iterator[Any]:
             args=list(CHROMIUM_ARGS),
             headless=True,
             viewport={"width": width, "height": height},
+            device_scale_factor=scale,
         )
         try:
             yield context.pages[0] if context.pages else context.new_page()

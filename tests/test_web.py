@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,7 +13,15 @@ import httpx
 import pytest
 
 from swarmwatch.store import Database
-from tests.web_browser import CITIES, FRAMES, KnownStudy, build_known_study, chromium, screenshot
+from tests.web_browser import (
+    CITIES,
+    FRAMES,
+    KnownStudy,
+    add_frame,
+    build_known_study,
+    chromium,
+    screenshot,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,13 +95,17 @@ def test_map_plays_switches_to_per_capita_and_downloads_csv(
         assert table.count() == len(ranking["rows"]) == len(CITIES)
         assert table.nth(0).locator("td").nth(1).inner_text() == ranking["rows"][0]["place"]
 
-        # Per capita: the colours become peers per 100k residents of the cell.
+        # Per capita: the colours become peers per 100k residents of the cell, and the
+        # table ranks metro areas with peers, rate and its 95 % interval side by side.
+        assert page.locator("#rankValueHead").is_hidden()
         page.get_by_label("per capita").check()
         page.wait_for_function(
-            "window.swarmwatchMap.ready && document.querySelector('#rankValueHead')"
-            ".textContent.includes('100k')",
+            "window.swarmwatchMap.ready && !document.querySelector('#rankValueHead').hidden"
+            " && document.querySelectorAll('#ranking tbody tr td').length > 6",
             timeout=30_000,
         )
+        assert page.locator("#level").input_value() == "metro"
+        assert page.locator("#rankPlaceHead").inner_text() == "Metro area"
         assert "per 100,000 inhabitants" in page.locator("#map .cbtitle").text_content()
         outlines = api.post("/api/v1/geometry/h3", json={"cells": ids}).json()
         population = {f["id"]: f["properties"]["population"] for f in outlines["features"]}
@@ -113,14 +126,25 @@ def test_map_plays_switches_to_per_capita_and_downloads_csv(
         rows = list(csv.DictReader(io.StringIO(download_info.value.path().read_text("utf-8"))))
         json_rows = api.get(
             f"/api/v1/studies/{known.id}/rankings",
-            params={"metric": "per_capita", "limit": 100_000},
+            params={"metric": "per_capita", "level": "metro", "limit": 100_000},
         ).json()["rows"]
         assert [(r["place"], int(r["peers"])) for r in rows] == [
             (r["place"], r["peers"]) for r in json_rows
         ]
         assert len(rows) == len(CITIES) - 1  # Milton is below min_population
-        table_places = page.locator("#ranking tbody tr td:nth-child(2)").all_inner_texts()
-        assert table_places == [r["place"] for r in json_rows]
+        table = page.locator("#ranking tbody tr")
+        assert table.locator("td:nth-child(2)").all_inner_texts() == [r["place"] for r in json_rows]
+        # Each row: the count, the rate and the API's 95 % interval around it.
+        first = table.nth(0).locator("td").all_inner_texts()
+        top = json_rows[0]
+        assert first[3] == str(top["peers"])
+        assert first[4] == f"{top['per_100k']:.2g}" or float(first[4]) == pytest.approx(
+            top["per_100k"], rel=0.05
+        )
+        low, high = (float(x.replace(",", "")) for x in first[5].split("–"))
+        assert low == pytest.approx(top["ci_low"], rel=0.05)
+        assert high == pytest.approx(top["ci_high"], rel=0.05)
+        assert low <= float(first[4].replace(",", "")) <= high
 
         shot = screenshot(browser, "web_map_per_capita.png")
         assert shot.stat().st_size > 10_000
@@ -163,8 +187,10 @@ def test_empty_and_unknown_studies_say_so(live_server: str, db: Database) -> Non
 def test_web_assets_are_local_and_safe(live_server: str, api: httpx.Client) -> None:
     page = api.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    # The page names no host: every asset is on this server.
-    assert "http://" not in page.text and "https://" not in page.text
+    # The page loads nothing from another host: every asset is on this server (the
+    # only URL in it is MaxMind's, in the credit its licence asks for, as text).
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text)
+    assert page.text.count("https://") == 1 and "https://www.maxmind.com" in page.text
     js = api.get("/web/plotly.min.js", headers={"Accept-Encoding": "gzip"})
     assert js.status_code == 200 and js.headers["content-encoding"] == "gzip"
     assert len(js.content) > 1_000_000  # httpx decompressed it: the real bundle
@@ -177,3 +203,155 @@ def test_web_assets_are_local_and_safe(live_server: str, api: httpx.Client) -> N
     wrapped = api.post("/api/v1/geometry/h3", json={"cells": ["87f2ca6dcffffff"]})
     ring = wrapped.json()["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and len(ring) == 7
+
+
+# The map's box, the land plotly drew in it, and the overlays a viewer reads.
+_LAYOUT_JS = """() => {
+  const box = (el) => {
+    const r = el.getBoundingClientRect();
+    return [r.left, r.top, r.width, r.height];
+  };
+  const all = (q) => [...document.querySelectorAll(q)];
+  const rects = all('#map .geo .land')
+    .map((p) => p.getBoundingClientRect()).filter((r) => r.width > 0);
+  const union = rects.length ? [
+    Math.min(...rects.map((r) => r.left)), Math.min(...rects.map((r) => r.top)),
+    Math.max(...rects.map((r) => r.right)), Math.max(...rects.map((r) => r.bottom))] : null;
+  return {map: box(document.getElementById('map')), land: union,
+    minimum: document.querySelector('#map g.swarmwatch-colors').dataset.minimumSize,
+    painted: all('#map g.swarmwatch-colors path').filter((p) => p.getAttribute('d')).length,
+    labels: all('#map g.swarmwatch-labels text').map((t) => t.textContent),
+    legend: all('#bubbleLegend circle').length};
+}"""
+
+
+def test_map_fills_its_panel_and_says_what_it_shows(
+    live_server: str, known: KnownStudy, db: Database
+) -> None:
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(READY, timeout=60_000)
+        layout = page.evaluate(_LAYOUT_JS)
+        left, top, width, height = layout["map"]
+        # The world fills the map's box: no blank bands above or below, no side bands.
+        assert layout["land"] is not None
+        l0, t0, r0, b0 = layout["land"]
+        assert r0 - l0 >= 0.9 * width, (layout["land"], layout["map"])
+        assert b0 - t0 >= 0.8 * height, (layout["land"], layout["map"])
+        assert t0 - top <= 0.1 * height and (top + height) - b0 <= 0.1 * height
+        # Hexagons (a pixel or two at world zoom) are drawn as 3 px squares...
+        assert layout["minimum"] == "squares" and layout["painted"] >= 2
+        # ... labels name the biggest bubbles, and a legend gives bubble sizes.
+        assert set(layout["labels"]) >= {"Tokyo", "São Paulo", "New York City"}
+        # London and Paris are close at world zoom: one label, not two on top of each other.
+        assert len({"London", "Paris"} & set(layout["labels"])) == 1
+        assert layout["legend"] >= 2
+        # The study's name and window as a title, credits in the map's own box, and no
+        # simulated-data notice for a study that is not simulated.
+        assert page.locator("#studyName").inner_text() == "known swarm"
+        assert (
+            page.locator("#studyWindow")
+            .inner_text()
+            .startswith("17 Jul 2017, 00:00 – 17 Jul 2017, 06:00 UTC")
+        )
+        credits = page.locator("#credits").inner_text()
+        for name in ("GeoLite2", "MaxMind", "CC BY-SA", "GeoNames", "Natural Earth"):
+            assert name in credits
+        assert page.locator("#simNotice").is_hidden()
+        # Scroll zooms the map (plotly's geo zoom on the wheel), drag pans it.
+        assert page.evaluate("document.getElementById('map')._context.scrollZoom")
+        # The play button draws its icon: no glyph that Debian's fonts may lack.
+        assert page.locator("#play").inner_text().strip() == "Play"
+        page.get_by_role("button", name="play").click()
+        assert page.locator("#play").inner_text().strip() == "Pause"
+        page.get_by_role("button", name="pause").click()
+        screenshot(browser, "web_map_world.png")
+
+        # Zoom to a region: the projection scales up, the minimum hexagon size gives way.
+        page.select_option("#region", "europe")
+        page.wait_for_function(
+            "document.getElementById('map')._fullLayout.geo.projection.scale > 4", timeout=30_000
+        )
+        page.evaluate("window.swarmwatchMap.showFrame(1)")
+        zoomed = page.evaluate(_LAYOUT_JS)
+        assert "London" in zoomed["labels"] and "Tokyo" not in zoomed["labels"]
+        assert zoomed["minimum"] == "" and zoomed["painted"] >= 1  # big enough as they are
+        screenshot(browser, "web_map_europe.png")
+
+    from swarmwatch.demo import SIMULATED_TAG
+    from swarmwatch.store.models import Study
+
+    with db.session() as session:
+        study = session.get(Study, known.id)
+        assert study is not None
+        study.description = f"{SIMULATED_TAG} a demo"
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(READY, timeout=60_000)
+        assert page.locator("#simNotice").is_visible()
+        assert "Simulated data" in page.locator("#simNotice").inner_text()
+        assert page.locator("#simBadge").is_visible()
+    assert browser.console_errors == []
+
+
+def test_live_page_shows_new_frames_and_ranking_without_reload(
+    live_server: str, known: KnownStudy, db: Database
+) -> None:
+    with chromium() as browser:
+        page = browser.page
+        page.add_init_script("window.SWARMWATCH_POLL_MS = 300")
+        statuses: list[int] = []
+        page.on("response", lambda r: statuses.append(r.status) if "/frames?" in r.url else None)
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(READY, timeout=60_000)
+        page.evaluate(f"window.swarmwatchMap.showFrame({FRAMES - 1})")  # watching the newest
+        page.evaluate("window.notReloaded = true")
+        first_place = page.locator("#ranking tbody tr").nth(0).locator("td").nth(1).inner_text()
+        assert first_place != "Milton"
+        # Unchanged data: the polls are answered 304 (the ETag matched), nothing redrawn.
+        page.wait_for_function("window.swarmwatchMap.updates === 0", timeout=5_000)
+        deadline = 50
+        while statuses.count(304) < 2 and deadline:
+            page.wait_for_timeout(200)
+            deadline -= 1
+        assert statuses.count(304) >= 2, statuses
+
+        # The crawl goes on: a new hour, with a crowd in Milton.
+        add_frame(db, known, FRAMES, city=7, peers=300)
+        page.wait_for_function(
+            f"window.swarmwatchMap.frameCount === {FRAMES + 1}"
+            f" && window.swarmwatchMap.index === {FRAMES}",
+            timeout=30_000,
+        )
+        page.wait_for_function(
+            "document.querySelector('#ranking tbody tr td:nth-child(2)').textContent === 'Milton'",
+            timeout=30_000,
+        )
+        assert page.evaluate("window.notReloaded") is True
+        assert page.evaluate("window.swarmwatchMap.updates") >= 1
+        assert page.locator("#frameCount").inner_text() == f"frame {FRAMES + 1} / {FRAMES + 1}"
+        screenshot(browser, "web_map_live.png")
+    assert browser.console_errors == []
+
+
+def test_live_polls_cost_a_304_each(live_server: str, known: KnownStudy) -> None:
+    """What the page's poll costs the server when nothing changed: a bodiless 304, for
+    every viewer, frames and ranking alike."""
+    import concurrent.futures
+
+    urls = [
+        f"/api/v1/studies/{known.id}/frames?interval=3600&res=4&format=compact",
+        f"/api/v1/studies/{known.id}/rankings?level=city&metric=absolute&limit=25",
+    ]
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        tags = {url: client.get(url).headers["etag"] for url in urls}
+
+        def poll(url: str) -> tuple[int, int]:
+            r = client.get(url, headers={"If-None-Match": tags[url]})
+            return r.status_code, len(r.content)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(poll, urls * 40))
+    assert answers == [(304, 0)] * 80

@@ -20,7 +20,7 @@ from swarmwatch import PROJECT_ROOT
 from swarmwatch.registry import create_study
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
-from swarmwatch.store.models import City
+from swarmwatch.store.models import City, Metro
 from swarmwatch.store.rollups import apply_batch
 from swarmwatch.timelapse import CHROMIUM_ARGS, CHROMIUM_PATH
 
@@ -59,6 +59,11 @@ def build_known_study(db: Database, name: str = "known swarm") -> KnownStudy:
     """FRAMES hourly frames of CITIES, written through the real ingest-side rollups."""
     with db.session() as session:
         for gid, cname, country, lat, lon, pop in CITIES:
+            # Each city is its own metro area here (the per-capita table ranks metros).
+            if session.get(Metro, gid) is None:
+                session.add(
+                    Metro(id=gid, name=cname, country=country, lat=lat, lon=lon, population=pop)
+                )
             if session.get(City, gid) is None:
                 session.add(
                     City(
@@ -182,3 +187,32 @@ def screenshot(browser: Browser, name: str) -> Path:
     path = ARTIFACTS / name
     browser.page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def add_frame(db: Database, known: KnownStudy, frame: int, city: int, peers: int) -> None:
+    """`peers` new peers in CITIES[city] during hourly frame `frame` (after the others)."""
+    gid, _, country, lat, lon, _pop = CITIES[city]
+    at = START + timedelta(hours=frame, minutes=20)
+    batch = []
+    for j in range(peers):
+        key = hashlib.blake2b(f"{known.id}:late:{frame}:{gid}:{j}".encode(), digest_size=32)
+        batch.append(
+            AnonymousSighting(
+                study_id=known.id,
+                title_id=known.title_id,
+                torrent_id=0,
+                peer_key=key.digest(),
+                seen_at=at,
+                source="tracker",
+                vantage="test",
+                seed=False,
+                country=country,
+                geoname_id=gid,
+                metro_id=gid,
+                h3_cell=h3.str_to_int(h3.latlng_to_cell(lat, lon, 7)),
+                asn=None,
+                new_peer=True,
+            )
+        )
+    with db.engine.begin() as conn:
+        apply_batch(conn, batch)

@@ -22,6 +22,27 @@
   // view: a village with five peers would otherwise top the map. The same floor as the
   // API's per-capita rankings (DEFAULT_MIN_POPULATION in swarmwatch.analysis.rankings).
   const MIN_POPULATION = 100000;
+  // How often a live page asks whether the time-lapse and the ranking changed. The
+  // answers carry ETags and the server keeps one answer per second for every viewer
+  // (api/answercache.py), so an unchanged poll is a 304 with no body, whatever the crowd.
+  const POLL_MS = window.SWARMWATCH_POLL_MS || 10000;
+  // A demo's study says so in its description (swarmwatch.demo.SIMULATED_TAG).
+  const SIMULATED_TAG = "[simulated]";
+  // Labels for this many of the frame's largest city bubbles.
+  const LABELLED_CITIES = 8;
+  // Hexagons are drawn at least this wide (px) whatever the zoom: a res-4 hexagon is
+  // ~1.5 px at world zoom, and an outline in its own colour makes it a visible dot.
+  const MIN_HEX_PX = window.SWARMWATCH_MIN_HEX_PX ?? 3;  // the benchmark turns it off
+  // Regions to zoom to: projection centre and scale (1 = the whole world).
+  const REGIONS = {
+    world: { lon: 0, lat: 0, scale: 1 },
+    europe: { lon: 12, lat: 52, scale: 4.5 },
+    north_america: { lon: -97, lat: 42, scale: 2.8 },
+    south_america: { lon: -60, lat: -22, scale: 2.6 },
+    africa: { lon: 18, lat: 3, scale: 2.4 },
+    asia: { lon: 95, lat: 30, scale: 2.2 },
+    oceania: { lon: 145, lat: -28, scale: 3.5 },
+  };
 
   // An exported time-lapse (swarmwatch.timelapse.export_html) carries its data inline
   // and has no server: then the study, frames and outlines come from here.
@@ -35,6 +56,10 @@
     message: $("message"), main: $("main"), map: $("map"), window: $("window"),
     csv: $("csv"), ranking: $("ranking").tBodies[0], rankNote: $("rankNote"),
     rankValueHead: $("rankValueHead"), tooltip: $("tooltip"),
+    level: $("level"), rankPlaceHead: $("rankPlaceHead"), rankCiHead: $("rankCiHead"),
+    video: $("video"), region: $("region"), live: $("live"), clock: $("clock"),
+    studyName: $("studyName"), studyWindow: $("studyWindow"), simBadge: $("simBadge"),
+    simNotice: $("simNotice"), bubbleLegend: $("bubbleLegend"),
   };
 
   // The loaded time-lapse: ids and outlines once, one value array per frame.
@@ -51,6 +76,8 @@
     timer: null,
     loadSeq: 0,       // guards against a slow old load finishing after a newer one
     drawn: false,     // the current view is on screen (tests and benchmarks wait for it)
+    framesTag: null,  // ETag of the frames answer on screen (live updates compare it)
+    updates: 0,       // live updates applied without a reload
   };
 
   const metric = () => document.querySelector("input[name=metric]:checked").value;
@@ -117,7 +144,8 @@
       document.querySelector("input[name=metric][value=per_capita]").checked = true;
     }
     if (EMBED) {
-      for (const id of ["title", "interval", "res", "rankPanel"]) $(id).closest("label, aside").hidden = true;
+      for (const id of ["title", "interval", "res", "rankPanel", "live"]) $(id).closest("label, aside").hidden = true;
+      if (EMBED.video) document.body.classList.add("video");
       el.res.value = String(EMBED.res);
       el.interval.value = String(EMBED.interval);
     }
@@ -143,6 +171,11 @@
 
   function selectStudy(titleId, frame) {
     state.study = state.studies.find((s) => String(s.id) === el.study.value);
+    const simulated = (state.study.description || "").startsWith(SIMULATED_TAG);
+    el.simNotice.hidden = !simulated;
+    el.simBadge.hidden = !simulated;
+    el.studyName.textContent = (EMBED && EMBED.video && EMBED.video.heading) || state.study.name;
+    el.level.value = metric() === "per_capita" ? "metro" : "city";
     const titles = state.study.titles || [];
     el.title.replaceChildren(new Option("all titles", ""),
       ...titles.map((t) => new Option(t.name, t.id)));
@@ -170,13 +203,21 @@
     if (el.title.value) q.set("title", el.title.value);
     showMessage(`Loading ${study.name}…`);
     let body;
+    let tag = null;
     try {
-      body = EMBED || await getJSON(`${API}/studies/${study.id}/frames?${q}`);
+      if (EMBED) {
+        body = EMBED;
+      } else {
+        const answer = await fetchFrames(study, q, null);
+        body = answer.body;
+        tag = answer.tag;
+      }
     } catch (error) {
       if (seq === state.loadSeq) showEmpty(`Could not load the time-lapse: ${error.message}.`, true);
       return;
     }
     if (seq !== state.loadSeq) return;
+    state.framesTag = tag;
     const frames = decodeFrames(body);
     if (!frames.length || frames.every((f) => f.cells.size === 0 && f.cities.length === 0)) {
       showEmpty(`“${study.name}” has no published frames yet: nothing has been crawled, or every ` +
@@ -188,13 +229,7 @@
     let outlines = EMBED ? EMBED.outlines : { features: [] };
     if (ids.length && !EMBED) {
       try {
-        const cityIds = [...new Set(frames.flatMap((f) => f.cities.map((c) => c.geoname_id)))]
-          .filter((id) => Number.isInteger(id));
-        outlines = await getJSON(`${API}/geometry/h3`, {
-          method: "POST",
-          headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ cells: ids, cities: cityIds }),
-        });
+        outlines = await fetchOutlines(ids, frames);
       } catch (error) {
         if (seq === state.loadSeq) showEmpty(`Could not load hexagon outlines: ${error.message}.`, true);
         return;
@@ -203,6 +238,45 @@
     if (seq !== state.loadSeq) return;
     clearMessage();
     el.main.hidden = false;
+    setFrames(frames, ids, outlines);
+    state.index = Math.min(Math.max(Number(startFrame) || 0, 0), frames.length - 1);
+    computeValues();
+    await draw();
+    if (seq !== state.loadSeq) return;
+    await showFrame(state.index);
+    state.drawn = true;
+    loadRanking();
+    schedulePoll();
+  }
+
+  /* The compact frames with their ETag. Given the ETag on screen, the page asks with
+   * If-None-Match itself (the browser's cache may be off): an unchanged time-lapse costs
+   * the server a 304 without a body, and this returns null. */
+  async function fetchFrames(study, q, tag) {
+    const options = tag ? { cache: "no-store", headers: { "If-None-Match": tag } } : {};
+    const response = await fetch(`${API}/studies/${study.id}/frames?${q}`, options);
+    if (response.status === 304) return null;
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+      const error = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+      error.status = response.status;
+      throw error;
+    }
+    return { tag: response.headers.get("ETag"), body: await response.json() };
+  }
+
+  function fetchOutlines(ids, frames) {
+    const cityIds = [...new Set(frames.flatMap((f) => f.cities.map((c) => c.geoname_id)))]
+      .filter((id) => Number.isInteger(id));
+    return getJSON(`${API}/geometry/h3`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ cells: ids, cities: cityIds }),
+    });
+  }
+
+  function setFrames(frames, ids, outlines) {
     state.frames = frames;
     state.ids = ids;
     state.outlines = outlines;
@@ -213,13 +287,86 @@
       for (const c of frame.cities) c.population = c.population ?? cityPop[c.geoname_id] ?? 0;
     }
     el.slider.max = String(frames.length - 1);
-    state.index = Math.min(Math.max(Number(startFrame) || 0, 0), frames.length - 1);
-    computeValues();
-    await draw();
+    const first = frames[0].t;
+    const last = new Date(frames[frames.length - 1].t.getTime() + Number(el.interval.value) * 1000);
+    el.studyWindow.textContent = `${windowFormat.format(first)} – ${windowFormat.format(last)} UTC · ` +
+      `${frames.length} ${el.interval.value === "86400" ? "daily" : "hourly"} frames`;
+  }
+
+  // ---- live updates -------------------------------------------------------------------------
+  //
+  // While the page is visible it asks every POLL_MS whether the frames changed (ETag) and,
+  // if they did, shows the new frames without a reload: recoloured in place when the cells
+  // are the same, redrawn when new cells appeared. A viewer on the newest frame follows the
+  // new newest frame; one looking back in time stays there. The ranking is asked again too.
+
+  let pollTimer = null;
+  function schedulePoll() {
+    if (pollTimer) clearTimeout(pollTimer);
+    pollTimer = null;
+    if (EMBED || !el.live.checked) return;
+    pollTimer = setTimeout(poll, POLL_MS);
+  }
+
+  async function poll() {
+    pollTimer = null;
+    const seq = state.loadSeq;
+    try {
+      if (document.visibilityState !== "hidden" && state.frames.length) await refresh(seq);
+    } catch (error) {
+      console.warn("live update failed:", error.message);  // the next poll tries again
+    }
+    if (seq === state.loadSeq) schedulePoll();
+  }
+
+  async function refresh(seq) {
+    const q = new URLSearchParams({ interval: el.interval.value, res: el.res.value, format: "compact" });
+    if (el.title.value) q.set("title", el.title.value);
+    const answer = await fetchFrames(state.study, q, state.framesTag);
     if (seq !== state.loadSeq) return;
-    await showFrame(state.index);
-    state.drawn = true;
-    loadRanking();
+    if (answer !== null && (answer.tag === null || answer.tag !== state.framesTag)) {
+      const frames = decodeFrames(answer.body);
+      if (frames.length) {
+        const ids = answer.body.cells.slice();
+        const known = new Set(state.ids);
+        const sameCells = ids.length === state.ids.length && ids.every((id) => known.has(id));
+        const outlines = sameCells ? state.outlines : await fetchOutlines(ids, frames);
+        if (seq !== state.loadSeq) return;
+        const following = state.index >= state.frames.length - 1;
+        const oldScale = state.scale;
+        setFrames(frames, ids, outlines);
+        state.framesTag = answer.tag;
+        if (following || state.index >= frames.length) state.index = frames.length - 1;
+        computeValues();
+        const sameScale = oldScale && oldScale.lo === state.scale.lo && oldScale.hi === state.scale.hi;
+        if (!sameCells || !sameScale || !sameCities()) {
+          await draw();  // new outlines or a new colour range: plotly draws the view again
+        } else {
+          state.paths = null;
+        }
+        if (seq !== state.loadSeq) return;
+        await showFrame(state.index);
+        state.updates += 1;
+      }
+    }
+    rankingKey = "";
+    await loadRanking(true);
+  }
+
+  /* The bubble layer drawn has the same cities as the frames now need. */
+  function sameCities() {
+    const before = (state.cities || []).map((c) => c.key).join("|");
+    const cityValues = state.cityValues;
+    const cities = state.cities;
+    const cityIndex = state.cityIndex;
+    collectCities();
+    const same = before === state.cities.map((c) => c.key).join("|");
+    if (!same) {
+      state.cities = cities;
+      state.cityValues = cityValues;
+      state.cityIndex = cityIndex;
+    }
+    return same;
   }
 
   /* Frames as [{t: Date, cells: Map(h3 -> peers), cities: [{geoname_id, name, country,
@@ -318,11 +465,12 @@
   // second at 5,000 hexagons); this takes a few milliseconds. Colours come from the
   // same colour scale and range plotly's colour bar shows, so the legend stays true.
 
-  // plotly's YlOrRd, low to high (given explicitly so both sides use the same stops).
+  // plotly's YlOrRd from its third stop up, low to high (given explicitly so both sides
+  // use the same stops): its palest yellows vanish on the light-grey land.
   const COLORSCALE = [
-    [0, "rgb(255,255,204)"], [0.125, "rgb(255,237,160)"], [0.25, "rgb(254,217,118)"],
-    [0.375, "rgb(254,178,76)"], [0.5, "rgb(253,141,60)"], [0.625, "rgb(252,78,42)"],
-    [0.75, "rgb(227,26,28)"], [0.875, "rgb(189,0,38)"], [1, "rgb(128,0,38)"],
+    [0, "rgb(254,217,118)"], [0.167, "rgb(254,178,76)"], [0.333, "rgb(253,141,60)"],
+    [0.5, "rgb(252,78,42)"], [0.667, "rgb(227,26,28)"], [0.833, "rgb(189,0,38)"],
+    [1, "rgb(128,0,38)"],
   ];
   const STOPS = COLORSCALE.map(([at, rgb]) => [at, rgb.match(/\d+/g).map(Number)]);
 
@@ -331,7 +479,6 @@
   const COLOR_STEPS = 64;
   const PALETTE = Array.from({ length: COLOR_STEPS + 1 }, (_, k) => interpolate(k / COLOR_STEPS));
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const OUTLINE_MAX_CELLS = 1000;
 
   /* The colour plotly gives x in [0, 1] of the range (linear RGB between stops). */
   function interpolate(x) {
@@ -390,7 +537,8 @@
       // No outlines: at world scale they only darken small hexagons, and cost paint time.
       marker: { line: { width: 0 } },
       colorbar: { title: { text: valueLabel(), side: "right" }, tickvals: ticks.vals,
-        ticktext: ticks.text, thickness: 14, len: 0.8 },
+        ticktext: ticks.text, thickness: 12, len: 0.6, x: 0.995, xanchor: "right",
+        y: 0.5, bgcolor: "rgba(255,255,255,0.75)" },
       hoverinfo: "none",            // the tooltip is ours: it knows the current frame
       name: "cells",
     };
@@ -411,15 +559,21 @@
       name: "top cities",
       showlegend: false,
     };
+    const region = REGIONS[el.region.value] || REGIONS.world;
     const layout = {
       margin: { l: 0, r: 0, t: 0, b: 0 },
+      paper_bgcolor: "#dfe9f3",
       geo: {
-        // The whole world, whatever the data: a time-lapse is about where in the world.
-        projection: { type: "natural earth", rotation: { lon: 0 } },
-        center: { lon: 0, lat: 10 },
+        // The whole world, pole to pole, whatever the data: a time-lapse is about where
+        // in the world. The map's box has the projection's shape (style.css), so the
+        // world fills it; scroll or the Region list zooms, dragging pans.
+        projection: { type: "natural earth", rotation: { lon: region.lon }, scale: region.scale },
+        center: { lon: region.lon, lat: region.lat },
         lonaxis: { range: [-180, 180] },
-        lataxis: { range: [-60, 85] },
+        lataxis: { range: [-90, 90] },
+        domain: { x: [0, 1], y: [0, 1] },
         fitbounds: false,
+        bgcolor: "#dfe9f3",
         showland: true, landcolor: "#eef0f2",
         showocean: true, oceancolor: "#dfe9f3",
         showcountries: true, countrycolor: "#b8bec8",
@@ -428,18 +582,22 @@
         resolution: 110,
       },
       hovermode: "closest",
-      uirevision: "keep",           // keep the user's zoom across redraws
+      uirevision: `region:${el.region.value}`,  // keep the user's zoom across redraws
     };
     const config = {
       // plotly's geo basemap comes from this server, never from plotly's CDN.
       topojsonURL: "/web/topojson/",
       displaylogo: false,
       responsive: true,
+      scrollZoom: true,
+      staticPlot: Boolean(EMBED && EMBED.video),
+      modeBarButtonsToRemove: ["toImage", "select2d", "lasso2d"],
     };
     state.paths = null;
     return Plotly.react(el.map, [hexes, bubbles], layout, config).then(() => {
       bindPlotlyEvents();
       paint();
+      drawBubbleLegend();
     });
   }
 
@@ -474,19 +632,25 @@
         PALETTE.forEach((color) => {
           const path = document.createElementNS(SVG_NS, "path");
           path.setAttribute("fill", color);
-          path.setAttribute("stroke-width", "1.5");
-          path.setAttribute("stroke-linejoin", "round");
+          path.setAttribute("shape-rendering", "optimizeSpeed");
           layer.append(path);
         });
         choropleth.after(layer);
       }
-      // A few scattered res-4 hexagons (~40 km, under a pixel on a world map) would be
-      // invisible: an outline in the same colour makes each one a dot. Outlines cost
-      // ~5x the paint time, so many hexagons (which show as clusters anyway) get none.
-      const outlined = state.ids.length <= OUTLINE_MAX_CELLS;
-      [...layer.children].forEach((path, k) => {
-        path.setAttribute("stroke", outlined ? PALETTE[k] : "none");
-      });
+      // A res-4 hexagon (~40 km) is a pixel or two on a world map. Below MIN_HEX_PX
+      // each one is drawn as a MIN_HEX_PX square on its centre instead: always
+      // visible, and a filled square is the cheapest shape to paint (an outline in
+      // the hexagon's colour did the same at four times the frame-switch time).
+      // Zoomed in, hexagons are big enough and are drawn as they are.
+      const hexPx = hexagonPixels(ds);
+      if (MIN_HEX_PX > 0 && hexPx < MIN_HEX_PX) {
+        const h = MIN_HEX_PX / 2;
+        for (let i = 0; i < ds.length; i++) {
+          const c = ds[i] && centre(ds[i]);
+          ds[i] = c ? `M${(c[0] - h).toFixed(1)},${(c[1] - h).toFixed(1)}h${MIN_HEX_PX}v${MIN_HEX_PX}h-${MIN_HEX_PX}Z` : null;
+        }
+      }
+      layer.dataset.minimumSize = hexPx < MIN_HEX_PX && MIN_HEX_PX > 0 ? "squares" : "";
     }
     const cities = [...el.map.querySelectorAll(".scatterlayer path.point")];
     state.paths = {
@@ -495,6 +659,34 @@
       shown: new Array(PALETTE.length).fill(""),
       cities: cities.length === state.cities.length ? cities : [],
     };
+  }
+
+  /* The mean of a path's points (the centre of a hexagon's projected outline). */
+  function centre(d) {
+    const n = d.match(/-?\d+(\.\d+)?(e-?\d+)?/g);
+    if (!n || n.length < 2) return null;
+    let x = 0;
+    let y = 0;
+    const points = Math.floor(n.length / 2);
+    for (let j = 0; j < points; j++) {
+      x += Number(n[2 * j]);
+      y += Number(n[2 * j + 1]);
+    }
+    return [x / points, y / points];
+  }
+
+  /* The drawn width (px) of a typical hexagon: the median of a few outlines' extents. */
+  function hexagonPixels(ds) {
+    const widths = [];
+    for (let i = 0; i < ds.length && widths.length < 25; i += Math.max(1, Math.floor(ds.length / 25))) {
+      const d = ds[i];
+      if (!d) continue;
+      const xs = (d.match(/-?\d+(\.\d+)?/g) || []).map(Number).filter((_, j) => j % 2 === 0);
+      if (xs.length >= 3) widths.push(Math.max(...xs) - Math.min(...xs));
+    }
+    if (!widths.length) return 0;
+    widths.sort((a, b) => a - b);
+    return widths[Math.floor(widths.length / 2)];
   }
 
   /* Colour the hexagons and size the bubbles for the current frame. */
@@ -533,6 +725,94 @@
       path.setAttribute("d", `M${r},0A${r},${r} 0 1,1 0,-${r}A${r},${r} 0 0,1 ${r},0Z`);
       path.style.visibility = "";
     });
+    labelCities(values);
+  }
+
+  /* Names beside the frame's largest bubbles, in an SVG layer over plotly's points (each
+   * point is a path translated to its projected position: the label takes the same). */
+  function labelCities(values) {
+    const points = state.paths.cities;
+    let layer = el.map.querySelector("g.swarmwatch-labels");
+    if (!points.length || !el.bubbles.checked) {
+      if (layer) layer.replaceChildren();
+      return;
+    }
+    if (!layer) {
+      const scatter = points[0].closest(".scatterlayer") || points[0].parentNode;
+      layer = document.createElementNS(SVG_NS, "g");
+      layer.setAttribute("class", "swarmwatch-labels");
+      layer.style.pointerEvents = "none";
+      scatter.after(layer);
+    }
+    // Only cities in view (zoomed in, plotly keeps the others' points off the plot).
+    const plot = el.map._fullLayout ? el.map._fullLayout._size : null;
+    const where = (i) => {
+      const m = /translate\(([-\d.e]+)[ ,]+([-\d.e]+)\)/.exec(points[i].getAttribute("transform") || "");
+      if (!m || points[i].style.visibility === "hidden") return null;
+      const x = Number(m[1]);
+      const y = Number(m[2]);
+      if (plot && (x < 0 || y < 0 || x > plot.w || y > plot.h)) return null;
+      return [x, y];
+    };
+    const top = values.map((v, i) => [v, i]).filter(([v, i]) => v != null && v > 0 && where(i))
+      .sort((a, b) => b[0] - a[0]).slice(0, LABELLED_CITIES);
+    const labels = [];
+    const taken = [];  // label boxes so far: a label that would overlap one is left out
+    for (const [v, i] of top) {
+      const m = where(i);
+      const r = Math.sqrt(v) / state.sizeref / 2;
+      const box = [m[0] + r + 3, m[1] - 8, m[0] + r + 3 + 7 * state.cities[i].name.length, m[1] + 6];
+      if (taken.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
+      taken.push(box);
+      const text = document.createElementNS(SVG_NS, "text");
+      text.setAttribute("x", (m[0] + r + 3).toFixed(1));
+      text.setAttribute("y", (m[1] + 4).toFixed(1));
+      text.textContent = state.cities[i].name;
+      labels.push(text);
+    }
+    layer.replaceChildren(...labels);
+  }
+
+  /* Three reference bubbles (the same sizeref as the map) with their values. */
+  function drawBubbleLegend() {
+    const values = state.cityValues ? state.cityValues.flat().filter((v) => v != null && v > 0) : [];
+    if (!values.length || !el.bubbles.checked) {
+      el.bubbleLegend.replaceChildren();
+      return;
+    }
+    const max = Math.max(...values);
+    const nice = (v) => {
+      const e = 10 ** Math.floor(Math.log10(v));
+      return [5, 2, 1].map((m) => m * e).find((x) => x <= v) || e;
+    };
+    const refs = [...new Set([nice(max), nice(max / 5), nice(max / 25)])].filter((v) => v > 0);
+    const radii = refs.map((v) => Math.sqrt(v) / state.sizeref / 2);
+    // Side by side, each with its value: nested circles crowd their labels together.
+    const height = 2 * radii[0] + 4;
+    const svg = document.createElementNS(SVG_NS, "svg");
+    let x = 2;
+    refs.forEach((v, k) => {
+      const r = Math.max(radii[k], 1.5);
+      const circle = document.createElementNS(SVG_NS, "circle");
+      circle.setAttribute("cx", (x + r).toFixed(1));
+      circle.setAttribute("cy", (height / 2).toFixed(1));
+      circle.setAttribute("r", r.toFixed(1));
+      circle.setAttribute("fill", "rgba(30,80,160,0.35)");
+      circle.setAttribute("stroke", "rgba(30,80,160,0.9)");
+      svg.append(circle);
+      const text = document.createElementNS(SVG_NS, "text");
+      text.setAttribute("x", (x + 2 * r + 4).toFixed(1));
+      text.setAttribute("y", (height / 2 + 4).toFixed(1));
+      text.setAttribute("font-size", "11");
+      text.textContent = formatNumber(v);
+      svg.append(text);
+      x += 2 * r + 12 + 7 * formatNumber(v).length;
+    });
+    svg.setAttribute("width", String(Math.ceil(x)));
+    svg.setAttribute("height", String(Math.ceil(height)));
+    const caption = document.createElement("div");
+    caption.textContent = metric() === "per_capita" ? "city peers per 100k" : "city peers";
+    el.bubbleLegend.replaceChildren(caption, svg);
   }
 
   let eventsBound = false;
@@ -578,6 +858,7 @@
     el.frameUtc.textContent = formatUTC(frame.t);
     el.frameLocal.textContent = `local ${formatLocal(frame.t)}`;
     el.frameCount.textContent = `frame ${i + 1} / ${state.frames.length}`;
+    el.clock.textContent = formatUTC(frame.t);
     el.tooltip.hidden = true;
     paint();
     writeURL();
@@ -595,14 +876,17 @@
     weekday: "short", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
   });
   const formatUTC = (d) => `${utcFormat.format(d)} UTC`;
+  const windowFormat = new Intl.DateTimeFormat("en-GB", {
+    timeZone: "UTC", year: "numeric", month: "short", day: "numeric", hour: "2-digit",
+    minute: "2-digit", hourCycle: "h23",
+  });
   const formatLocal = (d) => localFormat.format(d);
 
   // ---- player -----------------------------------------------------------------------------
 
   function play() {
     if (state.timer || state.frames.length < 2) return;
-    el.play.textContent = "⏸ Pause";
-    el.play.setAttribute("aria-label", "pause");
+    setPlayButton(true);
     const tick = () => {
       const next = (state.index + 1) % state.frames.length;
       // Wait for the draw before scheduling the next one, so a slow machine drops
@@ -617,14 +901,22 @@
   function stop() {
     if (state.timer) clearTimeout(state.timer);
     state.timer = null;
-    el.play.textContent = "▶ Play";
-    el.play.setAttribute("aria-label", "play");
+    setPlayButton(false);
+  }
+
+  /* The icon is drawn by CSS (.icon.play / .icon.pause), not a font glyph. */
+  function setPlayButton(playing) {
+    el.play.querySelector(".icon").className = `icon ${playing ? "pause" : "play"}`;
+    el.play.querySelector(".label").textContent = playing ? "Pause" : "Play";
+    el.play.setAttribute("aria-label", playing ? "pause" : "play");
   }
 
   // ---- ranking ----------------------------------------------------------------------------
 
   function rankingQuery() {
-    const q = new URLSearchParams({ level: "city", metric: metric(), limit: "25" });
+    // Per-capita ranks default to metro areas with the API's minimum population (a
+    // city proper is the wrong denominator: alpha60 ranked urban areas).
+    const q = new URLSearchParams({ level: el.level.value, metric: metric(), limit: "25" });
     if (el.title.value) q.set("title", el.title.value);
     if (el.window.value === "day" && state.frames.length) {
       // Rankings are kept per first-seen day: the window is the frame's UTC day.
@@ -637,7 +929,8 @@
   }
 
   let rankingKey = "";
-  async function loadRanking() {
+  let rankingTag = null;
+  async function loadRanking(revalidate) {
     if (!state.study || EMBED) return;
     const q = rankingQuery();
     const key = `${state.study.id}?${q}`;
@@ -647,11 +940,25 @@
     const all = new URLSearchParams(q);
     all.set("limit", "100000");
     el.csv.href = `${API}/studies/${state.study.id}/rankings.csv?${all}`;
-    el.csv.setAttribute("download", `swarmwatch-study${state.study.id}-${metric()}.csv`);
-    el.rankValueHead.textContent = metric() === "per_capita" ? "Peers per 100k" : "Peers";
+    el.csv.setAttribute("download", `swarmwatch-study${state.study.id}-${el.level.value}-${metric()}.csv`);
+    const video = new URLSearchParams({ interval: el.interval.value, res: el.res.value, metric: metric() });
+    if (el.title.value) video.set("title", el.title.value);
+    el.video.href = `${API}/studies/${state.study.id}/video.mp4?${video}`;
+    el.video.setAttribute("download", `swarmwatch-study${state.study.id}-${metric()}.mp4`);
+    const perCapita = metric() === "per_capita";
+    el.rankPlaceHead.textContent = { city: "City", metro: "Metro area", country: "Country" }[el.level.value];
+    el.rankValueHead.hidden = !perCapita;
+    el.rankCiHead.hidden = !perCapita;
     let body;
+    let tag = null;
     try {
-      body = await getJSON(`${API}/studies/${state.study.id}/rankings?${q}`);
+      const options = revalidate && rankingTag
+        ? { cache: "no-store", headers: { "If-None-Match": rankingTag } } : {};
+      const response = await fetch(`${API}/studies/${state.study.id}/rankings?${q}`, options);
+      if (response.status === 304) return;  // the table on screen is current
+      body = await response.json().catch(() => null);
+      if (!response.ok) throw new Error(body && body.detail ? String(body.detail) : response.statusText);
+      tag = response.headers.get("ETag");
     } catch (error) {
       if (key === rankingKey) {
         el.ranking.replaceChildren();
@@ -660,13 +967,22 @@
       return;
     }
     if (key !== rankingKey) return;
+    rankingTag = tag;
     const rows = body.rows || body.items || [];
-    el.rankNote.textContent = rows.length ? "" : "No place has reached the k threshold in this window.";
+    el.rankNote.textContent = rows.length
+      ? (perCapita ? `Peers per 100,000 residents with a 95 % interval; places of at least ` +
+        `${(body.min_population ?? MIN_POPULATION).toLocaleString("en")} residents.` : "")
+      : "No place has reached the k threshold in this window.";
     el.ranking.replaceChildren(...rows.map((r, i) => {
       const tr = document.createElement("tr");
-      const value = metric() === "per_capita" ? r.per_100k : r.peers;
-      for (const text of [r.rank ?? i + 1, r.place ?? r.name ?? "", r.country ?? "",
-        value == null ? "" : formatNumber(Number(value))]) {
+      const cells = [r.rank ?? i + 1, r.place ?? r.name ?? "", r.country ?? "",
+        r.peers == null ? "" : formatNumber(Number(r.peers))];
+      if (perCapita) {
+        cells.push(r.per_100k == null ? "" : formatNumber(Number(r.per_100k)));
+        cells.push(r.ci_low == null || r.ci_high == null ? ""
+          : `${formatNumber(Number(r.ci_low))}–${formatNumber(Number(r.ci_high))}`);
+      }
+      for (const text of cells) {
         const td = document.createElement("td");
         td.textContent = String(text);
         tr.append(td);
@@ -684,12 +1000,24 @@
   el.title.addEventListener("change", () => loadFrames(0));
   el.interval.addEventListener("change", () => loadFrames(0));
   el.res.addEventListener("change", () => loadFrames(state.index));
-  el.window.addEventListener("change", loadRanking);
+  el.window.addEventListener("change", () => loadRanking());
+  el.level.addEventListener("change", () => loadRanking());
+  el.live.addEventListener("change", schedulePoll);
+  el.region.addEventListener("change", () => {
+    const r = REGIONS[el.region.value] || REGIONS.world;
+    if (!state.frames.length) return;
+    Plotly.relayout(el.map, {
+      "geo.center.lon": r.lon, "geo.center.lat": r.lat,
+      "geo.projection.rotation.lon": r.lon, "geo.projection.scale": r.scale,
+      uirevision: `region:${el.region.value}`,
+    });
+  });
   for (const radio of document.querySelectorAll("input[name=metric]")) {
     radio.addEventListener("change", () => {
       if (!state.frames.length) return;
       computeValues();
       state.drawn = false;
+      el.level.value = metric() === "per_capita" ? "metro" : "city";
       draw().then(() => showFrame(state.index)).then(() => { state.drawn = true; });
       loadRanking();
     });
@@ -697,6 +1025,7 @@
   el.bubbles.addEventListener("change", () => {
     // A restyle redraws everything; plotly_afterplot then repaints the current frame.
     if (state.frames.length) Plotly.restyle(el.map, { visible: el.bubbles.checked }, [1]);
+    drawBubbleLegend();
   });
 
   // For tests and the benchmark: a small read-only view of the player.
@@ -707,6 +1036,8 @@
     get cellCount() { return state.ids.length; },
     values: () => state.raw[state.index],
     get ready() { return state.drawn; },
+    get updates() { return state.updates; },
+    refresh: () => refresh(state.loadSeq),
     get ids() { return state.ids.slice(); },
     population: () => state.population.slice(),
     // The SVG path data of each colour step as drawn now (what the viewer sees).

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 WEB_DIR = PROJECT_ROOT / "web"
 
 #: Routers of later parts, mounted when their module is present.
-OPTIONAL_ROUTERS = ("swarmwatch.api.routes.analysis", "swarmwatch.api.routes.web")
+OPTIONAL_ROUTERS = (
+    "swarmwatch.api.routes.analysis",
+    "swarmwatch.api.routes.web",
+    "swarmwatch.api.routes.video",
+)
 
 
 def create_app(

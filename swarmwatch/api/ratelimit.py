@@ -23,6 +23,7 @@ EXPENSIVE_SUFFIXES = (
     "/frames",
     "/cells.geojson",
     "/cities.geojson",
+    "/video.mp4",
 )
 #: Buckets kept at most; the least recently used client is forgotten first.
 MAX_CLIENTS = 10_000

