@@ -11,6 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, NoReturn
 
 import click
@@ -255,12 +256,29 @@ def export(
 # --- bench --------------------------------------------------------------------------------
 
 
+def _bench_package() -> ModuleType:
+    """The top-level bench/ package of the source checkout this swarmwatch was installed from.
+
+    Benchmarks are no part of the runtime package (the wheel does not ship them), so an
+    installed wheel answers with one line saying what is needed instead of a traceback.
+    """
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__init__.py").is_file():
+        fail(
+            "swarmwatch bench needs a source checkout: the benchmarks live in its bench/ "
+            "folder, which the wheel does not ship (pip install -e '.[test]' from the repository)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("bench")
+
+
 def _bench_names() -> list[str]:
     import pkgutil
 
-    import swarmwatch.bench
-
-    return sorted(m.name for m in pkgutil.iter_modules(swarmwatch.bench.__path__))
+    return sorted(m.name for m in pkgutil.iter_modules(_bench_package().__path__))
 
 
 def _option_value(raw: str) -> object:
@@ -299,7 +317,7 @@ def bench(
         if not sep or not key:
             fail(f"benchmark options are key=value, got {item!r}")
         kwargs[key.replace("-", "_")] = _option_value(raw)
-    module = importlib.import_module(f"swarmwatch.bench.{name}")
+    module = importlib.import_module(f"bench.{name}")
     try:
         figures = module.run_benchmark(**kwargs)
     except TypeError as exc:

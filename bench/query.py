@@ -28,6 +28,7 @@ import httpx
 from h3.api import basic_int as h3i
 from sqlalchemy import text
 
+from bench.server import serve, stop
 from swarmwatch.analysis.rollups import (
     CELL_STORED_RES,
     FRAME_STORED_RES,
@@ -35,7 +36,6 @@ from swarmwatch.analysis.rollups import (
     apply_batch,
     rebuild_peer_times,
 )
-from swarmwatch.bench.server import serve, stop
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from bench.server import serve, stop
 from swarmwatch.auth import create_api_key
-from swarmwatch.bench.server import serve, stop
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
 
@@ -204,7 +204,7 @@ def report(
 def run_benchmark(**options: Any) -> dict[str, float]:
     """Options: rate=300 (requests/s), seconds=15, scale=0.001 (of alpha60's 33.8 M peers),
     url= (default a fresh SQLite file), workers=1, cache=1.0 (answer reuse, s; 0: off)."""
-    from swarmwatch.bench.query import _load
+    from bench.query import _load
 
     rate = float(options.get("rate", 300))
     seconds = float(options.get("seconds", 15))
@@ -304,7 +304,7 @@ def run_benchmark(**options: Any) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m swarmwatch.bench.load rate=300 seconds=15`: exit 1 on any error or missed rate."""
+    """`python -m bench.load rate=300 seconds=15`: exit 1 on any error or missed rate."""
     options: dict[str, Any] = {}
     for item in argv:
         name, sep, raw = item.partition("=")
