@@ -173,7 +173,10 @@ def test_workers_split_leases_survive_kill_restart_and_tracker_loss(
                 session,
                 study.id,
                 parse_infohash(ih),
-                extra_trackers=tuple((t.http_url, 0) for t in trackers.trackers),
+                # One tier each: within a tier BEP 12 announces to the first tracker that
+                # works and no other, so a stopped tracker that no swarm of a vantage had
+                # shuffled first was never asked, and its errors were waited for in vain.
+                extra_trackers=tuple((t.http_url, i) for i, t in enumerate(trackers.trackers)),
             )
 
     def scalar(sql: str, **params: Any) -> int:
