@@ -217,6 +217,8 @@ def test_kill_9_loses_only_what_was_not_flushed(db: Database, db_url: str, city_
         if child.poll() is None:
             child.kill()
             child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     assert child.returncode == -signal.SIGKILL and flushed
     with db.session() as s:
         stored = s.scalar(select(func.count()).select_from(Sighting)) or 0
