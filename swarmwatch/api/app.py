@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -19,8 +20,10 @@ from starlette.requests import ClientDisconnect
 from swarmwatch import PROJECT_ROOT, __version__
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
+from swarmwatch.api.openapi import complete_openapi, validation_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
@@ -70,6 +73,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             continue
         app.include_router(module.router)
 
+    app.add_exception_handler(RequestValidationError, validation_error)
+
     @app.exception_handler(sqlalchemy.exc.TimeoutError)
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     async def _busy(request: Request, exc: Exception) -> JSONResponse:
@@ -103,7 +108,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
 
 class SwarmwatchAPI(FastAPI):
-    """FastAPI whose body-limit answer is JSON like every other error."""
+    """FastAPI whose body-limit answer is JSON like every other error, and whose OpenAPI
+    document describes the bodies and errors the routes really take and send."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = complete_openapi(super().openapi(), [TorrentCreate])
+        return self.openapi_schema
 
     def build_middleware_stack(self) -> Any:
         stack = JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)

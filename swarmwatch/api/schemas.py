@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 T = TypeVar("T")
 
 
-def _no_nul(value: str) -> str:
+#: UTF-16 surrogate code points: JSON can spell one alone ("\ud800"), UTF-8 cannot encode it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
     # PostgreSQL text cannot hold NUL; refuse it here, on both engines, as bad input.
     if "\x00" in value:
         raise ValueError("text must not contain NUL (\\x00) characters")
+    # Neither database driver can encode a lone surrogate: it would fail at the write.
+    if _SURROGATE.search(value):
+        raise ValueError("text must not contain lone UTF-16 surrogates (\\ud800-\\udfff)")
     return value
 
 
-#: Free text from a client: any Unicode except NUL.
-Text = Annotated[str, AfterValidator(_no_nul)]
+#: Free text from a client: any Unicode a UTF-8 database can store (no NUL, no surrogates).
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -32,7 +40,8 @@ class StudyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Text = Field(min_length=1, max_length=200, pattern=r"\S")
     description: Text = Field(default="", max_length=20_000)
-    k_threshold: int | None = Field(
+    # Strict: JSON true is not 1, nor "5" nor 5.0 a k (a study made with k = 1 by mistake).
+    k_threshold: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="counts below k are suppressed; default 5"
     )
     private: bool = Field(default=False, description="reads need an API key")

@@ -85,6 +85,8 @@ async def _read_registration(
         payload = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise HTTPException(status_code=422, detail="request body is not valid JSON") from None
+    except RecursionError:  # json nests by recursion: [[[[...]]]] 100,000 deep exhausts it
+        raise HTTPException(status_code=422, detail="request body nests too deeply") from None
     try:
         body = TorrentCreate.model_validate(payload)
     except ValidationError as exc:

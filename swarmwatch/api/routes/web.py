@@ -20,13 +20,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from swarmwatch import PROJECT_ROOT
-from swarmwatch.analysis.rankings import cell_population
+from swarmwatch.analysis.rankings import PLACE_BASE_RES, cell_population
 from swarmwatch.api.deps import SessionDep
 from swarmwatch.models import City
 
 WEB_DIR = PROJECT_ROOT / "web"
 #: Largest outline request: 120 frames x 5,000 cells use one set; 50k covers res 5 over land.
 MAX_GEOMETRY_CELLS = 50_000
+
+#: Finest cell with an outline: the resolution places are binned at (cities' base cells).
+MAX_GEOMETRY_RES = PLACE_BASE_RES
 
 router = APIRouter(tags=["web"])
 
@@ -83,6 +86,8 @@ def plotly_js(request: Request) -> Response:
 
 @router.get("/web/{name:path}", include_in_schema=False)
 def asset(name: str) -> Response:
+    if "\x00" in name:  # no file name holds NUL, and os.stat raises on it
+        raise HTTPException(status_code=404, detail="no such file")
     root = WEB_DIR.resolve()
     path = (root / name).resolve()
     # No way out of web/ (.., symlinks, absolute names) and only known file types.
@@ -119,6 +124,14 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
     if bad:
         raise HTTPException(status_code=422, detail=f"not H3 cell ids: {bad[:5]}")
     cells = list(dict.fromkeys(c.lower() for c in body.cells))
+    # Populations are summed from each city's res-7 cell up to its parents: a finer
+    # cell has none to give, and the API never publishes one (see MAX_GEOMETRY_RES).
+    fine = [c for c in cells if h3.get_resolution(c) > MAX_GEOMETRY_RES]
+    if fine:
+        raise HTTPException(
+            status_code=422,
+            detail=f"H3 cells finer than resolution {MAX_GEOMETRY_RES}: {fine[:5]}",
+        )
     features = outlines_with_population(session, cells)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
