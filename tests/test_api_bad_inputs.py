@@ -132,7 +132,7 @@ def test_web_path_with_nul_is_404(live_server: str) -> None:
         assert_client_error(r, 404)
 
 
-@pytest.mark.parametrize("k", [True, False, "5", 5.0, 5.5])
+@pytest.mark.parametrize("k", [True, False, "5", 5.5])
 def test_k_threshold_must_be_a_json_integer(client: httpx.Client, db: Database, k: object) -> None:
     r = client.post("/api/v1/studies", json={"name": f"k {k!r}", "k_threshold": k})
     assert_client_error(r, 422)
@@ -140,6 +140,7 @@ def test_k_threshold_must_be_a_json_integer(client: httpx.Client, db: Database, 
         assert s.scalar(select(Study.id).where(Study.name == f"k {k!r}")) is None
 
 
-def test_k_threshold_integer_is_kept(client: httpx.Client) -> None:
-    r = client.post("/api/v1/studies", json={"name": "k 7", "k_threshold": 7})
+@pytest.mark.parametrize("k", [7, 7.0])  # JSON Schema: 7.0 is an integer too
+def test_k_threshold_integer_is_kept(client: httpx.Client, k: object) -> None:
+    r = client.post("/api/v1/studies", json={"name": "k 7", "k_threshold": k})
     assert r.status_code == 201 and r.json()["k_threshold"] == 7
