@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.openapi import complete_openapi, validation_error
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         summary="Where the people in BitTorrent swarms are: registry, estimates, rankings, maps.",
         # Bodies are small JSON or one .torrent; anything larger is refused with 413.
         max_body_size=settings.max_torrent_bytes + 64 * 1024,
+        # /docs is swarmwatch.api.docs (no CDN); ReDoc would load one.
+        docs_url=None,
+        redoc_url=None,
     )
     # Frames and geometry are large and very compressible JSON (≈7× smaller).
     app.add_middleware(GZipMiddleware, minimum_size=1000)
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.database = database
     app.state.metrics = ServiceMetrics()
 
-    for router_module in (health, studies, torrents):
+    for router_module in (health, studies, torrents, docs):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:
