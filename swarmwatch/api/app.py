@@ -24,6 +24,7 @@ from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.openapi import complete_openapi, validation_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.routes.web import GeometryLimits
 from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = ServiceMetrics()
+    app.state.geometry = GeometryLimits(settings)
 
     for router_module in (health, studies, torrents, docs):
         app.include_router(router_module.router)

@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
 import h3
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from swarmwatch import PROJECT_ROOT
 from swarmwatch.analysis.rankings import PLACE_BASE_RES, cell_population
+from swarmwatch.api.costly import KeptAnswers, WorkBudget
 from swarmwatch.api.deps import SessionDep
+from swarmwatch.config import Settings
 from swarmwatch.models import City
 
 WEB_DIR = PROJECT_ROOT / "web"
+#: Seconds an outline answer is reused: geometry never changes, populations only when
+#: places are reloaded.
+GEOMETRY_KEEP_SECONDS = 600.0
 #: Largest outline request: 120 frames x 5,000 cells use one set; 50k covers res 5 over land.
 MAX_GEOMETRY_CELLS = 50_000
 
@@ -108,8 +115,23 @@ class CellOutlinesRequest(BaseModel):
     ] = []
 
 
-@router.post("/api/v1/geometry/h3")
-def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, Any]:
+class GeometryLimits:
+    """What bounds the outline endpoint (no key needed): a per-client cell budget and
+    whole answers kept for reuse. Owned by the app (app.state.geometry)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.budget = WorkBudget(
+            settings.api_geometry_cells_rate, settings.api_geometry_cells_burst
+        )
+        self.answers = KeptAnswers(settings.api_geometry_cache_bytes, GEOMETRY_KEEP_SECONDS)
+
+
+@router.post(
+    "/api/v1/geometry/h3",
+    response_class=JSONResponse,
+    responses={429: {"description": "this client's cell budget is spent: retry after"}},
+)
+def cell_outlines(body: CellOutlinesRequest, session: SessionDep, request: Request) -> Response:
     """Hexagon outlines as GeoJSON for H3 cell ids, with each cell's population.
 
     No study data: outlines are geometry, ``properties.population`` is the sum
@@ -132,12 +154,32 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep) -> dict[str, A
             status_code=422,
             detail=f"H3 cells finer than resolution {MAX_GEOMETRY_RES}: {fine[:5]}",
         )
+    limits: GeometryLimits = request.app.state.geometry
+    key = hashlib.sha256(json.dumps([sorted(cells), sorted(set(body.cities))]).encode()).digest()
+    kept = limits.answers.get(key)
+    if kept is None:
+        client = request.client.host if request.client else "?"
+        # At most the whole burst: a request larger than it must not wait forever.
+        wait = limits.budget.charge(client, min(max(len(cells), 1), limits.budget.burst))
+        if wait:
+            raise HTTPException(
+                status_code=429,
+                detail=f"outline budget spent ({len(cells)} cells asked): retry in {wait:.0f} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        answer = _outlines_answer(session, cells, body.cities)
+        kept = json.dumps(answer, separators=(",", ":")).encode()
+        limits.answers.put(key, kept)
+    return Response(kept, media_type="application/json")
+
+
+def _outlines_answer(session: Session, cells: list[str], city_ids: list[int]) -> dict[str, Any]:
     features = outlines_with_population(session, cells)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
-    if body.cities:
+    if city_ids:
         rows = session.execute(
-            select(City.geoname_id, City.population).where(City.geoname_id.in_(set(body.cities)))
+            select(City.geoname_id, City.population).where(City.geoname_id.in_(set(city_ids)))
         )
         cities = {str(geoname_id): int(pop or 0) for geoname_id, pop in rows}
     return {"type": "FeatureCollection", "features": features, "city_population": cities}
