@@ -247,8 +247,10 @@ def export(
             vantage=vantage,
             res=res,
         )
-    except (LookupError, ValueError) as exc:
+    except (LookupError, ValueError) as exc:  # UnsafeTarget (a symlink, a file) among them
         fail(str(exc).strip("'\""))
+    except OSError as exc:
+        fail(f"cannot write to {out_dir}: {exc.strerror or type(exc).__name__}")
     for path in paths:
         out.print(str(path))
 

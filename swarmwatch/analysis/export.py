@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from swarmwatch.analysis.rankings import CSV_COLUMNS, LEVELS, Ranking, compute_ranking
 from swarmwatch.analysis.scope import Scope, resolve_scope
 from swarmwatch.models import Study
+from swarmwatch.safefiles import OutputFolder
 from swarmwatch.store import Database
 
 #: Rows per streamed CSV chunk: a few KB per write keeps memory flat and syscalls few.
@@ -123,30 +124,31 @@ def _properties(row: Any) -> dict[str, Any]:
 
 
 def export_scope(conn: Connection, scope: Scope, out_dir: Path, *, res: int = 4) -> list[Path]:
-    """Write every export file for one scope; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write every export file for one scope; returns the paths written.
+
+    Never through a symlink (swarmwatch.safefiles): an unsafe --out or a symlink in it
+    raises UnsafeTarget before anything is written over.
+    """
     written: list[Path] = []
     sidecars: dict[str, Any] = {}
     rankings: dict[str, Ranking] = {}
-    for level in LEVELS:
-        ranking = compute_ranking(conn, scope, level=level, limit=None, res=res)
-        rankings[level] = ranking
-        path = out_dir / f"rankings_{level}.csv"
-        with path.open("w", encoding="utf-8", newline="") as fh:
-            for chunk in iter_csv(ranking):
-                fh.write(chunk)
-        written.append(path)
-        sidecars[path.name] = sidecar(ranking)
-    path = out_dir / "rankings.json"
-    path.write_text(json.dumps(sidecars, indent=2, ensure_ascii=False), encoding="utf-8")
-    written.append(path)
-    for name, doc in (
-        ("cells.geojson", cells_geojson(rankings["cell"])),
-        ("cities.geojson", cities_geojson(rankings["city"])),
-    ):
-        path = out_dir / name
-        path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-        written.append(path)
+    with OutputFolder(out_dir) as folder:
+        for level in LEVELS:
+            ranking = compute_ranking(conn, scope, level=level, limit=None, res=res)
+            rankings[level] = ranking
+            name = f"rankings_{level}.csv"
+            with folder.open_text(name) as fh:
+                for chunk in iter_csv(ranking):
+                    fh.write(chunk)
+            written.append(out_dir / name)
+            sidecars[name] = sidecar(ranking)
+        text = json.dumps(sidecars, indent=2, ensure_ascii=False)
+        written.append(folder.write_text("rankings.json", text))
+        for name, doc in (
+            ("cells.geojson", cells_geojson(rankings["cell"])),
+            ("cities.geojson", cities_geojson(rankings["city"])),
+        ):
+            written.append(folder.write_text(name, json.dumps(doc, ensure_ascii=False)))
     return written
 
 
