@@ -21,12 +21,11 @@ from typing import Any
 
 import h3
 
-from swarmwatch.analysis.rollups import rollup_active, rollup_frame
-from swarmwatch.api import create_app
-from swarmwatch.config import get_settings
+from bench.server import serve, stop
+from swarmwatch.analysis.rollups import FRAME_STORED_RES, rollup_active, rollup_frame
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
-from swarmwatch.timelapse import READY, chromium_page
+from swarmwatch.timelapse import CHROMIUM_PATH, READY, chromium_page
 
 START_BUCKET = 1_500_000_000 // 3600  # 2017-07-14T02:00Z, hourly buckets
 
@@ -62,9 +61,11 @@ def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int
                 {
                     "title_id": title_id,
                     "interval_s": 3600,
-                    "res": res,
+                    # Frames are stored at one fine resolution and summed up to the one
+                    # asked for: the centre child of a cell has that cell as its parent.
+                    "res": FRAME_STORED_RES,
                     "bucket": bucket,
-                    "h3_cell": h3.str_to_int(cell),
+                    "h3_cell": h3.str_to_int(h3.cell_to_center_child(cell, FRAME_STORED_RES)),
                     "peers": peers,
                 }
             )
@@ -122,6 +123,17 @@ _TRANSFER_JS = """() => {
 }"""
 
 
+def missing() -> str | None:
+    """Playwright (a test extra) and Debian's Chromium: never a browser download."""
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright: pip install -e '.[test]' (it drives Debian's chromium)"
+    if not Path(CHROMIUM_PATH).exists():
+        return f"{CHROMIUM_PATH}: apt-get install chromium"
+    return None
+
+
 def run_benchmark(
     frames: int = 120,
     cells: int = 5000,
@@ -134,19 +146,21 @@ def run_benchmark(
 
     `screenshot`: also save the page (after the switches) to this PNG path.
     """
-    from tests.conftest import LiveServer  # the same loopback uvicorn the tests use
-
+    print(f"browser benchmark: building {frames} frames x {cells} cells ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        db = Database(url)
         db.upgrade()
         t0 = time.perf_counter()
         study_id = build_dataset(db, frames, cells)
         build_s = time.perf_counter() - t0
-        app = create_app(get_settings(), db)
-        with LiveServer(app) as server:
+        db.dispose()
+        # The real server in a child process (bench.server), as in the load benchmark.
+        proc, base = serve(url)
+        try:
             import httpx
 
-            url = f"{server.url}/api/v1/studies/{study_id}/frames?interval=3600&res=4"
+            url = f"{base}/api/v1/studies/{study_id}/frames?interval=3600&res=4"
             t0 = time.perf_counter()
             body = httpx.get(url, timeout=600).content
             frames_cold_s = time.perf_counter() - t0
@@ -158,7 +172,7 @@ def run_benchmark(
                 errors: list[str] = []
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 t0 = time.perf_counter()
-                page.goto(f"{server.url}/?study={study_id}")
+                page.goto(f"{base}/?study={study_id}")
                 page.wait_for_function(READY, timeout=600_000)
                 load_s = time.perf_counter() - t0
                 shown = page.evaluate(
@@ -170,7 +184,8 @@ def run_benchmark(
                     page.screenshot(path=screenshot)
                 restyle_ms = page.evaluate(_RESTYLE_JS, [baseline])
                 transfer = page.evaluate(_TRANSFER_JS)
-            db.dispose()
+        finally:
+            stop(proc)
     sizes = {name.split("?")[0].rsplit("/", 1)[-1] or "index": (t, d) for name, t, d in transfer}
     figures = {
         "frames": float(shown[0]),

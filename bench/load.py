@@ -201,6 +201,10 @@ def report(
         )
 
 
+def missing() -> str | None:
+    return None if shutil.which("wrk") else "wrk, the load generator: apt-get install wrk"
+
+
 def run_benchmark(**options: Any) -> dict[str, float]:
     """Options: rate=300 (requests/s), seconds=15, scale=0.001 (of alpha60's 33.8 M peers),
     url= (default a fresh SQLite file), workers=1, cache=1.0 (answer reuse, s; 0: off)."""

@@ -280,7 +280,9 @@ def _bench_package() -> ModuleType:
 def _bench_names() -> list[str]:
     import pkgutil
 
-    return sorted(m.name for m in pkgutil.iter_modules(_bench_package().__path__))
+    package = _bench_package()
+    helpers = set(getattr(package, "HELPERS", ()))
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in helpers)
 
 
 def _option_value(raw: str) -> object:
@@ -319,7 +321,15 @@ def bench(
         if not sep or not key:
             fail(f"benchmark options are key=value, got {item!r}")
         kwargs[key.replace("-", "_")] = _option_value(raw)
-    module = importlib.import_module(f"bench.{name}")
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:  # a test extra (playwright, pandas ...)
+        fail(f"benchmark {name} needs the Python package {exc.name}: pip install -e '.[test]'")
+    # What else it needs (a browser, a load generator), said in one line before it starts.
+    missing = getattr(module, "missing", None)
+    need = missing() if missing is not None else None
+    if need:
+        fail(f"benchmark {name} needs {need}")
     try:
         figures = module.run_benchmark(**kwargs)
     except TypeError as exc:

@@ -11,10 +11,15 @@ the parent is gone and the child exits.
 from __future__ import annotations
 
 import os
+import runpy
+import signal
+import sys
 import threading
 
 #: Seconds between two looks at the parent: a dead parent's children linger at most this long.
 POLL_SECONDS = 0.5
+#: Seconds a child has, after SIGTERM, to stop its own children before it is ended.
+TERM_GRACE_SECONDS = 5.0
 
 
 def exit_with_parent(parent_pid: int, poll_seconds: float = POLL_SECONDS) -> None:
@@ -30,11 +35,28 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = POLL_SECONDS) -> Non
         stop = threading.Event()
         while not stop.wait(poll_seconds):
             if os.getppid() != parent_pid:
-                # _exit, not sys.exit: nothing to flush for a parent that is gone, and the
-                # pool's own threads must not keep this process alive.
+                # SIGTERM first: a process with children of its own (uvicorn's supervisor)
+                # stops them on it; then _exit, whatever the process did with the signal
+                # (no threads may keep it alive for a parent that is gone).
+                os.kill(os.getpid(), signal.SIGTERM)
+                stop.wait(TERM_GRACE_SECONDS)
                 os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-__all__ = ["POLL_SECONDS", "exit_with_parent"]
+def main(argv: list[str]) -> None:
+    """`python -m swarmwatch.parentwatch PARENT_PID MODULE [ARGS...]`: run MODULE as
+    `python -m MODULE ARGS...` would, ending when PARENT_PID stops being its parent
+    (for children that are other programs' entry points, such as uvicorn)."""
+    parent_pid, module, *args = argv
+    exit_with_parent(int(parent_pid))
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
+
+__all__ = ["POLL_SECONDS", "TERM_GRACE_SECONDS", "exit_with_parent", "main"]

@@ -194,3 +194,45 @@ def test_exit_with_parent_exits_at_once_if_already_orphaned() -> None:
         timeout=60,
     )
     assert done.returncode == 1 and "survived" not in done.stdout
+
+
+BENCH_PARENT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from bench.server import serve
+
+    proc, base = serve(sys.argv[1])
+    print(proc.pid, flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkilled_benchmark_leaves_no_server(tmp_path: Path) -> None:
+    """bench.server's uvicorn child (run through `python -m swarmwatch.parentwatch`)."""
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    Database(url).upgrade()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", BENCH_PARENT, url, str(ROOT)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    children: set[int] = set()
+    try:
+        assert parent.stdout is not None
+        server = int(parent.stdout.readline())
+        children = descendants(parent.pid)
+        assert server in children
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        wait_until("the benchmark's server to exit", lambda: not alive(server), timeout=30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+        _kill_all(children)
