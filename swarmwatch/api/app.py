@@ -17,7 +17,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch import __version__, shipped
 from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
@@ -32,7 +32,7 @@ from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = PROJECT_ROOT / "web"
+WEB_DIR = shipped("web")
 
 #: Routers of later parts, mounted when their module is present.
 OPTIONAL_ROUTERS = ("swarmwatch.api.routes.analysis", "swarmwatch.api.routes.web")

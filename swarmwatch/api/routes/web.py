@@ -21,14 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from swarmwatch import PROJECT_ROOT
+from swarmwatch import shipped
 from swarmwatch.analysis.rankings import PLACE_BASE_RES, cell_population
 from swarmwatch.api.costly import KeptAnswers, WorkBudget
 from swarmwatch.api.deps import SessionDep
 from swarmwatch.config import Settings
 from swarmwatch.models import City
 
-WEB_DIR = PROJECT_ROOT / "web"
+WEB_DIR = shipped("web")
 #: Seconds an outline answer is reused: geometry never changes, populations only when
 #: places are reloaded.
 GEOMETRY_KEEP_SECONDS = 600.0
