@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote_from_bytes
+
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from swarmwatch.cli import app as cli_app
 from swarmwatch.models import Study, Torrent
+from swarmwatch.registry import RegistryInputError, parse_magnet
 from swarmwatch.store import Database
 
 IH = "0123456789abcdef0123456789abcdef01234567"
@@ -144,3 +149,19 @@ def test_k_threshold_must_be_a_json_integer(client: httpx.Client, db: Database, 
 def test_k_threshold_integer_is_kept(client: httpx.Client, k: object) -> None:
     r = client.post("/api/v1/studies", json={"name": "k 7", "k_threshold": k})
     assert r.status_code == 201 and r.json()["k_threshold"] == 7
+
+
+@given(raw=st.binary(max_size=64), tail=st.text(max_size=32))
+@settings(max_examples=300, deadline=None, database=None)
+def test_any_magnet_name_bytes_parse_or_are_refused(raw: bytes, tail: str) -> None:
+    """Whatever bytes a dn (or what follows it) holds: a name a database can store, or
+    RegistryInputError; never UnicodeDecodeError (the 500 of issue 13)."""
+    magnet = f"magnet:?xt=urn:btih:{IH}&dn={quote_from_bytes(raw)}{tail}"
+    try:
+        parsed = parse_magnet(magnet)
+    except RegistryInputError:
+        return
+    assert parsed.infohash_v1 == IH
+    if parsed.name is not None:
+        parsed.name.encode("utf-8")  # no lone surrogate
+        assert "\x00" not in parsed.name
