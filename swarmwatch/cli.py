@@ -378,9 +378,14 @@ def serve(
     ensure_places(db)
     log_level = "debug" if verbose else "info"
     if workers > 1:
+        import os
+
+        from swarmwatch.api.app import SUPERVISOR_PID_ENV
+
         db.dispose()  # each worker process opens its own pool
+        os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers end with this process
         uvicorn.run(
-            "swarmwatch.api.app:create_app",
+            "swarmwatch.api.app:create_worker_app",
             factory=True,
             host=host,
             port=port,

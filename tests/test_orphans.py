@@ -236,3 +236,42 @@ def test_sigkilled_benchmark_leaves_no_server(tmp_path: Path) -> None:
         if parent.stdout is not None:
             parent.stdout.close()
         _kill_all(children)
+
+
+@pytest.mark.slow
+def test_sigkilled_serve_with_workers_leaves_no_worker(tmp_path: Path) -> None:
+    """`swarmwatch serve --workers 2`: uvicorn's worker processes end with the supervisor."""
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    env = {**os.environ, "SWARMWATCH_DATABASE_URL": url, "SWARMWATCH_LOOPBACK_ONLY": "true"}
+    swarmwatch = str(Path(sys.executable).with_name("swarmwatch"))
+    subprocess.run([swarmwatch, "db", "upgrade"], env=env, check=True, capture_output=True)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        parent = subprocess.Popen(
+            [swarmwatch, "serve", "--no-crawl", "--workers", "2", "--port", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    children: set[int] = set()
+    try:
+        wait_until(
+            "both workers to start",
+            lambda: log.read_text().count("Application startup complete") >= 2,
+            timeout=120,
+        )
+        children = descendants(parent.pid)
+        assert len(children) >= 2, log.read_text()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        wait_until(
+            "every worker of the killed server to exit",
+            lambda: not any(alive(c) for c in children),
+            timeout=30,
+        )
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        _kill_all(children)

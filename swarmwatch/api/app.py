@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 from typing import Any
 
@@ -28,6 +29,7 @@ from swarmwatch.api.routes.web import GeometryLimits
 from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
+from swarmwatch.parentwatch import exit_with_parent
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,19 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
     return app
+
+
+#: Set by `swarmwatch serve --workers N` to its own pid for its uvicorn worker processes.
+SUPERVISOR_PID_ENV = "SWARMWATCH_SUPERVISOR_PID"
+
+
+def create_worker_app() -> FastAPI:
+    """create_app() for one of `serve --workers N`'s processes, which ends with the serve
+    process however that ends (uvicorn's workers otherwise outlive a SIGKILLed supervisor)."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor:
+        exit_with_parent(int(supervisor))
+    return create_app()
 
 
 class SwarmwatchAPI(FastAPI):
