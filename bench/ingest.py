@@ -30,6 +30,7 @@ from typing import Any
 
 import maxminddb
 
+from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import embedded_city_db
 from swarmwatch.models import Study, Title, Torrent
 from swarmwatch.pipeline.geolocate import Geolocator, address_key, special_reason
@@ -201,7 +202,8 @@ async def _ingest(
     db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
 ) -> tuple[float, dict[str, int]]:
     geo = await asyncio.to_thread(Geolocator, city_db, workers=workers)
-    pipeline = Pipeline(db, geolocator=geo, rollups=rollups)
+    # A throw-away database: a secret that lives only in this process wraps its keys.
+    pipeline = Pipeline(db, geolocator=geo, rollups=rollups, custody=KeyCustody.ephemeral())
     await pipeline.start()
     if workers:  # the worker process starts lazily: warm it before the clock runs
         await asyncio.get_running_loop().run_in_executor(

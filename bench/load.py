@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from bench.server import serve, stop
-from swarmwatch.auth import create_api_key
+from swarmwatch.auth import create_api_key, verify_api_key
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
 
@@ -230,7 +230,12 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                     )
         with db.session() as session:
             key = create_api_key(session, "load test")
-            registry_study = create_study(session, f"load test registrations {time.time():.0f}").id
+            owner = verify_api_key(session, key)
+            registry_study = create_study(
+                session,
+                f"load test registrations {time.time():.0f}",
+                owner_key_id=owner.id if owner else None,
+            ).id
         db.dispose()
         study_id = 1
         # One loopback client stands for a lab's worth of users: the per-client limits are

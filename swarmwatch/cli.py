@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -17,10 +18,19 @@ from typing import Annotated, NoReturn
 import click
 import typer
 from rich.console import Console
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from swarmwatch import __version__, registry
-from swarmwatch.auth import create_api_key
+from swarmwatch import __version__, access, registry
+from swarmwatch.auth import (
+    ApiKeyError,
+    create_api_key,
+    hash_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from swarmwatch.config import Settings, get_settings
+from swarmwatch.models import ApiKey, Study
 from swarmwatch.store import Database
 from swarmwatch.store.database import is_empty
 
@@ -34,6 +44,10 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 apikey_app = typer.Typer(help="API keys for the write endpoints.", no_args_is_help=True)
 study_app = typer.Typer(help="Studies: the unit of analysis and of privacy.", no_args_is_help=True)
 torrent_app = typer.Typer(help="Register the torrents a study watches.", no_args_is_help=True)
+secret_app = typer.Typer(
+    help="The deployment secret that wraps study keys (kept outside the database).",
+    no_args_is_help=True,
+)
 from swarmwatch.pipeline.cli import (  # noqa: E402  (the pipeline's commands, mounted here)
     geoip_app,
     ingest_command,
@@ -49,6 +63,7 @@ study_app.command("seal")(study_seal_command)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(study_app, name="study")
 app.add_typer(torrent_app, name="torrent")
+app.add_typer(secret_app, name="secret")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -124,13 +139,112 @@ def db_upgrade() -> None:
 @apikey_app.command("create")
 def apikey_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "default",
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May read and change every study (CLI only).")
+    ] = False,
 ) -> None:
     """Make a new API key and print it once; only its hash is stored."""
     db = open_database()
     with db.session() as session:
-        key = create_api_key(session, name)
+        key = create_api_key(session, name, admin=admin)
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))).one()
     out.print(key, soft_wrap=True)
-    err.print("store this key now: it is not shown again")
+    err.print(f"API key {key_id}{' (admin)' if admin else ''}: store it now, it is not shown again")
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """Every API key: id, prefix, name, admin or not, created, revoked (never the key)."""
+    db = open_database()
+    with db.session() as session:
+        rows = [
+            f"{k.id}\t{k.prefix}…\t{k.name}\t{'admin' if k.admin else 'key'}\t"
+            f"{k.created_at:%Y-%m-%d %H:%M}\t"
+            f"{'revoked ' + format(k.revoked_at, '%Y-%m-%d %H:%M') if k.revoked_at else 'active'}"
+            for k in list_api_keys(session)
+        ]
+    out.print("id\tprefix\tname\tkind\tcreated\tstate")
+    for row in rows:
+        out.print(row)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (apikey list).")],
+) -> None:
+    """Revoke a key for good: its next request is refused (401/403)."""
+    db = open_database()
+    try:
+        with db.session() as session:
+            revoke_api_key(session, key_id)
+    except ApiKeyError as exc:
+        fail(str(exc))
+    out.print(f"API key {key_id} revoked")
+
+
+# --- secret -------------------------------------------------------------------------------
+
+
+@secret_app.command("create")
+def secret_create(
+    path: Annotated[Path, typer.Argument(help="The file to write (must not exist).")],
+) -> None:
+    """Write a new random deployment secret to PATH with mode 0600.
+
+    Point SWARMWATCH_SECRET_FILE at it for every crawler and ingest process. Keep it
+    out of the database's backups: with it, a copy of the database can link peers.
+    """
+    from swarmwatch.custody import write_secret_file
+
+    try:
+        write_secret_file(path)
+    except OSError as exc:
+        fail(f"cannot create {path}: {exc.strerror}")
+    out.print(f"export SWARMWATCH_SECRET_FILE={path.resolve()}")
+
+
+@secret_app.command("rotate")
+def secret_rotate(
+    new_file: Annotated[
+        Path, typer.Option("--new-file", help="The new secret (from `secret create`).")
+    ],
+) -> None:
+    """Wrap every study key with a new secret (the current one is SWARMWATCH_SECRET_FILE).
+
+    Then point every worker at the new file and destroy the old one: backups made
+    before the rotation can then no longer be unwrapped, sealed studies included.
+    """
+    from swarmwatch.custody import CustodyError, KeyCustody
+    from swarmwatch.pipeline.anonymise import rewrap_keys
+
+    settings = get_settings()
+    db = open_database(settings)
+    try:
+        old = KeyCustody.from_settings(settings)
+        new = KeyCustody.from_settings(
+            settings.model_copy(update={"secret_file": str(new_file), "secret": None})
+        )
+        with db.session() as session:
+            count = rewrap_keys(session, old, new)
+    except CustodyError as exc:
+        fail(f"cannot rotate: {exc}")
+    out.print(
+        f"{count} study keys now wrapped with secret {new.secret_id}: set "
+        f"SWARMWATCH_SECRET_FILE={new_file.resolve()} everywhere and destroy the old secret"
+    )
+
+
+def require_custody(settings: Settings, db: Database) -> None:
+    """Refuse to crawl or ingest without this database's deployment secret (one line, exit 1)."""
+    from swarmwatch.custody import CustodyError, KeyCustody
+    from swarmwatch.pipeline.anonymise import check_custody
+
+    try:
+        custody = KeyCustody.from_settings(settings)
+        with db.session() as session:
+            check_custody(session, custody)
+    except CustodyError as exc:
+        fail(f"refusing to crawl or ingest: {exc}")
 
 
 # --- study --------------------------------------------------------------------------------
@@ -147,8 +261,12 @@ def study_create(
     title: Annotated[
         list[str] | None, typer.Option("--title", help="A title (work) to count; repeatable.")
     ] = None,
+    owner: Annotated[
+        int | None,
+        typer.Option(help="Id of the API key that owns it (default: none, admin keys only)."),
+    ] = None,
 ) -> None:
-    """Create a study (with its secret peer-key) and print its id."""
+    """Create a study and print its id; its secret peer-key is made by the first crawl."""
     settings = get_settings()
     db = open_database(settings)
     try:
@@ -162,9 +280,67 @@ def study_create(
                 titles=title or [],
             )
             study_id = study.id
-    except registry.RegistryError as exc:
+            if owner is not None:
+                access.set_owner(session, study, owner)
+    except (registry.RegistryError, access.AccessError) as exc:
         fail(str(exc))
     out.print(f"study {study_id} created: {name}")
+
+
+def _study_access(study_id: int, change: Callable[[Session, Study], str]) -> None:
+    db = open_database()
+    try:
+        with db.session() as session:
+            study = registry.get_study(session, study_id)
+            message = change(session, study)
+    except (registry.RegistryError, access.AccessError) as exc:
+        fail(str(exc))
+    out.print(message)
+
+
+@study_app.command("grant")
+def study_grant(
+    study_id: Annotated[int, typer.Argument(help="The study's id.")],
+    key: Annotated[int, typer.Option("--key", help="The API key's id (apikey list).")],
+    role: Annotated[str, typer.Option(help="read, or write (read and write).")] = "read",
+) -> None:
+    """Give an API key read or write on a study (what its owner does with the API)."""
+    _study_access(
+        study_id,
+        lambda s, study: (
+            f"API key {access.grant(s, study, key, role).api_key_id} may {role} study {study.id}"
+        ),
+    )
+
+
+@study_app.command("ungrant")
+def study_ungrant(
+    study_id: Annotated[int, typer.Argument(help="The study's id.")],
+    key: Annotated[int, typer.Option("--key", help="The API key's id.")],
+) -> None:
+    """Take an API key's grant on a study away."""
+
+    def change(session: Session, study: Study) -> str:
+        access.ungrant(session, study, key)
+        return f"API key {key} has no grant on study {study.id} any more"
+
+    _study_access(study_id, change)
+
+
+@study_app.command("owner")
+def study_owner(
+    study_id: Annotated[int, typer.Argument(help="The study's id.")],
+    key: Annotated[
+        int | None, typer.Option("--key", help="The new owner's key id (omit: admin keys only).")
+    ] = None,
+) -> None:
+    """Hand a study to another API key (e.g. studies made before ownership existed)."""
+
+    def change(session: Session, study: Study) -> str:
+        access.set_owner(session, study, key)
+        return f"study {study.id} is owned by " + (f"API key {key}" if key else "admin keys only")
+
+    _study_access(study_id, change)
 
 
 # --- torrent ------------------------------------------------------------------------------
@@ -375,6 +551,8 @@ def serve(
     if is_empty(db.engine):
         err.print("empty database: creating the schema")
     db.upgrade()
+    if crawl:  # before the minute of loading places, not after
+        require_custody(settings, db)
     ensure_places(db)
     log_level = "debug" if verbose else "info"
     if workers > 1:
@@ -427,7 +605,9 @@ def crawl(
     settings = get_settings()
     if vantage:
         settings = settings.model_copy(update={"vantage": vantage})
-    db = open_database(settings, places=True)
+    db = open_database(settings)
+    require_custody(settings, db)  # before the minute of loading places, not after
+    ensure_places(db)
     names = [n.strip() for n in crawlers.split(",") if n.strip()]
     try:
         built = build_crawlers(settings, db, names)
@@ -482,8 +662,14 @@ def demo(
     setup_logging(verbose)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    secret_file = demo_secret(db_path)
     settings = get_settings().model_copy(
-        update={"database_url": f"sqlite:///{db_path.resolve()}", "loopback_only": True}
+        update={
+            "database_url": f"sqlite:///{db_path.resolve()}",
+            "loopback_only": True,
+            "secret_file": str(secret_file.resolve()),
+            "secret": None,
+        }
     )
 
     async def main() -> None:
@@ -508,6 +694,19 @@ def demo(
         asyncio.run(main())
     except OSError as exc:
         fail(f"cannot start the demo: {exc}")
+
+
+def demo_secret(db_path: Path) -> Path:
+    """The demo's own deployment secret: a new 0600 file beside its database, replaced with it.
+
+    The demo runs out of the box and still never stores a study key in usable form.
+    """
+    from swarmwatch.custody import write_secret_file
+
+    path = Path(f"{db_path}.secret")
+    path.unlink(missing_ok=True)
+    write_secret_file(path)
+    return path
 
 
 def run() -> None:

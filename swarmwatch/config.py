@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     dht_port: int = 0
     # Name of this worker's vantage point, recorded with every sample and sighting.
     vantage: str = "default"
+
+    # The deployment secret that wraps every study key, kept outside the database so a copy
+    # of it cannot reverse or link peers. No default: crawling and ingest refuse to run
+    # without one rather than make a key nobody can use again. A file (0600, from
+    # `swarmwatch secret create`) shared by all workers...
+    secret_file: str | None = None
+    # ...or the secret itself, for platforms that hand secrets over in the environment.
+    secret: SecretStr | None = None
 
     # alpha60's k-anonymity default: counts below 5 are never published.
     k_threshold_default: int = Field(default=5, ge=1)

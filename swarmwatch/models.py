@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -73,13 +74,18 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """An API key; only its SHA-256 is stored, the key itself is shown once."""
+    """An API key; only its SHA-256 is stored, the key itself is shown once.
+
+    An admin key (made only with `swarmwatch apikey create --admin`) may do anything;
+    any other key may create studies, and reaches others' studies only by a grant.
+    """
 
     __tablename__ = "api_key"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -93,20 +99,57 @@ class Study(Base):
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The key that created it; None for studies made with the CLI without --owner (and
+    # those older than ownership): then only admin keys manage them. Keys are revoked,
+    # never deleted, so a revoked owner's studies stay theirs (and admins').
+    owner_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_key.id"), index=True)
 
     titles: Mapped[list[Title]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
+class StudyGrant(Base):
+    """Another key's right to read, or read and write, a study (given by its owner)."""
+
+    __tablename__ = "study_grant"
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("study.id", ondelete="CASCADE"), primary_key=True
+    )
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_key.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(8))  # read | write
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class StudyKey(Base):
-    """The study's secret for peer keys, apart from the study so `study seal` can delete it."""
+    """The study's secret for peer keys, wrapped with the deployment secret (swarmwatch.custody).
+
+    Apart from the study so `study seal` can delete it. Never stored in usable form:
+    a copy of the database without the secret cannot recompute any peer key.
+    """
 
     __tablename__ = "study_key"
     study_id: Mapped[int] = mapped_column(
         ForeignKey("study.id", ondelete="CASCADE"), primary_key=True
     )
-    key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(16))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    tag: Mapped[bytes] = mapped_column(LargeBinary(32))
+    secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
+
+
+class DeploymentSecret(Base):
+    """The id of the deployment secret this database's study keys are wrapped with.
+
+    Pinned by the first process that holds a secret, so a worker started with another
+    secret is refused before it can wrap a key nobody else could unwrap.
+    """
+
+    __tablename__ = "deployment_secret"
+    secret_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Title(Base):
@@ -308,12 +351,14 @@ __all__ = [
     "ApiKey",
     "Base",
     "City",
+    "DeploymentSecret",
     "GeoipDatabase",
     "Metro",
     "Peer",
     "Sample",
     "Sighting",
     "Study",
+    "StudyGrant",
     "StudyKey",
     "Title",
     "Torrent",

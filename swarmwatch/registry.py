@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from swarmwatch import bencode
 from swarmwatch.crawl import WatchedTorrent
-from swarmwatch.models import Study, StudyKey, Title, Torrent, Tracker, utcnow
+from swarmwatch.models import Study, Title, Torrent, Tracker, utcnow
 
 #: BEP 3: a v1 infohash is the SHA-1 of the info dict, 20 bytes, 40 hex digits.
 V1_HEX_LEN = 40
@@ -349,10 +348,6 @@ def record_metadata(session: Session, infohash: str, name: str, size: int, info:
     return n
 
 
-#: Per-study secret for peer keys (DESIGN.md: keyed hash, key ≥ 128 bits; 256 here).
-STUDY_KEY_BYTES = 32
-
-
 class DuplicateStudy(RegistryError):
     """A study of that name exists (409)."""
 
@@ -365,8 +360,13 @@ def create_study(
     k_threshold: int = 5,
     private: bool = False,
     titles: list[str] | None = None,
+    owner_key_id: int | None = None,
 ) -> Study:
-    """A new study with its secret key (kept apart so `study seal` can destroy it)."""
+    """A new study, owned by the API key that asked for it (None: admin keys only).
+
+    Its secret peer-key is made by the first pipeline that needs it, which holds the
+    deployment secret to wrap it (swarmwatch.pipeline.anonymise): the API never does.
+    """
     name = name.strip()
     existing = session.scalar(select(Study).where(Study.name == name))
     if existing is not None:
@@ -377,10 +377,10 @@ def create_study(
         k_threshold=k_threshold,
         private=private,
         created_at=utcnow(),
+        owner_key_id=owner_key_id,
     )
     session.add(study)
     session.flush()
-    session.add(StudyKey(study_id=study.id, key=secrets.token_bytes(STUDY_KEY_BYTES)))
     for title in dict.fromkeys(t.strip() for t in titles or () if t.strip()):
         session.add(Title(study_id=study.id, name=title))
     session.flush()

@@ -37,6 +37,18 @@ def _loopback_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+#: The deployment secret of this test run (SWARMWATCH_SECRET): study keys need one.
+TEST_SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.fixture(autouse=True)
+def _deployment_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test holds a deployment secret, as a crawler would, unless it removes it."""
+    monkeypatch.setenv("SWARMWATCH_SECRET", TEST_SECRET)
+    monkeypatch.delenv("SWARMWATCH_SECRET_FILE", raising=False)
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def pg_run_url() -> Iterator[str | None]:
     """A PostgreSQL database of this test run's own, on the server of

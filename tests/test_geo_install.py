@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from swarmwatch.config import Settings, get_settings
+from swarmwatch.custody import KeyCustody
 from swarmwatch.models import Study, StudyKey
 from swarmwatch.pipeline.anonymise import ensure_study_key
 from swarmwatch.pipeline.cli import geoip_app, study_seal_command
@@ -78,7 +79,7 @@ def test_cli_study_seal(db: Database) -> None:
         study = Study(name="to seal")
         s.add(study)
         s.flush()
-        ensure_study_key(s, study.id)
+        ensure_study_key(s, study.id, KeyCustody.from_settings(get_settings()))
         study_id = study.id
     app = typer.Typer()
     app.command()(study_seal_command)

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, text
 
-from swarmwatch.models import Base, Peer, Study, Title
+from swarmwatch.models import Base, Peer, Title
 from swarmwatch.store import Database
 from swarmwatch.store.database import upgrade_database
 
@@ -44,8 +44,13 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
         upgrade_database(db.engine, "0004")
         at = datetime(2026, 11, 27, tzinfo=UTC)
         with db.session() as s:
-            s.add(Study(id=1, name="before 0005"))
-            s.flush()
+            # Core SQL: the model has columns later migrations add.
+            s.execute(
+                text(
+                    "INSERT INTO study (id, name, description, k_threshold, private, created_at)"
+                    " VALUES (1, 'before 0005', '', 5, false, '2026-11-27 00:00:00')"
+                )
+            )
             s.add(Title(id=1, study_id=1, name="t"))
             s.flush()
             s.execute(

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from swarmwatch.config import get_settings
+from swarmwatch.custody import KeyCustody
 from swarmwatch.models import Anomaly, Peer, Sample, Sighting, Tracker
 from swarmwatch.pipeline.anonymise import StudySealed, ensure_study_key, seal_study
 from swarmwatch.pipeline.binning import cell_for
@@ -84,7 +86,7 @@ def test_two_studies_seal_and_unknown_infohash(db: Database, city_db: Path) -> N
     with db.session() as s:
         seal_study(s, 2)
         with pytest.raises(StudySealed):
-            ensure_study_key(s, 2)
+            ensure_study_key(s, 2, KeyCustody.from_settings(get_settings()))
     unknown = "f" * 40
     items = [
         sighting("81.2.69.160"),

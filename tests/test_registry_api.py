@@ -202,10 +202,11 @@ def test_auth(live_server: str, api_key: str) -> None:
         assert c.get(f"/api/v1/studies/{private}").status_code == 200
     with httpx.Client(base_url=live_server) as anon:
         assert anon.get(f"/api/v1/studies/{public}").status_code == 200
-        assert anon.get(f"/api/v1/studies/{private}").status_code == 401
+        # A private study is unknown to whoever may not read it: its existence does not leak.
+        assert anon.get(f"/api/v1/studies/{private}").status_code == 404
         assert [s["name"] for s in anon.get("/api/v1/studies").json()["items"]] == ["public"]
         assert anon.get(f"/api/v1/torrents/{IH}").status_code == 404
-        assert anon.get("/api/v1/torrents", params={"study_id": private}).status_code == 401
+        assert anon.get("/api/v1/torrents", params={"study_id": private}).status_code == 404
         assert anon.delete(f"/api/v1/torrents/{IH}").status_code == 401
 
 

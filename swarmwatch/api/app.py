@@ -24,7 +24,7 @@ from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
 from swarmwatch.api.openapi import complete_openapi, validation_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
-from swarmwatch.api.routes import health, studies, torrents
+from swarmwatch.api.routes import health, keys, studies, torrents
 from swarmwatch.api.routes.web import GeometryLimits
 from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.metrics = ServiceMetrics()
     app.state.geometry = GeometryLimits(settings)
 
-    for router_module in (health, studies, torrents, docs):
+    for router_module in (health, studies, torrents, keys, docs):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:

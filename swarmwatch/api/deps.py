@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the database, a session per request, API-key auth, study access."""
+"""FastAPI dependencies: the database, a session per request, API-key auth, study access.
+
+Every route that touches a study decides through require_role (swarmwatch.access).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from fastapi import Depends, HTTPException, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from swarmwatch.access import Role, can_read, role_of
 from swarmwatch.auth import verify_api_key
 from swarmwatch.config import Settings
 from swarmwatch.models import ApiKey, Study
@@ -94,30 +98,55 @@ def api_key_apart(db: DatabaseDep, credentials: Credentials) -> ApiKey:
 ApiKeyApartDep = Annotated[ApiKey, Depends(api_key_apart)]
 
 
-def readable_study(
-    study_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, key: OptionalKeyDep
-) -> Study:
-    """The study named in the path: 404 if unknown, 401 if private and no key was sent."""
+def require_role(session: Session, study_id: int, key: ApiKey | None, need: Role) -> Study:
+    """The study if `key` holds `need` on it (swarmwatch.access), else the error to send.
+
+    Unknown, or private and not readable by the caller: 404 (a private study's existence
+    does not leak). Readable but not enough rights: 401 without a key, 403 with one.
+    """
     study = session.get(Study, study_id)
     if study is None:
         raise HTTPException(status_code=404, detail=f"study {study_id} not found")
-    if study.private and key is None:
+    role = role_of(session, study, key)
+    if not can_read(study, role):
+        raise HTTPException(status_code=404, detail=f"study {study.id} not found")
+    if need > Role.READ and role < need:
+        if key is None:
+            raise _no_key()
         raise HTTPException(
-            status_code=401,
-            detail=f"study {study_id} is private: send 'Authorization: Bearer <api key>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=403,
+            detail=f"this API key may not {_VERBS[need]} study {study.id}"
+            + (" (ask its owner for a grant)" if need <= Role.WRITE else ""),
         )
     return study
 
 
+_VERBS = {Role.READ: "read", Role.WRITE: "change", Role.OWNER: "manage the grants of"}
+
+StudyIdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+def readable_study(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep) -> Study:
+    """The study named in the path: 404 if unknown or private to others."""
+    return require_role(session, study_id, key, Role.READ)
+
+
+def owned_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> Study:
+    """The study named in the path, if the caller owns it (or is an admin)."""
+    return require_role(session, study_id, key, Role.OWNER)
+
+
 ReadableStudyDep = Annotated[Study, Depends(readable_study)]
+OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 
 __all__ = [
     "ApiKeyApartDep",
     "ApiKeyDep",
     "DatabaseDep",
     "OptionalKeyDep",
+    "OwnedStudyDep",
     "ReadableStudyDep",
     "SessionDep",
     "SettingsDep",
+    "require_role",
 ]

@@ -93,6 +93,28 @@ class StudyPublic(BaseModel):
     titles: list[TitlePublic]
 
 
+class GrantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_key_id: int = Field(ge=1, le=2**31 - 1, description="the key's id (GET /api/v1/keys/me)")
+    role: str = Field(pattern="^(read|write)$", description="read, or read and write")
+
+
+class GrantPublic(BaseModel):
+    api_key_id: int
+    name: str
+    role: str
+    granted_at: datetime
+
+
+class ApiKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    prefix: str
+    admin: bool
+    created_at: datetime
+
+
 #: v1 hex (40), v2 hex (64) or v1 base32 (32): registry.parse_infohash's forms.
 INFOHASH = r"^([0-9a-fA-F]{40}|[0-9a-fA-F]{64}|[A-Za-z2-7]{32})$"
 #: A BEP 9 magnet with a v1 (btih) or v2 (btmh, multihash 0x12 0x20) exact topic.

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from swarmwatch.config import get_settings
+from swarmwatch.custody import CustodyError
 from swarmwatch.pipeline.anonymise import StudyError, seal_study
 from swarmwatch.pipeline.geoipdb import (
     GeoipError,
@@ -51,6 +52,9 @@ def ingest_command(
         except (FileNotFoundError, ValueError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        except CustodyError as exc:  # no study key is made or used without the secret
+            console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
+            raise typer.Exit(1) from None
     finally:
         db.dispose()
     for error in report.errors:
@@ -113,6 +117,12 @@ def study_seal_command(
     try:
         with db.session() as session:
             result = seal_study(session, study_id)
+        if db.is_sqlite:  # the write-ahead log still holds the key's old page: empty it
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:  # PostgreSQL keeps the deleted row version until the table is rewritten
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM FULL study_key")
     except StudyError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

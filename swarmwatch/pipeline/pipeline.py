@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from swarmwatch.config import Settings, get_settings
+from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import is_embedded
 from swarmwatch.models import Torrent
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
@@ -133,9 +134,13 @@ class Pipeline:
         geo_workers: int = 0,
         rollups: Any = True,
         refresh_seconds: float = REGISTRY_REFRESH_SECONDS,
+        custody: KeyCustody | None = None,
     ) -> None:
         self.db = db
         self.settings = settings or get_settings()
+        # The deployment secret that unwraps study keys: read now, so a missing or bad
+        # one refuses the pipeline before it accepts a sighting (CustodyError).
+        self.custody = custody or KeyCustody.from_settings(self.settings)
         self.batch_size = batch_size or self.settings.writer_batch_size
         self.flush_seconds = flush_seconds or self.settings.writer_flush_seconds
         self.queue_size = max(queue_size or self.settings.pipeline_queue_size, self.batch_size)
@@ -331,7 +336,7 @@ class Pipeline:
                 for ih in (v1, v2):
                     if ih:
                         torrents.setdefault(ih.lower(), []).append(ref)
-            keys = active_study_keys(session)
+            keys = active_study_keys(session, self.custody)
             metros = metro_map(session.connection()) if want_metros else {}
         return torrents, keys, metros
 

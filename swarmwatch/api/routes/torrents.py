@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
+from swarmwatch.access import Role, can_read, readable_studies, role_of
 from swarmwatch.analysis.rollups import unique_peers
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
@@ -22,6 +23,7 @@ from swarmwatch.api.deps import (
     OptionalKeyDep,
     SessionDep,
     SettingsDep,
+    require_role,
 )
 from swarmwatch.api.schemas import (
     INFOHASH,
@@ -32,7 +34,7 @@ from swarmwatch.api.schemas import (
     TorrentPublic,
     TrackerPublic,
 )
-from swarmwatch.models import Sample, Study, Title, Torrent
+from swarmwatch.models import ApiKey, Sample, Study, Title, Torrent
 from swarmwatch.store import Database
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
@@ -191,11 +193,11 @@ async def register_torrent(
     body, parsed = await _read_registration(request, settings.max_torrent_bytes)
     # The database calls block: run them in a worker thread, not on the event loop, in a
     # write transaction of their own that commits there (never held across an await).
-    return await run_in_threadpool(_store_registration, db, body, parsed)
+    return await run_in_threadpool(_store_registration, db, body, parsed, _key)
 
 
 def _store_registration(
-    db: Database, body: TorrentCreate, parsed: registry.ParsedTorrent
+    db: Database, body: TorrentCreate, parsed: registry.ParsedTorrent, key: ApiKey
 ) -> TorrentPublic:
     try:
         extra = registry.parse_tracker_list(body.trackers)
@@ -204,7 +206,7 @@ def _store_registration(
     with db.writing() as session:
         # Held here so the session keeps it (its identity map holds rows weakly):
         # register_torrent and _public then find it without querying again.
-        _held = session.get(Study, body.study_id)
+        _held = require_role(session, body.study_id, key, Role.WRITE)
         try:
             torrent = registry.register_torrent(
                 session, body.study_id, parsed, title=body.title, extra_trackers=extra
@@ -219,7 +221,7 @@ def _store_registration(
 
 
 def _readable_torrents(
-    session: Session, infohash: str, study_id: int | None, key: object
+    session: Session, infohash: str, study_id: int | None, key: ApiKey | None
 ) -> list[Torrent]:
     try:
         found = registry.torrents_by_infohash(session, infohash)
@@ -227,9 +229,13 @@ def _readable_torrents(
         raise _error(422, exc) from None
     if study_id is not None:
         found = [t for t in found if t.study_id == study_id]
-    if key is None:
-        private = {s.id for s in session.scalars(select(Study).where(Study.private.is_(True)))}
-        found = [t for t in found if t.study_id not in private]
+    readable = {
+        sid
+        for sid in {t.study_id for t in found}
+        if (study := session.get(Study, sid)) is not None
+        and can_read(study, role_of(session, study, key))
+    }
+    found = [t for t in found if t.study_id in readable]
     if not found:
         where = f" in study {study_id}" if study_id is not None else ""
         raise HTTPException(status_code=404, detail=f"torrent {infohash} not registered{where}")
@@ -257,17 +263,13 @@ def list_torrents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> dict[str, Any]:
-    """Registered torrents, newest last; private studies' only with an API key."""
+    """Registered torrents, newest last: of public studies and those the caller may read."""
     where: list[Any] = []
     if study_id is not None:
-        study = session.get(Study, study_id)
-        if study is None:
-            raise HTTPException(status_code=404, detail=f"study {study_id} not found")
-        if study.private and key is None:
-            raise HTTPException(status_code=401, detail=f"study {study_id} is private")
+        require_role(session, study_id, key, Role.READ)
         where.append(Torrent.study_id == study_id)
-    elif key is None:
-        where.append(Torrent.study_id.in_(select(Study.id).where(Study.private.is_(False))))
+    else:
+        where.append(Torrent.study_id.in_(select(Study.id).where(readable_studies(key))))
     total = session.scalar(select(func.count(Torrent.id)).where(*where)) or 0
     rows = session.scalars(
         select(Torrent)
@@ -302,5 +304,6 @@ def delete_torrent(
 ) -> Response:
     """Stop watching a torrent and delete its registration and samples."""
     torrent = _one(_readable_torrents(session, infohash, study_id, _key), infohash)
+    require_role(session, torrent.study_id, _key, Role.WRITE)
     session.delete(torrent)
     return Response(status_code=204)
