@@ -60,9 +60,16 @@ def test_outline_budget_refuses_with_429_and_kept_answers_are_free(db: Database)
         first = client.post("/api/v1/geometry/h3", json={"cells": cells(8)})
         assert first.status_code == 200 and len(first.json()["features"]) == 8
         # The same question again is answered from the kept answer: no budget spent.
+        assert first.headers["content-encoding"] == "gzip"  # kept compressed as well
         for _ in range(3):
             again = client.post("/api/v1/geometry/h3", json={"cells": cells(8)[::-1]})
             assert again.status_code == 200 and again.content == first.content
+        plain = client.post(
+            "/api/v1/geometry/h3",
+            json={"cells": cells(8)},
+            headers={"Accept-Encoding": "identity"},
+        )
+        assert "content-encoding" not in plain.headers and plain.content == first.content
         other = client.post("/api/v1/geometry/h3", json={"cells": cells(9)})
         assert other.status_code == 429, other.text
         assert other.json()["detail"].startswith("outline budget spent")

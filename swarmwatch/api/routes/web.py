@@ -170,7 +170,16 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep, request: Reque
         answer = _outlines_answer(session, cells, body.cities)
         kept = json.dumps(answer, separators=(",", ":")).encode()
         limits.answers.put(key, kept)
-    return Response(kept, media_type="application/json")
+    if "gzip" not in request.headers.get("accept-encoding", ""):
+        return Response(kept, media_type="application/json")
+    # Kept compressed too: gzip of 50,000 outlines (13 MB) costs more than reading them
+    # from the cache, and the GZip middleware would redo it for every viewer.
+    packed = limits.answers.get(key + b".gz")
+    if packed is None:
+        packed = gzip.compress(kept, 6)
+        limits.answers.put(key + b".gz", packed)
+    headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    return Response(packed, media_type="application/json", headers=headers)
 
 
 def _outlines_answer(session: Session, cells: list[str], city_ids: list[int]) -> dict[str, Any]:
