@@ -267,6 +267,10 @@ def study_create(
     ] = None,
 ) -> None:
     """Create a study and print its id; its secret peer-key is made by the first crawl."""
+    for text, what in ((name, "NAME"), (description, "--description")):
+        _check_text(text, what)
+    for text in title or []:
+        _check_text(text, "--title")
     settings = get_settings()
     db = open_database(settings)
     try:
@@ -358,6 +362,7 @@ def torrent_add(
     ] = None,
 ) -> None:
     """Register a torrent in a study by magnet, infohash or .torrent file."""
+    _check_text(title, "--title")
     try:
         if source.startswith("magnet:"):
             parsed = registry.parse_magnet(source)
@@ -391,6 +396,13 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
             f"{option} must be an ISO date or time (2017-07-17 or 2017-07-17T03:00Z), got {value!r}"
         )
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _check_text(value: str | None, what: str) -> None:
+    """Text from the command line that a database can store: argv bytes that are not
+    UTF-8 reach Python as lone surrogates, which no driver can encode (a traceback)."""
+    if value is not None and ("\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)):
+        fail(f"{what} must be UTF-8 text (the shell passed bytes that are not)")
 
 
 @app.command()

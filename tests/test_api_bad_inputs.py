@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import quote_from_bytes
 
 import httpx
@@ -165,3 +169,21 @@ def test_any_magnet_name_bytes_parse_or_are_refused(raw: bytes, tail: str) -> No
     if parsed.name is not None:
         parsed.name.encode("utf-8")  # no lone surrogate
         assert "\x00" not in parsed.name
+
+
+def test_cli_refuses_text_that_is_not_utf8(db_url: str, db: Database) -> None:
+    """argv bytes that are not UTF-8 reach Python as lone surrogates: a one-line error."""
+    env = {**os.environ, "SWARMWATCH_DATABASE_URL": db_url}
+    swarmwatch = str(Path(sys.executable).with_name("swarmwatch"))
+    for args in (
+        [b"study", b"create", b"bad\xff"],
+        [b"study", b"create", b"ok", b"--title", b"\xfe"],
+        [b"torrent", b"add", IH.encode(), b"--study", b"1", b"--title", b"\xff"],
+    ):
+        command = [swarmwatch.encode(), *args]
+        done = subprocess.run(command, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        assert len(lines) == 1 and "UTF-8" in lines[0], lines
+    with db.session() as s:
+        assert s.scalar(select(Study.id)) is None
