@@ -22,9 +22,9 @@ from typing import Any
 import h3
 
 from bench.server import serve, stop
-from swarmwatch.analysis.rollups import FRAME_STORED_RES, rollup_active, rollup_frame
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
+from swarmwatch.store.rollups import FRAME_STORED_RES, rollup_active, rollup_frame
 from swarmwatch.timelapse import CHROMIUM_PATH, READY, chromium_page
 
 START_BUCKET = 1_500_000_000 // 3600  # 2017-07-14T02:00Z, hourly buckets

@@ -29,15 +29,15 @@ from h3.api import basic_int as h3i
 from sqlalchemy import text
 
 from bench.server import serve, stop
-from swarmwatch.analysis.rollups import (
+from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store import Database
+from swarmwatch.store.rollups import (
     CELL_STORED_RES,
     FRAME_STORED_RES,
     ROLLUP_TABLES,
     apply_batch,
     rebuild_peer_times,
 )
-from swarmwatch.sightings import AnonymousSighting
-from swarmwatch.store import Database
 
 ALPHA60_PEERS = 33_800_000
 TORRENTS = 274

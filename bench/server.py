@@ -28,7 +28,7 @@ def serve(
         str(os.getpid()),
         "uvicorn",
         "--factory",
-        "swarmwatch.api.app:create_app",
+        "swarmwatch.cli:server_app",  # what `swarmwatch serve` runs
         "--host",
         "127.0.0.1",
         "--port",

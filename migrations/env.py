@@ -5,11 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import swarmwatch.analysis.rollups  # noqa: F401  (registers rollup tables)
-import swarmwatch.leases  # noqa: F401  (registers lease tables)
+import swarmwatch.store.leases  # noqa: F401  (registers lease tables)
+import swarmwatch.store.rollups  # noqa: F401  (registers rollup tables)
 from swarmwatch.config import get_settings
-from swarmwatch.models import Base
 from swarmwatch.store.database import make_engine, normalise_url
+from swarmwatch.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

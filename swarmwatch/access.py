@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from swarmwatch.models import ApiKey, Study, StudyGrant, utcnow
+from swarmwatch.store.models import ApiKey, Study, StudyGrant, utcnow
 
 
 class Role(enum.IntEnum):

@@ -12,7 +12,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from swarmwatch.models import ApiKey, utcnow
+from swarmwatch.store.models import ApiKey, utcnow
 
 #: Printed keys start with this, so a leaked one is recognisable in a scan.
 KEY_PREFIX = "sw_"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from swarmwatch import bencode
 from swarmwatch.crawl import WatchedTorrent
-from swarmwatch.models import Study, Title, Torrent, Tracker, utcnow
+from swarmwatch.store.models import Study, Title, Torrent, Tracker, utcnow
 
 #: BEP 3: a v1 infohash is the SHA-1 of the info dict, 20 bytes, 40 hex digits.
 V1_HEX_LEN = 40

@@ -16,12 +16,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from swarmwatch import leases, registry
+from swarmwatch import registry
 from swarmwatch.config import Settings
 from swarmwatch.crawl import Crawler, TorrentSource, WatchedTorrent
 from swarmwatch.metrics import CountingSink, ServiceMetrics
 from swarmwatch.sightings import SightingSink
-from swarmwatch.store import Database
+from swarmwatch.store import Database, leases
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from swarmwatch.api.routes.web import WEB_DIR, outlines_with_population, plotly_bundle
-from swarmwatch.models import City, Study
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Study
 
 log = logging.getLogger(__name__)
 

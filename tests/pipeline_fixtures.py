@@ -15,8 +15,8 @@ from typing import Any
 
 from netaddr import IPSet
 
-from swarmwatch.models import Study, Title, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, Title, Torrent
 
 
 @dataclass(frozen=True)

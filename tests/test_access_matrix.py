@@ -25,8 +25,8 @@ from swarmwatch import access, registry
 from swarmwatch.api import create_app
 from swarmwatch.auth import create_api_key, revoke_api_key, verify_api_key
 from swarmwatch.config import Settings
-from swarmwatch.models import StudyGrant, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import StudyGrant, Torrent
 from tests.conftest import LiveServer
 
 ROLES = ("owner", "reader", "writer", "other", "admin", "anonymous")

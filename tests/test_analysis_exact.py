@@ -25,6 +25,7 @@ import httpx
 import pytest
 from sqlalchemy import BigInteger, insert
 
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
@@ -36,13 +37,12 @@ from swarmwatch.analysis.frames import (
     frames_json,
 )
 from swarmwatch.analysis.rankings import compute_ranking
-from swarmwatch.analysis.rollups import apply_batch, rebuild_peer_times
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
-from swarmwatch.analysis.versioned import requests_in_flight
-from swarmwatch.models import City, Metro, Peer, Study, Title
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro, Peer, Study, Title
+from swarmwatch.store.rollups import apply_batch, rebuild_peer_times
 
 D0 = datetime(2017, 8, 1, tzinfo=UTC)
 D1 = D0 + timedelta(days=1)
@@ -127,7 +127,7 @@ def study_db(db: Database) -> Database:
                 for m, p in METROS.items()
             ],
         )
-        from swarmwatch.models import Torrent
+        from swarmwatch.store.models import Torrent
 
         s.add_all(
             [
@@ -388,10 +388,11 @@ def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
     for title, interval in (("A", 3600), (None, 86400)):
         with study_db.engine.connect() as conn:
             scope = scope_of(study_db, title=title)
-            full = compute_frames(conn, scope, interval=interval, res=4)
-            compact = compute_compact_frames(conn, scope, interval=interval, res=4)
-            encoded = frames_compact(conn, scope, interval=interval, res=4)
-            again = frames_compact(conn, scope, interval=interval, res=4)
+            caches = AnalysisCaches()
+            full = compute_frames(conn, scope, interval=interval, res=4, caches=caches)
+            compact = compute_compact_frames(conn, scope, interval=interval, res=4, caches=caches)
+            encoded = frames_compact(conn, scope, interval=interval, res=4, caches=caches)
+            again = frames_compact(conn, scope, interval=interval, res=4, caches=caches)
         assert again is encoded  # unchanged frames: the same bytes, not re-encoded
         assert json.loads(encoded.body) == compact
         assert gzip.decompress(encoded.gzipped) == encoded.body
@@ -406,6 +407,8 @@ def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) 
     """The warm-up steps aside for requests in flight, but not for one waiting for it:
     both would wait (50 ms a frame, seconds for any time-lapse)."""
     scope = scope_of(study_db, title="A")
+    caches = AnalysisCaches()
+    in_flight = caches.activity
     warm_started, go, request_waits = threading.Event(), threading.Event(), threading.Event()
     answers: dict[str, Any] = {}
 
@@ -415,17 +418,21 @@ def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) 
 
     def warm_up() -> None:
         with study_db.engine.connect() as conn:
-            answers["warm"] = frames_compact(conn, scope, interval=3600, res=4, between=warm_step)
+            answers["warm"] = frames_compact(
+                conn, scope, interval=3600, res=4, between=warm_step, caches=caches
+            )
 
     @contextmanager
     def waiting() -> Iterator[None]:
-        with requests_in_flight.set_aside():
+        with in_flight.set_aside():
             request_waits.set()
             yield
 
     def request() -> None:
-        with requests_in_flight, study_db.engine.connect() as conn:
-            answers["request"] = frames_compact(conn, scope, interval=3600, res=4, waiting=waiting)
+        with in_flight, study_db.engine.connect() as conn:
+            answers["request"] = frames_compact(
+                conn, scope, interval=3600, res=4, waiting=waiting, caches=caches
+            )
 
     threads = [threading.Thread(target=warm_up)]
     threads[0].start()
@@ -435,15 +442,15 @@ def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) 
         threads[1].start()
         assert request_waits.wait(30)
         # What the warm-up's step aside asks: nobody counts as in flight.
-        assert requests_in_flight.wait_idle(0)
+        assert in_flight.wait_idle(0)
     finally:
         go.set()
         for thread in threads:
             thread.join(60)
     assert answers["request"].body == answers["warm"].body
-    with requests_in_flight:  # and a request that is not waiting does count
-        assert not requests_in_flight.wait_idle(0)
-    assert requests_in_flight.wait_idle(0)
+    with in_flight:  # and a request that is not waiting does count
+        assert not in_flight.wait_idle(0)
+    assert in_flight.wait_idle(0)
 
 
 def test_export_files(study_db: Database, tmp_path: Path) -> None:

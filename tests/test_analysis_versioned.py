@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
-from swarmwatch.analysis.rankings import _levels, compute_ranking
-from swarmwatch.analysis.rollups import apply_batch
+from swarmwatch.analysis.caches import AnalysisCaches
+from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.versioned import (
     PerEngine,
     VersionedCache,
-    _shared_refresher,
     data_version,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.rollups import apply_batch
 from tests.test_analysis_exact import D0, scope_of, sighting, study_db  # noqa: F401
 
 
@@ -149,9 +150,10 @@ def test_rankings_follow_new_data(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     scope = scope_of(study_db, title="B")
+    caches = AnalysisCaches()
     with study_db.engine.connect() as conn:
         before = data_version(conn, scope.title_ids)
-        first = compute_ranking(conn, scope, level="country")
+        first = compute_ranking(conn, scope, level="country", caches=caches)
     assert [(r.place_id, r.peers) for r in first.rows] == [("FR", 5)]
     # A repeat sighting (no new peer) still moves the version: sightings count in it.
     with study_db.engine.begin() as conn:
@@ -167,17 +169,34 @@ def test_rankings_follow_new_data(
     with study_db.engine.connect() as conn:
         assert data_version(conn, scope.title_ids)[0] == before[0] + 6
         # The cached answer is young: served as it was, and no refresh is due yet.
-        rows = compute_ranking(conn, scope, level="country").rows
+        rows = compute_ranking(conn, scope, level="country", caches=caches).rows
         assert [(r.place_id, r.peers) for r in rows] == [("FR", 5)]
     # Once it is due, the next read still gets it and queues the refresh...
-    monkeypatch.setattr(_levels.of(study_db.engine), "refresh_after", 0.0)
+    monkeypatch.setattr(caches.levels.of(study_db.engine), "refresh_after", 0.0)
     with study_db.engine.connect() as conn:
-        rows = compute_ranking(conn, scope, level="country").rows
+        rows = compute_ranking(conn, scope, level="country", caches=caches).rows
         assert [(r.place_id, r.peers) for r in rows] == [("FR", 5)]
     done = threading.Event()
-    _shared_refresher.submit(done.set)  # runs after every refresh queued before it
+    caches.refresher.submit(done.set)  # runs after every refresh queued before it
     assert done.wait(60)
     # ...and then the answer counts the new peers (Delta's 6 in DE).
     with study_db.engine.connect() as conn:
-        rows = compute_ranking(conn, scope, level="country").rows
+        rows = compute_ranking(conn, scope, level="country", caches=caches).rows
     assert [(r.place_id, r.peers) for r in rows] == [("DE", 6), ("FR", 5)]
+
+
+def test_reads_and_warm_ups_leave_the_process_garbage_collector_alone(
+    study_db: Database,  # noqa: F811
+) -> None:
+    """gc.freeze() is the serving process's choice (cli.server_caches), never the
+    library's: a warm-up and its reads with default caches freeze nothing."""
+    from swarmwatch.analysis.frames import warm_frames
+    from swarmwatch.cli import server_caches
+
+    caches = AnalysisCaches()
+    before = gc.get_freeze_count()
+    warm_frames(study_db, caches)
+    with study_db.engine.connect() as conn:
+        compute_ranking(conn, scope_of(study_db), level="city", caches=caches)
+    assert gc.get_freeze_count() == before
+    assert server_caches().settle is gc.freeze

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from swarmwatch.cli import app as cli_app
-from swarmwatch.models import Study, Torrent
 from swarmwatch.registry import RegistryInputError, parse_magnet
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, Torrent
 
 IH = "0123456789abcdef0123456789abcdef01234567"
 

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from swarmwatch.auth import verify_api_key
 from swarmwatch.cli import app
-from swarmwatch.models import Study, StudyKey, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, StudyKey, Torrent
 from tests.torrent_files import make_torrent
 
 runner = CliRunner()

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from swarmwatch.access import Role, role_of
 from swarmwatch.auth import verify_api_key
 from swarmwatch.cli import app
-from swarmwatch.models import ApiKey, Study
 from swarmwatch.store import Database
+from swarmwatch.store.models import ApiKey, Study
 
 runner = CliRunner()
 

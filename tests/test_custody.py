@@ -30,7 +30,6 @@ from swarmwatch.custody import (
     read_secret,
     write_secret_file,
 )
-from swarmwatch.models import Base, DeploymentSecret, Peer, StudyKey
 from swarmwatch.pipeline.anonymise import (
     STUDY_KEY_BYTES,
     StudySealed,
@@ -42,6 +41,7 @@ from swarmwatch.pipeline.geolocate import Geolocator, address_key, packed_key
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.store import Database
 from swarmwatch.store.database import upgrade_database
+from swarmwatch.store.models import Base, DeploymentSecret, Peer, StudyKey
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 from tests.test_pipeline_store import sighting
 

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.custody import KeyCustody
-from swarmwatch.models import Study, StudyKey
 from swarmwatch.pipeline.anonymise import ensure_study_key
 from swarmwatch.pipeline.cli import geoip_app, study_seal_command
 from swarmwatch.pipeline.geoipdb import (
@@ -23,6 +22,7 @@ from swarmwatch.pipeline.geoipdb import (
     installed_path,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study, StudyKey
 from tests.pipeline_fixtures import write_asn_db, write_city_db
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from swarmwatch.models import Sighting
 from swarmwatch.pipeline.cli import ingest_command
 from swarmwatch.pipeline.replay import (
     MAX_LINE_BYTES,
@@ -23,6 +28,8 @@ from swarmwatch.pipeline.replay import (
 )
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.models import Peer, Vantage
+from swarmwatch.store.writer import sources_of, vantage_bit
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 
 CSV = f"""ip,port,infohash,time,source
@@ -63,10 +70,17 @@ def test_csv_good_rows_kept_bad_rows_reported(db: Database, city: Path, tmp_path
     ]
     assert report.pipeline["stored"] == 4
     with db.session() as s:
-        rows = s.scalars(select(Sighting).order_by(Sighting.id)).all()
+        rows = s.scalars(select(Peer)).all()
+        assert sum(r.sightings for r in rows) == 4
         assert {r.geoname_id for r in rows} == {2643743, 2694762, 2038180, None}
-        assert {r.source for r in rows} == {"tracker", "dht", "pex", "replay"}
-        assert all(r.vantage == "replay" for r in rows)
+        assert set().union(*(sources_of(r.sources) for r in rows)) == {
+            "tracker",
+            "dht",
+            "pex",
+            "replay",
+        }
+        replay = s.scalar(select(Vantage.id).where(Vantage.name == "replay"))
+        assert replay is not None and {r.vantages for r in rows} == {vantage_bit(replay)}
 
 
 def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) -> None:
@@ -88,8 +102,10 @@ def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) ->
     report = ingest_file(f, db)
     assert report.accepted == 2 and [e.line for e in report.errors] == [3, 4, 5]
     with db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Sighting)) == 2
-        assert {r.vantage for r in s.scalars(select(Sighting))} == {"replay", "vps-2"}
+        assert s.scalar(select(func.sum(Peer.sightings))) == 2
+        assert set(s.scalars(select(Vantage.name))) == {"replay", "vps-2"}
+        bits = {vantage_bit(v.id) for v in s.scalars(select(Vantage))}
+        assert {p.vantages for p in s.scalars(select(Peer))} == bits  # one peer each
 
 
 def test_cli_ingest(db: Database, city: Path, tmp_path: Path) -> None:
@@ -177,3 +193,158 @@ def test_overlong_lines_are_bad_lines(tmp_path: Path, db: Database, city: Path) 
     assert report.accepted == 1 and [(e.line, e.reason) for e in report.errors] == [
         (2, "line too long")
     ]
+
+
+def _replay_file(path: Path, lines: int) -> None:
+    """A CSV of `lines` sightings: 40 addresses in four networks, each seen again every
+    two minutes (further apart than the coalescing window), from two sources."""
+    nets = ("81.2.69.{}", "89.160.20.{}", "24.0.0.{}", "1.128.0.{}")
+    rows = ["ip,port,infohash,time,source"]
+    for i in range(lines):
+        address = nets[i % 4].format(100 + i % 10 + (i % 40) // 10)
+        at = 1795780800 + 120 * (i // 40) + i % 40
+        rows.append(f"{address},6881,{INFOHASH},{at},{('tracker', 'dht')[i % 2]}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _state(db: Database) -> tuple[object, ...]:
+    with db.engine.connect() as conn:
+        # Peer keys differ between databases (each study has its own key): compare
+        # what each peer holds.
+        peers = conn.execute(
+            select(Peer.geoname_id, Peer.sightings, Peer.sources, Peer.first_seen)
+        ).all()
+        activity = conn.execute(
+            text("SELECT day, source, sightings, new_peers FROM rollup_activity ORDER BY 1, 2")
+        ).all()
+        active = conn.execute(
+            text("SELECT interval_s, bucket, peers FROM rollup_active ORDER BY 1, 2")
+        ).all()
+    return sorted(map(repr, peers)), [tuple(a) for a in activity], [tuple(a) for a in active]
+
+
+def test_ingest_resumes_after_what_was_stored_and_never_counts_a_line_twice(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """An ingest cut short (here: the file as it was when it stopped, a prefix of it),
+    then the whole file: the same peers, counts and frames as one uninterrupted run;
+    and the same file once more stores nothing."""
+    whole, cut = tmp_path / "peers.csv", tmp_path / "cut.csv"
+    _replay_file(whole, 400)
+    text_whole = whole.read_text()
+    cut.write_text("".join(text_whole.splitlines(keepends=True)[:151]))  # header + 150
+    options = {"batch_size": 7}  # many batches, so marks land mid-file
+
+    fresh = Database(f"sqlite:///{tmp_path / 'uninterrupted.db'}")
+    try:
+        fresh.upgrade()
+        register(fresh, ("alpha", [INFOHASH]))
+        once = ingest_file(whole, fresh, pipeline_options=options)
+        expected = _state(fresh)
+    finally:
+        fresh.dispose()
+    assert once.accepted == 400 and once.resumed_lines == 0
+
+    register(db, ("alpha", [INFOHASH]))
+    first = ingest_file(cut, db, pipeline_options=options)
+    assert first.accepted == 150
+    second = ingest_file(whole, db, pipeline_options=options)
+    assert second.resumed_lines == 151 and second.resumed_bytes == len(cut.read_bytes())
+    assert second.already_stored == 150 and second.accepted == 250
+    assert _state(db) == expected
+    third = ingest_file(whole, db, pipeline_options=options)
+    assert third.resumed_lines == 401 and third.accepted == 0
+    assert third.pipeline["stored"] == 0
+    assert _state(db) == expected
+
+
+def test_cli_ingest_says_where_it_resumed_and_its_rate(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    _replay_file(f, 50)
+    app = typer.Typer()
+    app.command()(ingest_command)
+    first = CliRunner().invoke(app, [str(f)])
+    assert first.exit_code == 0, first.output
+    assert "resumed" not in first.output and "lines in" in first.output
+    again = CliRunner().invoke(app, [str(f)])
+    assert again.exit_code == 0, again.output
+    assert "resumed after line 51" in again.output
+    assert "50 sightings there were stored by an earlier run" in again.output
+
+
+INGEST_CHILD = """
+import sys
+from swarmwatch.pipeline.replay import ingest_file
+from swarmwatch.store import Database
+ingest_file(sys.argv[1], Database(sys.argv[2]), pipeline_options={"batch_size": 20})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_ingest_then_again_counts_every_line_once(
+    db: Database, db_url: str, city: Path, tmp_path: Path
+) -> None:
+    """A real `kill -9` of an ingest between its write batches, then the same file
+    again: the database ends as after one uninterrupted run."""
+    register(db, ("alpha", [INFOHASH]))
+    whole = tmp_path / "peers.csv"
+    _replay_file(whole, 20_000)
+    env = {**os.environ, "SWARMWATCH_GEOIP_CITY": str(city)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", INGEST_CHILD, str(whole), db_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            with db.engine.connect() as conn:
+                stored = conn.execute(text("SELECT count(*) FROM replay_progress")).scalar()
+            if stored and stored >= 5:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL  # killed mid-file, not finished
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    again = ingest_file(whole, db)
+    assert 0 < again.resumed_lines < 20_001
+    assert again.already_stored + again.accepted == 20_000
+
+    fresh = Database(f"sqlite:///{tmp_path / 'uninterrupted.db'}")
+    try:
+        fresh.upgrade()
+        register(fresh, ("alpha", [INFOHASH]))
+        ingest_file(whole, fresh)
+        assert _state(db) == _state(fresh)
+    finally:
+        fresh.dispose()
+
+
+def test_replay_digests_are_keyed_so_a_short_prefix_cannot_be_searched(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """A file of a header and one line: the digest stored for it is not a plain hash of
+    those bytes (which anyone could search over all addresses), but keyed with the
+    store's secret (which, like the study keys, belongs in key custody)."""
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "one.csv"
+    f.write_text(f"ip,port,infohash,time,source\n81.2.69.160,6881,{INFOHASH},1795780800,dht\n")
+    ingest_file(f, db)
+    raw = f.read_bytes()
+    with db.engine.connect() as conn:
+        digests = {bytes(d) for (d,) in conn.execute(text("SELECT digest FROM replay_progress"))}
+    assert len(digests) == 1
+    plain = {
+        hashlib.sha256(raw).digest(),
+        hashlib.blake2b(raw, digest_size=32).digest(),
+        hashlib.sha3_256(raw).digest(),
+    }
+    assert not digests & plain

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from swarmwatch.leases import LEASE_SECONDS, heartbeat, release_all
 from swarmwatch.store import Database
+from swarmwatch.store.leases import LEASE_SECONDS, heartbeat, release_all
 
 SWARMS = [f"{i:040x}" for i in range(10)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

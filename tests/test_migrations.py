@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text
 
-from swarmwatch.models import Base, Peer, Title
+from swarmwatch.analysis.frames import compute_frames
+from swarmwatch.analysis.rankings import compute_ranking
+from swarmwatch.analysis.scope import resolve_scope
+from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.database import upgrade_database
+from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
+from swarmwatch.store.rollups import PEER_TIMES_FROM_PEERS, ROLLUP_TABLES, apply_batch
+from swarmwatch.store.writer import BatchWriter, WriteBatch, sources_of, vantage_bit
 
 
 def test_upgrade_builds_the_models_schema(db: Database) -> None:
@@ -72,5 +81,157 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
             rows = conn.execute(text("SELECT times, peers FROM rollup_peer_times")).all()
             assert sorted(map(tuple, rows)) == [(1, 3), (2, 2)]
             assert conn.execute(select(Peer.title_id)).first() is not None
+    finally:
+        db.dispose()
+
+
+def _rollups_as_0005_wrote_them(
+    sightings: list[AnonymousSighting], tmp_path: Path
+) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """The rollup rows of these sightings without the columns 0007_i17_store added: folded into a
+    head-schema scratch database, then read back column by column."""
+    scratch = Database(f"sqlite:///{tmp_path / 'scratch.db'}")
+    try:
+        scratch.upgrade()
+        with scratch.engine.begin() as conn:
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            apply_batch(conn, sightings)
+        out = {}
+        with scratch.engine.connect() as conn:
+            for table in ROLLUP_TABLES:
+                cols = [c.name for c in table.c if not c.name.endswith("_rk")]
+                rows = conn.execute(select(*[table.c[c] for c in cols])).all()
+                out[table.name] = (cols, [tuple(r) for r in rows])
+        return out
+    finally:
+        scratch.dispose()
+
+
+def test_0007_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_path: Path) -> None:
+    """From the head before it, with peers, sightings and rollups in place:
+    0007_i17_store gives each peer the sources and vantages its sightings had and a
+    record key, keeps the sighting rows, leaves every analysis answer as it was, and
+    the writer goes on from there."""
+    db = Database(db_url)
+    try:
+        upgrade_database(db.engine, "0006_i15")  # the head before it
+        at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+        with db.session() as s:
+            s.add(Study(id=1, name="before 0007", k_threshold=1))
+            s.flush()
+            s.add(Title(id=1, study_id=1, name="t"))
+            s.flush()
+            s.add(Torrent(id=1, study_id=1, title_id=1, infohash_v1="a" * 40))
+        seen = [  # (peer, source, vantage, minutes after `at`)
+            (1, "tracker", "berlin", 0),
+            (1, "dht", "berlin", 5),
+            (1, "tracker", "tokyo", 70),
+            (2, "swarm", "tokyo", 1),
+            (3, "replay", "replay", 2),
+        ]
+        first: set[int] = set()
+        sightings = []
+        for n, source, vantage, minutes in seen:
+            sightings.append(
+                AnonymousSighting(
+                    1,
+                    1,
+                    1,
+                    bytes([n]) * 16,
+                    at + timedelta(minutes=minutes),
+                    source,
+                    vantage,
+                    None,
+                    "GB",
+                    2643743,
+                    None,
+                    None,
+                    None,
+                    new_peer=n not in first,
+                )  # fmt: skip
+            )
+            first.add(n)
+        with db.engine.begin() as conn:
+            conn.execute(
+                insert(Sighting),
+                [
+                    {k: getattr(a, k) for k in Sighting.__table__.c.keys() if k != "id"}
+                    for a in sightings
+                ],
+            )
+            conn.execute(
+                insert(Peer),
+                [
+                    dict(
+                        title_id=1,
+                        peer_key=bytes([n]) * 16,
+                        study_id=1,
+                        first_seen=min(a.seen_at for a in sightings if a.peer_key[0] == n),
+                        last_seen=max(a.seen_at for a in sightings if a.peer_key[0] == n),
+                        country="GB",
+                        geoname_id=2643743,
+                        sightings=sum(1 for a in sightings if a.peer_key[0] == n),
+                    )
+                    for n in sorted(first)
+                ],
+            )
+            for table, (cols, rows) in _rollups_as_0005_wrote_them(sightings, tmp_path).items():
+                if rows:
+                    marks = ", ".join(f":{c}" for c in cols)
+                    conn.execute(
+                        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
+                        [dict(zip(cols, row, strict=True)) for row in rows],
+                    )
+            conn.execute(text(PEER_TIMES_FROM_PEERS))
+
+        def answers() -> tuple[object, ...]:
+            with db.engine.connect() as conn:
+                study = conn.execute(select(Study.__table__)).one()
+                scope = resolve_scope(conn, study)
+                summary = compute_summary(conn, scope)
+                ranking = compute_ranking(conn, scope, level="country")
+                frames = compute_frames(conn, scope, interval=3600, res=4)
+            for volatile in ("method", "estimate"):
+                summary.pop(volatile, None)
+            return summary, [r.peers for r in ranking.rows], frames["frames"]
+
+        before = answers()
+        db.upgrade()
+        assert answers() == before
+        with db.engine.connect() as conn:
+            names = dict(conn.execute(select(Vantage.name, Vantage.id)).all())
+            assert set(names) == {"berlin", "tokyo", "replay"}
+            peers = {
+                row.peer_key[0]: row
+                for row in conn.execute(select(Peer.peer_key, Peer.sources, Peer.vantages,
+                                               Peer.record_key))
+            }  # fmt: skip
+            assert conn.execute(select(func.count()).select_from(Sighting)).scalar() == 5
+        bit = {name: vantage_bit(vid) for name, vid in names.items()}
+        assert sources_of(peers[1].sources) == {"tracker", "dht"}
+        assert peers[1].vantages == bit["berlin"] | bit["tokyo"]
+        assert sources_of(peers[2].sources) == {"swarm"} and peers[2].vantages == bit["tokyo"]
+        assert sources_of(peers[3].sources) == {"replay"} and peers[3].vantages == bit["replay"]
+        assert all(0 <= p.record_key < 4096 for p in peers.values())
+
+        # The writer goes on: a repeat adds to its peer, a new vantage gets its own bit.
+        writer = BatchWriter(db.engine)
+        batch = WriteBatch()
+        later = at + timedelta(hours=3)
+        batch.sightings.append(
+            SightingRow(1, 1, 1, bytes([2]) * 16, later, "tracker", "sydney",
+                        None, "GB", 2643743, None, None, None)
+        )  # fmt: skip
+        assert writer.write(batch).new_peers == 0
+        with db.engine.connect() as conn:
+            sydney = conn.execute(select(Vantage.id).where(Vantage.name == "sydney")).scalar_one()
+            row = conn.execute(
+                select(Peer.sources, Peer.vantages, Peer.sightings, Peer.record_key).where(
+                    Peer.peer_key == bytes([2]) * 16
+                )
+            ).one()
+        assert sources_of(row.sources) == {"swarm", "tracker"}
+        assert row.vantages == bit["tokyo"] | vantage_bit(sydney)
+        assert row.sightings == 2 and row.record_key == peers[2].record_key
     finally:
         db.dispose()

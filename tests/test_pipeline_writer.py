@@ -6,15 +6,17 @@ import random
 import sqlite3
 from datetime import timedelta
 
+import h3
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from swarmwatch.analysis.rollups import rollup_activity, rollup_peer_times
-from swarmwatch.models import Peer, Sighting
 from swarmwatch.pipeline.pipeline import write_failure_kind
-from swarmwatch.pipeline.writer import BatchWriter, CommitUncertain, WriteBatch
 from swarmwatch.store import Database
+from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.models import Peer
+from swarmwatch.store.rollups import rollup_activity, rollup_peer_times
+from swarmwatch.store.writer import BatchWriter, CommitUncertain, WriteBatch
 from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, T0, register
 
 
@@ -27,13 +29,18 @@ def test_failures_are_classified() -> None:
     assert write_failure_kind(ValueError("a bug")) == "other"
 
 
+LONDON_CELL = h3.str_to_int(h3.latlng_to_cell(51.5142, -0.0931, 7))
+
+
 def batch_of(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
     torrent = ids[("alpha", INFOHASH)]
     batch = WriteBatch()
     for i in range(n):
         key = i.to_bytes(16, "big")
         batch.sightings.append(
-            (1, 1, torrent, key, T0, "tracker", "v1", None, "GB", 2643743, None, None, None)
+            SightingRow(
+                1, 1, torrent, key, T0, "tracker", "v1", None, "GB", 2643743, None, None, None
+            )
         )
     return batch
 
@@ -59,7 +66,7 @@ def test_a_batch_whose_commit_was_uncertain_is_not_written_twice(db: Database) -
     fresh.maybe_committed = True  # uncertain, but in fact not stored: written now
     writer.write(fresh)
     with db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Sighting)) == 6
+        assert s.scalar(select(func.sum(Peer.sightings))) == 6
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -79,7 +86,7 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
             at += timedelta(seconds=1)
             key = rng.randrange(40).to_bytes(16, "big")
             batch.sightings.append(
-                (
+                SightingRow(
                     title,
                     title,
                     torrents[title],
@@ -91,7 +98,7 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
                     "GB",
                     2643743,
                     None,
-                    None,
+                    LONDON_CELL,
                     None,
                 )
             )
@@ -117,3 +124,132 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
             ).all()
             peers = conn.execute(select(Peer.title_id, func.count()).group_by(Peer.title_id)).all()
             assert sorted(observed) == sorted(peers)
+            # Record-key sums beside the counts: each peer's key once where it is counted.
+            keys = dict(
+                conn.execute(
+                    select(Peer.title_id, func.sum(Peer.record_key)).group_by(Peer.title_id)
+                ).all()
+            )
+            for table, column in (
+                ("rollup_place", "peers_rk"),
+                ("rollup_activity", "new_peers_rk"),
+                ("rollup_cell", "peers_rk"),
+            ):
+                sums = conn.execute(
+                    text(f"SELECT title_id, sum({column}) FROM {table} GROUP BY title_id")
+                ).all()
+                assert dict(sums) == keys, table
+            few = conn.execute(
+                select(Peer.sightings, func.sum(Peer.record_key))
+                .where(Peer.sightings.in_((1, 2)))
+                .group_by(Peer.sightings)
+            ).all()
+            kept_rk = conn.execute(
+                text(
+                    "SELECT times, sum(peers_rk) FROM rollup_peer_times GROUP BY times"
+                    " HAVING sum(peers) > 0"
+                )
+            ).all()
+            assert sorted(map(tuple, kept_rk)) == sorted(map(tuple, few))
+
+
+def distinct_batch(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
+    """batch_of() with keys that differ in their first 64 bits (the presence key)."""
+    batch = batch_of(n, ids)
+    batch.sightings = [r._replace(peer_key=r.peer_key[::-1]) for r in batch.sightings]
+    return batch
+
+
+def test_a_rolled_back_batch_leaves_no_presence_known(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's own presence cache learns a frame's peers only from batches that
+    committed: a batch that failed after its rollups ran is counted in full when it
+    is written again, and a repeat after that costs no second count."""
+    ids = register(db, ("alpha", [INFOHASH]))
+    writer = BatchWriter(db.engine)
+    first = distinct_batch(3, ids)
+    writer.write(first)  # peers 0-2 are now known, committed, in T0's hour and day
+    assert writer.presence.size == 6
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("after the rollups")
+
+    again = distinct_batch(5, ids)  # 0-2 repeat, 3-4 are new
+    with monkeypatch.context() as m:
+        m.setattr(writer, "_write_anomalies", fail)
+        with pytest.raises(RuntimeError):
+            writer.write(again)
+    assert writer.presence.size == 6  # nothing of the failed batch was learned
+    writer.write(again)
+    writer.write(distinct_batch(5, ids))  # all repeats now: the cache knows every one
+    with db.engine.connect() as conn:
+        active = conn.execute(text("SELECT interval_s, peers FROM rollup_active")).all()
+    assert sorted(active) == [(3600, 5), (86400, 5)]
+    assert writer.presence.size == 10
+
+
+@pytest.mark.parametrize(("seed", "hours"), [(1, 72), (2, 72), (3, 200), (4, 200)])
+def test_frames_count_each_peer_once_per_frame_whatever_the_order(
+    db: Database, seed: int, hours: int
+) -> None:
+    """Distinct active peers per hour and per day, as the writer keeps them, equal a
+    brute-force count over every sighting written, after every batch: peers repeat
+    within and across batches and hours, and sightings arrive out of order, within
+    the presence bitmaps' 128 hours and beyond them."""
+    ids = register(db, ("alpha", [INFOHASH]), ("beta", [INFOHASH_B]))
+    torrents = {1: ids[("alpha", INFOHASH)], 2: ids[("beta", INFOHASH_B)]}
+    writer = BatchWriter(db.engine)
+    rng = random.Random(seed)
+    written: list[SightingRow] = []
+    for _ in range(8):
+        batch = WriteBatch()
+        for _ in range(rng.randrange(1, 80)):
+            title = rng.choice((1, 2))
+            # Mostly forward in time, sometimes hours late, over three days.
+            at = T0 + timedelta(minutes=rng.randrange(0, hours * 60))
+            key = bytes([rng.randrange(30)]) * 16
+            row = SightingRow(
+                title, title, torrents[title], key, at, "tracker", "v1", None,
+                "GB", 2643743, None, LONDON_CELL, None,
+            )  # fmt: skip
+            batch.sightings.append(row)
+        writer.write(batch)
+        written.extend(batch.sightings)
+        expected: dict[tuple[int, int, int], set[bytes]] = {}
+        for r in written:
+            for interval in (3600, 86400):
+                bucket = int(r.seen_at.timestamp()) // interval
+                expected.setdefault((r.title_id, interval, bucket), set()).add(r.peer_key)
+        with db.engine.connect() as conn:
+            active = conn.execute(
+                text("SELECT title_id, interval_s, bucket, peers, city_peers FROM rollup_active")
+            ).all()
+            frames = conn.execute(
+                text(
+                    "SELECT title_id, interval_s, bucket, sum(peers) FROM rollup_frame"
+                    " GROUP BY title_id, interval_s, bucket"
+                )
+            ).all()
+        want = {k: len(v) for k, v in expected.items()}
+        assert {(t, i, b): p for t, i, b, p, _ in active if p} == want
+        assert {(t, i, b): c for t, i, b, _, c in active if c} == want
+        assert {(t, i, b): int(p) for t, i, b, p in frames if p} == want
+    # A writer that starts afresh (no cache: a restart) still counts nothing twice.
+    again = BatchWriter(db.engine)
+    batch = WriteBatch()
+    batch.sightings.extend(written[:50])
+    again.write(batch)
+    with db.engine.connect() as conn:
+        active = conn.execute(
+            text("SELECT title_id, interval_s, bucket, peers FROM rollup_active")
+        ).all()
+    assert {(t, i, b): p for t, i, b, p in active if p} == want
+
+
+def test_record_keys_are_drawn_as_the_cell_key_method_takes_them() -> None:
+    from swarmwatch.analysis.cellkey import RECORD_KEY_MODULUS
+    from swarmwatch.store.writer import RECORD_KEY_MASK
+    from swarmwatch.store.writer import RECORD_KEY_MODULUS as DRAWN
+
+    assert DRAWN == RECORD_KEY_MODULUS and RECORD_KEY_MASK == RECORD_KEY_MODULUS - 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from swarmwatch.models import City, Metro
 from swarmwatch.pipeline.places import (
     MAX_RADIUS_KM,
     PlaceRow,
@@ -17,6 +16,7 @@ from swarmwatch.pipeline.places import (
     load_places,
 )
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,13 @@ import pytest
 
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import resolve_scope
-from swarmwatch.models import Study
 from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.pipeline.places import load_places
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.sim import ManualClock, SimulatedSwarm, build_index
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study
 from tests.pipeline_fixtures import register
 
 IH = "5a" * 20

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from swarmwatch.models import Torrent, Tracker
 from swarmwatch.store import Database
+from swarmwatch.store.models import Torrent, Tracker
 from tests.torrent_files import make_torrent
 
 IH = "0123456789abcdef0123456789abcdef01234567"
@@ -253,7 +253,7 @@ def test_write_rate_limit_is_429_json(db: Database, api_key: str) -> None:
         assert int(r.headers["retry-after"]) >= 1
         assert c.get("/api/v1/studies").status_code == 200  # cheap reads are not limited
     with db.session() as s:
-        from swarmwatch.models import Study
+        from swarmwatch.store.models import Study
 
         assert s.scalar(select(func.count()).select_from(Study)) == 3
 

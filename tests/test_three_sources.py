@@ -26,9 +26,10 @@ from swarmwatch import registry
 from swarmwatch.config import get_settings
 from swarmwatch.dht.crawler import DhtCrawler
 from swarmwatch.ltsession.crawler import SwarmSessionCrawler
-from swarmwatch.models import Sighting, Torrent
 from swarmwatch.service import CrawlService, _metadata_writer
 from swarmwatch.store import Database
+from swarmwatch.store.models import Peer, Torrent
+from swarmwatch.store.writer import sources_of
 from swarmwatch.tracker.crawler import TrackerCrawler
 from tests.pipeline_fixtures import write_city_db
 from tests.test_ltsession import _free_port, _peer_session, _wait_listening
@@ -120,8 +121,8 @@ async def _crawl(
 
     def observed() -> tuple[set[str], list[bool], str, str | None]:
         with db.session() as s:
-            sources = set(s.scalars(select(Sighting.source).distinct()))
-            seeds = list(s.scalars(select(Sighting.seed).where(Sighting.seed.is_(True)).limit(1)))
+            sources = set().union(*map(sources_of, s.scalars(select(Peer.sources).distinct())))
+            seeds = list(s.scalars(select(Peer.seed).where(Peer.seed.is_(True)).limit(1)))
             t = s.scalars(select(Torrent)).one()
             return sources, seeds, t.metadata_state, t.name
 

@@ -195,10 +195,13 @@ def test_workers_split_leases_survive_kill_restart_and_tracker_loss(
         return {str(w): int(n) for w, n in rows}
 
     def rows(vantage: str) -> int:
-        return scalar("SELECT count(*) FROM sighting WHERE vantage = :v", v=vantage)
+        return scalar(
+            "SELECT coalesce(sum(sightings), 0) FROM rollup_activity WHERE vantage = :v",
+            v=vantage,
+        )
 
     def answered(vantage: str, after: int) -> int:
-        # Progress is judged by samples: sighting rows grow only once per coalescing window.
+        # Progress is judged by samples: sightings are counted only once per coalescing window.
         return scalar(
             "SELECT count(*) FROM sample WHERE vantage = :v AND error IS NULL AND id > :m",
             v=vantage,

@@ -17,11 +17,11 @@ import h3
 import pytest
 
 from swarmwatch import PROJECT_ROOT
-from swarmwatch.analysis.rollups import apply_batch
-from swarmwatch.models import City
 from swarmwatch.registry import create_study
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.models import City
+from swarmwatch.store.rollups import apply_batch
 from swarmwatch.timelapse import CHROMIUM_ARGS, CHROMIUM_PATH
 
 #: Screenshots go here (git-ignored); CI can collect them.

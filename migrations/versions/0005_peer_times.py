@@ -19,7 +19,7 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The same statement as swarmwatch.analysis.rollups.PEER_TIMES_FROM_PEERS, written out:
+# The same statement as swarmwatch.store.rollups.PEER_TIMES_FROM_PEERS, written out:
 # a migration must not change when the application code does.
 _BACKFILL = (
     "INSERT INTO rollup_peer_times (title_id, times, peers)"

@@ -18,9 +18,9 @@ from sqlalchemy import Connection
 
 from swarmwatch.analysis.rankings import CSV_COLUMNS, LEVELS, Ranking, compute_ranking
 from swarmwatch.analysis.scope import Scope, resolve_scope
-from swarmwatch.models import Study
 from swarmwatch.safefiles import OutputFolder
 from swarmwatch.store import Database
+from swarmwatch.store.models import Study
 
 #: Rows per streamed CSV chunk: a few KB per write keeps memory flat and syscalls few.
 CSV_CHUNK_ROWS = 500

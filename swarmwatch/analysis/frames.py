@@ -38,7 +38,6 @@ import logging
 import struct
 import threading
 import time
-import weakref
 import zlib
 from array import array
 from collections import defaultdict
@@ -52,8 +51,13 @@ import h3
 from h3.api import basic_int as h3i
 from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.disclosure import RULE, protect
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, ScopeError
+from swarmwatch.analysis.versioned import Versioned
+from swarmwatch.store import Database
+from swarmwatch.store.models import City
+from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
     FRAME_STORED_RES,
@@ -62,17 +66,11 @@ from swarmwatch.analysis.rollups import (
     rollup_frame,
     rollup_frame_city,
 )
-from swarmwatch.analysis.scope import Scope, ScopeError
-from swarmwatch.analysis.versioned import PerEngine, Versioned, requests_in_flight, settle
-from swarmwatch.models import City
-from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_CITIES = 10
 NO_CELL = 0  # not an H3 index: the key of a frame's peers that have no cell
-#: Published frames kept in memory (a frame at res 4 is ~10-400 KB of Python objects).
-FRAME_CACHE_SIZE = 2_000
 
 
 @dataclass(slots=True, eq=False)
@@ -115,10 +113,6 @@ class Frame:
         return self._deflated
 
 
-#: Published frames per engine, each versioned by its own total (see module docstring).
-_frame_caches: PerEngine[Frame] = PerEngine(max_entries=FRAME_CACHE_SIZE)
-
-
 def _check(scope: Scope, interval: int, res: int) -> None:
     if interval not in FRAME_INTERVALS:
         raise ScopeError(
@@ -138,9 +132,10 @@ def compute_frames(
     interval: int = 3600,
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
+    caches: AnalysisCaches | None = None,
 ) -> dict[str, Any]:
     """The time-lapse: {interval, res, frames: [{t, peers, cells, top_cities}], method}."""
-    frames, method = _frames(conn, scope, interval, res, top)
+    frames, method = _frames(conn, scope, interval, res, top, caches)
     return {
         "interval": interval,
         "res": res,
@@ -156,9 +151,10 @@ def frames_json(
     interval: int = 3600,
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
+    caches: AnalysisCaches | None = None,
 ) -> bytes:
     """compute_frames() as compact JSON, joined from each frame's cached encoding."""
-    frames, method = _frames(conn, scope, interval, res, top)
+    frames, method = _frames(conn, scope, interval, res, top, caches)
     head = json.dumps({"interval": interval, "res": res}, separators=(",", ":"))[:-1]
     tail = json.dumps(method, separators=(",", ":"))
     return b"".join(
@@ -190,13 +186,14 @@ def frames_gzip(
     interval: int = 3600,
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
+    caches: AnalysisCaches | None = None,
 ) -> bytes:
     """frames_json() as one gzip member, assembled from each frame's cached deflate piece.
 
     Sync-flushed deflate pieces concatenate into one valid stream (RFC 1951); the
     gzip trailer's CRC-32 and size are over the whole uncompressed body.
     """
-    frames, method = _frames(conn, scope, interval, res, top)
+    frames, method = _frames(conn, scope, interval, res, top, caches)
     head = json.dumps({"interval": interval, "res": res}, separators=(",", ":"))[:-1]
     plain: list[bytes] = [head.encode() + b',"frames":[']
     packed: list[bytes] = [_deflate(plain[0])]
@@ -219,10 +216,6 @@ def frames_gzip(
     return b"".join((_GZIP_HEADER, *packed, _FINAL_BLOCK, trailer))
 
 
-#: Compact answers kept per engine (each holds one body and its gzip, ~MBs at full scale).
-COMPACT_CACHE_SIZE = 16
-
-
 @dataclass(frozen=True, slots=True)
 class CompactFrames:
     """The compact time-lapse of one question, encoded once for the frames it was built from."""
@@ -231,18 +224,6 @@ class CompactFrames:
     body: bytes  # compact JSON (see the module docstring)
     gzipped: bytes  # the same as one gzip member
     stale_since: datetime | None
-
-
-#: Compact answers per engine. Versioned by the identity of the cached frames they
-#: encode: a frame object is replaced only when its frame is recomputed, and the answer
-#: keeps its own frames alive, so equal identities mean equal content. Re-encoded in the
-#: background as soon as a frame changed (refresh_after 0): under ingest a request
-#: never waits for the encoding of 120 frames, and answers lag by one refresh.
-_compact: PerEngine[CompactFrames] = PerEngine(max_entries=COMPACT_CACHE_SIZE, refresh_after=0.0)
-_compact_lock = threading.Lock()
-# One lock per question: a request arriving while the same answer is being built (the
-# start-up warm-up, or another request) waits for it instead of building it again.
-_building: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
 
 
 def compact_dict(
@@ -304,9 +285,10 @@ def compute_compact_frames(
     interval: int = 3600,
     res: int = 4,
     top: int = DEFAULT_TOP_CITIES,
+    caches: AnalysisCaches | None = None,
 ) -> dict[str, Any]:
     """The time-lapse in the compact form (module docstring), as Python objects."""
-    frames, method = _frames(conn, scope, interval, res, top)
+    frames, method = _frames(conn, scope, interval, res, top, caches)
     return compact_dict(frames, interval, res, method)
 
 
@@ -319,6 +301,7 @@ def frames_compact(
     top: int = DEFAULT_TOP_CITIES,
     between: Callable[[], None] | None = None,
     waiting: Callable[[], AbstractContextManager[None]] | None = None,
+    caches: AnalysisCaches | None = None,
 ) -> CompactFrames:
     """The compact time-lapse as JSON and gzip, re-encoded only when a frame changed.
 
@@ -328,15 +311,20 @@ def frames_compact(
 
     A caller that finds the same time-lapse being built (by the start-up warm-up, say)
     waits for that build inside `waiting()`, if given: a request passes
-    requests_in_flight.set_aside, so the warm-up does not step aside for the very
+    caches.activity.set_aside, so the warm-up does not step aside for the very
     request that waits for it.
+
+    Compact answers are versioned by the identity of the cached frames they encode: a
+    frame object is replaced only when its frame is recomputed, and the answer keeps
+    its own frames alive, so equal identities mean equal content.
     """
     key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, interval, res, top)
     engine = conn.engine
-    with _compact_lock:
-        lock = _building.get(key)
+    caches = caches or AnalysisCaches()
+    with caches.building_lock:
+        lock = caches.building.get(key)
         if lock is None:
-            lock = _building[key] = threading.Lock()
+            lock = caches.building[key] = threading.Lock()
 
     def encode(frame_set: FrameSet) -> CompactFrames:
         body = _dumps_in_pieces(compact_dict(frame_set.frames, interval, res, frame_set.method))
@@ -344,16 +332,16 @@ def frames_compact(
 
     def refresh() -> tuple[Hashable, CompactFrames]:
         with engine.connect() as own:
-            frame_set = frame_set_of(own, scope, interval, res, top)
+            frame_set = frame_set_of(own, scope, interval, res, top, caches=caches)
         return _identity(frame_set.frames), encode(frame_set)
 
     if not lock.acquire(blocking=False):
         with waiting() if waiting is not None else nullcontext():
             lock.acquire()
     try:
-        frame_set = frame_set_of(conn, scope, interval, res, top, between)
+        frame_set = frame_set_of(conn, scope, interval, res, top, between, caches)
         version = _identity(frame_set.frames)
-        entry = _compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+        entry = caches.compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
     finally:
         lock.release()
     answer = entry.value
@@ -385,15 +373,13 @@ def _identity(frames: list[Frame]) -> tuple[int, ...]:
 WARM_STUDIES = 8
 
 
-def _between_warm_frames() -> None:
-    # Step aside for requests (at most 50 ms per frame), and keep the frames built so far
-    # out of full garbage collections, whose pauses would stop those requests (settle).
-    requests_in_flight.wait_idle(0.05)
-    settle()
-
-
 def warm_frames(
-    db: Database, *, interval: int = 3600, res: int = 4, studies: int = WARM_STUDIES
+    db: Database,
+    caches: AnalysisCaches,
+    *,
+    interval: int = 3600,
+    res: int = 4,
+    studies: int = WARM_STUDIES,
 ) -> None:
     """Build the default time-lapse (every title, hourly, res 4: what the map page asks
     first) of the most recent studies, so no visitor waits for a cold one.
@@ -404,7 +390,14 @@ def warm_frames(
     (frames_compact's per-question lock) instead of starting a second one.
     """
     from swarmwatch.analysis.scope import resolve_scope
-    from swarmwatch.models import Study
+    from swarmwatch.store.models import Study
+
+    def between_frames() -> None:
+        # Step aside for requests (at most 50 ms per frame), and let the owner settle
+        # the frames built so far (a server keeps them out of full garbage collections,
+        # whose pauses would stop those requests).
+        caches.activity.wait_idle(0.05)
+        caches.settle()
 
     started = time.perf_counter()
     with db.session() as session:
@@ -417,9 +410,10 @@ def warm_frames(
                     scope,
                     interval=interval,
                     res=res,
-                    between=_between_warm_frames,
+                    between=between_frames,
+                    caches=caches,
                 )
-    settle()  # the cache is long-lived: keep it out of full collections
+    caches.settle()  # the cache is long-lived: let its owner settle it
     log.debug(
         "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
     )
@@ -429,7 +423,9 @@ def warm_frames(
 KEEP_WARM_EVERY_S = 10.0
 
 
-def keep_frames_warm(db: Database, stop: threading.Event, every: float = KEEP_WARM_EVERY_S) -> None:
+def keep_frames_warm(
+    db: Database, caches: AnalysisCaches, stop: threading.Event, every: float = KEEP_WARM_EVERY_S
+) -> None:
     """warm_frames() now, then again every `every` seconds until `stop` is set.
 
     Cached frames may lag the data by at most max_lag (versioned); one that nobody
@@ -440,7 +436,7 @@ def keep_frames_warm(db: Database, stop: threading.Event, every: float = KEEP_WA
     """
     while True:
         try:
-            warm_frames(db)
+            warm_frames(db, caches)
         except Exception:  # a failed warm-up only means the next visitor waits
             log.exception("warming the time-lapse cache failed")
         if stop.wait(every):
@@ -465,9 +461,9 @@ class FrameSet:
 
 
 def _frames(
-    conn: Connection, scope: Scope, interval: int, res: int, top: int
+    conn: Connection, scope: Scope, interval: int, res: int, top: int, caches: AnalysisCaches | None
 ) -> tuple[list[Frame], dict[str, Any]]:
-    frame_set = frame_set_of(conn, scope, interval, res, top)
+    frame_set = frame_set_of(conn, scope, interval, res, top, caches=caches)
     return frame_set.frames, frame_set.method
 
 
@@ -478,6 +474,7 @@ def frame_set_of(
     res: int,
     top: int,
     between: Callable[[], None] | None = None,
+    caches: AnalysisCaches | None = None,
 ) -> FrameSet:
     """Every published frame of the scope (from the frame cache), and the method.
 
@@ -499,7 +496,7 @@ def frame_set_of(
         .order_by(a.c.bucket)
     ).all()
     engine = conn.engine
-    cache = _frame_caches.of(engine)
+    cache = (caches or AnalysisCaches()).frames.of(engine)
     frames: list[Frame] = []
     stale_since: datetime | None = None
     for bucket, total, city_total in totals:

@@ -33,9 +33,13 @@ import h3
 from h3.api import basic_int as h3i
 from sqlalchemy import Connection, bindparam, func, select
 
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import PER, rate_per_100k
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import Versioned, data_version
+from swarmwatch.store.models import City, Metro
+from swarmwatch.store.rollups import (
     CELL_RESOLUTIONS,
     CELL_STORED_RES,
     parent_at,
@@ -44,9 +48,6 @@ from swarmwatch.analysis.rollups import (
     rollup_place,
     rollup_place_day,
 )
-from swarmwatch.analysis.scope import Scope, geoip_provenance
-from swarmwatch.analysis.versioned import PerEngine, Versioned, data_version
-from swarmwatch.models import City, Metro
 
 Level = Literal["city", "metro", "country", "cell"]
 Metric = Literal["absolute", "per_capita"]
@@ -168,7 +169,11 @@ def _where(table: Any, scope: Scope) -> list[Any]:
 
 
 def place_counts(
-    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+    conn: Connection,
+    scope: Scope,
+    level: str,
+    res: int = DEFAULT_CELL_RES,
+    caches: AnalysisCaches | None = None,
 ) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
     """Every place of a level with its peers, the never-published remainders, and groups.
 
@@ -186,7 +191,7 @@ def place_counts(
     if level == "country":
         return _countries(conn, scope)
     if level == "cell":
-        return _cells(conn, scope, res)
+        return _cells(conn, scope, res, caches)
     raise ValueError(f"unknown level {level!r}")
 
 
@@ -307,33 +312,36 @@ def _countries(
     return places, {}, []
 
 
-_cell_lock = threading.Lock()
-_cell_population: dict[tuple[str, int, int], dict[int, int]] = {}
-
-
-def cell_population(conn: Connection, res: int) -> dict[int, int]:
+def cell_population(
+    conn: Connection, res: int, caches: AnalysisCaches | None = None
+) -> dict[int, int]:
     """Residents per H3 cell: GeoNames city populations summed by the cell of their point.
 
-    Cached per database and resolution (recomputed when the city table changes size).
+    Cached in `caches` per database and resolution (recomputed when the city table
+    changes size).
     """
     n = conn.execute(select(func.count()).select_from(City)).scalar_one()
     key = (conn.engine.url.render_as_string(), res, n)
-    with _cell_lock:
-        if key in _cell_population:
-            return _cell_population[key]
+    if caches is not None:
+        with caches.cell_lock:
+            known = caches.cell_population.get(key)
+        if known is not None:
+            return known
     totals: defaultdict[int, int] = defaultdict(int)
     for lat, lon, pop in conn.execute(select(City.lat, City.lon, City.population)):
         # The same route as a peer's cell (base cell, then parent): H3 parents are
         # not geometric, so a point's res-4 cell can differ from its res-7 cell's parent.
         base = h3i.latlng_to_cell(lat, lon, PLACE_BASE_RES)
         totals[base if res == PLACE_BASE_RES else h3i.cell_to_parent(base, res)] += int(pop)
-    with _cell_lock:
-        _cell_population[key] = dict(totals)
-    return _cell_population[key]
+    found = dict(totals)
+    if caches is not None:
+        with caches.cell_lock:
+            caches.cell_population[key] = found
+    return found
 
 
 def _cells(
-    conn: Connection, scope: Scope, res: int
+    conn: Connection, scope: Scope, res: int, caches: AnalysisCaches | None
 ) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
     if res not in CELL_RESOLUTIONS:
         raise ValueError(f"cell rankings are kept at H3 resolutions {CELL_RESOLUTIONS}")
@@ -347,7 +355,7 @@ def _cells(
     counts: defaultdict[int, int] = defaultdict(int)
     for stored, peers in conn.execute(stmt):
         counts[parent_at(stored, res)] += int(peers)
-    population = cell_population(conn, res)
+    population = cell_population(conn, res, caches)
     places: dict[Hashable, Place] = {}
     by_parent: defaultdict[int, list[Hashable]] = defaultdict(list)
     coarser = res - 1 in CELL_RESOLUTIONS
@@ -401,10 +409,15 @@ class PublishedLevel:
 
 
 def published_level(
-    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+    conn: Connection,
+    scope: Scope,
+    level: str,
+    res: int = DEFAULT_CELL_RES,
+    caches: AnalysisCaches | None = None,
 ) -> PublishedLevel:
-    """The k-anonymous places of a level, computed from the rollups (no cache)."""
-    places, unpublished, groups = place_counts(conn, scope, level, res)
+    """The k-anonymous places of a level, computed from the rollups (the level itself
+    is not cached here; cell populations are, in `caches`)."""
+    places, unpublished, groups = place_counts(conn, scope, level, res, caches)
     counts: dict[Hashable, int] = {key: p.peers for key, p in places.items()}
     counts.update(unpublished)
     hidden = protect(counts, scope.k, groups, unpublished=unpublished.keys())
@@ -412,15 +425,17 @@ def published_level(
     return PublishedLevel(visible, len(places) - len(visible))
 
 
-#: Published levels by scope; see swarmwatch.analysis.versioned for when they are reused.
-_levels: PerEngine[PublishedLevel] = PerEngine(max_entries=64)
-
-
 def cached_level(
-    conn: Connection, scope: Scope, level: str, res: int = DEFAULT_CELL_RES
+    conn: Connection,
+    scope: Scope,
+    level: str,
+    res: int = DEFAULT_CELL_RES,
+    caches: AnalysisCaches | None = None,
 ) -> Versioned[PublishedLevel]:
-    """published_level() for the current data version, or a recent one being refreshed."""
+    """published_level() for the current data version, or a recent one being refreshed
+    (see swarmwatch.analysis.versioned for when they are reused)."""
     engine = conn.engine
+    caches = caches or AnalysisCaches()
     key = (
         scope.title_ids,
         scope.day_from,
@@ -434,12 +449,12 @@ def cached_level(
     def refresh() -> tuple[Hashable, PublishedLevel]:
         with engine.connect() as own:
             version = data_version(own, scope.title_ids)
-            return version, published_level(own, scope, level, res)
+            return version, published_level(own, scope, level, res, caches)
 
-    return _levels.of(engine).get(
+    return caches.levels.of(engine).get(
         key,
         data_version(conn, scope.title_ids),
-        lambda: published_level(conn, scope, level, res),
+        lambda: published_level(conn, scope, level, res, caches),
         refresh,
     )
 
@@ -453,8 +468,12 @@ def compute_ranking(
     min_population: int | None = None,
     limit: int | None = 100,
     res: int = DEFAULT_CELL_RES,
+    caches: AnalysisCaches | None = None,
 ) -> Ranking:
-    """A k-anonymous ranking; `limit=None` gives every published place (exports)."""
+    """A k-anonymous ranking; `limit=None` gives every published place (exports).
+
+    With `caches` (a server's), the published level is reused while the data holds.
+    """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
     if metric not in METRICS:
@@ -466,7 +485,7 @@ def compute_ranking(
     if not scope.title_ids:
         table = Versioned(PublishedLevel([], 0), (), datetime.now(UTC), 0.0)
     else:
-        table = cached_level(conn, scope, level, res)
+        table = cached_level(conn, scope, level, res, caches)
     ranked = table.value.ranked(metric, min_population)
     if limit is not None:
         ranked = ranked[:limit]

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, select
 
-from swarmwatch.analysis.rollups import DAY
-from swarmwatch.models import GeoipDatabase, Study, Title
+from swarmwatch.store.models import GeoipDatabase, Study, Title
+from swarmwatch.store.rollups import DAY
 
 #: The last UTC day (days since the epoch) whose start a datetime can hold: 9999-12-31.
 LAST_DAY = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days

@@ -11,9 +11,13 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, select
 
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.disclosure import RULE, protect
 from swarmwatch.analysis.estimators import chao1
-from swarmwatch.analysis.rollups import (
+from swarmwatch.analysis.scope import Scope, geoip_provenance
+from swarmwatch.analysis.versioned import data_version
+from swarmwatch.store.models import Anomaly, Title, Torrent
+from swarmwatch.store.rollups import (
     DAY,
     rollup_active,
     rollup_activity,
@@ -21,10 +25,7 @@ from swarmwatch.analysis.rollups import (
     rollup_place,
     unique_peers,
 )
-from swarmwatch.analysis.rollups import rollup_place_day as place_day
-from swarmwatch.analysis.scope import Scope, geoip_provenance
-from swarmwatch.analysis.versioned import PerEngine, data_version
-from swarmwatch.models import Anomaly, Title, Torrent
+from swarmwatch.store.rollups import rollup_place_day as place_day
 
 
 def _published(counts: Mapping[str, int], k: int, *groups: list[str]) -> dict[str, int | None]:
@@ -37,7 +38,9 @@ def _day(day: int) -> str:
     return datetime.fromtimestamp(day * DAY, UTC).date().isoformat()
 
 
-def compute_summary(conn: Connection, scope: Scope) -> dict[str, Any]:
+def compute_summary(
+    conn: Connection, scope: Scope, caches: AnalysisCaches | None = None
+) -> dict[str, Any]:
     k = scope.k
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     src = place_day if scope.by_day else rollup_place
@@ -153,7 +156,7 @@ def compute_summary(conn: Connection, scope: Scope) -> dict[str, Any]:
         "daily": daily,
         "high_water_mark": hwm,
         "anomaly_sightings_by_reason": _anomaly_reasons(conn, scope),
-        "estimate": _estimate(conn, scope) if not scope.by_day else None,
+        "estimate": _estimate(conn, scope, caches) if not scope.by_day else None,
         "method": {
             **scope.describe(),
             "seeds": "peers seen as seeds at their first sighting",
@@ -177,19 +180,19 @@ def _anomaly_reasons(conn: Connection, scope: Scope) -> dict[str, int | None]:
     return _published({str(r[0]): int(r[1]) for r in rows}, scope.k)
 
 
-#: Chao1 per scope: one pass over every peer of the titles, so reused while the data
-#: version holds and refreshed in the background while ingest goes on (see versioned).
-_estimates: PerEngine[dict[str, Any] | None] = PerEngine(max_entries=64)
-
-
-def _estimate(conn: Connection, scope: Scope) -> dict[str, Any] | None:
+def _estimate(
+    conn: Connection, scope: Scope, caches: AnalysisCaches | None
+) -> dict[str, Any] | None:
+    """Chao1 per scope, reused from `caches` while the data version holds and refreshed
+    in the background while ingest goes on (see versioned)."""
     engine = conn.engine
+    caches = caches or AnalysisCaches()
 
     def refresh() -> tuple[Hashable, dict[str, Any] | None]:
         with engine.connect() as own:
             return data_version(own, scope.title_ids), _chao1(own, scope)
 
-    cached = _estimates.of(engine).get(
+    cached = caches.estimates.of(engine).get(
         (scope.title_ids, scope.k),
         data_version(conn, scope.title_ids),
         lambda: _chao1(conn, scope),

@@ -27,7 +27,6 @@ serving a slightly older one never mixes two states of the data.
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -42,8 +41,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, select
 
-from swarmwatch.analysis.rollups import rollup_activity
-from swarmwatch.models import City, Metro
+from swarmwatch.store.models import City, Metro
+from swarmwatch.store.rollups import rollup_activity
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class VersionedCache(Generic[T]):
         self.max_lag = max_lag
         self.refresh_after = refresh_after
         self.clock = clock
-        self.refresher = refresher or _shared_refresher
+        self.refresher = refresher or Refresher()
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, Versioned[T]] = OrderedDict()
         self._refreshing: set[Hashable] = set()
@@ -175,9 +174,13 @@ class VersionedCache(Generic[T]):
 
 
 class Refresher:
-    """One daemon thread running queued refreshes in order (started on first use)."""
+    """One daemon thread running queued refreshes in order (started on first use).
 
-    def __init__(self) -> None:
+    `after` runs after each refresh: a server passes gc.freeze (see AnalysisCaches).
+    """
+
+    def __init__(self, after: Callable[[], None] | None = None) -> None:
+        self.after = after
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -192,24 +195,8 @@ class Refresher:
     def _run(self) -> None:
         while True:
             self._queue.get()()
-            settle()
-
-
-def settle() -> None:
-    """Move every object alive now out of the cyclic garbage collector's sight.
-
-    A refreshed ranking or a warmed time-lapse is hundreds of thousands of long-lived
-    objects; each full (generation 2) collection walks all of them with every thread
-    stopped, and the allocations of the next refresh trigger one: 0.3-0.8 s pauses of
-    every request in flight at 5 % scale, measured while ingest ran. Frozen objects are
-    still freed by reference counting when an answer is replaced (the cached answers
-    hold no reference cycles); only cyclic garbage alive at the moment of a freeze
-    would outlive it.
-    """
-    gc.freeze()
-
-
-_shared_refresher = Refresher()
+            if self.after is not None:
+                self.after()
 
 
 class Activity:
@@ -252,10 +239,6 @@ class Activity:
             self.__enter__()
 
 
-#: Analysis requests in flight in this process (swarmwatch.api.routes.analysis).
-requests_in_flight = Activity()
-
-
 class PerEngine(Generic[T]):
     """One VersionedCache per database engine, dropped with the engine.
 
@@ -268,8 +251,10 @@ class PerEngine(Generic[T]):
         max_entries: int = 256,
         max_lag: float = DEFAULT_MAX_LAG_S,
         refresh_after: float = DEFAULT_REFRESH_AFTER_S,
+        refresher: Refresher | None = None,
     ) -> None:
         self.max_entries, self.max_lag, self.refresh_after = max_entries, max_lag, refresh_after
+        self.refresher = refresher or Refresher()
         self._lock = threading.Lock()
         self._caches: weakref.WeakKeyDictionary[Engine, VersionedCache[T]] = (
             weakref.WeakKeyDictionary()
@@ -280,7 +265,10 @@ class PerEngine(Generic[T]):
             cache = self._caches.get(engine)
             if cache is None:
                 cache = self._caches[engine] = VersionedCache(
-                    self.max_entries, self.max_lag, refresh_after=self.refresh_after
+                    self.max_entries,
+                    self.max_lag,
+                    refresh_after=self.refresh_after,
+                    refresher=self.refresher,
                 )
             return cache
 
@@ -294,6 +282,4 @@ __all__ = [
     "Versioned",
     "VersionedCache",
     "data_version",
-    "requests_in_flight",
-    "settle",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from swarmwatch import __version__, shipped
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
@@ -29,7 +29,6 @@ from swarmwatch.api.routes.web import GeometryLimits
 from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
-from swarmwatch.parentwatch import exit_with_parent
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,12 @@ WEB_DIR = shipped("web")
 OPTIONAL_ROUTERS = ("swarmwatch.api.routes.analysis", "swarmwatch.api.routes.web")
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    caches: AnalysisCaches | None = None,
+) -> FastAPI:
+    """The app, with its own analysis caches unless given some (see AnalysisCaches)."""
     settings = settings or get_settings()
     database = database or Database(settings.database_url)
     app = SwarmwatchAPI(
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.analysis_caches = caches or AnalysisCaches()
     app.state.metrics = ServiceMetrics()
     app.state.geometry = GeometryLimits(settings)
 
@@ -113,19 +118,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
     return app
-
-
-#: Set by `swarmwatch serve --workers N` to its own pid for its uvicorn worker processes.
-SUPERVISOR_PID_ENV = "SWARMWATCH_SUPERVISOR_PID"
-
-
-def create_worker_app() -> FastAPI:
-    """create_app() for one of `serve --workers N`'s processes, which ends with the serve
-    process however that ends (uvicorn's workers otherwise outlive a SIGKILLed supervisor)."""
-    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
-    if supervisor:
-        exit_with_parent(int(supervisor))
-    return create_app()
 
 
 class SwarmwatchAPI(FastAPI):

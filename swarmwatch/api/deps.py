@@ -13,10 +13,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from swarmwatch.access import Role, can_read, role_of
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.auth import verify_api_key
 from swarmwatch.config import Settings
-from swarmwatch.models import ApiKey, Study
 from swarmwatch.store import Database
+from swarmwatch.store.models import ApiKey, Study
 
 bearer = HTTPBearer(auto_error=False, description="API key from `swarmwatch apikey create`")
 
@@ -35,8 +36,15 @@ async def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+async def get_analysis_caches(request: Request) -> AnalysisCaches:
+    caches: AnalysisCaches = request.app.state.analysis_caches
+    return caches
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+#: The app's cached analysis answers (create_app makes them; nothing is process-global).
+CachesDep = Annotated[AnalysisCaches, Depends(get_analysis_caches)]
 
 
 def get_session(db: DatabaseDep) -> Iterator[Session]:
@@ -142,6 +150,7 @@ OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 __all__ = [
     "ApiKeyApartDep",
     "ApiKeyDep",
+    "CachesDep",
     "DatabaseDep",
     "OptionalKeyDep",
     "OwnedStudyDep",

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from swarmwatch.custody import KeyCustody, WrappedKey, WrongSecret
-from swarmwatch.models import DeploymentSecret, Study, StudyKey, utcnow
+from swarmwatch.store.models import DeploymentSecret, Study, StudyKey, utcnow
 
 log = logging.getLogger(__name__)
 

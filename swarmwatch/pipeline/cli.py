@@ -61,6 +61,11 @@ def ingest_command(
         console.print(f"[yellow]skipped[/yellow] {error}")
     if report.bad > len(report.errors):
         console.print(f"... and {report.bad - len(report.errors)} more bad lines")
+    if report.resumed_lines:
+        typer.echo(
+            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes; "
+            f"{report.already_stored} sightings there were stored by an earlier run)"
+        )
     stats = report.pipeline
     typer.echo(
         f"{report.accepted} sightings read, {report.bad} bad lines skipped; "
@@ -69,6 +74,7 @@ def ingest_command(
         f"{stats.get('unknown_infohash', 0)} for unregistered torrents, "
         f"{stats.get('sealed', 0)} for sealed studies"
     )
+    typer.echo(f"{report.lines} lines in {report.seconds:.1f} s: {report.lines_per_second:,.0f}/s")
 
 
 @geoip_app.command("info")

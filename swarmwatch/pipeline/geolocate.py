@@ -6,12 +6,13 @@ A database record covers a whole network, so lookups are cached per network.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import enum
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -478,10 +479,6 @@ class Geolocator:
     def asn_metadata(self) -> Any:
         return self._local.asn.metadata() if self._local.asn is not None else None
 
-    @property
-    def executor(self) -> Executor | None:
-        return self._executor
-
     def _placement(self, raw: RawPlace) -> Placement:
         anomaly, country, geoname_id, cell, asn = raw
         metro = self.metro_of.get(geoname_id) if geoname_id is not None else None
@@ -496,15 +493,43 @@ class Geolocator:
             out.append(placement)
         return out
 
+    def cached(self, key: int) -> Placement | None:
+        """The placement cached for the address key's network, or None (no lookup)."""
+        return self.cache.get(key)
+
+    async def locate_many(self, keys: list[int]) -> list[Placement]:
+        """Placements of address keys, cached afterwards: looked up in the worker
+        process if there is one (the other core), else here. For the misses of
+        cached(): every key is looked up, cached or not."""
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            resolved = await loop.run_in_executor(self._executor, _worker_resolve, keys)
+        else:
+            resolved = self._local.resolve(keys)
+        return self.store(keys, resolved)
+
+    async def warm(self) -> None:
+        """Start the worker process now (it starts on first use), so that its start-up
+        is not paid by the first batch (or inside a benchmark's clock)."""
+        if self._executor is not None:
+            await self.locate_many([address_key(ipaddress.IPv4Address("127.0.0.1"))])
+
+    @property
+    def has_metros(self) -> bool:
+        return bool(self.metro_of)
+
+    def add_metros(self, metro_of: Mapping[int, int]) -> None:
+        """Metro areas by city (geoname_id -> metro id), once places are loaded. Cached
+        placements lack them, so the cache starts again."""
+        self.metro_of.update(metro_of)
+        self.cache.clear()
+
     def locate(self, key: int) -> Placement:
         """One address, synchronously (tests, the replay path's first look)."""
         hit = self.cache.get(key)
         if hit is not None:
             return hit
         return self.store([key], self._local.resolve([key]))[0]
-
-    def resolve_local(self, keys: list[int]) -> list[tuple[int, RawPlace]]:
-        return self._local.resolve(keys)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,26 +21,25 @@ from sqlalchemy import select
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import is_embedded
-from swarmwatch.models import Torrent
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
 from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
 from swarmwatch.pipeline.geolocate import (
     V6_FLAG,
     Geolocator,
     Placement,
-    _worker_resolve,
     packed_key,
 )
 from swarmwatch.pipeline.places import metro_map
-from swarmwatch.pipeline.writer import (
+from swarmwatch.sightings import PeerSighting, SampleRecord
+from swarmwatch.store import Database
+from swarmwatch.store.batch import ReplayMark, SightingRow
+from swarmwatch.store.models import Torrent
+from swarmwatch.store.writer import (
     BatchWriter,
     CommitUncertain,
-    SightingRow,
     WriteBatch,
     WriteResult,
 )
-from swarmwatch.sightings import PeerSighting, SampleRecord
-from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,11 @@ class Pipeline:
 
         self._items: list[PeerSighting] = []
         self._samples: list[SampleRecord] = []
+        # Replay marks, each after the number of sightings put before it: a batch takes
+        # the last mark its sightings reach (put_mark).
+        self._marks: deque[tuple[int, ReplayMark]] = deque()
+        self._items_put = 0
+        self._items_taken = 0
         self._put_seq = 0
         self._taken_seq = 0
         self._done_seq = 0
@@ -262,6 +267,7 @@ class Pipeline:
             if self._closing:
                 raise PipelineClosed("the pipeline is closed")
         self._items.append(sighting)
+        self._items_put += 1
         self._put_seq += 1
         if len(self._items) >= self.batch_size:
             self._wake.set()
@@ -270,6 +276,14 @@ class Pipeline:
         """put() for each, for replay and benchmarks."""
         for s in sightings:
             await self.put(s)
+
+    async def put_mark(self, mark: ReplayMark) -> None:
+        """Note how far into a replayed file everything put so far reaches: stored in
+        the transaction of the batch that takes the last of those sightings."""
+        if self._closing:
+            raise PipelineClosed("the pipeline is closed")
+        self._marks.append((self._items_put, mark))
+        self._put_seq += 1
 
     async def put_sample(self, sample: SampleRecord) -> None:
         if self._closing:
@@ -293,12 +307,11 @@ class Pipeline:
     async def refresh(self) -> None:
         """Re-read registered torrents and study keys (creating keys a study lacks)."""
         torrents, keys, metros = await asyncio.to_thread(
-            self._load_registry, not self.geolocator.metro_of
+            self._load_registry, not self.geolocator.has_metros
         )
         self._torrents, self._keys = torrents, keys
         if metros:
-            self.geolocator.metro_of.update(metros)
-            self.geolocator.cache.clear()  # cached placements lack the metro
+            self.geolocator.add_metros(metros)
         self._refreshed_at = time.monotonic()
 
     async def _refresh_while_preparing(self) -> None:
@@ -357,7 +370,7 @@ class Pipeline:
                     pass
             self._wake.clear()
             self._force = False
-            if not self._items and not self._samples:
+            if not self._items and not self._samples and not self._marks:
                 if self._stop:
                     await self._write_q.put(None)
                     return
@@ -369,11 +382,18 @@ class Pipeline:
             items = self._items[:take]
             del self._items[:take]
             samples, self._samples = self._samples, []
+            self._items_taken += len(items)
+            mark: ReplayMark | None = None
+            marks = 0
+            while self._marks and self._marks[0][0] <= self._items_taken:
+                mark = self._marks.popleft()[1]
+                marks += 1
             self._space.set()
-            self._taken_seq += len(items) + len(samples)
+            self._taken_seq += len(items) + len(samples) + marks
             seq = self._taken_seq
             try:
                 batch = await self._prepare(items, samples)
+                batch.mark = mark
             except Exception as exc:  # a bug must not stop the crawl; no address in the log
                 log.error("pipeline: a batch could not be prepared (%s)", type(exc).__name__)
                 self.stats.lost += len(items)
@@ -405,7 +425,7 @@ class Pipeline:
             stats.samples += 1
 
         geo = self.geolocator
-        cache_get = geo.cache.get
+        cached = geo.cached
         window = self.window_seconds
         coalesce = self._coalesce
         kept: list[tuple[PeerSighting, int, list[TorrentRef], Placement | None]] = []
@@ -433,7 +453,7 @@ class Pipeline:
                 continue
             members.add(ckey)
             self._coalesce_size += 1
-            place = cache_get(key)
+            place = cached(key)
             if place is None:
                 misses[key] = None
             kept.append((s, key, refs, place))
@@ -442,14 +462,7 @@ class Pipeline:
         if misses:
             keys = list(misses)
             stats.geo_lookups += len(keys)
-            executor = geo.executor
-            if executor is not None:
-                resolved = await asyncio.get_running_loop().run_in_executor(
-                    executor, _worker_resolve, keys
-                )
-            else:
-                resolved = geo.resolve_local(keys)
-            found = dict(zip(keys, geo.store(keys, resolved), strict=True))
+            found = dict(zip(keys, await geo.locate_many(keys), strict=True))
 
         study_keys = self._keys
         rows: list[SightingRow] = batch.sightings
@@ -465,20 +478,20 @@ class Pipeline:
                     stats.sealed += 1
                     continue
                 append(
-                    (
-                        ref.study_id,
-                        ref.title_id,
-                        ref.torrent_id,
-                        peer_key(secret, packed),
-                        s.seen_at,
-                        source,
-                        s.vantage,
-                        s.seed,
-                        place.country,
-                        place.geoname_id,
-                        place.metro_id,
-                        place.h3_cell,
-                        place.asn,
+                    SightingRow(
+                        study_id=ref.study_id,
+                        title_id=ref.title_id,
+                        torrent_id=ref.torrent_id,
+                        peer_key=peer_key(secret, packed),
+                        seen_at=s.seen_at,
+                        source=source,
+                        vantage=s.vantage,
+                        seed=s.seed,
+                        country=place.country,
+                        geoname_id=place.geoname_id,
+                        metro_id=place.metro_id,
+                        h3_cell=place.h3_cell,
+                        asn=place.asn,
                     )
                 )
                 if place.anomaly is not None:

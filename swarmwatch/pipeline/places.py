@@ -36,8 +36,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
 
-from swarmwatch.models import City, Metro
 from swarmwatch.store import Database
+from swarmwatch.store.models import City, Metro
 
 log = logging.getLogger(__name__)
 

@@ -3,25 +3,39 @@
 Each line is untrusted input: a bad line raises ReplayRowError inside the parser,
 is reported with its line number (never its content: it may hold an address), and
 is skipped; good lines are never lost because of a bad neighbour.
+
+Resumable and idempotent: each write batch stores, in its own transaction, a keyed
+digest of the file's bytes up to the last line its sightings came from
+(replay_progress). Run again after any interruption, the same file (or one that
+starts with it, such as a log that grew) resumes after the last stored line, so no
+line is counted twice. A file whose overlap with an earlier one is not a common
+prefix is not recognised: its lines are counted again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import ipaddress
 import json
 import logging
 import re
+import secrets
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
+from swarmwatch.store.batch import ReplayMark
+from swarmwatch.store.models import ReplayProgress, StoreSecret
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +69,16 @@ class ReplayReport:
     bad: int = 0
     errors: list[ReplayError] = field(default_factory=list)
     pipeline: dict[str, int] = field(default_factory=dict)
+    # Where this run resumed: lines (and bytes) of the file an earlier run had stored.
+    resumed_lines: int = 0
+    resumed_bytes: int = 0
+    already_stored: int = 0  # sightings of those lines, read and not put again
+    seconds: float = 0.0
+
+    @property
+    def lines_per_second(self) -> float:
+        """Lines read by this run (after where it resumed) per second."""
+        return self.lines / self.seconds if self.seconds else 0.0
 
     def add_error(self, error: ReplayError) -> None:
         self.bad += 1
@@ -204,11 +228,25 @@ def detect_format(path: Path) -> str:
 
 
 async def ingest_lines(
-    raw: Iterable[bytes], pipeline: Pipeline, *, fmt: str, vantage: str = "replay"
+    raw: Iterable[bytes],
+    pipeline: Pipeline,
+    *,
+    fmt: str,
+    vantage: str = "replay",
+    cursor: FileCursor | None = None,
+    resume_after: int = 0,
 ) -> ReplayReport:
-    """Feed parsed lines into a running pipeline; returns once they are all written."""
+    """Feed parsed lines into a running pipeline; returns once they are all written.
+
+    With a cursor (the reader of `raw`), a replay mark follows each sighting, and the
+    sightings of lines up to `resume_after` (stored by an earlier run) are not put.
+    """
     report = ReplayReport()
     for item in parse_lines(raw, fmt=fmt, vantage=vantage):
+        if cursor is not None and cursor.lines <= resume_after:
+            if not isinstance(item, ReplayError):
+                report.already_stored += 1
+            continue
         report.lines += 1
         if isinstance(item, ReplayError):
             report.add_error(item)
@@ -216,23 +254,93 @@ async def ingest_lines(
             continue
         await pipeline.put(item)
         report.accepted += 1
+        if cursor is not None:
+            await pipeline.put_mark(cursor.mark())
+    if cursor is not None and cursor.lines > resume_after:
+        await pipeline.put_mark(cursor.mark())  # the lines after the last sighting
     await pipeline.flush()
     report.pipeline = pipeline.stats.as_dict()
     return report
 
 
+class FileCursor:
+    """Reads a file's lines while hashing them: where a replay is, as a ReplayMark.
+
+    The hash is keyed (BLAKE2b with the database's replay key): the lines hold raw
+    addresses, and an unkeyed digest of a short prefix (a header and one line) could
+    be searched for the address it hashes by anyone, which would keep an address in the
+    database in all but name. The key sits in store_secret, beside the study keys: it
+    protects as much as they do, and belongs wherever key custody puts them.
+    """
+
+    def __init__(self, key: bytes = b"") -> None:
+        self.sha = hashlib.blake2b(key=key, digest_size=32)
+        self.bytes_read = 0
+        self.lines = 0
+
+    def mark(self) -> ReplayMark:
+        return ReplayMark(self.sha.copy().digest(), self.bytes_read, self.lines)
+
+    def read(self, path: Path) -> Iterator[bytes]:
+        """The lines of `path` (a line longer than MAX_LINE_BYTES comes as a too-long
+        placeholder), hashed and counted before each is handed on."""
+        with path.open("rb") as f:
+            while True:
+                chunk = f.readline(MAX_LINE_BYTES + 1)
+                if not chunk:
+                    return
+                self._count(chunk)
+                if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                    while chunk and not chunk.endswith(b"\n"):  # skip the rest of it
+                        chunk = f.readline(MAX_LINE_BYTES + 1)
+                        self.sha.update(chunk)
+                        self.bytes_read += len(chunk)
+                    yield b"\0" * (MAX_LINE_BYTES + 1)
+                    continue
+                yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.bytes_read += len(chunk)
+        self.lines += 1
+
+
 def _file_lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while True:
-            chunk = f.readline(MAX_LINE_BYTES + 1)
-            if not chunk:
-                return
-            if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-                while chunk and not chunk.endswith(b"\n"):  # skip the rest of the long line
-                    chunk = f.readline(MAX_LINE_BYTES + 1)
-                yield b"\0" * (MAX_LINE_BYTES + 1)
-                continue
-            yield chunk
+    return FileCursor().read(path)
+
+
+def replay_key(db: Database) -> bytes:
+    """The key of this database's replay digests, made on first use."""
+    with db.writing() as session:
+        key = session.scalar(select(StoreSecret.value).where(StoreSecret.name == "replay"))
+        if key is None:
+            key = secrets.token_bytes(32)
+            session.add(StoreSecret(name="replay", value=key))
+    return bytes(key)
+
+
+def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
+    """(lines, bytes) of the file that an earlier run stored: the furthest replay mark
+    whose digest is that of the file's own prefix, or (0, 0)."""
+    size = path.stat().st_size
+    with db.session() as session:
+        known = {
+            bytes(digest): (int(lines), int(read))
+            for digest, lines, read in session.execute(
+                select(
+                    ReplayProgress.digest, ReplayProgress.lines, ReplayProgress.bytes_read
+                ).where(ReplayProgress.bytes_read <= size)
+            )
+        }
+    best = (0, 0)
+    if not known:
+        return best
+    sizes = {read for _, read in known.values()}  # hash only where a mark could match
+    cursor = FileCursor(key)
+    for _ in cursor.read(path):
+        if cursor.bytes_read in sizes and cursor.mark().digest in known:
+            best = (cursor.lines, cursor.bytes_read)
+    return best
 
 
 def ingest_file(
@@ -251,15 +359,31 @@ def ingest_file(
     if kind not in {"csv", "jsonl"}:
         raise ValueError(f"unknown format {kind!r} (csv or jsonl)")
 
+    started = time.perf_counter()
+    key = replay_key(db)
+    resume_lines, resume_bytes = resume_point(path, db, key)
+    cursor = FileCursor(key)
+
     async def run() -> ReplayReport:
         async with Pipeline(db, **(pipeline_options or {})) as pipeline:
-            return await ingest_lines(_file_lines(path), pipeline, fmt=kind, vantage=vantage)
+            return await ingest_lines(
+                cursor.read(path),
+                pipeline,
+                fmt=kind,
+                vantage=vantage,
+                cursor=cursor,
+                resume_after=resume_lines,
+            )
 
-    return asyncio.run(run())
+    report = asyncio.run(run())
+    report.resumed_lines, report.resumed_bytes = resume_lines, resume_bytes
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 __all__ = [
     "FIELDS",
+    "FileCursor",
     "ReplayError",
     "ReplayReport",
     "detect_format",
@@ -268,4 +392,5 @@ __all__ = [
     "parse_lines",
     "parse_record",
     "parse_time",
+    "resume_point",
 ]

@@ -1,4 +1,8 @@
-"""Storage: engines for SQLite (embedded default) and PostgreSQL, and migrations."""
+"""Storage: the schema (models, rollup and lease tables), the one writer and its rollup
+upkeep, engines for SQLite (embedded default) and PostgreSQL, and migrations.
+
+The pipeline hands the writer typed batches (batch.SightingRow); analysis only reads.
+"""
 
 from __future__ import annotations
 

@@ -36,11 +36,10 @@ from swarmwatch.analysis.rankings import (
     Ranking,
     compute_ranking,
 )
-from swarmwatch.analysis.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
-from swarmwatch.analysis.versioned import requests_in_flight
-from swarmwatch.api.deps import ReadableStudyDep, SessionDep
+from swarmwatch.api.deps import CachesDep, ReadableStudyDep, SessionDep
+from swarmwatch.store.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Keep the default time-lapse warm in the background while the server runs."""
     stop = threading.Event()
     database = getattr(app.state, "database", None)
-    if database is not None:
+    caches = getattr(app.state, "analysis_caches", None)
+    if database is not None and caches is not None:
         threading.Thread(
-            target=keep_frames_warm, args=(database, stop), daemon=True, name="warm-frames"
+            target=keep_frames_warm,
+            args=(database, caches, stop),
+            daemon=True,
+            name="warm-frames",
         ).start()
     try:
         yield
@@ -60,9 +63,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
 
 
-def _in_flight() -> Iterator[None]:
+def _in_flight(caches: CachesDep) -> Iterator[None]:
     # Counted so the start-up warm-up pauses for requests (versioned.Activity).
-    with requests_in_flight:
+    with caches.activity:
         yield
 
 
@@ -177,9 +180,9 @@ def _scope(
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
 
 
-def _ranking(session: SessionDep, scope: Scope, **kwargs: Any) -> Ranking:
+def _ranking(session: SessionDep, scope: Scope, caches: CachesDep, **kwargs: Any) -> Ranking:
     try:
-        return compute_ranking(session.connection(), scope, **kwargs)
+        return compute_ranking(session.connection(), scope, caches=caches, **kwargs)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
@@ -188,6 +191,7 @@ def _ranking(session: SessionDep, scope: Scope, **kwargs: Any) -> Ranking:
 def summary(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     title: TitleQ = None,
     start: FromQ = None,
     end: ToQ = None,
@@ -195,13 +199,14 @@ def summary(
 ) -> dict[str, Any]:
     """Unique peers (downloads), anomalies, seeds/leechers, daily series, Chao1 estimate."""
     scope = _scope(session, study, title, start, end, vantage)
-    return compute_summary(session.connection(), scope)
+    return compute_summary(session.connection(), scope, caches)
 
 
 @router.get("/{study_id}/rankings", response_model=RankingPublic)
 def rankings(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     level: LevelQ = "city",
     metric: MetricQ = "absolute",
     title: TitleQ = None,
@@ -216,6 +221,7 @@ def rankings(
     ranking = _ranking(
         session,
         scope,
+        caches,
         level=level,
         metric=metric,
         min_population=min_population,
@@ -247,6 +253,7 @@ def _row(row: Any) -> dict[str, Any]:
 def rankings_csv(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     level: LevelQ = "city",
     metric: MetricQ = "absolute",
     title: TitleQ = None,
@@ -262,6 +269,7 @@ def rankings_csv(
     ranking = _ranking(
         session,
         scope,
+        caches,
         level=level,
         metric=metric,
         min_population=min_population,
@@ -281,6 +289,7 @@ def rankings_csv(
 def rankings_sidecar(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     level: LevelQ = "city",
     metric: MetricQ = "absolute",
     title: TitleQ = None,
@@ -295,6 +304,7 @@ def rankings_sidecar(
     ranking = _ranking(
         session,
         scope,
+        caches,
         level=level,
         metric=metric,
         min_population=min_population,
@@ -309,6 +319,7 @@ def frames(
     request: Request,
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     interval: Annotated[
         int, Query(description=f"seconds, one of {FRAME_INTERVALS} (never below the cadence)")
     ] = 3600,
@@ -339,7 +350,8 @@ def frames(
                 interval=interval,
                 res=res,
                 top=top,
-                waiting=requests_in_flight.set_aside,
+                waiting=caches.activity.set_aside,
+                caches=caches,
             )
             body = answer.gzipped if gzip_ok else answer.body
             if answer.stale_since is not None:
@@ -350,9 +362,13 @@ def frames(
         # Joined from each frame's cached JSON (or gzip piece), not re-validated or
         # re-compressed: 120 frames of thousands of cells are tens of MB at full scale.
         elif gzip_ok:
-            body = frames_gzip(session.connection(), scope, interval=interval, res=res, top=top)
+            body = frames_gzip(
+                session.connection(), scope, interval=interval, res=res, top=top, caches=caches
+            )
         else:
-            body = frames_json(session.connection(), scope, interval=interval, res=res, top=top)
+            body = frames_json(
+                session.connection(), scope, interval=interval, res=res, top=top, caches=caches
+            )
     except ScopeError as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     if gzip_ok:
@@ -364,6 +380,7 @@ def frames(
 def cells(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     res: CellResQ = DEFAULT_CELL_RES,
     title: TitleQ = None,
     start: FromQ = None,
@@ -371,7 +388,7 @@ def cells(
     vantage: VantageQ = None,
 ) -> Response:
     scope = _scope(session, study, title, start, end, vantage)
-    ranking = _ranking(session, scope, level="cell", limit=None, res=res)
+    ranking = _ranking(session, scope, caches, level="cell", limit=None, res=res)
     return Response(
         json.dumps(cells_geojson(ranking), separators=(",", ":")),
         media_type="application/geo+json",
@@ -383,13 +400,14 @@ def cells(
 def cities(
     study: ReadableStudyDep,
     session: SessionDep,
+    caches: CachesDep,
     title: TitleQ = None,
     start: FromQ = None,
     end: ToQ = None,
     vantage: VantageQ = None,
 ) -> Response:
     scope = _scope(session, study, title, start, end, vantage)
-    ranking = _ranking(session, scope, level="city", limit=None)
+    ranking = _ranking(session, scope, caches, level="city", limit=None)
     return Response(
         json.dumps(cities_geojson(ranking), separators=(",", ":")),
         media_type="application/geo+json",

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from swarmwatch.api.deps import ApiKeyDep
 from swarmwatch.api.schemas import ApiKeyPublic
-from swarmwatch.models import ApiKey
+from swarmwatch.store.models import ApiKey
 
 router = APIRouter(prefix="/api/v1/keys", tags=["access"])
 

@@ -20,7 +20,7 @@ from swarmwatch.api.deps import (
     SettingsDep,
 )
 from swarmwatch.api.schemas import GrantCreate, GrantPublic, Page, StudyCreate, StudyPublic
-from swarmwatch.models import ApiKey, Study, StudyGrant
+from swarmwatch.store.models import ApiKey, Study, StudyGrant
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 

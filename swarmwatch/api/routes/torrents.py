@@ -15,7 +15,6 @@ from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
 from swarmwatch.access import Role, can_read, readable_studies, role_of
-from swarmwatch.analysis.rollups import unique_peers
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -34,8 +33,9 @@ from swarmwatch.api.schemas import (
     TorrentPublic,
     TrackerPublic,
 )
-from swarmwatch.models import ApiKey, Sample, Study, Title, Torrent
 from swarmwatch.store import Database
+from swarmwatch.store.models import ApiKey, Sample, Study, Title, Torrent
+from swarmwatch.store.rollups import unique_peers
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 

@@ -22,11 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from swarmwatch import shipped
+from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.rankings import PLACE_BASE_RES, cell_population
 from swarmwatch.api.costly import KeptAnswers, WorkBudget
-from swarmwatch.api.deps import SessionDep
+from swarmwatch.api.deps import CachesDep, SessionDep
 from swarmwatch.config import Settings
-from swarmwatch.models import City
+from swarmwatch.store.models import City
 
 WEB_DIR = shipped("web")
 #: Seconds an outline answer is reused: geometry never changes, populations only when
@@ -131,7 +132,9 @@ class GeometryLimits:
     response_class=JSONResponse,
     responses={429: {"description": "this client's cell budget is spent: retry after"}},
 )
-def cell_outlines(body: CellOutlinesRequest, session: SessionDep, request: Request) -> Response:
+def cell_outlines(
+    body: CellOutlinesRequest, session: SessionDep, caches: CachesDep, request: Request
+) -> Response:
     """Hexagon outlines as GeoJSON for H3 cell ids, with each cell's population.
 
     No study data: outlines are geometry, ``properties.population`` is the sum
@@ -167,7 +170,7 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep, request: Reque
                 detail=f"outline budget spent ({len(cells)} cells asked): retry in {wait:.0f} s",
                 headers={"Retry-After": str(math.ceil(wait))},
             )
-        answer = _outlines_answer(session, cells, body.cities)
+        answer = _outlines_answer(session, cells, body.cities, caches)
         kept = json.dumps(answer, separators=(",", ":")).encode()
         limits.answers.put(key, kept)
     if "gzip" not in request.headers.get("accept-encoding", ""):
@@ -182,8 +185,10 @@ def cell_outlines(body: CellOutlinesRequest, session: SessionDep, request: Reque
     return Response(packed, media_type="application/json", headers=headers)
 
 
-def _outlines_answer(session: Session, cells: list[str], city_ids: list[int]) -> dict[str, Any]:
-    features = outlines_with_population(session, cells)
+def _outlines_answer(
+    session: Session, cells: list[str], city_ids: list[int], caches: AnalysisCaches
+) -> dict[str, Any]:
+    features = outlines_with_population(session, cells, caches)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
     if city_ids:
@@ -201,10 +206,12 @@ def _valid_cell(cell: str) -> bool:
         return False
 
 
-def outlines_with_population(session: Session, cells: list[str]) -> list[dict[str, Any]]:
+def outlines_with_population(
+    session: Session, cells: list[str], caches: AnalysisCaches | None = None
+) -> list[dict[str, Any]]:
     """GeoJSON features of valid H3 cells, with residents as in cell rankings."""
     populations = {
-        res: cell_population(session.connection(), res)
+        res: cell_population(session.connection(), res, caches)
         for res in {h3.get_resolution(c) for c in cells}
     }
     features = []

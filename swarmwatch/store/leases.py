@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Column, Index, Integer, String, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from swarmwatch.models import Base, UTCDateTime, utcnow
+from swarmwatch.store.models import Base, UTCDateTime, utcnow
 
 #: A lease outlives three missed heartbeats (HEARTBEAT_SECONDS) before another worker takes it.
 LEASE_SECONDS = 45.0

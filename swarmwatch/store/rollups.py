@@ -17,11 +17,14 @@ two hours is one peer in the day. So frames are kept only at fixed intervals
 interval is never finer than the sampling cadence: trackers are re-asked at least
 every ``tracker_max_interval`` (30 min) and DHT lookups more often, so every
 active peer has a chance to be seen in every hourly frame. A distinct count needs
-to know whether a peer was already counted in the frame: ``rollup_presence`` keeps
-one row per (title, interval, bucket, peer) for that, keyed by the first 64 bits
-of the peer key (a collision merges two peers with probability ~n²/2⁶⁵, about
-3·10⁻⁸ for a million peers in one hour; a peer new to its title is never merged,
-as its presence rows are known to be new). Presence rows are never read by queries.
+to know whether a peer was already counted in the frame. The writer keeps a peer's
+latest hour and day in its peer row (see apply_rows); ``rollup_presence`` keeps one
+row per (title, interval, bucket, peer) for the frames a peer has moved on from
+(and for every frame, when rollups are folded without the peer table), keyed by the
+first 64 bits of the peer key (a collision merges two peers with probability
+~n²/2⁶⁵, about 3·10⁻⁸ for a million peers in one hour; a peer new to its title is
+never merged, as its presence is known to be new). Presence rows are never read by
+queries.
 
 A study-level answer is the sum over its titles: a person who downloads two
 titles is two downloads, which is what the study counts.
@@ -29,33 +32,31 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
-import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from h3.api import basic_int as h3i
 from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    Engine,
     ForeignKey,
     Index,
     Integer,
     String,
     Table,
     bindparam,
-    event,
     func,
     select,
 )
 
-from swarmwatch.models import Base
 from swarmwatch.sightings import AnonymousSighting
+from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.chunks import row_chunks
+from swarmwatch.store.models import Base
 
 #: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
 FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)
@@ -70,7 +71,46 @@ CELL_RESOLUTIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
 FRAME_STORED_RES = max(FRAME_RESOLUTIONS)
 #: The resolution rollup_cell and rollup_cell_day rows are written at.
 CELL_STORED_RES = max(CELL_RESOLUTIONS)
-DAY = 86400
+HOUR, DAY = FRAME_INTERVALS
+
+
+class PeerFrames(NamedTuple):
+    """A peer's presence before a batch, as the writer's peer upsert returns it: its
+    latest hour and day, and the bitmaps of the frames it moved on from (bit i of
+    hours0 is hour hour_base + i, of hours1 hour hour_base + 64 + i, of days day
+    day_base + i; each base is the peer's first frame). Frames outside the bitmaps,
+    and frames a peer moved on from within one batch, are rollup_presence rows."""
+
+    hour: int
+    day: int
+    hour_base: int | None = None
+    hours0: int = 0
+    hours1: int = 0
+    day_base: int | None = None
+    days: int = 0
+
+    def latest(self, at: int) -> int:
+        return self.hour if at == 0 else self.day
+
+    def in_bitmap(self, at: int, bucket: int) -> bool | None:
+        """Whether the bitmaps hold the frame: None if it lies outside them."""
+        if at == 0:
+            if self.hour_base is None:
+                return None
+            i = bucket - self.hour_base
+            if 0 <= i < 64:
+                return bool(self.hours0 >> i & 1)
+            if 64 <= i < 128:
+                return bool(self.hours1 >> (i - 64) & 1)
+            return None
+        if self.day_base is None:
+            return None
+        i = bucket - self.day_base
+        return bool(self.days >> i & 1) if 0 <= i < 64 else None
+
+
+#: The prior frames of a peer new to its title: none (every bucket is after them).
+NEW_PEER = PeerFrames(-1, -1)
 
 _KW: dict[str, Any] = {"sqlite_with_rowid": False}  # clustered on the key: half the size
 
@@ -89,6 +129,13 @@ def _count(name: str) -> Column[int]:
     return Column(name, BigInteger, nullable=False, default=0)
 
 
+def _rk(name: str) -> Column[int]:
+    """The sum of the record keys (peer.record_key) of the peers a count counts: what the
+    cell-key method derives a cell's noise from (DESIGN.md). Rows written before
+    migration 0007_i17_store hold 0 for what they counted then."""
+    return Column(name, BigInteger, nullable=False, default=0, server_default="0")
+
+
 # Unique peers per place, all time. geoname_id 0: not placed at city level;
 # country '': not placed at all (alpha60's "anomalies").
 rollup_place = Table(
@@ -100,6 +147,8 @@ rollup_place = Table(
     Column("metro_id", Integer, nullable=False, default=0),
     _count("peers"),
     _count("seeds"),
+    _rk("peers_rk"),
+    _rk("seeds_rk"),
     **_KW,
 )
 
@@ -115,6 +164,8 @@ rollup_place_day = Table(
     Column("metro_id", Integer, nullable=False, default=0),
     _count("peers"),
     _count("seeds"),
+    _rk("peers_rk"),
+    _rk("seeds_rk"),
     **_KW,
 )
 
@@ -127,6 +178,7 @@ rollup_cell = Table(
     Column("res", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 rollup_cell_day = Table(
@@ -138,6 +190,7 @@ rollup_cell_day = Table(
     Column("res", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 
@@ -151,6 +204,7 @@ rollup_frame = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("h3_cell", BigInteger, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 rollup_frame_city = Table(
@@ -161,6 +215,7 @@ rollup_frame_city = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("geoname_id", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     # Top cities of a frame are an index range scan, not a sort of every city.
     Index("ix_rollup_frame_city_top", "title_id", "interval_s", "bucket", "peers"),
     **_KW,
@@ -173,6 +228,8 @@ rollup_active = Table(
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
     _count("city_peers"),  # placed at a city: the rest of a frame is hidden in suppression
+    _rk("peers_rk"),
+    _rk("city_peers_rk"),
     **_KW,
 )
 
@@ -187,6 +244,7 @@ rollup_activity = Table(
     _count("sightings"),
     _count("new_peers"),
     _count("seed_sightings"),
+    _rk("new_peers_rk"),
     **_KW,
 )
 
@@ -210,6 +268,7 @@ rollup_peer_times = Table(
     _title_fk(),
     Column("times", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
+    _rk("peers_rk"),
     **_KW,
 )
 
@@ -351,9 +410,10 @@ class PresenceCache:
 
     Most sightings repeat a peer already counted in the current frame (peers
     re-announce every few minutes). A key enters the cache only when the
-    transaction that wrote or met it commits, so a rolled-back batch can never
-    make a later one skip a count; a committed presence row stays true whoever
-    wrote it, so several writers may share a database. Memory is bounded:
+    transaction that wrote or met it commits (its owner, the writer, calls
+    commit() or rollback() after each transaction), so a rolled-back batch can
+    never make a later one skip a count; a committed presence row stays true
+    whoever wrote it, so several writers may share a database. Memory is bounded:
     past ``limit`` keys, the frames that ended first are forgotten (a forgotten
     key costs one database probe, never a wrong count).
     """
@@ -361,19 +421,21 @@ class PresenceCache:
     def __init__(self, limit: int = PRESENCE_CACHE_LIMIT) -> None:
         self.limit = limit
         self.size = 0
-        # (title, interval, bucket) -> committed peer ids; read directly by apply_batch.
+        # (title, interval, bucket) -> committed peer ids; read directly by apply_rows.
         self.frames: dict[tuple[int, int, int], set[int]] = {}
-        self._pending: dict[int, list[Key]] = {}
+        self._pending: list[Key] = []
 
     def known(self, key: Key) -> bool:
         frame = self.frames.get(key[:3])
         return frame is not None and key[3] in frame
 
-    def hold(self, conn: Connection, keys: list[Key]) -> None:
-        self._pending.setdefault(id(conn.connection.dbapi_connection), []).extend(keys)
+    def hold(self, keys: list[Key]) -> None:
+        """Keys the current transaction wrote or met: known once it commits."""
+        self._pending.extend(keys)
 
-    def commit(self, dbapi_id: int) -> None:
-        for key in self._pending.pop(dbapi_id, ()):
+    def commit(self) -> None:
+        pending, self._pending = self._pending, []
+        for key in pending:
             frame = self.frames.setdefault(key[:3], set())
             if key[3] not in frame:
                 frame.add(key[3])
@@ -381,8 +443,8 @@ class PresenceCache:
         if self.size > self.limit:
             self._evict()
 
-    def rollback(self, dbapi_id: int) -> None:
-        self._pending.pop(dbapi_id, None)
+    def rollback(self) -> None:
+        self._pending = []
 
     def _evict(self) -> None:
         # Frames that ended earliest first: late sightings for them are the rarest.
@@ -392,34 +454,21 @@ class PresenceCache:
             self.size -= len(self.frames.pop(frame_key))
 
 
-_caches: weakref.WeakKeyDictionary[Engine, PresenceCache] = weakref.WeakKeyDictionary()
-
-
-def presence_cache(engine: Engine) -> PresenceCache:
-    """The engine's presence cache, hooked to its commits and rollbacks on first use."""
-    cache = _caches.get(engine)
-    if cache is None:
-        cache = _caches[engine] = PresenceCache()
-
-        def _dbapi_id(conn: Connection) -> int:
-            return id(conn.connection.dbapi_connection)
-
-        event.listen(engine, "commit", lambda conn: cache.commit(_dbapi_id(conn)))
-        event.listen(engine, "rollback", lambda conn: cache.rollback(_dbapi_id(conn)))
-    return cache
-
-
-def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
+def apply_batch(
+    conn: Connection, batch: list[AnonymousSighting], presence: PresenceCache | None = None
+) -> None:
     """Fold one batch of AnonymousSightings into every rollup, in the caller's transaction.
 
     The writer calls apply_rows() with its row tuples instead (no object per row);
     this form is for callers that hold AnonymousSightings. A peer marked new_peer
-    more than once in the batch is counted once.
+    more than once in the batch is counted once. Without a presence cache (whose
+    owner must commit it with the transaction), every presence key is asked of the
+    database: slower, never wrong.
     """
     if not batch:
         return
     rows = [
-        (
+        SightingRow(
             s.study_id,
             s.title_id,
             s.torrent_id,
@@ -442,7 +491,7 @@ def apply_batch(conn: Connection, batch: list[AnonymousSighting]) -> None:
         if s.new_peer and (s.title_id, s.peer_key) not in counted:
             counted.add((s.title_id, s.peer_key))
             new.append(i)
-    apply_rows(conn, rows, new)
+    apply_rows(conn, rows, new, presence or PresenceCache())
 
 
 @lru_cache(maxsize=1 << 18)
@@ -456,39 +505,60 @@ def _stored_parent(cell: int, res: int) -> int | None:
 _NO_PEERS: frozenset[int] = frozenset()
 
 
-def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterable[int]) -> None:
+def apply_rows(
+    conn: Connection,
+    rows: Sequence[SightingRow],
+    new_rows: Iterable[int],
+    presence: PresenceCache,
+    record_keys: Sequence[int] | None = None,
+    prior: Mapping[tuple[int, bytes], PeerFrames] | None = None,
+) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
-    rows are in the writer's SightingRow layout: (study_id, title_id, torrent_id,
-    peer_key, seen_at, source, vantage, seed, country, geoname_id, metro_id, h3_cell,
-    asn). new_rows are the indexes of the rows that first saw a peer new to its
-    title, one per new peer. Everything is first summed per row key (column-wise,
-    with Counters, which count in C), so each table gets one statement per batch
+    rows are the writer's SightingRows; new_rows are the indexes of the rows that
+    first saw a peer new to its title, one per new peer. Everything is first summed
+    per row key (column-wise, with Counters, which count in C), so each table gets
+    one statement per batch
     with one row per distinct key: places, cells and frames repeat across a batch
-    far more than peers do.
+    far more than peers do. record_keys are the rows' peers' record keys (0 for
+    each when not given), summed beside every count. presence holds the frames'
+    peers known to be committed; the keys this batch writes or meets are held in it
+    until the caller's commit.
+
+    prior (the writer's, from its peer upserts) holds each peer's latest hour and day
+    before this batch (NEW_PEER for a peer new to its title; a peer without an entry
+    is asked of rollup_presence). A peer's presence in its latest hour and day is
+    kept in its peer row, not in a rollup_presence row: a frame later than the
+    peer's latest is new for sure, its latest is counted already, and its row is
+    written when the peer moves on to a later frame, so that a late sighting of an
+    earlier frame is asked of rollup_presence as before. An all-unique stream
+    writes no presence row at all.
     """
     if not rows:
         return
-    cache = presence_cache(conn.engine)
-    frames_known = cache.frames
+    frames_known = presence.frames
     hour_s, day_s = FRAME_INTERVALS
     n = len(rows)
-    stamps = [r[4].timestamp() for r in rows]
-    titles = [r[1] for r in rows]
+    stamps = [r.seen_at.timestamp() for r in rows]
+    titles = [r.title_id for r in rows]
     days = [int(ts // day_s) for ts in stamps]
     hours = [int(ts // hour_s) for ts in stamps]
 
     # Sightings, seed sightings and new peers by day, source and vantage.
-    akeys = list(zip(titles, days, [r[5] for r in rows], [r[6] for r in rows], strict=True))
+    akeys = list(
+        zip(titles, days, [r.source for r in rows], [r.vantage for r in rows], strict=True)
+    )
     seen_n = Counter(akeys)
-    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r[7] is True])
+    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r.seed is True])
     new = sorted(set(new_rows))
+    rks: Sequence[int] = record_keys if record_keys is not None else [0] * n
     new_n = Counter([akeys[i] for i in new])
-    activity = {k: (c, new_n[k], seed_n[k]) for k, c in seen_n.items()}
+    new_rk = _sum_by([akeys[i] for i in new], [rks[i] for i in new])
+    activity = {k: (c, new_n[k], seed_n[k], new_rk.get(k, 0)) for k, c in seen_n.items()}
 
     # Presence candidates: each (frame, peer) once, with the first row that has it,
     # less those the cache knows are committed already.
-    pids = [int.from_bytes(r[3][:8], "big", signed=True) for r in rows]
+    pids = [int.from_bytes(r.peer_key[:8], "big", signed=True) for r in rows]
     candidates: dict[Key, int] = {}
     for interval, buckets in ((hour_s, hours), (day_s, days)):
         keys = list(zip(titles, [interval] * n, buckets, pids, strict=True))
@@ -502,111 +572,175 @@ def apply_rows(conn: Connection, rows: Sequence[Sequence[Any]], new_rows: Iterab
     # Unique peers by place, day and cell, at their first sighting.
     nrows = [rows[i] for i in new]
     ndays = [days[i] for i in new]
-    pkeys = [(r[1], r[9] or 0, r[8] or "") for r in nrows]
-    dkeys = [(r[1], d, r[6], r[9] or 0, r[8] or "") for r, d in zip(nrows, ndays, strict=True)]
-    nseeds = [r[7] is True for r in nrows]
-    metros = [(r[10] or 0,) for r in nrows]
-    place = _with_seeds(pkeys, nseeds)
-    place_day = _with_seeds(dkeys, nseeds)
+    pkeys = [(r.title_id, r.geoname_id or 0, r.country or "") for r in nrows]
+    dkeys = [
+        (r.title_id, d, r.vantage, r.geoname_id or 0, r.country or "")
+        for r, d in zip(nrows, ndays, strict=True)
+    ]
+    nseeds = [r.seed is True for r in nrows]
+    nrks = [rks[i] for i in new]
+    metros = [(r.metro_id or 0,) for r in nrows]
+    place = _with_seeds(pkeys, nseeds, nrks)
+    place_day = _with_seeds(dkeys, nseeds, nrks)
     # The metro a place row is created with: that of its first sighting in the batch.
     metro = dict(zip(reversed(pkeys), reversed(metros), strict=True))
     metro_day = dict(zip(reversed(dkeys), reversed(metros), strict=True))
     res = CELL_STORED_RES
-    parents = [_stored_parent(r[11], res) if r[11] else None for r in nrows]
-    cell = Counter([(r[1], res, p) for r, p in zip(nrows, parents, strict=True) if p is not None])
-    cell_day = Counter(
-        [
-            (r[1], d, r[6], res, p)
-            for r, d, p in zip(nrows, ndays, parents, strict=True)
-            if p is not None
-        ]
+    parents = [_stored_parent(r.h3_cell, res) if r.h3_cell else None for r in nrows]
+    celled = [i for i, p in enumerate(parents) if p is not None]
+    cell = _counted(
+        [(nrows[i].title_id, res, parents[i]) for i in celled], [nrks[i] for i in celled]
+    )
+    cell_day = _counted(
+        [(nrows[i].title_id, ndays[i], nrows[i].vantage, res, parents[i]) for i in celled],
+        [nrks[i] for i in celled],
     )
 
     # Distinct active peers per frame: the candidates the database did not know either.
     # A peer new to its title has no presence row yet, so its keys are fresh without
     # asking the database (and without a RETURNING row each). A peer_id collision with
     # an older peer then counts both rather than merging them.
-    cache.hold(conn, list(candidates))
-    new_peers = {(titles[i], pids[i]) for i in new}
-    known: list[Key] = []
-    first_seen: list[Key] = []
-    for k in candidates:
-        (first_seen if (k[0], k[3]) in new_peers else known).append(k)
-    fresh = [
-        (k, rows[candidates[k]])
-        for k in _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
-    ]
-    active_n = Counter([k[:3] for k, _ in fresh])
-    city_n = Counter([k[:3] for k, r in fresh if r[9]])
-    active = {k: (c, city_n[k]) for k, c in active_n.items()}
-    frame_city = Counter([(*k[:3], r[9]) for k, r in fresh if r[9]])
-    fres = FRAME_STORED_RES
-    frame = Counter(
-        [
-            (k[0], k[1], fres, k[2], p)
-            for k, r in fresh
-            if r[11] and (p := _stored_parent(r[11], fres)) is not None
-        ]
+    presence.hold(list(candidates))
+    if prior is None:
+        new_peers = {(titles[i], pids[i]) for i in new}
+        known: list[Key] = []
+        first_seen: list[Key] = []
+        for k in candidates:
+            (first_seen if (k[0], k[3]) in new_peers else known).append(k)
+        counted = _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
+    else:
+        counted = _counted_presence(conn, rows, hours, days, pids, candidates, prior)
+    fresh = [(k, rows[candidates[k]], rks[candidates[k]]) for k in counted]
+    active_n = Counter([k[:3] for k, _, _ in fresh])
+    active_rk = _sum_by([k[:3] for k, _, _ in fresh], [rk for _, _, rk in fresh])
+    citied = [(k, r, rk) for k, r, rk in fresh if r.geoname_id]
+    city_n = Counter([k[:3] for k, _, _ in citied])
+    city_rk = _sum_by([k[:3] for k, _, _ in citied], [rk for _, _, rk in citied])
+    active = {k: (c, city_n[k], active_rk[k], city_rk.get(k, 0)) for k, c in active_n.items()}
+    frame_city = _counted(
+        [(*k[:3], r.geoname_id) for k, r, _ in citied], [rk for _, _, rk in citied]
     )
+    fres = FRAME_STORED_RES
+    in_cells = [
+        ((k[0], k[1], fres, k[2], p), rk)
+        for k, r, rk in fresh
+        if r.h3_cell and (p := _stored_parent(r.h3_cell, fres)) is not None
+    ]
+    frame = _counted([k for k, _ in in_cells], [rk for _, rk in in_cells])
 
     _add(
         conn,
         rollup_activity,
         ("title_id", "day", "source", "vantage"),
         activity,
-        ("sightings", "new_peers", "seed_sightings"),
+        ("sightings", "new_peers", "seed_sightings", "new_peers_rk"),
     )
     place_key = ("title_id", "geoname_id", "country")
-    _add(conn, rollup_place, place_key, place, ("peers", "seeds"), metro, ("metro_id",))
+    with_seeds = ("peers", "seeds", "peers_rk", "seeds_rk")
+    _add(conn, rollup_place, place_key, place, with_seeds, metro, ("metro_id",))
     _add(
         conn,
         rollup_place_day,
         ("title_id", "day", "vantage", "geoname_id", "country"),
         place_day,
-        ("peers", "seeds"),
+        with_seeds,
         metro_day,
         ("metro_id",),
     )
-    _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), _one(cell), ("peers",))
-    _add(
-        conn,
-        rollup_cell_day,
-        ("title_id", "day", "vantage", "res", "h3_cell"),
-        _one(cell_day),
-        ("peers",),
-    )
-    _add(
-        conn,
-        rollup_frame,
-        ("title_id", "interval_s", "res", "bucket", "h3_cell"),
-        _one(frame),
-        ("peers",),
-    )
+    peers = ("peers", "peers_rk")
+    _add(conn, rollup_cell, ("title_id", "res", "h3_cell"), cell, peers)
+    _add(conn, rollup_cell_day, ("title_id", "day", "vantage", "res", "h3_cell"), cell_day, peers)
+    _add(conn, rollup_frame, ("title_id", "interval_s", "res", "bucket", "h3_cell"), frame, peers)
     _add(
         conn,
         rollup_frame_city,
         ("title_id", "interval_s", "bucket", "geoname_id"),
-        _one(frame_city),
-        ("peers",),
+        frame_city,
+        peers,
     )
-    _add(conn, rollup_active, ("title_id", "interval_s", "bucket"), active, ("peers", "city_peers"))
+    _add(
+        conn,
+        rollup_active,
+        ("title_id", "interval_s", "bucket"),
+        active,
+        ("peers", "city_peers", "peers_rk", "city_peers_rk"),
+    )
 
 
-def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int]]) -> None:
-    """Fold upserted peers, as (title_id, sightings before, sightings after), into
-    rollup_peer_times, in the caller's transaction. A new peer's "before" is 0."""
-    delta: Counter[Key] = Counter()
-    for title_id, before, after in changes:
+def _counted_presence(
+    conn: Connection,
+    rows: Sequence[SightingRow],
+    hours: list[int],
+    days: list[int],
+    pids: list[int],
+    candidates: dict[Key, int],
+    prior: Mapping[tuple[int, bytes], PeerFrames],
+) -> list[Key]:
+    """The presence candidates that count a peer in a frame for the first time, with
+    the peers' latest frames kept in their rows (see apply_rows): rows are written
+    only for frames a peer has moved on from, and asked only for frames before a
+    peer's latest."""
+    latest: dict[tuple[int, bytes], list[int]] = {}
+    pid_of: dict[tuple[int, bytes], int] = {}
+    for i, r in enumerate(rows):
+        pk = (r.title_id, r.peer_key)
+        top = latest.get(pk)
+        if top is None:
+            latest[pk] = [hours[i], days[i]]
+            pid_of[pk] = pids[i]
+        else:
+            top[0] = max(top[0], hours[i])
+            top[1] = max(top[1], days[i])
+    fresh: list[Key] = []  # counted; the peer's latest frame now, so no row
+    moved_on: list[Key] = []  # counted, and left within this batch: a row, known new
+    ask: list[Key] = []  # before the peer's latest: counted if its row was not there
+    for k, i in candidates.items():
+        r = rows[i]
+        pk = (r.title_id, r.peer_key)
+        before = prior.get(pk)
+        if before is None:
+            ask.append(k)
+            continue
+        at = 0 if k[1] == HOUR else 1
+        bucket = k[2]
+        last = before.latest(at)
+        if bucket > last:
+            (moved_on if bucket < latest[pk][at] else fresh).append(k)
+        elif bucket < last and not before.in_bitmap(at, bucket):
+            ask.append(k)  # not in the bitmaps (or outside them): maybe a row
+        # bucket == the peer's latest before: counted then, and kept when it moves on
+    # The frames peers move on from in this batch that their bitmaps cannot hold (the
+    # upsert set the bits of the others): rows, for late sightings.
+    left: list[Key] = [
+        (pk[0], interval, before.latest(at), pid_of[pk])
+        for pk, before in prior.items()
+        for at, interval in ((0, HOUR), (1, DAY))
+        if 0 <= before.latest(at) < latest[pk][at]
+        and before.in_bitmap(at, before.latest(at)) is None
+    ]
+    _new_presence(conn, left, all_new=True)
+    return fresh + _new_presence(conn, moved_on, all_new=True) + _new_presence(conn, ask)
+
+
+def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int, int]]) -> None:
+    """Fold upserted peers, as (title_id, sightings before, sightings after, record key),
+    into rollup_peer_times, in the caller's transaction. A new peer's "before" is 0."""
+    delta: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    for title_id, before, after, rk in changes:
         if before in PEER_TIMES:
-            delta[(title_id, before)] -= 1
+            d = delta[(title_id, before)]
+            d[0] -= 1
+            d[1] -= rk
         if after in PEER_TIMES:
-            delta[(title_id, after)] += 1
+            d = delta[(title_id, after)]
+            d[0] += 1
+            d[1] += rk
     _add(
         conn,
         rollup_peer_times,
         ("title_id", "times"),
-        {k: (v,) for k, v in delta.items() if v},
-        ("peers",),
+        {k: (v[0], v[1]) for k, v in delta.items() if v[0] or v[1]},
+        ("peers", "peers_rk"),
     )
 
 
@@ -627,14 +761,29 @@ def rebuild_peer_times(conn: Connection) -> None:
     conn.exec_driver_sql(PEER_TIMES_FROM_PEERS)
 
 
-def _with_seeds(keys: list[Key], seeds: list[bool]) -> dict[Key, tuple[int, int]]:
-    """(peers, seeds) per key."""
-    seeded = Counter([k for k, s in zip(keys, seeds, strict=True) if s])
-    return {k: (c, seeded[k]) for k, c in Counter(keys).items()}
+def _with_seeds(
+    keys: list[Key], seeds: list[bool], rks: list[int]
+) -> dict[Key, tuple[int, int, int, int]]:
+    """(peers, seeds, their record-key sums) per key."""
+    seeded = [i for i, s in enumerate(seeds) if s]
+    seeded_n = Counter([keys[i] for i in seeded])
+    seeded_rk = _sum_by([keys[i] for i in seeded], [rks[i] for i in seeded])
+    rk = _sum_by(keys, rks)
+    return {k: (c, seeded_n[k], rk[k], seeded_rk.get(k, 0)) for k, c in Counter(keys).items()}
 
 
-def _one(counter: Counter[Key]) -> dict[Key, tuple[int]]:
-    return {k: (v,) for k, v in counter.items()}
+def _sum_by(keys: Sequence[Key], values: Sequence[int]) -> dict[Key, int]:
+    """values summed per key."""
+    out: defaultdict[Key, int] = defaultdict(int)
+    for k, v in zip(keys, values, strict=True):
+        out[k] += v
+    return out
+
+
+def _counted(keys: Sequence[Key], rks: Sequence[int]) -> dict[Key, tuple[int, int]]:
+    """(count, record-key sum) per key."""
+    rk = _sum_by(keys, rks)
+    return {k: (c, rk[k]) for k, c in Counter(keys).items()}
 
 
 __all__ = [
@@ -643,8 +792,12 @@ __all__ = [
     "FRAME_INTERVALS",
     "FRAME_RESOLUTIONS",
     "FRAME_STORED_RES",
+    "HOUR",
+    "NEW_PEER",
     "PEER_TIMES",
     "PEER_TIMES_FROM_PEERS",
+    "PresenceCache",
+    "PeerFrames",
     "ROLLUP_TABLES",
     "add_peer_times",
     "apply_batch",

@@ -242,7 +242,11 @@ class Sample(Base):
 
 
 class Sighting(Base):
-    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model)."""
+    """An anonymous, placed sighting: no IP, no port (DESIGN.md, privacy model).
+
+    Legacy: written before migration 0007_i17_store only. The writer keeps one peer row per
+    title and peer instead; rows already here are kept, and read by nothing.
+    """
 
     __tablename__ = "sighting"
     __table_args__ = (Index("ix_sighting_study_seen", "study_id", "seen_at"),)
@@ -263,7 +267,11 @@ class Sighting(Base):
 
 
 class Peer(Base):
-    """One unique peer of a title: the table behind download estimates and rankings."""
+    """One unique peer of a title: the table behind download estimates and rankings.
+
+    Storage grows with peers, not sightings: a repeat sighting updates this row's
+    counters (and the rollups), it adds no row anywhere.
+    """
 
     __tablename__ = "peer"
     title_id: Mapped[int] = mapped_column(
@@ -280,6 +288,66 @@ class Peer(Base):
     asn: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[bool | None] = mapped_column(Boolean)  # ever seen as a seed
     sightings: Mapped[int] = mapped_column(Integer, default=1)
+    # Bitmasks of the sources (store.writer.source_bit) and vantages (vantage.id) that
+    # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
+    sources: Mapped[int] = mapped_column(Integer, server_default="0")
+    vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The peer's fixed random key for cell-key perturbation, in [0, 4096) (DESIGN.md).
+    record_key: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
+    # in, so presence there costs no rollup_presence row; prev_*: the same before the
+    # latest upsert, which it returns (store.rollups.apply_rows). NULL: from before 0007.
+    last_hour: Mapped[int | None] = mapped_column(Integer)
+    last_day: Mapped[int | None] = mapped_column(Integer)
+    prev_hour: Mapped[int | None] = mapped_column(Integer)
+    prev_day: Mapped[int | None] = mapped_column(Integer)
+    # Presence in the frames the peer moved on from: bit i of hours0 is hour
+    # hour_base + i, of hours1 hour hour_base + 64 + i, of days day day_base + i (the
+    # bases: the peer's first hour and day). Other frames are rollup_presence rows.
+    hour_base: Mapped[int | None] = mapped_column(Integer)
+    hours0: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hours1: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    day_base: Mapped[int | None] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class Vantage(Base):
+    """A vantage point's name and its bit in peer.vantages."""
+
+    __tablename__ = "vantage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class ReplayProgress(Base):
+    """How far a replayed file is stored: one row per batch that held its lines.
+
+    Keyed by a keyed digest of the file's first `bytes_read` bytes, so the same file, or
+    one that starts with it (a log that grew), resumes after line `lines`.
+    """
+
+    __tablename__ = "replay_progress"
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    bytes_read: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(BigInteger)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StoreSecret(Base):
+    """A secret of the store itself, made on first use: `replay` keys the digests of
+    replay_progress (which hash file bytes holding raw addresses)."""
+
+    __tablename__ = "store_secret"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class BatchToken(Base):
+    """A writer batch known to be committed: asked after a commit whose outcome was lost."""
+
+    __tablename__ = "write_batch"
+    token: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Anomaly(Base):
@@ -350,13 +418,16 @@ __all__ = [
     "Anomaly",
     "ApiKey",
     "Base",
+    "BatchToken",
     "City",
     "DeploymentSecret",
     "GeoipDatabase",
     "Metro",
     "Peer",
+    "ReplayProgress",
     "Sample",
     "Sighting",
+    "StoreSecret",
     "Study",
     "StudyGrant",
     "StudyKey",
@@ -364,5 +435,6 @@ __all__ = [
     "Torrent",
     "Tracker",
     "UTCDateTime",
+    "Vantage",
     "utcnow",
 ]

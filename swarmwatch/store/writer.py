@@ -1,12 +1,16 @@
 """The single batch writer: one transaction per batch of anonymous sightings.
 
-Upserts the unique-peer table, inserts sightings, adds anomaly counts, stores
-samples (and tracker state), then folds the batch into the analysis rollups.
+Upserts the unique-peer table (one row per title and peer: a repeat sighting updates
+its counters, it adds no row), adds anomaly counts, stores samples (and tracker
+state), folds the batch into the analysis rollups, and notes the batch's token so a
+retry after an uncertain commit can tell whether it is stored.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,35 +19,35 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from swarmwatch.analysis.rollups import add_peer_times, apply_batch, apply_rows
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
+from swarmwatch.store.batch import ReplayMark, SightingRow
 from swarmwatch.store.chunks import row_chunks
+from swarmwatch.store.rollups import (
+    DAY,
+    HOUR,
+    NEW_PEER,
+    PeerFrames,
+    PresenceCache,
+    add_peer_times,
+    apply_batch,
+    apply_rows,
+)
 
 log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
 #: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
-ApplyRows = Callable[[Connection, "list[SightingRow]", list[int]], None]
-
-#: One placed, keyed sighting as the writer takes it (the AnonymousSighting fields
-#: without new_peer, which the writer decides):
-#: (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage, seed,
-#:  country, geoname_id, metro_id, h3_cell, asn)
-SightingRow = tuple[
-    int,
-    int,
-    int,
-    bytes,
-    datetime,
-    str,
-    str,
-    bool | None,
-    str | None,
-    int | None,
-    int | None,
-    int | None,
-    int | None,
+ApplyRows = Callable[
+    [
+        Connection,
+        list[SightingRow],
+        list[int],
+        PresenceCache,
+        list[int],
+        dict[tuple[int, bytes], PeerFrames],
+    ],
+    None,
 ]
 
 #: WAL pages between automatic checkpoints on the writer's SQLite connection (4 KiB each).
@@ -62,20 +66,28 @@ WRITER_SQLITE_PRAGMAS = (
 
 _PEER_COLUMNS = (
     "title_id, peer_key, study_id, first_seen, last_seen, country,"
-    " geoname_id, metro_id, h3_cell, asn, seed, sightings"
+    " geoname_id, metro_id, h3_cell, asn, seed, sightings, sources, vantages, record_key,"
+    " last_hour, last_day, hour_base, day_base"
 )
-
-_INSERT_SIGHTING_HEAD = (
-    "INSERT INTO sighting (study_id, title_id, torrent_id, peer_key, seen_at, source, vantage,"
-    " seed, country, geoname_id, metro_id, h3_cell, asn) VALUES "
-)
-_SIGHTING_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_SIGHTING = _INSERT_SIGHTING_HEAD + _SIGHTING_VALUES
+_PEER_WIDTH = _PEER_COLUMNS.count(",") + 1
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
 # One statement upserts a chunk of peers and RETURNS each one's count: a row that
 # comes back with exactly the batch's count was inserted (an existing row had >= 1
 # already), so new peers are known without a read before the write.
 _UPSERT_PEER_HEAD = "INSERT INTO peer (" + _PEER_COLUMNS + ") VALUES "
+
+
+def _leave(column: str, unit: str, first: int) -> str:
+    """SET clause: the bit of the frame the peer leaves (its latest before this upsert,
+    when a later one arrives), if that frame falls in this 64-frame word."""
+    at = f"(peer.last_{unit} - peer.{unit}_base - {first})"
+    return (
+        f" {column} = CASE WHEN excluded.last_{unit} > peer.last_{unit}"
+        f" AND {at} BETWEEN 0 AND 63"
+        f" THEN peer.{column} | (CAST(1 AS BIGINT) << {at}) ELSE peer.{column} END,"
+    )
+
+
 _UPSERT_PEER_TAIL = (
     " ON CONFLICT (title_id, peer_key) DO UPDATE SET"
     " first_seen = CASE WHEN excluded.first_seen < peer.first_seen"
@@ -89,14 +101,71 @@ _UPSERT_PEER_TAIL = (
     " asn = COALESCE(excluded.asn, peer.asn),"
     # seed: true once seen seeding, false once seen leeching, null while unknown.
     " seed = COALESCE(peer.seed OR excluded.seed, peer.seed, excluded.seed),"
-    " sightings = peer.sightings + excluded.sightings"
-    " RETURNING title_id, peer_key, sightings"
+    " sightings = peer.sightings + excluded.sightings,"
+    " sources = peer.sources | excluded.sources,"
+    " vantages = peer.vantages | excluded.vantages,"
+    # The latest hour and day the peer is present in, and (SET reads the row as it
+    # was) the ones before this upsert: presence in a peer's latest frames costs no
+    # rollup_presence row (see rollups.apply_rows).
+    " prev_hour = peer.last_hour,"
+    " prev_day = peer.last_day,"
+    # The frame a peer moves on from goes into its presence bitmaps (see PeerFrames).
+    + _leave("hours0", "hour", 0)
+    + _leave("hours1", "hour", 64)
+    + _leave("days", "day", 0)
+    + " hour_base = COALESCE(peer.hour_base, excluded.hour_base),"
+    " day_base = COALESCE(peer.day_base, excluded.day_base),"
+    " last_hour = CASE WHEN peer.last_hour IS NULL OR excluded.last_hour > peer.last_hour"
+    " THEN excluded.last_hour ELSE peer.last_hour END,"
+    " last_day = CASE WHEN peer.last_day IS NULL OR excluded.last_day > peer.last_day"
+    " THEN excluded.last_day ELSE peer.last_day END"
+    # record_key is never updated: it is the peer's for good (cell-key perturbation).
+    " RETURNING title_id, peer_key, sightings, record_key, prev_hour, prev_day,"
+    " hour_base, hours0, hours1, day_base, days"
 )
-# Whether a batch's commit went through, asked after an ambiguous commit failure.
-_PROBE_SIGHTING = (
-    "SELECT 1 FROM sighting WHERE study_id = ? AND seen_at = ? AND torrent_id = ?"
-    " AND peer_key = ? AND source = ? AND vantage = ?"
+# Each batch notes its token; whether a commit went through is asked of it afterwards.
+_NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
+_PROBE_BATCH = "SELECT 1 FROM write_batch WHERE token = ?"
+_PRUNE_BATCHES = "DELETE FROM write_batch WHERE written_at < ?"
+_NOTE_REPLAY = (
+    "INSERT INTO replay_progress (digest, bytes_read, lines, written_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (digest) DO NOTHING"
 )
+#: Batch tokens are kept this long: a batch retried after an uncertain commit is asked
+#: about within seconds (at most the length of a database outage).
+BATCH_TOKEN_DAYS = 7
+#: Old tokens are deleted once every this many batches.
+PRUNE_EVERY_BATCHES = 4096
+_INSERT_VANTAGE = "INSERT INTO vantage (name) VALUES (?) ON CONFLICT (name) DO NOTHING"
+_SELECT_VANTAGES = "SELECT id, name FROM vantage"
+#: Record keys are uniform in [0, RECORD_KEY_MODULUS): the modulus of the cell-key method
+#: (analysis.cellkey, which takes a cell's key as its record-key sum modulo it; a test
+#: checks the two agree). A power of two, so a key is the low bits of a random word.
+RECORD_KEY_MODULUS = 4096
+RECORD_KEY_MASK = RECORD_KEY_MODULUS - 1
+#: Vantages with a bit of their own in peer.vantages (a signed 64-bit integer); a
+#: vantage registered after the 62nd shares the last bit.
+VANTAGE_BITS = 63
+
+
+def source_bit(source: str) -> int:
+    """A source's bit in peer.sources (Source's members in declared order)."""
+    return _SOURCE_BITS.get(source, 1 << (len(_SOURCE_BITS)))
+
+
+_SOURCE_BITS = {str(member): 1 << i for i, member in enumerate(Source)}
+
+
+def sources_of(mask: int) -> set[str]:
+    """The sources a peer.sources bitmask holds."""
+    return {source for source, bit in _SOURCE_BITS.items() if mask & bit}
+
+
+def vantage_bit(vantage_id: int) -> int:
+    """The bit of a vantage (by its vantage.id, from 1) in peer.vantages."""
+    return 1 << min(vantage_id - 1, VANTAGE_BITS - 1)
+
+
 _UPSERT_ANOMALY = (
     "INSERT INTO anomaly (torrent_id, source, reason, study_id, count, first_seen, last_seen)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -136,6 +205,10 @@ class WriteBatch:
     # (torrent_id, study_id, source, reason) -> [count, first_seen, last_seen]
     anomalies: dict[tuple[int, int, str, str], list[Any]] = field(default_factory=dict)
     samples: list[tuple[int, SampleRecord]] = field(default_factory=list)
+    # Noted with the batch, in its transaction: a retry asks whether it is there.
+    token: bytes = field(default_factory=lambda: os.urandom(16))
+    # How far into a replayed file this batch's sightings reach (stored with them).
+    mark: ReplayMark | None = None
     # Set when a commit of this batch failed in a way that leaves it unknown whether
     # the server applied it (the connection died during COMMIT): the retry asks first.
     maybe_committed: bool = False
@@ -156,7 +229,7 @@ class WriteBatch:
             entry[2] = seen_at
 
     def __bool__(self) -> bool:
-        return bool(self.sightings or self.anomalies or self.samples)
+        return bool(self.sightings or self.anomalies or self.samples or self.mark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +245,9 @@ class PreparedRows:
     # (statement, parameters) per peer upsert, and (title, peer) -> (first row, sightings)
     peer_statements: list[tuple[str, tuple[Any, ...]]]
     peers: dict[tuple[int, bytes], tuple[int, int]]
-    # Parameters of the sighting insert: one tuple per chunk on SQLite, rows otherwise.
-    sighting_params: list[Any]
+    # Vantages of the rows this writer has no vantage.id for yet: write() registers
+    # them and prepares again (their bits were left out).
+    unknown_vantages: frozenset[str]
 
     def fits(self, rows: list[SightingRow]) -> bool:
         return self.rows is rows and self.count == len(rows)
@@ -212,6 +286,13 @@ class BatchWriter:
         self.engine = engine
         self.settings = settings or get_settings()
         self.sqlite = engine.dialect.name == "sqlite"
+        # Frames' peers this writer knows are committed: kept across batches, so repeat
+        # sightings skip the database (see PresenceCache); held and released here, with
+        # each transaction.
+        self.presence = PresenceCache()
+        # vantage.id by name, for peer.vantages bits (learnt from the database, kept).
+        self._vantage_ids: dict[str, int] = {}
+        self._batches = 0
         # The built-in rollups take the rows as they are; any other callable gets one
         # AnonymousSighting per row.
         self._apply_rows: ApplyRows | None = None
@@ -249,11 +330,15 @@ class BatchWriter:
 
         A failure before COMMIT leaves nothing behind, so the batch can simply be
         written again. A failure during COMMIT raises CommitUncertain and marks the
-        batch; writing it again first checks whether one of its sighting rows is
-        there, and if so counts the batch as written instead of storing it twice.
-        The one case left: a batch with no sightings (samples or anomalies only) whose
-        COMMIT went through unacknowledged is written again (a duplicate sample row).
+        batch; writing it again first checks whether its token is there (noted in
+        the same transaction), and if so counts the batch as written instead of
+        storing it twice.
         """
+        prepared = self.prepare(batch)
+        if prepared.unknown_vantages:
+            self._learn_vantages(prepared.unknown_vantages)
+            batch.prepared = None
+            prepared = self.prepare(batch)
         with self.engine.connect() as conn:
             if batch.maybe_committed:
                 stored = self._already_committed(conn, batch)
@@ -264,17 +349,23 @@ class BatchWriter:
             trans = conn.begin()
             try:
                 self._connection_setup(conn)
-                new_peers = self._write_sightings(conn, self.prepare(batch))
+                new_peers = self._write_sightings(conn, prepared)
                 self._write_anomalies(conn, batch)
                 self._write_samples(conn, batch.samples)
+                self._note_batch(conn, batch)
             except BaseException:
+                self.presence.rollback()
                 trans.rollback()
                 raise
             try:
                 trans.commit()
             except Exception as exc:
+                # Whether it is stored is unknown: forget its keys (a forgotten key costs
+                # a probe, a wrongly known one would lose a count).
+                self.presence.rollback()
                 batch.maybe_committed = True
                 raise CommitUncertain(type(exc).__name__) from exc
+            self.presence.commit()
         return self._result(batch, new_peers)
 
     @staticmethod
@@ -287,15 +378,30 @@ class BatchWriter:
         )
 
     def _already_committed(self, conn: Connection, batch: WriteBatch) -> bool:
-        if not batch.sightings:
-            return False
-        # Coalescing stores a (torrent, peer, source, vantage) once per window, so an
-        # exact match on the time as well is this batch's own row.
-        r = batch.sightings[-1]
-        found = conn.exec_driver_sql(
-            self._sql(_PROBE_SIGHTING), (r[0], self._time(r[4]), r[2], r[3], r[5], r[6])
-        ).first()
+        found = conn.exec_driver_sql(self._sql(_PROBE_BATCH), (batch.token,)).first()
         return found is not None
+
+    def _note_batch(self, conn: Connection, batch: WriteBatch) -> None:
+        now = datetime.now(UTC)
+        conn.exec_driver_sql(self._sql(_NOTE_BATCH), (batch.token, self._time(now)))
+        if batch.mark is not None:
+            mark = batch.mark
+            conn.exec_driver_sql(
+                self._sql(_NOTE_REPLAY),
+                (mark.digest, mark.bytes_read, mark.lines, self._time(now)),
+            )
+        self._batches += 1
+        if self._batches % PRUNE_EVERY_BATCHES == 0:
+            cutoff = now - timedelta(days=BATCH_TOKEN_DAYS)
+            conn.exec_driver_sql(self._sql(_PRUNE_BATCHES), (self._time(cutoff),))
+
+    def _learn_vantages(self, names: frozenset[str]) -> None:
+        """Register vantages new to this writer (in a short transaction of their own:
+        a vantage row is true whether or not the batch that brought it commits)."""
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(self._sql(_INSERT_VANTAGE), [(name,) for name in sorted(names)])
+            rows = conn.exec_driver_sql(_SELECT_VANTAGES).fetchall()
+        self._vantage_ids.update({str(name): int(vid) for vid, name in rows})
 
     def prepare(self, batch: WriteBatch) -> PreparedRows:
         """The batch's statements, made once (kept in batch.prepared for retries)."""
@@ -306,56 +412,62 @@ class BatchWriter:
 
     def _prepare_rows(self, rows: list[SightingRow]) -> PreparedRows:
         # Each row's time in storage form, once: peers refer to their rows' times.
-        times = [self._time(r[4]) for r in rows] if self.sqlite else [r[4] for r in rows]
+        times = [self._time(r.seen_at) for r in rows] if self.sqlite else [r.seen_at for r in rows]
         # One upsert per distinct (title, peer) in the batch, folded here first:
         # [first row, last row, row whose place is kept, seed, sightings]
+        # [first row, last row, row whose place is kept, seed, sightings, sources, vantages]
+        vantage_ids = self._vantage_ids
+        unknown = frozenset({r.vantage for r in rows} - vantage_ids.keys())
         folded: dict[tuple[int, bytes], list[Any]] = {}
         for i, r in enumerate(rows):
-            pk = (r[1], r[3])
+            pk = (r.title_id, r.peer_key)
             p = folded.get(pk)
+            vbit = vantage_bit(vantage_ids[r.vantage]) if r.vantage in vantage_ids else 0
             if p is None:
-                folded[pk] = [i, i, i, r[7], 1]
+                folded[pk] = [i, i, i, r.seed, 1, source_bit(r.source), vbit]
                 continue
-            seen = r[4]
-            if seen < rows[p[0]][4]:
+            p[5] |= source_bit(r.source)
+            p[6] |= vbit
+            seen = r.seen_at
+            if seen < rows[p[0]].seen_at:
                 p[0] = i
-            if seen > rows[p[1]][4]:
+            if seen > rows[p[1]].seen_at:
                 p[1] = i
-            if r[9] is not None or rows[p[2]][9] is None:
+            if r.geoname_id is not None or rows[p[2]].geoname_id is None:
                 p[2] = i
-            if r[7] is not None and p[3] is not True:
-                p[3] = r[7]
+            if r.seed is not None and p[3] is not True:
+                p[3] = r.seed
             p[4] += 1
 
         # Sorted by key, so the B-tree inserts walk the index in order.
         ordered = sorted(folded.items())
-        row_sql = "(" + ", ".join(["?"] * 12) + ")"
+        row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
+        # A fixed random key per peer for the cell-key method (DESIGN.md): drawn for
+        # every upserted row, kept only by the row that is inserted.
+        record_keys = array("l")
+        record_keys.frombytes(os.urandom(record_keys.itemsize * len(ordered)))
         peer_statements = []
         for start, stop in row_chunks(len(ordered)):
             chunk = ordered[start:stop]
             params: list[Any] = []
             extend = params.extend
-            for (title_id, key), (first, last, placed, seed, count) in chunk:
+            for n, ((title_id, key), (first, last, placed, seed, count, src, van)) in enumerate(
+                chunk, start
+            ):
                 r = rows[placed]
+                latest = int(rows[last].seen_at.timestamp())
+                earliest = int(rows[first].seen_at.timestamp())
                 extend(
-                    (title_id, key, r[0], times[first], times[last])
-                    + r[8:13]  # country, geoname_id, metro_id, h3_cell, asn
-                    + (seed, count)
+                    (title_id, key, r.study_id, times[first], times[last])
+                    + (r.country, r.geoname_id, r.metro_id, r.h3_cell, r.asn)
+                    + (seed, count, src, van, record_keys[n] & RECORD_KEY_MASK)
+                    + (latest // HOUR, latest // DAY)
+                    + (earliest // HOUR, earliest // DAY)
                 )
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
             peer_statements.append((self._sql(statement), tuple(params)))
         peers = {pk: (p[0], p[4]) for pk, p in folded.items()}
-
-        stored = [(*r[:4], at, *r[5:]) for r, at in zip(rows, times, strict=True)]
-        sighting_params: list[Any] = stored
-        if self.sqlite:
-            # Multi-row VALUES: one statement step per chunk instead of one per row (a
-            # step releases and retakes the GIL, which the prepare stage is holding).
-            sighting_params = [
-                tuple(chain.from_iterable(stored[start:stop]))
-                for start, stop in row_chunks(len(stored))
-            ]
-        return PreparedRows(rows, len(rows), peer_statements, peers, sighting_params)
+        return PreparedRows(rows, len(rows), peer_statements, peers, unknown)
 
     def _write_sightings(self, conn: Connection, prepared: PreparedRows) -> int:
         rows = prepared.rows
@@ -363,31 +475,42 @@ class BatchWriter:
             return 0
         peers = prepared.peers
         new_rows: list[int] = []
-        # (title, sightings before, after) of each peer, for Chao1's f1 and f2.
-        times: list[tuple[int, int, int]] = []
-        for statement, params in prepared.peer_statements:
-            for title_id, key, count in conn.exec_driver_sql(statement, params).fetchall():
-                first, sightings = peers[(title_id, bytes(key))]
-                if count == sightings:
-                    new_rows.append(first)
-                if count <= 2 + sightings:  # it was seen at most twice before
-                    times.append((title_id, count - sightings, count))
-        if self.sqlite:
-            for params in prepared.sighting_params:
-                width = len(params) // 13
-                statement = _INSERT_SIGHTING_HEAD + ", ".join([_SIGHTING_VALUES] * width)
-                conn.exec_driver_sql(statement, params)
-        else:
-            conn.exec_driver_sql(self._sql(_INSERT_SIGHTING), prepared.sighting_params)
+        # (title, sightings before, after, record key) of each peer, for Chao1's f1 and f2.
+        times: list[tuple[int, int, int, int]] = []
+        # Each peer's record key as stored (a new peer's is the one just drawn).
+        record_key: dict[tuple[int, bytes], int] = {}
+        # Each peer's latest hour and day before this batch (see apply_rows).
+        prior: dict[tuple[int, bytes], PeerFrames] = {}
+        returned = (
+            conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
+        )
+        for title_id, key, count, rk, prev_hour, prev_day, *bitmaps in chain.from_iterable(
+            returned
+        ):
+            pk = (title_id, bytes(key))
+            first, sightings = peers[pk]
+            record_key[pk] = rk
+            if count == sightings:
+                new_rows.append(first)
+                prior[pk] = NEW_PEER
+            elif prev_hour is not None and prev_day is not None:
+                prior[pk] = PeerFrames(prev_hour, prev_day, *bitmaps)
+            # (a peer written before 0007_i17_store has no latest frames yet: it has no prior entry)
+            if count <= 2 + sightings:  # it was seen at most twice before
+                times.append((title_id, count - sightings, count, rk))
         if self._apply_rows is not None or self.rollups is not None:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
-            self._apply_rows(conn, rows, new_rows)
+            rks = [record_key[(r.title_id, r.peer_key)] for r in rows]
+            self._apply_rows(conn, rows, new_rows, self.presence, rks, prior)
         elif self.rollups is not None:
             new_set = set(new_rows)
             self.rollups(
                 conn,
-                [AnonymousSighting(*r, new_peer=i in new_set) for i, r in enumerate(rows)],
+                [
+                    AnonymousSighting(*r, new_peer=i in new_set)  # same fields, same order
+                    for i, r in enumerate(rows)
+                ],
             )
         return len(new_rows)
 
@@ -485,4 +608,7 @@ __all__ = [
     "WRITER_SQLITE_PRAGMAS",
     "WriteBatch",
     "WriteResult",
+    "source_bit",
+    "sources_of",
+    "vantage_bit",
 ]
