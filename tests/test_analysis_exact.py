@@ -461,9 +461,13 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
         "cities.geojson",
         "rankings.json",
         "rankings_cell.csv",
+        "rankings_cell_per_capita.csv",
         "rankings_city.csv",
+        "rankings_city_per_capita.csv",
         "rankings_country.csv",
+        "rankings_country_per_capita.csv",
         "rankings_metro.csv",
+        "rankings_metro_per_capita.csv",
     ]
     text = (tmp_path / "rankings_country.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -487,6 +491,19 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
     side = json.loads((tmp_path / "rankings.json").read_text())
     assert side["rankings_city.csv"]["k_threshold"] == 5
     assert side["rankings_city.csv"]["places_suppressed"] == 4
+    # Per capita beside absolute, for every level, each with its intervals and method.
+    for level in ("city", "metro", "country", "cell"):
+        meta = side[f"rankings_{level}_per_capita.csv"]
+        assert meta["metric"] == "per_capita" and meta["level"] == level
+        assert meta["min_population"] == 100_000
+        assert "Wilson" in meta["rate_interval"] and meta["population_source"]
+        assert "per 100,000 residents" in meta["normalisation"]
+    per_capita = list(
+        csv.DictReader(io.StringIO((tmp_path / "rankings_metro_per_capita.csv").read_text()))
+    )
+    assert per_capita and all(
+        float(r["ci_low"]) <= float(r["per_100k"]) <= float(r["ci_high"]) for r in per_capita
+    )
     cities = json.loads((tmp_path / "cities.geojson").read_text())
     assert [f["properties"]["name"] for f in cities["features"]] == ["Gamma"]
     assert cities["features"][0]["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}

@@ -16,7 +16,7 @@ from tests.test_analysis_exact import study_db  # noqa: F401  (the hand-built st
 def test_every_rankings_csv_reads_in_pandas(study_db: Database, tmp_path: Path) -> None:  # noqa: F811
     files = export_study(study_db, 1, tmp_path)
     csvs = [f for f in files if f.suffix == ".csv"]
-    assert len(csvs) == 4
+    assert len(csvs) == 8  # absolute and per capita, for each of the four levels
     for path in csvs:
         raw = path.read_bytes()
         raw.decode("utf-8")  # strict UTF-8

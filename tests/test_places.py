@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import math
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
@@ -58,6 +62,92 @@ def test_seoul_takes_incheon_and_suwon(places: Places) -> None:
     assert _metro_of(places, "Busan", "KR") != seoul
 
 
+REFERENCE = Path(__file__).parent / "data" / "urban_areas_demographia_2020.csv"
+
+
+def _reference() -> list[dict[str, str]]:
+    with REFERENCE.open(encoding="utf-8") as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+
+
+def _ratios(places: Places) -> dict[str, float]:
+    metros = {m["id"]: m for m in places.metros}
+    return {
+        row["name"]: metros[places.metro_of[int(row["geoname_id"])]]["population"]
+        / int(row["population"])
+        for row in _reference()
+    }
+
+
+def test_reference_table_is_broad() -> None:
+    rows = _reference()
+    assert len(rows) >= 50
+    assert len({r["country"] for r in rows}) >= 40
+    named = {r["name"] for r in rows}
+    assert {"Perth", "Brisbane", "Shanghai", "Amsterdam", "Manila", "Seoul", "Dallas"} <= named
+
+
+def test_metros_against_demographia(places: Places, capsys: pytest.CaptureFixture[str]) -> None:
+    ratios = _ratios(places)
+    logs = sorted(abs(math.log(r)) for r in ratios.values())
+    within = [n for n, r in ratios.items() if 0.67 <= r <= 1.5]
+    wild = {n: round(r, 2) for n, r in ratios.items() if not 0.4 <= r <= 2.5}
+    with capsys.disabled():
+        print(
+            f"\nmetros vs Demographia 2020: {len(within)}/{len(ratios)} within 0.67-1.5x, "
+            f"median |log ratio| {logs[len(logs) // 2]:.3f}, outside 0.4-2.5x: {wild}"
+        )
+    # Issue 16 asks for >= 90 % within 0.67-1.5x and none outside 0.4-2.5x; the builder
+    # is at 75 % with 2 outside (test_metros_meet_issue_16_bounds records the gap). This
+    # floor keeps it from sliding back: the builder before issue 16 had 57 % and 6.
+    assert len(within) >= 0.74 * len(ratios)
+    assert logs[len(logs) // 2] < 0.24
+    assert len(wild) <= 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GeoNames lacks the suburbs of many Asian and Latin American megacities "
+    "(Jakarta, Manila, Kolkata, Buenos Aires at 0.3-0.5x) and lists villages that "
+    "Demographia's built-up areas leave out: 75 % within 0.67-1.5x, not the 90 % "
+    "issue 16 asks; Buenos Aires and Atlanta (0.3x) outside 0.4-2.5x",
+)
+def test_metros_meet_issue_16_bounds(places: Places) -> None:
+    ratios = _ratios(places)
+    assert sum(0.67 <= r <= 1.5 for r in ratios.values()) >= 0.9 * len(ratios)
+    assert all(0.4 <= r <= 2.5 for r in ratios.values())
+
+
+def test_agglomeration_cores_are_not_double_counted(places: Places) -> None:
+    """GeoNames' Perth and Brisbane are their statistical areas, Shanghai its province-level
+    municipality, whose districts (Songjiang, 31 km out) GeoNames lists as places too."""
+    metros = {m["id"]: m for m in places.metros}
+    for name, country, low, high in (
+        ("Perth", "AU", 1.9e6, 2.5e6),  # GeoNames 2.38 M; UN WUP 2018 2.04 M
+        ("Brisbane", "AU", 2.1e6, 3.0e6),  # GeoNames 2.78 M; UN WUP 2018 2.36 M
+        ("Shanghai", "CN", 20e6, 26e6),  # GeoNames 24.9 M; UN WUP 2018 25.6 M
+    ):
+        assert low < metros[_metro_of(places, name, country)]["population"] < high, name
+
+
+def test_separate_cities_stay_separate(places: Places) -> None:
+    amsterdam = _metro_of(places, "Amsterdam", "NL")
+    for town in ("Utrecht", "Almere Stad", "Haarlem", "Amersfoort"):
+        assert _metro_of(places, town, "NL") != amsterdam, town
+    metros = {m["id"]: m for m in places.metros}
+    assert metros[amsterdam]["population"] < 1.7e6  # Demographia: 1.14 M
+
+
+def test_metros_are_named_after_their_core(places: Places) -> None:
+    manila = _metro_of(places, "Manila", "PH")
+    assert _metro_of(places, "Quezon City", "PH") == manila
+    metros = {m["id"]: m for m in places.metros}
+    assert metros[manila]["name"] == "Manila"
+    assert manila == _city(places, "Manila", "PH").geoname_id
+    assert metros[_metro_of(places, "Fort Worth", "US")]["name"] == "Dallas"
+    assert metros[_metro_of(places, "Incheon", "KR")]["name"] == "Seoul"
+
+
 def test_metro_populations_are_urban_areas(places: Places) -> None:
     metros = {m["id"]: m for m in places.metros}
     dallas = metros[_metro_of(places, "Dallas", "US")]
@@ -82,6 +172,8 @@ def test_every_city_has_a_metro_and_coverage(places: Places) -> None:
 
 def test_radius_and_distance() -> None:
     assert core_radius_km(100_000) == pytest.approx(15.8, abs=0.1)
+    assert core_radius_km(100_000, "US") == pytest.approx(15.8, abs=0.1)
+    assert core_radius_km(100_000, "NL") < core_radius_km(100_000, "US")
     assert core_radius_km(50_000_000) == MAX_RADIUS_KM
     assert distance_km(32.78306, -96.80667, 32.72541, -97.32085) == pytest.approx(48.4, abs=1)
 

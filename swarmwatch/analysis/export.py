@@ -16,7 +16,14 @@ from typing import Any
 import h3
 from sqlalchemy import Connection
 
-from swarmwatch.analysis.rankings import CSV_COLUMNS, LEVELS, Ranking, compute_ranking
+from swarmwatch.analysis.rankings import (
+    ALPHA60_CSV_COLUMNS,
+    CSV_COLUMNS,
+    LEVELS,
+    Ranking,
+    compute_ranking,
+    density_range,
+)
 from swarmwatch.analysis.scope import Scope, resolve_scope
 from swarmwatch.safefiles import OutputFolder
 from swarmwatch.store import Database
@@ -30,9 +37,10 @@ def iter_csv(ranking: Ranking) -> Iterator[str]:
     """The ranking as UTF-8 CSV text in chunks (header first, RFC 4180 quoting, \\r\\n)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    alpha60 = ranking.metric == "alpha60_density"
+    writer.writerow(ALPHA60_CSV_COLUMNS if alpha60 else CSV_COLUMNS)
     for i, row in enumerate(ranking.rows, 1):
-        writer.writerow(row.csv_values())
+        writer.writerow(row.csv_values(ranking.metric))
         if i % CSV_CHUNK_ROWS == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -126,17 +134,26 @@ def _properties(row: Any) -> dict[str, Any]:
 def export_scope(conn: Connection, scope: Scope, out_dir: Path, *, res: int = 4) -> list[Path]:
     """Write every export file for one scope; returns the paths written.
 
+    Per level: rankings_{level}.csv (absolute) and rankings_{level}_per_capita.csv
+    (per 100,000 residents with 95 % intervals, places of DEFAULT_MIN_POPULATION or
+    more); with a loaded urban-area table that has land areas, also
+    rankings_metro_alpha60_density.csv. rankings.json describes each of them.
     Never through a symlink (swarmwatch.safefiles): an unsafe --out or a symlink in it
     raises UnsafeTarget before anything is written over.
     """
     written: list[Path] = []
     sidecars: dict[str, Any] = {}
     rankings: dict[str, Ranking] = {}
+    wanted = [(level, metric) for level in LEVELS for metric in ("absolute", "per_capita")]
+    if density_range(conn) is not None:
+        wanted.append(("metro", "alpha60_density"))
     with OutputFolder(out_dir) as folder:
-        for level in LEVELS:
-            ranking = compute_ranking(conn, scope, level=level, limit=None, res=res)
-            rankings[level] = ranking
-            name = f"rankings_{level}.csv"
+        for level, metric in wanted:
+            ranking = compute_ranking(conn, scope, level=level, metric=metric, limit=None, res=res)
+            if metric == "absolute":
+                rankings[level] = ranking
+            suffix = "" if metric == "absolute" else f"_{metric}"
+            name = f"rankings_{level}{suffix}.csv"
             with folder.open_text(name) as fh:
                 for chunk in iter_csv(ranking):
                     fh.write(chunk)

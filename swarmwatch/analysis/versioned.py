@@ -68,8 +68,11 @@ def data_version(conn: Connection, title_ids: Sequence[int]) -> tuple[int, ...]:
         ).where(a.c.title_id.in_(titles))
     ).one()
     cities = conn.execute(select(func.count()).select_from(City)).scalar_one()
-    metros = conn.execute(select(func.count()).select_from(Metro)).scalar_one()
-    return (int(new_peers), int(sightings), int(cities), int(metros))
+    # A loaded urban-area table may have as many areas as the one it replaced.
+    metros, people = conn.execute(
+        select(func.count(), func.coalesce(func.sum(Metro.population), 0)).select_from(Metro)
+    ).one()
+    return (int(new_peers), int(sightings), int(cities), int(metros), int(people))
 
 
 @dataclass(slots=True)

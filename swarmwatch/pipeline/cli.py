@@ -22,13 +22,14 @@ from swarmwatch.pipeline.geoipdb import (
 )
 from swarmwatch.pipeline.places import load_places
 from swarmwatch.pipeline.replay import ReplayReport, ingest_file
+from swarmwatch.pipeline.urban_areas import UrbanAreaTableError, load_urban_areas
 from swarmwatch.store import Database
 
 console = Console(stderr=True)
 
 geoip_app = typer.Typer(help="GeoIP databases: what is loaded, and installing a current one.")
 study_app = typer.Typer(help="Study lifecycle (pipeline side).")
-places_app = typer.Typer(help="GeoNames cities and metro areas.")
+places_app = typer.Typer(help="GeoNames cities and metro areas, or your own urban areas.")
 
 
 def _database() -> Database:
@@ -139,15 +140,41 @@ def study_seal_command(
 
 
 @places_app.command("load")
-def places_load_command() -> None:
-    """Load GeoNames cities and build metro areas (once; later runs do nothing)."""
+def places_load_command(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="urban-area CSV: geoname_id, area_id, name, population, land_area_km2, "
+            "population_source, population_year (default: build metros from GeoNames)"
+        ),
+    ] = None,
+) -> None:
+    """Load GeoNames cities and metro areas, or replace the metros with your urban areas."""
     db = _database()
     try:
-        loaded = load_places(db)
+        if file is None:
+            loaded = load_places(db)
+            verb = "loaded" if loaded.loaded else "already loaded:"
+            typer.echo(f"{verb} {loaded.cities} cities, {loaded.metros} metro areas")
+            return
+        try:
+            areas = load_urban_areas(db, file)
+        except OSError as exc:
+            console.print(f"[red]error: cannot read {file}: {exc.strerror or exc}[/red]")
+            raise typer.Exit(2) from None
+        except UrbanAreaTableError as exc:
+            for error in exc.errors:
+                console.print(f"[red]error: {file}: {error}[/red]", soft_wrap=True)
+            if exc.total > len(exc.errors):
+                console.print(f"[red]error: ... and {exc.total - len(exc.errors)} more[/red]")
+            console.print("nothing was loaded")
+            raise typer.Exit(2) from None
     finally:
         db.dispose()
-    verb = "loaded" if loaded.loaded else "already loaded:"
-    typer.echo(f"{verb} {loaded.cities} cities, {loaded.metros} metro areas")
+    typer.echo(
+        f"loaded {areas.areas} urban areas over {areas.cities} cities "
+        f"from {'; '.join(areas.sources)}"
+    )
 
 
 __all__ = [

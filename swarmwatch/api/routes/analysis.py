@@ -90,7 +90,7 @@ FromQ = Annotated[
 ToQ = Annotated[datetime | None, Query(alias="to", description="window end (widened to the day)")]
 VantageQ = Annotated[str | None, Query(max_length=100, description="first-seen vantage")]
 LevelQ = Annotated[str, Query(pattern="^(city|metro|country|cell)$")]
-MetricQ = Annotated[str, Query(pattern="^(absolute|per_capita)$")]
+MetricQ = Annotated[str, Query(pattern="^(absolute|per_capita|alpha60_density)$")]
 CellResQ = Annotated[int, Query(ge=min(CELL_RESOLUTIONS), le=max(CELL_RESOLUTIONS))]
 MinPopQ = Annotated[
     int | None,
@@ -110,6 +110,10 @@ class RankingRowPublic(BaseModel):
     per_100k: float | None
     ci_low: float | None
     ci_high: float | None
+    # metric=alpha60_density only (swarmwatch.analysis.rankings)
+    land_area_km2: float | None = None
+    density_per_km2: float | None = None
+    alpha60_score: float | None = None
 
 
 class RankingPublic(BaseModel):
