@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import swarmwatch.ownendpoints  # noqa: F401  (registers crawler endpoint tables)
 import swarmwatch.store.leases  # noqa: F401  (registers lease tables)
 import swarmwatch.store.rollups  # noqa: F401  (registers rollup tables)
 from swarmwatch.config import get_settings

@@ -421,10 +421,17 @@ def export(
     end: Annotated[str | None, typer.Option("--to", help="Window end (UTC, ISO).")] = None,
     vantage: Annotated[str | None, typer.Option(help="Only this vantage point.")] = None,
     res: Annotated[int, typer.Option(help="H3 resolution of the cell files.")] = 4,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact", help="True counts, as the study's owner reads them (not for publication)."
+        ),
+    ] = False,
 ) -> None:
     """Write a study's rankings (CSV per level, rankings.json sidecar) and GeoJSON for a paper.
 
-    The same files, columns and k-suppression as the API's exports.
+    The same files and columns as the API's exports, with the public's protection
+    (cell-key noise, nothing below k) unless --exact.
     """
     from swarmwatch.analysis.export import export_study
 
@@ -439,6 +446,7 @@ def export(
             end=_parse_time(end, "--to"),
             vantage=vantage,
             res=res,
+            exact=exact,
         )
     except (LookupError, ValueError) as exc:  # UnsafeTarget (a symlink, a file) among them
         fail(str(exc).strip("'\""))

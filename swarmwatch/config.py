@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     tracker_numwant: int = Field(default=200, ge=1, le=10_000)
     # Seconds before an unanswered tracker request counts as a failure.
     tracker_timeout: float = Field(default=15.0, gt=0)
+    # Seconds per swarm-session round: every connected peer is sighted again each round,
+    # dropped peers are dialled again, and coverage is reported (alpha60 used 30 s).
+    swarm_round_seconds: float = Field(default=30.0, gt=0)
+    # Connections per swarm the session keeps at most: a big swarm cannot take every
+    # socket, and reconnects stay within it.
+    swarm_connection_budget: int = Field(default=200, ge=1, le=10_000)
     # DHT queries per second across all lookups: gentle on a home connection.
     dht_query_rate: float = Field(default=200.0, gt=0)
 

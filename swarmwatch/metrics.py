@@ -52,12 +52,45 @@ class ServiceMetrics:
         self.crawlers_alive = Gauge(
             "swarmwatch_crawlers_alive", "Crawler tasks running in this process", registry=r
         )
+        self.own_excluded = Gauge(
+            "swarmwatch_own_endpoint_sightings",
+            "Sightings dropped because they were of this or a sibling worker's own endpoint",
+            registry=r,
+        )
+        self.swarm_sighted = Gauge(
+            "swarmwatch_swarm_round_peers_sighted",
+            "Peers the swarm session sighted in its last round (all swarms)",
+            registry=r,
+        )
+        self.swarm_known = Gauge(
+            "swarmwatch_swarm_round_peers_reachable",
+            "Peers known and reachable (connected in a recent round), all swarms",
+            registry=r,
+        )
+        self.swarm_coverage = Gauge(
+            "swarmwatch_swarm_round_coverage",
+            "Last swarm round: peers sighted over peers known and reachable (1 when none known)",
+            registry=r,
+        )
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 
     def watch_anomalies(self, count: Callable[[], float]) -> None:
         self.anomalies.set_function(count)
+
+    def watch_own_excluded(self, count: Callable[[], float]) -> None:
+        self.own_excluded.set_function(count)
+
+    def watch_coverage(self, report: Callable[[], tuple[int, int]]) -> None:
+        self.swarm_sighted.set_function(lambda: float(report()[0]))
+        self.swarm_known.set_function(lambda: float(report()[1]))
+
+        def ratio() -> float:
+            sighted, known = report()
+            return sighted / known if known else 1.0
+
+        self.swarm_coverage.set_function(ratio)
 
     def watch_pipeline(self, stats: Callable[[], dict[str, int]]) -> None:
         """Every pipeline counter (received, stored, coalesced, dropped...) at scrape time."""

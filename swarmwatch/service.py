@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,7 +20,8 @@ from swarmwatch import registry
 from swarmwatch.config import Settings
 from swarmwatch.crawl import Crawler, TorrentSource, WatchedTorrent
 from swarmwatch.metrics import CountingSink, ServiceMetrics
-from swarmwatch.sightings import SightingSink
+from swarmwatch.ownendpoints import ExcludeOwnSink, OwnEndpoints, withdraw
+from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
 from swarmwatch.store import Database, leases
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,14 @@ CRAWLER_NAMES = ("tracker", "dht", "swarm")
 
 
 def build_crawlers(
-    settings: Settings, db: Database, names: Sequence[str] = CRAWLER_NAMES
+    settings: Settings,
+    db: Database,
+    names: Sequence[str] = CRAWLER_NAMES,
+    *,
+    own: OwnEndpoints | None = None,
 ) -> list[Crawler]:
-    """The crawlers asked for, configured from settings."""
+    """The crawlers asked for, configured from settings, reporting their endpoints to own."""
+    own = own if own is not None else OwnEndpoints()
     crawlers: list[Crawler] = []
     for name in names:
         if name == "tracker":
@@ -46,16 +52,16 @@ def build_crawlers(
             # Re-read the leased swarms every heartbeat: a swarm taken over from a dead
             # worker (or handed back to a new one) changes hands then, not a minute later.
             refresh = min(REFRESH_SECONDS, settings.lease_heartbeat_seconds)
-            crawlers.append(TrackerCrawler(settings=settings, refresh=refresh))
+            crawlers.append(TrackerCrawler(settings=settings, refresh=refresh, own=own))
         elif name == "dht":
             from swarmwatch.dht.crawler import DhtCrawler
 
-            crawlers.append(DhtCrawler(settings=settings))
+            crawlers.append(DhtCrawler(settings=settings, own=own))
         elif name == "swarm":
             from swarmwatch.ltsession.crawler import SwarmSessionCrawler
 
             crawlers.append(
-                SwarmSessionCrawler(settings=settings, on_metadata=_metadata_writer(db))
+                SwarmSessionCrawler(settings=settings, on_metadata=_metadata_writer(db), own=own)
             )
         else:
             raise ValueError(f"unknown crawler {name!r}; choose from {', '.join(CRAWLER_NAMES)}")
@@ -90,11 +96,20 @@ class CrawlService:
         use_leases: bool = True,
         heartbeat_seconds: float | None = None,
         lease_seconds: float | None = None,
+        own: OwnEndpoints | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.vantage = settings.vantage
-        self.crawlers = crawlers if crawlers is not None else build_crawlers(settings, db)
+        # Every crawler's own endpoints, and (through the database) every sibling's.
+        self.own = own if own is not None else OwnEndpoints()
+        self.crawlers = (
+            crawlers if crawlers is not None else build_crawlers(settings, db, own=self.own)
+        )
+        for crawler in self.crawlers:  # crawlers built apart report to their own
+            part = getattr(crawler, "own", None)
+            if isinstance(part, OwnEndpoints):
+                self.own.include(part)
         self.metrics = metrics or ServiceMetrics()
         self._sink = sink
         self.use_leases = use_leases
@@ -175,6 +190,28 @@ class CrawlService:
             )
         return result
 
+    async def exchange_endpoints(self) -> int:
+        """Publish this worker's endpoints and learn every live worker's (ownendpoints)."""
+
+        def exchange() -> int:
+            with self.db.session() as session:
+                return self.own.exchange(session, self.worker_id, ttl_seconds=self.lease_seconds)
+
+        return await asyncio.to_thread(exchange)
+
+    async def _run_endpoint_exchange(self, stop: asyncio.Event) -> None:
+        # Soon after start (the session's listen port and the trackers' view of our
+        # address arrive within seconds), then at every heartbeat.
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self.exchange_endpoints()
+            except Exception as exc:  # database away: keep excluding what we know
+                log.warning("endpoint exchange failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, self.heartbeat_seconds)
+
     async def _run_heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -227,7 +264,13 @@ class CrawlService:
             self.metrics.watch_queue(lambda: float(pipeline.queue_depth))
             self.metrics.watch_anomalies(lambda: float(pipeline.stats.anomalies))
             inner = pipeline
-        sink = CountingSink(inner, self.metrics)
+        # Our own endpoints are dropped before anything counts them; tracker and DHT
+        # answers also tell the swarm session where to dial a peer again.
+        hints = [h for c in self.crawlers if (h := getattr(c, "hint", None)) is not None]
+        sink = CountingSink(ExcludeOwnSink(HintingSink(inner, hints), self.own), self.metrics)
+        self.metrics.watch_own_excluded(lambda: float(self.own.excluded))
+        self.metrics.watch_coverage(self.coverage)
+        exchange = asyncio.create_task(self._run_endpoint_exchange(stop), name="own-endpoints")
         heartbeat = None
         if self.use_leases:
             heartbeat = asyncio.create_task(self._run_heartbeats(stop), name="lease-heartbeat")
@@ -263,6 +306,7 @@ class CrawlService:
                     log.warning("closing crawler %s: %s", crawler.name, type(exc).__name__)
             if heartbeat is not None:
                 await asyncio.gather(heartbeat, return_exceptions=True)
+            await asyncio.gather(exchange, return_exceptions=True)
             if pipeline is not None:
                 await pipeline.close()  # everything accepted is written before we return
             if self.use_leases:
@@ -272,6 +316,35 @@ class CrawlService:
     def _release(self) -> None:
         with self.db.session() as session:
             leases.release_all(session, self.worker_id)
+            withdraw(session, self.worker_id)
+
+    def coverage(self) -> tuple[int, int]:
+        """(peers sighted in the last swarm round, peers known and reachable)."""
+        sighted = known = 0
+        for crawler in self.crawlers:
+            report = getattr(crawler, "coverage", None)
+            if report is not None:
+                s, k = report()
+                sighted, known = sighted + s, known + k
+        return sighted, known
+
+
+class HintingSink:
+    """Hands every tracker and DHT sighting (a listen endpoint) to the given hint
+    callbacks too, in memory, then on to the inner sink."""
+
+    def __init__(self, inner: SightingSink, hints: list[Callable[[PeerSighting], None]]) -> None:
+        self.inner = inner
+        self.hints = hints
+
+    async def put(self, sighting: PeerSighting) -> None:
+        if sighting.source in (Source.TRACKER, Source.DHT):
+            for hint in self.hints:
+                hint(sighting)
+        await self.inner.put(sighting)
+
+    async def put_sample(self, sample: SampleRecord) -> None:
+        await self.inner.put_sample(sample)
 
 
 def attach_crawl_service(app: FastAPI, settings: Settings, db: Database) -> CrawlService:

@@ -22,7 +22,7 @@ class Source(enum.StrEnum):
     TRACKER = "tracker"
     DHT = "dht"
     PEX = "pex"
-    SWARM = "swarm"  # a peer the libtorrent session connected to or was told of directly
+    SWARM = "swarm"  # the libtorrent swarm session: a peer it connected to or looked up
     REPLAY = "replay"  # `swarmwatch ingest` of data collected elsewhere
 
 
@@ -38,6 +38,9 @@ class PeerSighting:
     seen_at: datetime  # timezone-aware UTC
     seed: bool | None = None  # None: unknown
     client: str | None = None  # peer's client name, where a session saw it
+    # How the swarm session learnt of the peer (tracker, DHT, PEX), as detail: its
+    # source is SWARM whatever libtorrent learnt it from. Not stored.
+    learnt: tuple[Source, ...] = ()
 
     def __str__(self) -> str:  # never show the address in a log line
         return f"PeerSighting({self.infohash[:8]}…, {self.source}, {self.seen_at.isoformat()})"
@@ -63,6 +66,8 @@ class SampleRecord:
     interval: int | None = None
     min_interval: int | None = None
     error: str | None = None  # a counted failure; never contains a peer address
+    # Swarm rounds: peers known and reachable; peers_returned / known_peers is coverage.
+    known_peers: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

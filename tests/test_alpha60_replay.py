@@ -102,7 +102,7 @@ def test_alpha60_top_30_replays_with_spearman_one(
         study = s.get(Study, 1)
         assert study is not None
         with db.engine.connect() as conn:
-            scope = resolve_scope(conn, study)
+            scope = resolve_scope(conn, study, exact=True)  # the replay checks true counts
             city = compute_ranking(conn, scope, level="city", limit=None)
             metro = compute_ranking(conn, scope, level="metro", limit=None)
             per_capita = compute_ranking(conn, scope, level="metro", metric="per_capita", limit=10)

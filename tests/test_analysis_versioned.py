@@ -149,7 +149,7 @@ def test_rankings_follow_new_data(
     study_db: Database,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scope = scope_of(study_db, title="B")
+    scope = scope_of(study_db, title="B", exact=True)  # exact: the counts are the point
     caches = AnalysisCaches()
     with study_db.engine.connect() as conn:
         before = data_version(conn, scope.title_ids)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 import pytest
@@ -22,10 +23,12 @@ from swarmwatch.ltsession import CRAWL_FLAGS, SwarmSessionCrawler, add_params, b
 from swarmwatch.ltsession.crawler import _Joined
 from swarmwatch.ltsession.peers import (
     PEER_FLAG_HANDSHAKE,
+    PEER_FLAG_LOCAL_CONNECTION,
     PEER_FLAG_SEED,
     PEER_SOURCE_DHT,
     PEER_SOURCE_INCOMING,
     PEER_SOURCE_PEX,
+    PEER_SOURCE_RESUME_DATA,
     PEER_SOURCE_TRACKER,
     ConnectedPeer,
     RoundDedupe,
@@ -36,7 +39,7 @@ from swarmwatch.ltsession.peers import (
 )
 from swarmwatch.ltsession.session import new_session, parse_host_ports, session_settings
 from swarmwatch.netsafety import DestinationRefused
-from swarmwatch.sightings import MemorySink, Source
+from swarmwatch.sightings import MemorySink, PeerSighting, Source
 
 V1 = "0123456789abcdef0123456789abcdef01234567"
 V2 = "ab" * 32
@@ -295,10 +298,26 @@ def test_round_dedupe() -> None:
     assert dedupe.first(s)  # a new round sights it again
 
 
-def test_sightings_of_one_per_source() -> None:
+def test_a_peer_connected_both_ways_is_one_peer_in_a_round() -> None:
+    """Issue 14: its incoming connection carries an ephemeral port, our outgoing one its
+    listen port; the round counts one peer, and only the outgoing port is redialled."""
+    infos = [
+        FakePeerInfo(("127.0.0.2", 51413), flags=PEER_FLAG_LOCAL_CONNECTION | PEER_FLAG_SEED),
+        FakePeerInfo(("127.0.0.2", 40123), source=PEER_SOURCE_INCOMING, flags=PEER_FLAG_SEED),
+    ]
+    peers = list(connected_peers(infos, own=set()))
+    assert [(p.port, p.incoming) for p in peers] == [(51413, False), (40123, True)]
+    dedupe = RoundDedupe()
+    sent = [s for p in peers for s in sightings_of(p, V1, "v", NOW) if dedupe.first(s)]
+    assert len(sent) == 1 and sent[0].source == Source.SWARM
+
+
+def test_sightings_of_one_swarm_sighting_with_how_learnt() -> None:
+    """The session is its own source; how libtorrent learnt the peer is detail (issue 14)."""
     peer = ConnectedPeer(_ip("127.0.0.2"), 1, (Source.TRACKER, Source.PEX), False, "x")
     got = list(sightings_of(peer, V1, "vantage-a", NOW))
-    assert [s.source for s in got] == [Source.TRACKER, Source.PEX]
+    assert [s.source for s in got] == [Source.SWARM]
+    assert got[0].learnt == (Source.TRACKER, Source.PEX)
     assert all(s.seed is False and s.vantage == "vantage-a" and s.infohash == V1 for s in got)
 
 
@@ -386,4 +405,56 @@ def test_dht_lookup_peers_are_handed_to_the_torrent_as_dht_peers(tmp_path: Path)
     assert calls == [(("127.0.0.6", 6881), PEER_SOURCE_DHT)]
     # Sighted: both peers the DHT returned, not ourselves.
     assert sorted(str(s.ip) for s in sink.sightings) == ["127.0.0.6", "192.0.2.1"]
-    assert {s.source for s in sink.sightings} == {Source.DHT}
+    # The session's own lookups: sighted as SWARM, learnt from the DHT.
+    assert {s.source for s in sink.sightings} == {Source.SWARM}
+    assert {s.learnt for s in sink.sightings} == {(Source.DHT,)}
+
+
+def test_a_peer_that_dialled_in_is_dialled_again_on_its_hinted_listen_port(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: a peer reached only by its own incoming connection (ephemeral port) is
+    dialled again, once gone, on the listen port a tracker answer gave; coverage counts
+    it as known and reachable meanwhile."""
+    calls: list[tuple[tuple[str, int], int]] = []
+    peers: list[FakePeerInfo] = [
+        FakePeerInfo(("127.0.0.7", 40999), source=PEER_SOURCE_INCOMING, flags=PEER_FLAG_SEED)
+    ]
+
+    class Handle:
+        def is_valid(self) -> bool:
+            return True
+
+        def get_peer_info(self) -> list[FakePeerInfo]:
+            return list(peers)
+
+        def status(self) -> Any:
+            return type("S", (), {"total_payload_download": 0, "total_payload_upload": 0})()
+
+        def connect_peer(self, endpoint: tuple[str, int], source: int) -> None:
+            calls.append((endpoint, source))
+
+        def force_reannounce(self) -> None:
+            pass
+
+    crawler = SwarmSessionCrawler(
+        settings=Settings(loopback_only=True), enable_dht=False, save_path=tmp_path
+    )
+    crawler._joined[V1] = _Joined(V1, Handle(), metadata_known=True)
+    sink = MemorySink()
+    asyncio.run(crawler._end_round(sink))  # round 0: connected (incoming)
+    assert crawler.coverage() == (1, 1)
+    crawler._reconnect()
+    assert calls == []  # still connected
+    peers.clear()  # the peer dropped us
+    crawler._reconnect()
+    assert calls == []  # no listen port known yet: an ephemeral port is not one
+    crawler.hint(_sighting_at("127.0.0.7", 51413))  # a tracker lists it
+    crawler._reconnect()
+    assert calls == [(("127.0.0.7", 51413), PEER_SOURCE_RESUME_DATA)]
+    asyncio.run(crawler._end_round(sink))  # round 1: not sighted, still reachable
+    assert crawler.coverage() == (0, 1)
+
+
+def _sighting_at(ip: str, port: int) -> PeerSighting:
+    return PeerSighting(V1, _ip(ip), port, Source.TRACKER, "v", NOW)

@@ -180,6 +180,47 @@ def test_samples_update_the_tracker(db: Database, city_db: Path) -> None:
         assert tracker.failures == 1 and tracker.last_error == "timeout"
 
 
+def test_samples_of_a_torrent_registered_after_the_last_reread_are_stored(
+    db: Database, city_db: Path
+) -> None:
+    """Issue 14: a new torrent's first samples (a refusal of its non-loopback tracker,
+    say) came before the pipeline re-read the registry, and were dropped as unknown."""
+    register(db, ("alpha", [INFOHASH]))
+    refused = "http://203.0.113.5/announce"
+
+    async def go() -> Pipeline:
+        geo = Geolocator(city_db)
+        async with Pipeline(db, geolocator=geo, flush_seconds=0.05) as p:
+            register(db, ("beta", [INFOHASH_B]))  # after the pipeline's start-up read
+            await p.put_sample(
+                SampleRecord(
+                    INFOHASH_B,
+                    Source.TRACKER,
+                    "v1",
+                    T0,
+                    tracker_url=refused,
+                    error="refused: outside loopback",
+                )
+            )
+            await p.flush()
+
+            def stored() -> int:
+                with db.session() as s:
+                    return int(s.scalar(select(func.count()).select_from(Sample)) or 0)
+
+            async with asyncio.timeout(30):
+                while await asyncio.to_thread(stored) == 0:
+                    await asyncio.sleep(0.05)
+        geo.close()
+        return p
+
+    p = asyncio.run(go())
+    assert p.stats.unknown_samples == 0
+    with db.session() as s:
+        sample = s.scalars(select(Sample)).one()
+        assert sample.error == "refused: outside loopback" and sample.tracker_url == refused
+
+
 def test_sigterm_flushes_the_queue(db: Database, city_db: Path) -> None:
     register(db, ("alpha", [INFOHASH]))
 

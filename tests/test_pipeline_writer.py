@@ -253,3 +253,74 @@ def test_record_keys_are_drawn_as_the_cell_key_method_takes_them() -> None:
     from swarmwatch.store.writer import RECORD_KEY_MODULUS as DRAWN
 
     assert DRAWN == RECORD_KEY_MODULUS and RECORD_KEY_MASK == RECORD_KEY_MODULUS - 1
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_record_key_sums_follow_every_published_bucket(db: Database, seed: int) -> None:
+    """The cell-key noise of a published count comes from its rollup's record-key sum:
+    per hour and day (frames, the daily active series, each frame's city) that sum is
+    the keys of exactly the peers active there, and per first-seen day (windows) of the
+    peers first seen then, over batches where peers come back in later hours and days."""
+    ids = register(db, ("alpha", [INFOHASH]))
+    torrent = ids[("alpha", INFOHASH)]
+    writer = BatchWriter(db.engine)
+    rng = random.Random(seed)
+    seen: list[tuple[bytes, int]] = []  # (peer key, seconds after T0)
+    for hour in sorted(rng.sample(range(72), 8)):  # in time order, as crawls deliver them
+        # A batch spans seconds, within one hour: the writer folds a peer's sightings
+        # of one batch into one (its presence is per batch).
+        batch = WriteBatch()
+        for _ in range(rng.randrange(5, 40)):
+            # Keys that differ in their first 64 bits, as keyed hashes do (the presence key).
+            key = rng.randrange(30).to_bytes(16, "little")
+            offset = hour * 3600 + rng.randrange(60)
+            seen.append((key, offset))
+            batch.sightings.append(
+                SightingRow(
+                    1,
+                    1,
+                    torrent,
+                    key,
+                    T0 + timedelta(seconds=offset),
+                    "tracker",
+                    "v1",
+                    None,
+                    "GB",
+                    2643743,
+                    None,
+                    LONDON_CELL,
+                    None,
+                )  # fmt: skip
+            )
+        writer.write(batch)
+    with db.engine.connect() as conn:
+        record_key = dict(conn.execute(select(Peer.peer_key, Peer.record_key)).all())
+        start = int(T0.timestamp())
+        for interval in (3600, 86400):
+            active: dict[int, set[bytes]] = {}
+            for key, offset in seen:
+                active.setdefault((start + offset) // interval, set()).add(key)
+            want = {b: (len(ks), sum(record_key[k] for k in ks)) for b, ks in active.items()}
+            for table in ("rollup_active", "rollup_frame_city"):
+                got = conn.execute(
+                    text(
+                        f"SELECT bucket, sum(peers), sum(peers_rk) FROM {table}"
+                        " WHERE interval_s = :i GROUP BY bucket HAVING sum(peers) > 0"
+                    ),
+                    {"i": interval},
+                ).all()
+                assert {b: (n, rk) for b, n, rk in got} == want, (table, interval)
+        first: dict[bytes, int] = {}
+        for key, offset in seen:
+            first[key] = min(first.get(key, offset), offset)
+        by_day: dict[int, list[bytes]] = {}
+        for key, offset in first.items():
+            by_day.setdefault((start + offset) // 86400, []).append(key)
+        want_days = {d: (len(ks), sum(record_key[k] for k in ks)) for d, ks in by_day.items()}
+        got_days = conn.execute(
+            text(
+                "SELECT day, sum(peers), sum(peers_rk) FROM rollup_place_day"
+                " GROUP BY day HAVING sum(peers) > 0"
+            )
+        ).all()
+        assert {d: (n, rk) for d, n, rk in got_days} == want_days

@@ -8,11 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from swarmwatch.clock import Clock
 from swarmwatch.crawl import WatchedTorrent, static_torrents
 from swarmwatch.sightings import IPAddress, MemorySink, PeerSighting, SampleRecord
 from swarmwatch.sim import CompressedClock, SimulatedSwarm, build_index
 from swarmwatch.sim.trackers import SimTracker
 from swarmwatch.tracker import HttpTrackerClient, TrackerCrawler, UdpTrackerClient
+from swarmwatch.tracker.client import CrawlIdentity
+from swarmwatch.tracker.crawler import HARD_MIN_INTERVAL
+from swarmwatch.tracker.exceptions import TrackerTimeout
 from tests.test_sim_citydb import write_city_db
 from tests.test_sim_trackers import aio
 
@@ -46,7 +50,7 @@ class RecallSink(MemorySink):
                 self.stop.set()
 
 
-def crawler(clock: CompressedClock, **kw: object) -> TrackerCrawler:
+def crawler(clock: Clock, **kw: object) -> TrackerCrawler:
     return TrackerCrawler(
         clock=clock,
         min_interval_floor=0.0,
@@ -97,49 +101,49 @@ async def test_recall_rises_to_95_percent_within_the_coupon_bound(index, protoco
     assert tracker.stats.events["stopped"] == 1  # sent on shutdown
 
 
-class EventClock:
-    """Simulated time that moves to the next sleeper's wake-up once every task that sleeps
-    on it is asleep: hours pass as fast as the crawler can work, never faster.
+class IdleClock:
+    """Simulated time that moves only while every crawler task sleeps.
 
-    A compressed wall clock (an hour per second) let a busy machine's crawler fall
-    behind its announce schedule, and recall in the last hour dropped below 0.9.
+    A wall-compressed clock made recall depend on how many announces the machine
+    could serve per wall second (0.85 under a loaded CI, 0.99 idle): the crawler
+    was CPU-bound, not interval-bound. Here time jumps to the earliest wake-up once
+    `sleepers` tasks are asleep, so an announce in flight holds time still and the
+    crawl is the same simulated schedule on any machine.
     """
 
     def __init__(self, start: datetime, sleepers: int) -> None:
         self._now = start
-        self.sleepers = sleepers  # tasks that must all be asleep before time moves
+        self.sleepers = sleepers
         self._waiting: list[tuple[datetime, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        wake = self._now + timedelta(seconds=max(0.0, seconds))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((wake, future))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self._now + timedelta(seconds=max(0.0, seconds)), fut)
+        self._waiting.append(entry)
         try:
-            await future
+            await fut
         finally:
-            self._waiting = [w for w in self._waiting if w[1] is not future]
+            if entry in self._waiting:
+                self._waiting.remove(entry)
 
-    async def run_until(self, end: datetime) -> None:
-        """Advance time from sleeper to sleeper until `end` (called by the test)."""
-        while self._now < end:
-            pending = [w for w in self._waiting if not w[1].done()]
-            if len(pending) < self.sleepers:
-                await asyncio.sleep(0.001)  # someone is working (an announce in flight)
-                continue
-            wake, future = min(pending, key=lambda w: w[0])
-            self._now = max(self._now, min(wake, end))
-            if wake <= end:
-                future.set_result(None)
-            await asyncio.sleep(0)
+    def advance_if_idle(self) -> bool:
+        live = [(t, f) for t, f in self._waiting if not f.done()]
+        if len(live) < self.sleepers:
+            return False
+        self._now = max(self._now, min(t for t, _ in live))
+        for t, f in live:
+            if t <= self._now:
+                f.set_result(None)
+        return True
 
 
 @aio
 async def test_recall_over_time_in_a_diurnal_swarm(index) -> None:  # type: ignore[no-untyped-def]
-    # Two tasks sleep on the clock: the crawler's refresh loop and the tier's announces.
-    clock = EventClock(START, sleepers=2)
+    # Two sleepers: the crawler's planning loop and the one tracker tier's task.
+    clock = IdleClock(START, sleepers=2)
     swarm = SimulatedSwarm(
         seed=9,
         n_peers=1500,
@@ -156,12 +160,14 @@ async def test_recall_over_time_in_a_diurnal_swarm(index) -> None:  # type: igno
         c = crawler(clock, numwant=200)
         torrents = static_torrents([WatchedTorrent(IH, None, ((tracker.http_url, 0),))])
         task = asyncio.create_task(c.run(torrents, sink, stop))
-        await asyncio.wait_for(clock.run_until(START + timedelta(hours=4)), 300)
+        deadline = asyncio.get_running_loop().time() + 120
+        while clock.now() < START + timedelta(hours=4):
+            assert asyncio.get_running_loop().time() < deadline, "crawl made no progress"
+            if not clock.advance_if_idle():
+                await asyncio.sleep(0.001)
+            else:
+                await asyncio.sleep(0)
         stop.set()
-        clock.sleepers = 0
-        for _, future in clock._waiting:  # wake the sleepers so that they see stop
-            if not future.done():
-                future.set_result(None)
         await task
         await c.aclose()
     end = max(s.seen_at for s in sink.sightings)
@@ -276,3 +282,94 @@ async def test_hostile_and_refused_trackers_become_counted_errors(index) -> None
     # ... and the good tracker kept working through all of it.
     good = [s for s in by_url[tracker.http_url] if s.error is None]
     assert len(good) > 10 and sink.addresses(IH) <= {p.ip for p in swarm.peers}
+
+
+@pytest.mark.parametrize("protocol", ["http", "udp"])
+@aio
+async def test_an_interval_zero_tracker_is_held_to_the_hard_floor(index, protocol: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: interval 0 from the wire and a 0 floor in the settings still mean one
+    announce per HARD_MIN_INTERVAL, not thousands a second."""
+    clock = CompressedClock(START, factor=200)
+    swarm = SimulatedSwarm(seed=4, n_peers=50, torrents=[IH], index=index, clock=clock, start=START)
+    async with SimTracker(swarm, interval=0, min_interval=0) as tracker:
+        url = tracker.http_url if protocol == "http" else tracker.udp_url
+        stop = asyncio.Event()
+        c = crawler(clock, scrape=False)  # min_interval_floor=0.0, as a setting could say
+        task = asyncio.create_task(
+            c.run(static_torrents([WatchedTorrent(IH, None, ((url, 0),))]), MemorySink(), stop)
+        )
+        while clock.now() < START + timedelta(minutes=2):
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        await c.aclose()
+    # 120 simulated seconds at one announce per 5 s, plus the first and the stopped one.
+    assert c.floor == HARD_MIN_INTERVAL
+    assert 2 <= tracker.stats.announces <= 120 / HARD_MIN_INTERVAL + 3, tracker.stats
+
+
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A tracker that never finishes: a byte every 0.1 s, so no single read times out."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+    try:
+        while True:
+            writer.write(b"d")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+@aio
+async def test_the_deadline_covers_the_whole_http_request() -> None:
+    server = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/announce"
+    client = HttpTrackerClient(timeout=0.5)
+    try:
+        with pytest.raises(TrackerTimeout):
+            # The outer bound only keeps a broken deadline from hanging the suite.
+            await asyncio.wait_for(
+                client.announce(url, bytes(20), CrawlIdentity.fresh()), timeout=30
+            )
+    finally:
+        await client.aclose()
+        server.close()
+
+
+@aio
+async def test_trickling_trackers_cannot_starve_a_torrent_registered_later(index) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: 32 trickling trackers on one host took every announce slot for good;
+    a torrent registered afterwards, on another host, must still be announced."""
+    server = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    trickle = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/announce"
+    hostile = [WatchedTorrent(f"{i:040x}", None, ((trickle, 0),)) for i in range(32)]
+    clock = CompressedClock(START, factor=1)
+    swarm = SimulatedSwarm(seed=6, n_peers=50, torrents=[IH], index=index, clock=clock, start=START)
+    async with SimTracker(swarm, host="127.0.0.2", host6=None) as tracker:
+        later = WatchedTorrent(IH, None, ((tracker.http_url, 0),))
+        calls = 0
+
+        async def source() -> list[WatchedTorrent]:
+            nonlocal calls
+            calls += 1
+            return hostile if calls == 1 else [*hostile, later]
+
+        # A long deadline: the trickling trackers keep their slots for the whole test.
+        c = TrackerCrawler(refresh=0.2, deadline=120, scrape=False, vantage="t", seed=1)
+        stop = asyncio.Event()
+        sink = MemorySink()
+        task = asyncio.create_task(c.run(source, sink, stop))
+        try:
+            async with asyncio.timeout(30):
+                while not any(s.infohash == IH and s.error is None for s in sink.samples):
+                    assert not task.done()
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await c.aclose()
+            server.close()
+    assert tracker.stats.announces >= 1

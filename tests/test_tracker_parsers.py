@@ -48,6 +48,7 @@ KEYS = [
     b"warning message",
     b"tracker id",
     b"files",
+    b"external ip",
 ]
 announce_like = st.dictionaries(st.sampled_from(KEYS), bvalues | st.binary(max_size=60), max_size=8)
 
@@ -126,6 +127,17 @@ def test_announce_response_valid(
     r = parse_announce_response(bencode.encode(d))
     assert (r.interval, r.min_interval, r.seeders, r.leechers) == (interval, min_interval, 3, 4)
     assert sorted(r.peers, key=str) == sorted(p4 + p6, key=str)
+
+
+@given(st.binary(max_size=20) | bvalues)
+def test_bep24_external_ip_any_value(value: object) -> None:
+    """Our address as the tracker saw it: 4 or 16 packed bytes, anything else ignored."""
+    result = parse_announce_response(bencode.encode({b"interval": 60, b"external ip": value}))
+    if isinstance(value, bytes) and len(value) in (4, 16):
+        assert result.external_ip == ipaddress.ip_address(value)
+    else:
+        assert result.external_ip is None
+    assert "external" not in repr(result)  # hidden like the peers: it is an address
 
 
 def test_dict_peer_hostnames_are_skipped_not_resolved() -> None:
@@ -207,7 +219,7 @@ def test_udp_connect_roundtrip_and_wrong_tid(tid: int, other: int, conn: int) ->
 
 @given(
     st.integers(0, 2**32 - 1),
-    st.integers(0, 2**31),
+    st.integers(0, udpwire.MAX_INTERVAL_SECONDS),
     st.lists(st.tuples(v4, ports), max_size=40),
     st.binary(max_size=17),
 )
@@ -220,6 +232,27 @@ def test_udp_announce_roundtrip_and_bad_lengths(
     if len(junk) % 6:
         with pytest.raises(TrackerResponseError):
             udpwire.parse_announce_response(resp + junk, tid, ipv6=False)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_udp_announce_fields_are_validated_as_int32(
+    interval: int, leechers: int, seeders: int
+) -> None:
+    """BEP 15 fields are int32: -1 (0xFFFFFFFF) is refused, never a 136-year interval."""
+    resp = udpwire.encode_announce_response(1, interval, leechers, seeders, b"")
+    negative = max(interval, leechers, seeders) >= 2**31
+    if negative or interval > udpwire.MAX_INTERVAL_SECONDS:
+        with pytest.raises(TrackerResponseError):
+            udpwire.parse_announce_response(resp, 1, ipv6=False)
+    else:
+        r = udpwire.parse_announce_response(resp, 1, ipv6=False)
+        assert (r.interval, r.leechers, r.seeders) == (interval, leechers, seeders)
+
+
+def test_udp_interval_minus_one_is_refused() -> None:
+    resp = udpwire.encode_announce_response(9, 2**32 - 1, 0, 0, b"")  # -1 as the wire has it
+    with pytest.raises(TrackerResponseError, match="negative"):
+        udpwire.parse_announce_response(resp, 9, ipv6=False)
 
 
 def test_udp_error_packet_is_a_failure() -> None:

@@ -59,7 +59,7 @@ def _ranking(db: Database, metric: str, **kw: object) -> list[tuple[str, int, fl
     with db.engine.connect() as conn, db.session() as s:
         one = s.get(Study, 1)
         assert one is not None
-        scope = resolve_scope(conn, one, title="A")
+        scope = resolve_scope(conn, one, title="A", exact=True)
         ranking = compute_ranking(conn, scope, level="metro", metric=metric, **kw)  # type: ignore[arg-type]
     return [(r.place, r.peers, r.alpha60_score) for r in ranking.rows]
 
@@ -104,7 +104,10 @@ def test_load_replaces_metros_for_peers_already_stored(
         one = s.get(Study, 1)
         assert one is not None
         ranking = compute_ranking(
-            conn, resolve_scope(conn, one, title="A"), level="metro", metric="per_capita"
+            conn,
+            resolve_scope(conn, one, title="A", exact=True),
+            level="metro",
+            metric="per_capita",
         )
     assert ranking.method["population_source"].startswith(f"Other Census (2018); {SOURCE} (2020)")
     assert ranking.method["population_years"] == [2018, 2020]
@@ -202,7 +205,7 @@ def test_alpha60_density_ranks_by_peers_over_rescaled_density(
     # Per capita ranks Delta (1.4 per 100k) above Gamma (1.0): alpha60 leaves it out,
     # and its score divides Gamma by 1000 where residents differ 5-fold.
     assert [p for p, _, _ in _ranking(study, "per_capita")] == ["Alpha-Beta", "Delta", "Gamma"]
-    paths = export_study(study, 1, tmp_path / "out", title="A")
+    paths = export_study(study, 1, tmp_path / "out", title="A", exact=True)
     names = {p.name for p in paths}
     assert "rankings_metro_alpha60_density.csv" in names
     text = (tmp_path / "out" / "rankings_metro_alpha60_density.csv").read_text()

@@ -47,6 +47,8 @@ class AnalysisCaches:
     levels: PerEngine[PublishedLevel] = field(init=False)
     #: Chao1 per scope (one read of the peer-times rollup, reused while the data holds).
     estimates: PerEngine[dict[str, Any] | None] = field(init=False)
+    #: Seeds, leechers and unknown state per (titles, window): one read of their peers.
+    seed_states: PerEngine[dict[str, tuple[int, int]]] = field(init=False)
     #: Published frames, each versioned by its own total (see analysis.frames).
     frames: PerEngine[Frame] = field(init=False)
     #: Compact time-lapses, versioned by the identity of the frames they encode;
@@ -66,6 +68,7 @@ class AnalysisCaches:
         self.refresher = Refresher(after=self.settle)
         self.levels = PerEngine(max_entries=64, refresher=self.refresher)
         self.estimates = PerEngine(max_entries=64, refresher=self.refresher)
+        self.seed_states = PerEngine(max_entries=256, refresher=self.refresher)
         self.frames = PerEngine(max_entries=FRAME_CACHE_SIZE, refresher=self.refresher)
         self.compact = PerEngine(
             max_entries=COMPACT_CACHE_SIZE, refresh_after=0.0, refresher=self.refresher

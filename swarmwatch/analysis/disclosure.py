@@ -1,6 +1,9 @@
 """k-anonymity for published counts: primary and complementary suppression.
 
-Every answer and export passes its counts through protect() before publishing.
+Answers no longer use protect(): complementary suppression cannot cover windows or
+crossed hierarchies (below), so every number a non-owner reads is cell-key perturbed
+instead (swarmwatch.analysis.cellkey). The rule is kept, with its property tests, as
+the documented baseline the attack tests compare against.
 
 The rule
 --------

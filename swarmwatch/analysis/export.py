@@ -179,14 +179,20 @@ def export_study(
     end: datetime | None = None,
     vantage: str | None = None,
     res: int = 4,
+    exact: bool = False,
 ) -> list[Path]:
-    """`swarmwatch export`: the API's export files for a study, written to out_dir."""
+    """`swarmwatch export`: the API's export files for a study, written to out_dir.
+
+    Protected (cell-key perturbed, as the public reads them) unless `exact`: a paper's
+    CSV is public, so the operator has to ask for true counts."""
     with db.engine.connect() as conn:
         with db.session() as session:
             study = session.get(Study, study_id)
             if study is None:
                 raise LookupError(f"study {study_id} not found")
-        scope = resolve_scope(conn, study, title=title, start=start, end=end, vantage=vantage)
+        scope = resolve_scope(
+            conn, study, title=title, start=start, end=end, vantage=vantage, exact=exact
+        )
         return export_scope(conn, scope, Path(out_dir), res=res)
 
 

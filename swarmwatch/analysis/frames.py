@@ -40,7 +40,6 @@ import threading
 import time
 import zlib
 from array import array
-from collections import defaultdict
 from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -48,11 +47,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import h3
-from h3.api import basic_int as h3i
 from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.disclosure import RULE, protect
+from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
@@ -61,7 +59,6 @@ from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
     FRAME_STORED_RES,
-    parent_at,
     rollup_active,
     rollup_frame,
     rollup_frame_city,
@@ -70,7 +67,6 @@ from swarmwatch.store.rollups import (
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_CITIES = 10
-NO_CELL = 0  # not an H3 index: the key of a frame's peers that have no cell
 
 
 @dataclass(slots=True, eq=False)
@@ -318,7 +314,7 @@ def frames_compact(
     frame object is replaced only when its frame is recomputed, and the answer keeps
     its own frames alive, so equal identities mean equal content.
     """
-    key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, interval, res, top)
+    key = (scope.title_ids, scope.day_from, scope.day_to, scope.k, scope.exact, interval, res, top)
     engine = conn.engine
     caches = caches or AnalysisCaches()
     with caches.building_lock:
@@ -490,7 +486,7 @@ def frame_set_of(
     if scope.day_to is not None:
         where.append(a.c.bucket < scope.day_to * 86400 // interval)
     totals = conn.execute(
-        select(a.c.bucket, func.sum(a.c.peers), func.sum(a.c.city_peers))
+        select(a.c.bucket, func.sum(a.c.peers), func.sum(a.c.city_peers), func.sum(a.c.peers_rk))
         .where(*where)
         .group_by(a.c.bucket)
         .order_by(a.c.bucket)
@@ -499,23 +495,25 @@ def frame_set_of(
     cache = (caches or AnalysisCaches()).frames.of(engine)
     frames: list[Frame] = []
     stale_since: datetime | None = None
-    for bucket, total, city_total in totals:
-        key = (scope.title_ids, interval, res, bucket, scope.k, top)
+    for bucket, total, city_total, total_rk in totals:
+        key = (scope.title_ids, interval, res, bucket, scope.k, scope.exact, top)
 
-        def compute(b: int = bucket, n: int = int(total), c: int = int(city_total)) -> Frame:
+        def compute(
+            b: int = bucket, n: int = int(total), c: int = int(city_total), rk: int = int(total_rk)
+        ) -> Frame:
             if between is not None:
                 between()  # only before real work: a cached frame costs nothing
-            return _frame(conn, scope, interval, res, b, n, c, top)
+            return _frame(conn, scope, interval, res, b, n, c, top, rk)
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
             # The open frame, recomputed off the request path from a fresh read.
             with engine.connect() as own:
-                n, c = own.execute(
-                    select(func.sum(a.c.peers), func.sum(a.c.city_peers)).where(
-                        a.c.title_id.in_(titles), a.c.interval_s == interval, a.c.bucket == b
-                    )
+                n, c, rk = own.execute(
+                    select(
+                        func.sum(a.c.peers), func.sum(a.c.city_peers), func.sum(a.c.peers_rk)
+                    ).where(a.c.title_id.in_(titles), a.c.interval_s == interval, a.c.bucket == b)
                 ).one()
-                return int(n), _frame(own, scope, interval, res, b, int(n), int(c), top)
+                return int(n), _frame(own, scope, interval, res, b, int(n), int(c), top, int(rk))
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.
@@ -526,7 +524,9 @@ def frame_set_of(
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",
-        "suppression": RULE,
+        "suppression": "none: the owner's exact read"
+        if scope.exact
+        else str(DEFAULT_TABLE.describe()["small_counts"]),
     }
     return FrameSet(frames, method, stale_since)
 
@@ -552,16 +552,16 @@ def _frame(
     total: int,
     city_total: int,
     top: int,
+    total_rk: int,
 ) -> Frame:
-    k = scope.k
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     f = rollup_frame
     # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
     parent = _parent_column(f.c.h3_cell, FRAME_STORED_RES, res).label("cell")
-    cells: dict[int, int] = {
-        int(cell): int(n)
-        for cell, n in conn.execute(
-            select(parent, func.sum(f.c.peers))
+    rows = {
+        int(cell): (int(n), int(rk))
+        for cell, n, rk in conn.execute(
+            select(parent, func.sum(f.c.peers), func.sum(f.c.peers_rk))
             .where(
                 f.c.title_id.in_(titles),
                 f.c.interval_s == interval,
@@ -571,50 +571,30 @@ def _frame(
             .group_by(parent)
         )
     }
-    # Peers with no cell are part of the published frame total but of no cell.
-    nocell = total - sum(cells.values())
-    groups: list[list[int]] = []
-    if res - 1 in FRAME_RESOLUTIONS:
-        by_parent: defaultdict[int, list[int]] = defaultdict(list)
-        for cell in cells:
-            by_parent[parent_at(cell, res - 1)].append(cell)
-        groups = list(by_parent.values())
-    counts = dict(cells)
-    unpublished = {NO_CELL: nocell} if nocell > 0 else {}
-    counts.update(unpublished)
-    groups.append(list(counts))
-    hidden = protect(counts, k, groups, unpublished=unpublished.keys())
-    published = {c: n for c, n in cells.items() if c not in hidden}
-    shown = sorted(published)
     t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
-    peers = total if total >= k else None
-    top_cities = (
-        _top_cities(conn, scope, interval, res, bucket, total, city_total, top, published)
-        if total >= k
-        else []
-    )
+    # Owners: every cell and city exact. Anyone else: each cell, city and the frame's
+    # total perturbed by its own peers' record keys (analysis.cellkey), so no sum or
+    # difference of them, across frames, resolutions or places, pins one down.
+    published = {}
+    for cell, (n, rk) in rows.items():
+        value = scope.count(n, rk)
+        if value:
+            published[cell] = value
+    shown = sorted(published)
+    peers = scope.count(total, total_rk)
+    top_cities = _top_cities_perturbed(conn, scope, interval, bucket, top) if peers else []
     return Frame(t, peers, array("q", shown), array("q", [published[c] for c in shown]), top_cities)
 
 
-def _top_cities(
-    conn: Connection,
-    scope: Scope,
-    interval: int,
-    res: int,
-    bucket: int,
-    total: int,
-    city_total: int,
-    top: int,
-    cells: dict[int, int],
+def _top_cities_perturbed(
+    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
 ) -> list[dict[str, Any]]:
-    """The frame's largest cities, with what is left of the frame kept k-anonymous.
+    """The frame's largest cities as this reader may see them (exact for owners,
+    perturbed for anyone else), ranked by the published value.
 
-    Candidates are each title's top cities (an index range scan, not a sort of all
-    cities), summed exactly over the titles. The rest of the frame (total minus the
-    shown cities) must hide behind >= k peers beyond its largest member, else the
-    smallest shown city is withheld too.
+    Candidates are each title's largest cities (an index range scan, not a sort of all
+    cities), with room for noise to reorder the last few; summed over the titles.
     """
-    k = scope.k
     t = rollup_frame_city
     candidates: set[int] = set()
     for title_id in scope.title_ids:
@@ -623,61 +603,48 @@ def _top_cities(
                 select(t.c.geoname_id)
                 .where(t.c.title_id == title_id, t.c.interval_s == interval, t.c.bucket == bucket)
                 .order_by(t.c.peers.desc())
-                .limit(top + 1)
+                .limit(top + 2 * BOUND)
             ).scalars()
         )
     if not candidates:
         return []
+    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     ids: Any = bindparam("ids", sorted(candidates), expanding=True)
     rows = conn.execute(
-        select(t.c.geoname_id, func.sum(t.c.peers), City.name, City.country, City.lat, City.lon)
+        select(
+            t.c.geoname_id,
+            func.sum(t.c.peers),
+            func.sum(t.c.peers_rk),
+            City.name,
+            City.country,
+            City.lat,
+            City.lon,
+        )
         .select_from(t.outerjoin(City, City.geoname_id == t.c.geoname_id))
         .where(
-            t.c.title_id.in_(bindparam("titles", list(scope.title_ids), expanding=True)),
+            t.c.title_id.in_(titles),
             t.c.interval_s == interval,
             t.c.bucket == bucket,
             t.c.geoname_id.in_(ids),
         )
         .group_by(t.c.geoname_id, City.name, City.country, City.lat, City.lon)
     ).all()
-    ranked = sorted(rows, key=lambda r: (-int(r[1]), r[0]))
-    shown = [r for r in ranked[:top] if int(r[1]) >= k]
-    rest_members = ranked[len(shown) :]
-    nocity = total - city_total
-    changed = True
-    while changed and shown:
-        changed = False
-        rest = total - sum(int(r[1]) for r in shown)
-        largest = max([int(r[1]) for r in rest_members[:1]] + [nocity])
-        members = len(rest_members) + (nocity > 0)
-        if rest > 0 and (members < 2 or rest - largest < k):
-            rest_members.insert(0, shown.pop())
-            changed = True
-            continue
-        in_cell: defaultdict[int, list[Any]] = defaultdict(list)
-        for r in shown:
-            if r[4] is not None and r[5] is not None:
-                in_cell[h3i.latlng_to_cell(r[4], r[5], res)].append(r)
-        for cell, members_shown in in_cell.items():
-            cell_rest = cells.get(cell, 0) - sum(int(r[1]) for r in members_shown)
-            if cell in cells and 0 < cell_rest < k:
-                smallest = members_shown[-1]
-                shown.remove(smallest)
-                rest_members.insert(0, smallest)
-                rest_members.sort(key=lambda r: (-int(r[1]), r[0]))
-                changed = True
-                break
-    return [
-        {
-            "geoname_id": r[0],
-            "name": r[2],
-            "country": r[3],
-            "lat": r[4],
-            "lon": r[5],
-            "peers": int(r[1]),
-        }
-        for r in shown
-    ]
+    out = []
+    for gid, n, rk, name, country, lat, lon in rows:
+        value = scope.count(int(n), int(rk))
+        if value:
+            out.append(
+                {
+                    "geoname_id": gid,
+                    "name": name,
+                    "country": country,
+                    "lat": lat,
+                    "lon": lon,
+                    "peers": value,
+                }
+            )
+    out.sort(key=lambda c: (-c["peers"], c["geoname_id"]))
+    return out[:top]
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """Place rankings: unique peers per city, metro, country or H3 cell, absolute and per capita.
 
-Reads only rollups (one grouped query per level) and suppresses with disclosure.protect();
+Reads only rollups (one grouped query per level); owners read exact counts, anyone else
+cell-key perturbed ones (analysis.cellkey, from the rollups' record-key sums);
 the suppressed table of a level is cached by data version (swarmwatch.analysis.versioned).
 
 Per capita
@@ -37,6 +38,7 @@ and no interval. (alpha60's code divides by (d_max - d_min) + 1 where its commen
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
@@ -52,7 +54,7 @@ from h3.api import basic_int as h3i
 from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.disclosure import RULE, protect
+from swarmwatch.analysis.cellkey import DEFAULT_TABLE, protected_rate
 from swarmwatch.analysis.estimators import PER, rate_per_100k
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import Versioned, data_version
@@ -149,6 +151,7 @@ class Place:
     population: int | None
     peers: int
     land_area_km2: float | None = None
+    rk: int = 0  # the sum of the peers' record keys (analysis.cellkey)
 
 
 @dataclass(slots=True)
@@ -260,6 +263,7 @@ def _cities(
             t.c.country,
             City.metro_id,
             func.sum(t.c.peers),
+            func.sum(t.c.peers_rk),
             City.name,
             City.lat,
             City.lon,
@@ -281,16 +285,19 @@ def _cities(
     unpublished: dict[Hashable, int] = defaultdict(int)
     by_country: defaultdict[str, list[Hashable]] = defaultdict(list)
     by_metro: defaultdict[int, list[Hashable]] = defaultdict(list)
-    for gid, country, metro_id, peers, name, lat, lon, pop in conn.execute(stmt):
-        peers = int(peers)
+    for gid, country, metro_id, peers, rk, name, lat, lon, pop in conn.execute(stmt):
+        peers, rk = int(peers), int(rk)
         if not gid:
             unpublished[("nocity", country)] += peers
             continue
         key = ("city", gid)
         if key in places:  # the same city under two metro ids: keep one row
             places[key].peers += peers
+            places[key].rk += rk
         else:
-            places[key] = Place(key, str(gid), name or str(gid), country, lat, lon, pop, peers)
+            places[key] = Place(
+                key, str(gid), name or str(gid), country, lat, lon, pop, peers, rk=rk
+            )
             by_country[country].append(key)
         if metro_id:
             by_metro[metro_id].append(key)
@@ -311,6 +318,7 @@ def _metros(
             City.metro_id,
             t.c.country,
             func.sum(t.c.peers),
+            func.sum(t.c.peers_rk),
             Metro.name,
             Metro.lat,
             Metro.lon,
@@ -336,16 +344,17 @@ def _metros(
     places: dict[Hashable, Place] = {}
     unpublished: dict[Hashable, int] = defaultdict(int)
     by_country: defaultdict[str, list[Hashable]] = defaultdict(list)
-    for metro_id, country, peers, name, lat, lon, pop, area in conn.execute(stmt):
-        peers = int(peers)
+    for metro_id, country, peers, rk, name, lat, lon, pop, area in conn.execute(stmt):
+        peers, rk = int(peers), int(rk)
         if not metro_id or name is None:
             unpublished[("nometro", country)] += peers
             continue
         key = ("metro", metro_id)
         if key in places:
             places[key].peers += peers
+            places[key].rk += rk
             continue
-        places[key] = Place(key, str(metro_id), name, country, lat, lon, pop, peers, area)
+        places[key] = Place(key, str(metro_id), name, country, lat, lon, pop, peers, area, rk=rk)
         by_country[country].append(key)
     for country in list(by_country):
         if ("nometro", country) in unpublished:
@@ -364,18 +373,18 @@ def _countries(
 ) -> tuple[dict[Hashable, Place], dict[Hashable, int], list[list[Hashable]]]:
     t = _source(scope, "country")
     stmt = (
-        select(t.c.country, func.sum(t.c.peers))
+        select(t.c.country, func.sum(t.c.peers), func.sum(t.c.peers_rk))
         .where(*_where(t, scope), t.c.country != "")
         .group_by(t.c.country)
     )
     table = _country_table()
     places: dict[Hashable, Place] = {}
-    for country, peers in conn.execute(stmt):
+    for country, peers, rk in conn.execute(stmt):
         info = table.get(country, {})
         pop = info.get("population") or None
         name = info.get("name", country)
         places[("country", country)] = Place(
-            ("country", country), country, name, country, None, None, pop, int(peers)
+            ("country", country), country, name, country, None, None, pop, int(peers), rk=int(rk)
         )
     return places, {}, []
 
@@ -415,14 +424,16 @@ def _cells(
         raise ValueError(f"cell rankings are kept at H3 resolutions {CELL_RESOLUTIONS}")
     t = _source(scope, "cell")
     stmt = (
-        select(t.c.h3_cell, func.sum(t.c.peers))
+        select(t.c.h3_cell, func.sum(t.c.peers), func.sum(t.c.peers_rk))
         .where(*_where(t, scope), t.c.res == CELL_STORED_RES)
         .group_by(t.c.h3_cell)
     )
     # Stored at the finest resolution only: coarser cells are the sums of their children.
     counts: defaultdict[int, int] = defaultdict(int)
-    for stored, peers in conn.execute(stmt):
+    rks: defaultdict[int, int] = defaultdict(int)
+    for stored, peers, rk in conn.execute(stmt):
         counts[parent_at(stored, res)] += int(peers)
+        rks[parent_at(stored, res)] += int(rk)
     population = cell_population(conn, res, caches)
     places: dict[Hashable, Place] = {}
     by_parent: defaultdict[int, list[Hashable]] = defaultdict(list)
@@ -431,7 +442,9 @@ def _cells(
         lat, lon = h3i.cell_to_latlng(cell)
         index = h3.int_to_str(cell)
         key = ("cell", cell)
-        places[key] = Place(key, index, index, "", lat, lon, population.get(cell), peers)
+        places[key] = Place(
+            key, index, index, "", lat, lon, population.get(cell), peers, rk=rks[cell]
+        )
         if coarser:
             by_parent[parent_at(cell, res - 1)].append(key)
     return places, {}, list(by_parent.values())
@@ -539,14 +552,22 @@ def published_level(
     res: int = DEFAULT_CELL_RES,
     caches: AnalysisCaches | None = None,
 ) -> PublishedLevel:
-    """The k-anonymous places of a level, computed from the rollups (the level itself
-    is not cached here; cell populations are, in `caches`)."""
-    places, unpublished, groups = place_counts(conn, scope, level, res, caches)
-    counts: dict[Hashable, int] = {key: p.peers for key, p in places.items()}
-    counts.update(unpublished)
-    hidden = protect(counts, scope.k, groups, unpublished=unpublished.keys())
-    visible = [p for key, p in places.items() if key not in hidden]
-    return PublishedLevel(visible, len(places) - len(visible))
+    """The places of a level as this reader may see them, computed from the rollups (the
+    level itself is not cached here; cell populations are, in `caches`).
+
+    Owners: every place, exact. Anyone else: each place's count cell-key perturbed
+    (analysis.cellkey), so no sum or difference of places and totals pins one down;
+    places whose published value would be below k are left out.
+    """
+    places, _unpublished, _groups = place_counts(conn, scope, level, res, caches)
+    if scope.exact:
+        return PublishedLevel(list(places.values()), 0)
+    shown: list[Place] = []
+    for p in places.values():
+        value = scope.count(p.peers, p.rk)
+        if value:
+            shown.append(dataclasses.replace(p, peers=value))
+    return PublishedLevel(shown, len(places) - len(shown))
 
 
 def cached_level(
@@ -566,6 +587,7 @@ def cached_level(
         scope.day_to,
         scope.vantage,
         scope.k,
+        scope.exact,
         level,
         res if level == "cell" else None,
     )
@@ -621,7 +643,12 @@ def compute_ranking(
         ranked = ranked[:limit]
     rows = []
     for rank, value, p in ranked:
-        rate = rate_per_100k(p.peers, p.population) if p.population else None
+        if not p.population:
+            rate = None
+        elif scope.exact:
+            rate = rate_per_100k(p.peers, p.population)
+        else:
+            rate = protected_rate(p.peers, p.population)
         alpha60 = metric == "alpha60_density"
         rows.append(
             RankingRow(
@@ -654,8 +681,11 @@ def compute_ranking(
         "population_source": source,
         "population_years": years,
         "normalisation": NORMALISATION[metric],
-        "rate_interval": "95 % Wilson score interval, per 100,000 residents",
-        "suppression": RULE,
+        "rate_interval": "95 % Wilson score interval, per 100,000 residents"
+        + ("" if scope.exact else ", widened by the cell-key noise"),
+        "suppression": "none: the owner's exact read"
+        if scope.exact
+        else str(DEFAULT_TABLE.describe()["small_counts"]),
         "data_read_at": table.read_at.isoformat(timespec="seconds"),
         "geoip": geoip_provenance(conn),
         "columns": columns,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, select
 
+from swarmwatch.analysis import cellkey
 from swarmwatch.store.models import GeoipDatabase, Study, Title
 from swarmwatch.store.rollups import DAY
 
@@ -41,6 +42,15 @@ class Scope:
     day_from: int | None  # first UTC day (days since the epoch), inclusive
     day_to: int | None  # last UTC day, exclusive
     vantage: str | None
+    # True only for the study's owners (and admins): they read true counts; everyone
+    # else reads cell-key perturbed ones (analysis.cellkey). Protected unless told.
+    exact: bool = False
+
+    def count(self, n: int, rk_sum: int) -> int | None:
+        """A count of n peers whose record keys sum to rk_sum, as this reader may see it."""
+        if self.exact:
+            return n
+        return cellkey.publish(n, rk_sum, self.k)
 
     @property
     def by_day(self) -> bool:
@@ -65,6 +75,12 @@ class Scope:
             "vantage": self.vantage,
             "k_threshold": self.k,
             "counting": COUNTING,
+            "exact": self.exact,
+            "noise": (
+                "none: the study's owner reads exact counts"
+                if self.exact
+                else cellkey.DEFAULT_TABLE.describe()
+            ),
         }
 
 
@@ -76,6 +92,7 @@ def resolve_scope(
     start: datetime | None = None,
     end: datetime | None = None,
     vantage: str | None = None,
+    exact: bool = False,
 ) -> Scope:
     """Resolve title (id or name) and widen the window to whole UTC days.
 
@@ -103,7 +120,15 @@ def resolve_scope(
     if day_from is not None and day_to is not None and day_to <= day_from:
         raise ScopeError("the window is empty: 'to' must be after 'from'")
     return Scope(
-        study.id, study.name, study.k_threshold, title_ids, title_name, day_from, day_to, vantage
+        study.id,
+        study.name,
+        study.k_threshold,
+        title_ids,
+        title_name,
+        day_from,
+        day_to,
+        vantage,
+        exact,
     )
 
 

@@ -144,7 +144,15 @@ def owned_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> S
     return require_role(session, study_id, key, Role.OWNER)
 
 
+def exact_reader(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep) -> bool:
+    """Whether the caller reads the study's exact counts: its owners and admins only;
+    everyone else reads cell-key perturbed ones (analysis.cellkey)."""
+    study = session.get(Study, study_id)
+    return study is not None and role_of(session, study, key) >= Role.OWNER
+
+
 ReadableStudyDep = Annotated[Study, Depends(readable_study)]
+ExactReaderDep = Annotated[bool, Depends(exact_reader)]
 OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 
 __all__ = [
@@ -152,6 +160,7 @@ __all__ = [
     "ApiKeyDep",
     "CachesDep",
     "DatabaseDep",
+    "ExactReaderDep",
     "OptionalKeyDep",
     "OwnedStudyDep",
     "ReadableStudyDep",

@@ -211,9 +211,29 @@ class CrawlStatus(BaseModel):
     peers_returned: int
     last_samples: list[SamplePublic]
     unique_peers: int | None = Field(
-        default=None, description="distinct peers of this torrent's title, k-suppressed"
+        default=None,
+        description="distinct peers of this torrent's title: exact for the study's owners, "
+        "cell-key perturbed and withheld below k for anyone else",
     )
-    anomalies: int | None = None
+    anomalies: int | None = Field(
+        default=None, description="peers of the title not placed at a city, k-suppressed"
+    )
+    seeds: int | None = Field(default=None, description="peers any sighting showed seeding")
+    leechers: int | None = Field(
+        default=None, description="peers seen with known state, never seeding"
+    )
+    unknown_state: int | None = Field(
+        default=None, description="peers whose seed state no sighting showed (not leechers)"
+    )
+    round_sighted: int | None = Field(
+        default=None, description="peers the last swarm-session round sighted"
+    )
+    round_reachable: int | None = Field(
+        default=None, description="peers known and reachable at the last swarm round"
+    )
+    coverage: float | None = Field(
+        default=None, description="round_sighted / round_reachable of the last swarm round"
+    )
 
 
 class TorrentPublic(BaseModel):

@@ -36,6 +36,7 @@ from swarmwatch.dht.protocol import (
 )
 from swarmwatch.dht.routing import K, RoutingTable
 from swarmwatch.netsafety import DestinationRefused, check_destination
+from swarmwatch.ownendpoints import OwnEndpoints
 from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,10 @@ class DhtCrawler:
         max_queries_per_lookup: int = DEFAULT_MAX_QUERIES,
         harvest: bool = True,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        own: OwnEndpoints | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        self.own = own if own is not None else OwnEndpoints()
         self.loopback_only = self.settings.loopback_only
         if bootstrap is None:
             bootstrap = parse_bootstrap(self.settings.dht_bootstrap)
@@ -149,6 +152,10 @@ class DhtCrawler:
                 local_addr=(host, self.port if family == 4 else 0),
             )
             self.endpoints[proto.family] = proto
+            # Our node's endpoint: never a peer, should anyone list it as one.
+            sockname = proto.transport.get_extra_info("sockname") if proto.transport else None
+            if sockname:
+                self.own.add(str(sockname[0]), int(sockname[1]))
         self._bootstrap_nodes = await self._resolve_bootstrap()
         await self.refresh_table()
 

@@ -36,6 +36,7 @@ from swarmwatch.crawl import TorrentSource, WatchedTorrent
 from swarmwatch.ltsession.params import CRAWL_FLAGS, TorrentRefused, add_params
 from swarmwatch.ltsession.peers import (
     PEER_SOURCE_DHT,
+    PEER_SOURCE_RESUME_DATA,
     RoundDedupe,
     SeedStateGate,
     connected_peers,
@@ -43,6 +44,7 @@ from swarmwatch.ltsession.peers import (
 )
 from swarmwatch.ltsession.session import new_session, parse_host_ports
 from swarmwatch.netsafety import is_loopback
+from swarmwatch.ownendpoints import OwnEndpoints
 from swarmwatch.sightings import IPAddress, PeerSighting, SampleRecord, SightingSink, Source
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,22 @@ log = logging.getLogger(__name__)
 MetadataCallback = Callable[[str, str, int, bytes], Awaitable[None] | None]
 
 
+#: A peer stays "known and reachable" (dialled again, counted in coverage) this many
+#: rounds after its last connection: one that left the swarm stops counting against us.
+REACHABLE_ROUNDS = 10
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _best_state(a: bool | None, b: bool | None) -> bool | None:
+    """Seed if either says seed; leecher if either says leecher; else unknown."""
+    if a is True or b is True:
+        return True
+    if a is False or b is False:
+        return False
+    return None
 
 
 @dataclass(slots=True)
@@ -69,6 +85,7 @@ class SwarmSessionStats:
     tracker_replies: int = 0
     tracker_errors: int = 0
     dht_replies: int = 0
+    reconnects: int = 0  # known peers dialled again because no connection to them was left
     alerts_dropped: int = 0
     torrent_errors: int = 0
     source_errors: int = 0
@@ -98,7 +115,15 @@ class _Joined:
     # The DHT key, fixed at join: after metadata a hybrid torrent's "best" hash
     # becomes the v2 one, and replies must still find their swarm.
     dht_hash: Any = None
-    round_peers: dict[tuple[IPAddress, int], bool | None] = field(default_factory=dict)
+    # Peers (by address) sighted this round, with their best-known seed state.
+    round_peers: dict[IPAddress, bool | None] = field(default_factory=dict)
+    # Peers (by address) we held a connection to, either way, with the round they were
+    # last connected in: dialled again when a round finds them gone.
+    reachable: dict[IPAddress, int] = field(default_factory=dict)
+    # A listen port per address, to dial it on: from our outgoing connections, our DHT
+    # replies, and other crawlers' tracker and DHT answers (hint()). An incoming
+    # connection only shows the peer's ephemeral port.
+    listen_ports: dict[IPAddress, int] = field(default_factory=dict)
     gate: SeedStateGate = field(default_factory=SeedStateGate)
     tripped: bool = False
     # Set for a magnet that names no v2 hash: see _rejoin.
@@ -119,11 +144,13 @@ class SwarmSessionCrawler:
         enable_dht: bool = True,
         dht_nodes: Sequence[tuple[str, int]] | None = None,
         save_path: str | Path | None = None,
-        resight_interval: float = 30.0,
+        resight_interval: float | None = None,
         poll_interval: float = 1.0,
         alert_interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _utcnow,
+        own: OwnEndpoints | None = None,
+        connection_budget: int | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.on_metadata = on_metadata
@@ -139,7 +166,12 @@ class SwarmSessionCrawler:
         )
         self.save_path = Path(save_path) if save_path is not None else None
         # alpha60 re-announced every 30 s: a connected peer is sighted again each round.
-        self.resight_interval = resight_interval
+        self.resight_interval = (
+            self.settings.swarm_round_seconds if resight_interval is None else resight_interval
+        )
+        self.connection_budget = connection_budget or self.settings.swarm_connection_budget
+        self.own = own if own is not None else OwnEndpoints()
+        self._round = 0
         # How often connected peers are read: short connections are missed between polls.
         self.poll_interval = poll_interval
         # How often alerts are popped: metadata and DHT replies wait at most this long.
@@ -155,6 +187,7 @@ class SwarmSessionCrawler:
         self._own: set[tuple[IPAddress, int]] = set()
         self._dedupe = RoundDedupe()
         self._round_started = self.now()
+        self.last_coverage = (0, 0)
 
     async def run(self, torrents: TorrentSource, sink: SightingSink, stop: asyncio.Event) -> None:
         with tempfile.TemporaryDirectory(prefix="swarmwatch-lt-") as tmp:
@@ -177,6 +210,9 @@ class SwarmSessionCrawler:
         self, torrents: TorrentSource, sink: SightingSink, stop: asyncio.Event, save_path: Path
     ) -> None:
         self._own = self._own_endpoints()
+        for ip, port in self._own:
+            self.own.add(ip, port)
+        self.own.add_port(int(self._session.listen_port()))
         next_round = next_poll = self.clock()
         while not stop.is_set():
             await self._pump_alerts(sink)
@@ -185,6 +221,7 @@ class SwarmSessionCrawler:
                 await self._end_round(sink)
                 await self._refresh(torrents, save_path)
                 self._dht_lookups()
+                self._reconnect()
                 next_round = t + self.resight_interval
             if t >= next_poll:
                 await self._poll(sink)
@@ -248,6 +285,7 @@ class SwarmSessionCrawler:
                 # dialled again by a finished torrent, so it would go unsighted.
                 atp.flags |= lt.torrent_flags.disable_dht
             handle = self._session.add_torrent(atp)
+            handle.set_max_connections(self.connection_budget)
         except (TorrentRefused, RuntimeError) as exc:
             self._refused.add(key)
             self.stats.torrents_refused += 1
@@ -289,7 +327,12 @@ class SwarmSessionCrawler:
             if flush:
                 due += joined.gate.flush()
             for peer in due:
-                joined.round_peers[(peer.ip, peer.port)] = peer.seed
+                # Any sighting with known state decides: seed over leecher over unknown.
+                before = joined.round_peers.get(peer.ip)
+                joined.round_peers[peer.ip] = _best_state(before, peer.seed)
+                joined.reachable[peer.ip] = self._round
+                if not peer.incoming:
+                    joined.listen_ports[peer.ip] = peer.port
                 for sighting in sightings_of(peer, joined.infohash, vantage, seen_at):
                     await self._put(sink, sighting)
 
@@ -313,8 +356,12 @@ class SwarmSessionCrawler:
         # Peers still of unknown seed state are sighted before the round closes.
         await self._poll(sink, flush=True)
         finished = self.now()
+        sighted = known = 0
         for joined in self._joined.values():
             states = list(joined.round_peers.values())
+            reachable = self._reachable(joined)
+            sighted += len(joined.round_peers)
+            known += len(reachable | joined.round_peers.keys())
             sample = SampleRecord(
                 infohash=joined.infohash,
                 source=Source.SWARM,
@@ -324,12 +371,66 @@ class SwarmSessionCrawler:
                 peers_returned=len(joined.round_peers),
                 seeders=states.count(True),
                 leechers=states.count(False),
+                known_peers=len(reachable | joined.round_peers.keys()),
             )
             joined.round_peers.clear()
             self.stats.samples += 1
             await sink.put_sample(sample)
         self._dedupe.clear()
         self._round_started = finished
+        self.last_coverage = (sighted, known)
+        self._round += 1
+
+    def _reachable(self, joined: _Joined) -> set[IPAddress]:
+        """Addresses connected in one of the last REACHABLE_ROUNDS rounds."""
+        oldest = self._round - REACHABLE_ROUNDS
+        for ip in [ip for ip, r in joined.reachable.items() if r < oldest]:
+            del joined.reachable[ip]
+        return set(joined.reachable)
+
+    def hint(self, sighting: PeerSighting) -> None:
+        """A listen endpoint another crawler learnt (a tracker's or the DHT's answer).
+
+        Kept in memory only, to dial the peer on once its connection is gone: a peer
+        that dialled us shows only an ephemeral port (aria2 and Transmission dial in
+        once the tracker lists us, and aria2 drops a connection neither side is
+        interested in), so without this we could never reach it again.
+        """
+        joined = self._joined.get(sighting.infohash)
+        if joined is not None and sighting.port:
+            joined.listen_ports[sighting.ip] = sighting.port
+
+    def coverage(self) -> tuple[int, int]:
+        """(peers sighted in the last round, peers known and reachable), over all swarms."""
+        return self.last_coverage
+
+    def _reconnect(self) -> None:
+        """Dial again every reachable peer no connection is left to, within the budget.
+
+        libtorrent does not dial a peer again once a connection closed (a seed that
+        dropped us, a client that never dials out, as Transmission does not): without
+        this a swarm round sees fewer and fewer of the peers as the crawl goes on.
+        """
+        for joined in self._joined.values():
+            handle = joined.handle
+            if not handle.is_valid():
+                continue
+            connected = {peer.ip for peer in connected_peers(handle.get_peer_info(), self._own)}
+            room = self.connection_budget - len(connected)
+            for ip in sorted(joined.reachable, key=lambda a: -joined.reachable[a]):
+                if room <= 0:
+                    break
+                port = joined.listen_ports.get(ip)
+                if ip in connected or port is None:
+                    continue
+                if self.settings.loopback_only and not is_loopback(str(ip)):
+                    continue
+                handle.connect_peer((str(ip), port), PEER_SOURCE_RESUME_DATA)
+                connected.add(ip)
+                room -= 1
+                self.stats.reconnects += 1
+            # Ask the trackers again too (their min interval still applies).
+            handle.force_reannounce()
 
     def _dht_lookups(self) -> None:
         if not self.enable_dht:
@@ -418,6 +519,7 @@ class SwarmSessionCrawler:
             self.stats.torrent_errors += 1
             log.warning("cannot rejoin swarm %s with its metadata: %s", joined.infohash[:8], exc)
             return
+        handle.set_max_connections(self.connection_budget)
         joined.handle = handle
         joined.rejoin = None
         if joined.tripped:
@@ -440,6 +542,7 @@ class SwarmSessionCrawler:
             if (ip, int(port)) in self._own:
                 continue
             count += 1
+            joined.listen_ports[ip] = int(port)
             self._hand_to_torrent(joined, ip, int(port))
             await self._put(
                 sink,
@@ -447,9 +550,10 @@ class SwarmSessionCrawler:
                     infohash=joined.infohash,
                     ip=ip,
                     port=int(port),
-                    source=Source.DHT,
+                    source=Source.SWARM,
                     vantage=self.settings.vantage,
                     seen_at=started,
+                    learnt=(Source.DHT,),
                 ),
             )
         self.stats.samples += 1
@@ -476,6 +580,13 @@ class SwarmSessionCrawler:
         if joined.handle.is_valid():
             joined.handle.connect_peer((str(ip), port), PEER_SOURCE_DHT)
 
+    async def _on_external_ip(self, alert: Any, sink: SightingSink) -> None:
+        # Our address as peers and trackers see it: an endpoint of ours (ownendpoints).
+        self.own.add_address(str(alert.external_address))
+
+    async def _on_listen_succeeded(self, alert: Any, sink: SightingSink) -> None:
+        self.own.add(str(alert.address), int(alert.port))
+
     async def _on_tracker_reply(self, alert: Any, sink: SightingSink) -> None:
         # The peers themselves are sighted once connected (source flag tracker).
         self.stats.tracker_replies += 1
@@ -500,6 +611,8 @@ class SwarmSessionCrawler:
         lt.metadata_received_alert: _on_metadata_received,
         lt.dht_get_peers_reply_alert: _on_dht_get_peers_reply,
         lt.tracker_reply_alert: _on_tracker_reply,
+        lt.external_ip_alert: _on_external_ip,
+        lt.listen_succeeded_alert: _on_listen_succeeded,
         lt.tracker_error_alert: _on_tracker_error,
         lt.alerts_dropped_alert: _on_alerts_dropped,
         lt.torrent_error_alert: _on_torrent_error,

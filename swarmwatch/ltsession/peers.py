@@ -24,6 +24,7 @@ PEER_SOURCE_RESUME_DATA = 0x10  # also magnet x.pe peers and connect_peer()
 PEER_SOURCE_INCOMING = 0x20
 
 # libtorrent peer_info::flags bits.
+PEER_FLAG_LOCAL_CONNECTION = 0x20  # we dialled it: its port is its listen port
 PEER_FLAG_HANDSHAKE = 0x40  # still waiting for the BitTorrent handshake
 PEER_FLAG_CONNECTING = 0x80  # TCP connect not finished
 PEER_FLAG_SEED = 0x400
@@ -54,6 +55,7 @@ class ConnectedPeer:
     sources: tuple[Source, ...]
     seed: bool | None  # None: the peer has shown no pieces (yet)
     client: str | None
+    incoming: bool = False  # it dialled us: port is its ephemeral one, not a listen port
 
 
 def seed_state(flags: int, progress_ppm: int) -> bool | None:
@@ -91,6 +93,7 @@ def connected_peers(
             tuple(sources_of(p.source)),
             seed_state(p.flags, p.progress_ppm),
             client or None,
+            incoming=not p.flags & PEER_FLAG_LOCAL_CONNECTION,
         )
 
 
@@ -133,17 +136,19 @@ class SeedStateGate:
 
 
 class RoundDedupe:
-    """Which (torrent, peer, source, seed) were already sent this round.
+    """Which (torrent, peer address, seed) were already sent this round.
 
     Cleared at each round: a peer still connected is sighted again, as alpha60's
     30 s re-announce would have seen it again. A change of seed state is news.
+    The port is not part of the key: a peer connected both ways (it dialled us from
+    an ephemeral port, we dialled its listen port) is one peer in the round.
     """
 
     def __init__(self) -> None:
-        self._sent: set[tuple[str, IPAddress, int, Source, bool | None]] = set()
+        self._sent: set[tuple[str, IPAddress, bool | None]] = set()
 
     def first(self, sighting: PeerSighting) -> bool:
-        key = (sighting.infohash, sighting.ip, sighting.port, sighting.source, sighting.seed)
+        key = (sighting.infohash, sighting.ip, sighting.seed)
         if key in self._sent:
             return False
         self._sent.add(key)
@@ -159,21 +164,26 @@ class RoundDedupe:
 def sightings_of(
     peer: ConnectedPeer, infohash: str, vantage: str, seen_at: datetime
 ) -> Iterator[PeerSighting]:
-    """One sighting per source the peer was learnt from."""
-    for source in peer.sources:
-        yield PeerSighting(
-            infohash=infohash,
-            ip=peer.ip,
-            port=peer.port,
-            source=source,
-            vantage=vantage,
-            seen_at=seen_at,
-            seed=peer.seed,
-            client=peer.client,
-        )
+    """One SWARM sighting: the session saw the peer, however libtorrent learnt of it.
+
+    Labelling it tracker/PEX/DHT by how libtorrent learnt it mixed the session into
+    those crawlers' counts; how it was learnt stays as detail (learnt).
+    """
+    yield PeerSighting(
+        infohash=infohash,
+        ip=peer.ip,
+        port=peer.port,
+        source=Source.SWARM,
+        vantage=vantage,
+        seen_at=seen_at,
+        seed=peer.seed,
+        client=peer.client,
+        learnt=tuple(s for s in peer.sources if s is not Source.SWARM),
+    )
 
 
 __all__ = [
+    "PEER_FLAG_LOCAL_CONNECTION",
     "PEER_SOURCE_DHT",
     "PEER_SOURCE_INCOMING",
     "PEER_SOURCE_LSD",

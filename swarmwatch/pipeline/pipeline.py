@@ -51,6 +51,9 @@ SIGHTING_WINDOW_SECONDS = 60
 REGISTRY_REFRESH_SECONDS = 5.0
 #: An unknown infohash triggers a re-read, but not more often than this.
 UNKNOWN_REFRESH_SECONDS = 1.0
+#: How long a sample of a not yet known infohash is kept for later batches: longer than
+#: two registry re-reads, so a torrent registered just now gets its first samples.
+UNKNOWN_SAMPLE_HOLD_SECONDS = 3 * REGISTRY_REFRESH_SECONDS
 #: Coalescing keys held at most; past this the window starts again (duplicates, never loss).
 COALESCE_MAX_ENTRIES = 2_000_000
 #: While the writer is behind, the prepare stage makes batches this many times
@@ -178,6 +181,7 @@ class Pipeline:
         self._refreshed_at = float("-inf")
         self._coalesce: dict[int, set[tuple[Any, ...]]] = {}
         self._coalesce_size = 0
+        self._unknown_samples: list[tuple[SampleRecord, float]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -370,8 +374,15 @@ class Pipeline:
                     pass
             self._wake.clear()
             self._force = False
-            if not self._items and not self._samples and not self._marks:
+            if (
+                not self._items
+                and not self._samples
+                and not self._marks
+                and (self._stop or not self._unknown_samples)
+            ):
                 if self._stop:
+                    self.stats.unknown_samples += len(self._unknown_samples)
+                    self._unknown_samples.clear()
                     await self._write_q.put(None)
                     return
                 continue
@@ -410,16 +421,27 @@ class Pipeline:
         if now - self._refreshed_at > self.refresh_seconds:
             await self._refresh_while_preparing()
         torrents = self._torrents
-        if any(s.infohash not in torrents for s in items) and (
-            now - self._refreshed_at > UNKNOWN_REFRESH_SECONDS
-        ):
+        # Samples too: a just-registered torrent's first announces (and refusals of its
+        # non-loopback trackers) are stored, not dropped as unknown.
+        unknown = (
+            bool(self._unknown_samples)
+            or any(s.infohash not in torrents for s in items)
+            or any(s.infohash.lower() not in torrents for s in samples)
+        )
+        if unknown and (now - self._refreshed_at > UNKNOWN_REFRESH_SECONDS):
             await self._refresh_while_preparing()
             torrents = self._torrents
 
-        for sample in samples:
+        held, self._unknown_samples = self._unknown_samples, []
+        for sample, since in [*held, *((x, now) for x in samples)]:
             refs = torrents.get(sample.infohash.lower())
             if not refs:
-                stats.unknown_samples += 1
+                # Registered a moment ago, after the last re-read: tried again with the
+                # next batches, and dropped (counted) only if still unknown after that.
+                if now - since < UNKNOWN_SAMPLE_HOLD_SECONDS:
+                    self._unknown_samples.append((sample, since))
+                else:
+                    stats.unknown_samples += 1
                 continue
             batch.samples.extend((ref.torrent_id, sample) for ref in refs)
             stats.samples += 1

@@ -236,6 +236,9 @@ class Sample(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     tracker_url: Mapped[str | None] = mapped_column(String(2000))
     peers_returned: Mapped[int] = mapped_column(Integer, default=0)
+    # Swarm rounds: peers known and reachable (connected in a recent round); coverage is
+    # peers_returned over this. None for announces and lookups.
+    known_peers: Mapped[int | None] = mapped_column(Integer)
     seeders: Mapped[int | None] = mapped_column(Integer)  # tracker scrape or BEP 33 estimate
     leechers: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

@@ -178,7 +178,8 @@ _UPSERT_ANOMALY = (
 )
 _INSERT_SAMPLE = (
     "INSERT INTO sample (torrent_id, source, vantage, started_at, finished_at, tracker_url,"
-    " peers_returned, seeders, leechers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " peers_returned, seeders, leechers, error, known_peers)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _TRACKER_OK = (
     'UPDATE tracker SET last_announce = ?, next_announce = ?, "interval" = ?,'
@@ -195,6 +196,14 @@ _UPSERT_GEOIP = (
     " ON CONFLICT (kind, database_type, build_epoch) DO UPDATE SET"
     " last_used_at = excluded.last_used_at"
 )
+
+
+def draw_record_keys(n: int) -> array[int]:
+    """n random words for new peer rows' record keys (masked to the cell-key modulus at
+    insert); one function so a test can make a study's keys reproducible."""
+    keys = array("l")
+    keys.frombytes(os.urandom(keys.itemsize * n))
+    return keys
 
 
 @dataclass(slots=True)
@@ -444,8 +453,7 @@ class BatchWriter:
         row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
         # A fixed random key per peer for the cell-key method (DESIGN.md): drawn for
         # every upserted row, kept only by the row that is inserted.
-        record_keys = array("l")
-        record_keys.frombytes(os.urandom(record_keys.itemsize * len(ordered)))
+        record_keys = draw_record_keys(len(ordered))
         peer_statements = []
         for start, stop in row_chunks(len(ordered)):
             chunk = ordered[start:stop]
@@ -552,6 +560,7 @@ class BatchWriter:
                     s.seeders,
                     s.leechers,
                     s.error,
+                    s.known_peers,
                 )
                 for torrent_id, s in samples
             ],

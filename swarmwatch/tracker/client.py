@@ -62,6 +62,10 @@ class AnnounceResult:
     warning: str | None = None
     tracker_id: bytes | None = field(default=None, repr=False)
     skipped: int = 0  # peer entries dropped as unusable (hostnames, port 0)
+    # Our own address as the tracker saw it (BEP 24 "external ip"), and the local
+    # address we sent from: the tracker may list us at either (ownendpoints).
+    external_ip: IPAddress | None = field(default=None, repr=False)
+    local_ip: IPAddress | None = field(default=None, repr=False)
 
     @property
     def peer_count(self) -> int:

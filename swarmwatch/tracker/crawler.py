@@ -21,6 +21,7 @@ from swarmwatch.clock import Clock, SystemClock
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.crawl import TorrentSource, WatchedTorrent
 from swarmwatch.netsafety import DestinationRefused, check_destination
+from swarmwatch.ownendpoints import OwnEndpoints
 from swarmwatch.sightings import PeerSighting, SampleRecord, SightingSink, Source
 from swarmwatch.tracker.client import AnnounceResult, CrawlIdentity, Event, TrackerClient
 from swarmwatch.tracker.exceptions import TrackerError
@@ -35,6 +36,13 @@ REFRESH_SECONDS = 60.0
 MAX_CONCURRENT = 32
 #: Wall seconds a best-effort event=stopped may take at shutdown.
 STOP_TIMEOUT = 2.0
+#: The politeness floor no setting can undercut: whatever a tracker answers (interval 0)
+#: and however SWARMWATCH_TRACKER_MIN_INTERVAL is set, one tier of one swarm announces
+#: at most this often. alpha60 re-announced every 30 s; compressed test cadences need less.
+HARD_MIN_INTERVAL = 5.0
+#: Announce slots one tracker host may hold at once: hosts that answer slowly (or
+#: trickle bytes until the deadline) cannot take every slot from the others.
+MAX_PER_HOST = 4
 
 
 @dataclass
@@ -76,6 +84,9 @@ class TrackerCrawler:
         max_concurrent: int = MAX_CONCURRENT,
         scrape: bool = True,
         seed: int | None = None,
+        own: OwnEndpoints | None = None,
+        deadline: float | None = None,
+        max_per_host: int = MAX_PER_HOST,
     ) -> None:
         s = settings or get_settings()
         self.loopback_only = s.loopback_only
@@ -89,10 +100,17 @@ class TrackerCrawler:
             udp = UdpTrackerClient(loopback_only=s.loopback_only)
         self.http, self.udp = http, udp
         self.clock: Clock = clock or SystemClock()
-        self.floor = s.tracker_min_interval if min_interval_floor is None else min_interval_floor
+        floor = s.tracker_min_interval if min_interval_floor is None else min_interval_floor
+        self.floor = max(HARD_MIN_INTERVAL, floor)
         self.max_interval = s.tracker_max_interval if max_interval is None else max_interval
         self.numwant = numwant or s.tracker_numwant
         self.identities = [CrawlIdentity.fresh() for _ in range(max(1, identities))]
+        self.own = own if own is not None else OwnEndpoints()
+        for identity in self.identities:
+            self.own.add_port(identity.port)  # trackers list us at the port we announce
+        # The whole request, connect to last byte (and every UDP retransmit) within this.
+        self.deadline = s.tracker_timeout if deadline is None else deadline
+        self.max_per_host = max_per_host
         self.vantage = vantage or s.vantage
         self.refresh = refresh
         self.backoff_base = backoff_base
@@ -100,6 +118,7 @@ class TrackerCrawler:
         self.rng = random.Random(seed)
         self.counters: Counter[str] = Counter()
         self._sem = asyncio.Semaphore(max_concurrent)
+        self._host_sems: dict[str, asyncio.Semaphore] = {}
         # Refused or unsupported URLs stay off for the crawler's life: a restarted tier
         # task must not record the same refusal again every refresh.
         self._disabled: set[str] = set()
@@ -233,6 +252,7 @@ class TrackerCrawler:
         result: AnnounceResult | None = None
         error: str | None = None
         client = self._client(st.url)
+        host = (urlsplit(st.url).hostname or "").lower()
         try:
             if client is None:
                 st.disabled = True
@@ -240,14 +260,17 @@ class TrackerCrawler:
                 raise TrackerError("unsupported tracker URL scheme")
             # Checked here as well as in the clients: a refusal must precede any packet,
             # whatever client was injected.
-            host = urlsplit(st.url).hostname or ""
             check_destination(host, loopback_only=self.loopback_only, what="tracker")
             event = Event.NONE if st.started else Event.STARTED
-            async with self._sem:
+            # The host's slot first: a host holding all of its slots waits without
+            # taking a shared one that another host could use.
+            async with self._host_slot(host), self._sem, asyncio.timeout(self.deadline):
                 result = await client.announce(
                     st.url, ih, identity, numwant=self.numwant, event=event
                 )
             st.started = True
+            self.own.add_address(result.external_ip or "")
+            self.own.add_address(result.local_ip or "")
         except DestinationRefused as e:
             st.disabled = True  # policy, not a fault: retrying cannot help
             self._disabled.add(st.url)
@@ -256,6 +279,9 @@ class TrackerCrawler:
         except TrackerError as e:
             error = f"{e.kind}: {e}"
             self.counters[f"error:{e.kind}"] += 1
+        except TimeoutError:
+            error = "timeout: no answer within the request deadline"
+            self.counters["error:timeout"] += 1
         except (OSError, ValueError) as e:
             error = f"network: {type(e).__name__}"
             self.counters["error:network"] += 1
@@ -290,10 +316,11 @@ class TrackerCrawler:
         seeders, leechers = result.seeders, result.leechers
         if (seeders is None or leechers is None) and self.scrape and client is not None:
             try:
-                stats = (await client.scrape(st.url, [ih])).get(ih)
+                async with self._host_slot(host), self._sem, asyncio.timeout(self.deadline):
+                    stats = (await client.scrape(st.url, [ih])).get(ih)
                 if stats is not None:
                     seeders, leechers = stats.complete, stats.incomplete
-            except (TrackerError, DestinationRefused, OSError, ValueError):
+            except (TrackerError, DestinationRefused, OSError, ValueError, TimeoutError):
                 self.counters["scrape_failed"] += 1
         for ip, port in result.peers:
             await sink.put(
@@ -326,6 +353,12 @@ class TrackerCrawler:
         delay = min(max(float(wanted), self.floor), self.max_interval)
         st.retry_at = finished + _seconds(delay)
         return max(delay, self.floor)
+
+    def _host_slot(self, host: str) -> asyncio.Semaphore:
+        sem = self._host_sems.get(host)
+        if sem is None:
+            sem = self._host_sems[host] = asyncio.Semaphore(self.max_per_host)
+        return sem
 
     async def aclose(self) -> None:
         await self.http.aclose()

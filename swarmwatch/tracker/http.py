@@ -7,6 +7,9 @@ exactly the host that passed netsafety.check_destination.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +20,7 @@ import httpx
 from swarmwatch import bencode
 from swarmwatch.config import get_settings
 from swarmwatch.netsafety import check_destination
+from swarmwatch.sightings import IPAddress
 from swarmwatch.tracker.client import (
     MAX_NUMWANT,
     AnnounceResult,
@@ -87,6 +91,7 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
     warning = d.get(b"warning message")
     tracker_id = d.get(b"tracker id")
     return AnnounceResult(
+        external_ip=_external_ip(d.get(b"external ip")),
         interval=interval,
         min_interval=min_interval,
         seeders=_int_field(d, b"complete"),
@@ -96,6 +101,13 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
         tracker_id=tracker_id if isinstance(tracker_id, bytes) and len(tracker_id) < 256 else None,
         skipped=skipped + len(peers) - len(usable),
     )
+
+
+def _external_ip(raw: object) -> IPAddress | None:
+    """BEP 24: our address as the tracker saw it, 4 or 16 packed bytes; else ignored."""
+    if isinstance(raw, bytes) and len(raw) in (4, 16):
+        return ipaddress.ip_address(raw)
+    return None
 
 
 def parse_scrape_response(body: bytes) -> ScrapeResult:
@@ -130,6 +142,15 @@ def scrape_url(announce_url: str) -> str | None:
     if not last.startswith("announce"):
         return None
     return urlunsplit(parts._replace(path=f"{head}/scrape{last[len('announce') :]}"))
+
+
+def _local_ip(response: httpx.Response) -> IPAddress | None:
+    stream = response.extensions.get("network_stream")
+    try:
+        addr = stream.get_extra_info("client_addr") if stream is not None else None
+        return ipaddress.ip_address(addr[0]) if addr else None
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 def _with_query(url: str, query: str) -> str:
@@ -172,6 +193,7 @@ class HttpTrackerClient:
         settings = get_settings()
         self.loopback_only = settings.loopback_only if loopback_only is None else loopback_only
         self.max_response_bytes = max_response_bytes
+        self.deadline = timeout or settings.tracker_timeout
         self._client = httpx.AsyncClient(
             timeout=timeout or settings.tracker_timeout,
             follow_redirects=False,  # a redirect could lead off loopback, past the check
@@ -183,11 +205,25 @@ class HttpTrackerClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _get(self, url: str) -> bytes:
+    async def _get(self, url: str) -> tuple[bytes, IPAddress | None]:
+        """The body, and the local address it came to; the deadline covers the whole request.
+
+        httpx's timeout applies per read: a tracker trickling a byte every few seconds
+        would hold an announce slot for good. asyncio.timeout bounds connect, headers
+        and body together.
+        """
         host = urlsplit(url).hostname or ""
         check_destination(host, loopback_only=self.loopback_only, what="tracker")
         try:
+            async with asyncio.timeout(self.deadline):
+                return await self._fetch(url)
+        except TimeoutError:
+            raise TrackerTimeout("HTTP tracker did not answer within the deadline") from None
+
+    async def _fetch(self, url: str) -> tuple[bytes, IPAddress | None]:
+        try:
             async with self._client.stream("GET", url) as response:
+                local = _local_ip(response)
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_raw():
@@ -198,7 +234,7 @@ class HttpTrackerClient:
                 body = b"".join(chunks)
                 if response.status_code != 200 and b"failure reason" not in body:
                     raise TrackerResponseError(f"HTTP status {response.status_code}")
-                return body
+                return body, local
         except httpx.TimeoutException:
             raise TrackerTimeout("HTTP tracker timed out") from None
         except httpx.HTTPError as e:
@@ -215,14 +251,16 @@ class HttpTrackerClient:
         left: int = 1,
     ) -> AnnounceResult:
         query = announce_query(infohash, identity, numwant=numwant, event=event, left=left)
-        return parse_announce_response(await self._get(_with_query(url, query)))
+        body, local = await self._get(_with_query(url, query))
+        return dataclasses.replace(parse_announce_response(body), local_ip=local)
 
     async def scrape(self, url: str, infohashes: Sequence[bytes]) -> ScrapeResult:
         target = scrape_url(url)
         if target is None:
             raise TrackerUnreachable("tracker URL does not support scrape (BEP 48)")
         query = "&".join(f"info_hash={quote_from_bytes(ih, safe='')}" for ih in infohashes)
-        return parse_scrape_response(await self._get(_with_query(target, query)))
+        body, _ = await self._get(_with_query(target, query))
+        return parse_scrape_response(body)
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from swarmwatch.config import get_settings
 from swarmwatch.netsafety import resolve_checked
+from swarmwatch.sightings import IPAddress
 from swarmwatch.tracker import udpwire
 from swarmwatch.tracker.client import (
     MAX_NUMWANT,
@@ -119,6 +120,17 @@ class UdpTrackerClient:
                 )
                 self._endpoints[family] = ep
             return ep
+
+    def _local_ip(self, family: int) -> IPAddress | None:
+        """The address our socket is bound to, when it is one (not the wildcard)."""
+        ep = self._endpoints.get(family)
+        if ep is None or ep.transport is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(ep.transport.get_extra_info("sockname")[0])
+        except (ValueError, TypeError, IndexError):
+            return None
+        return None if ip.is_unspecified else ip
 
     async def _resolve(self, url: str) -> tuple[Address, int, str]:
         parts = urlsplit(url)
@@ -220,6 +232,7 @@ class UdpTrackerClient:
         resp = udpwire.parse_announce_response(data, tid, ipv6=family == socket.AF_INET6)
         usable = [(ip, port) for ip, port in resp.peers if port != 0]
         return AnnounceResult(
+            local_ip=self._local_ip(family),
             interval=resp.interval,
             seeders=resp.seeders,
             leechers=resp.leechers,

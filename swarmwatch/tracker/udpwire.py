@@ -107,6 +107,10 @@ def _check_header(data: bytes, transaction_id: int, action: int, min_len: int) -
         raise TrackerResponseError(f"UDP response of {len(data)} bytes, expected ≥ {min_len}")
 
 
+#: Intervals are seconds; anything past a year is nonsense, not a schedule (as over HTTP).
+MAX_INTERVAL_SECONDS = 365 * 24 * 3600
+
+
 def parse_connect_response(data: bytes, transaction_id: int) -> int:
     """The connection id of a BEP 15 connect response."""
     _check_header(data, transaction_id, ACTION_CONNECT, _CONNECT_RESP.size)
@@ -125,6 +129,13 @@ def parse_announce_response(data: bytes, transaction_id: int, *, ipv6: bool) -> 
     """BEP 15 announce response: 6-byte peers over IPv4, 18-byte over IPv6."""
     _check_header(data, transaction_id, ACTION_ANNOUNCE, _ANNOUNCE_RESP.size)
     _, _, interval, leechers, seeders = _ANNOUNCE_RESP.unpack_from(data)
+    # BEP 15 sends int32 fields: a value with the top bit set is a negative number
+    # (-1 is 0xFFFFFFFF), never a four-billion-second interval or a peer count.
+    for name, value in (("interval", interval), ("leechers", leechers), ("seeders", seeders)):
+        if value >= 1 << 31:
+            raise TrackerResponseError(f"UDP announce {name} is negative")
+    if interval > MAX_INTERVAL_SECONDS:
+        raise TrackerResponseError("UDP announce interval longer than a year")
     peers = parse_compact_peers(data[_ANNOUNCE_RESP.size :], ipv6=ipv6)
     return UdpAnnounceResponse(interval, leechers, seeders, peers)
 

@@ -1,6 +1,7 @@
 """Analysis endpoints: summary, rankings (JSON, CSV, sidecar), frames, GeoJSON.
 
-Every count is k-anonymous (swarmwatch.analysis.disclosure); all reads come from rollups.
+Owners read exact counts; anyone else cell-key perturbed ones, nothing below k
+(swarmwatch.analysis.cellkey). All reads come from rollups.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from swarmwatch.analysis.rankings import (
 )
 from swarmwatch.analysis.scope import Scope, ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
-from swarmwatch.api.deps import CachesDep, ReadableStudyDep, SessionDep
+from swarmwatch.api.deps import CachesDep, ExactReaderDep, ReadableStudyDep, SessionDep
 from swarmwatch.store.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RESOLUTIONS
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class SummaryPublic(BaseModel):
     unlocated: int | None
     seeds: int | None
     leechers: int | None
+    # Peers no sighting showed the state of (see method.seeds): not leechers.
+    unknown_state: int | None = None
     by_title: dict[str, int | None]
     sightings_by_source: dict[str, int | None]
     sightings_by_vantage: dict[str, int | None]
@@ -175,10 +178,17 @@ def _scope(
     start: datetime | None,
     end: datetime | None,
     vantage: str | None,
+    exact: bool,
 ) -> Scope:
     try:
         return resolve_scope(
-            session.connection(), study, title=title, start=start, end=end, vantage=vantage
+            session.connection(),
+            study,
+            title=title,
+            start=start,
+            end=end,
+            vantage=vantage,
+            exact=exact,
         )
     except ScopeError as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
@@ -194,6 +204,7 @@ def _ranking(session: SessionDep, scope: Scope, caches: CachesDep, **kwargs: Any
 @router.get("/{study_id}/summary", response_model=SummaryPublic)
 def summary(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     title: TitleQ = None,
@@ -202,13 +213,14 @@ def summary(
     vantage: VantageQ = None,
 ) -> dict[str, Any]:
     """Unique peers (downloads), anomalies, seeds/leechers, daily series, Chao1 estimate."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     return compute_summary(session.connection(), scope, caches)
 
 
 @router.get("/{study_id}/rankings", response_model=RankingPublic)
 def rankings(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -221,7 +233,7 @@ def rankings(
     limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -256,6 +268,7 @@ def _row(row: Any) -> dict[str, Any]:
 )
 def rankings_csv(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -269,7 +282,7 @@ def rankings_csv(
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> StreamingResponse:
     """Every published place by default (no limit), streamed in chunks."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -292,6 +305,7 @@ def rankings_csv(
 @router.get("/{study_id}/rankings.json")
 def rankings_sidecar(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     level: LevelQ = "city",
@@ -304,7 +318,7 @@ def rankings_sidecar(
     res: CellResQ = DEFAULT_CELL_RES,
 ) -> dict[str, Any]:
     """The method metadata of rankings.csv with the same parameters (the sidecar)."""
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(
         session,
         scope,
@@ -322,6 +336,7 @@ def rankings_sidecar(
 def frames(
     request: Request,
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     interval: Annotated[
@@ -343,7 +358,7 @@ def frames(
         ),
     ] = "full",
 ) -> Response:
-    scope = _scope(session, study, title, start, end, None)
+    scope = _scope(session, study, title, start, end, None, exact)
     gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
     headers = {"Vary": "Accept-Encoding"}
     try:
@@ -383,6 +398,7 @@ def frames(
 @router.get("/{study_id}/cells.geojson", response_class=Response, responses=GEOJSON_200)
 def cells(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     res: CellResQ = DEFAULT_CELL_RES,
@@ -391,7 +407,7 @@ def cells(
     end: ToQ = None,
     vantage: VantageQ = None,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(session, scope, caches, level="cell", limit=None, res=res)
     return Response(
         json.dumps(cells_geojson(ranking), separators=(",", ":")),
@@ -403,6 +419,7 @@ def cells(
 @router.get("/{study_id}/cities.geojson", response_class=Response, responses=GEOJSON_200)
 def cities(
     study: ReadableStudyDep,
+    exact: ExactReaderDep,
     session: SessionDep,
     caches: CachesDep,
     title: TitleQ = None,
@@ -410,7 +427,7 @@ def cities(
     end: ToQ = None,
     vantage: VantageQ = None,
 ) -> Response:
-    scope = _scope(session, study, title, start, end, vantage)
+    scope = _scope(session, study, title, start, end, vantage, exact)
     ranking = _ranking(session, scope, caches, level="city", limit=None)
     return Response(
         json.dumps(cities_geojson(ranking), separators=(",", ":")),

@@ -15,6 +15,8 @@ from starlette.datastructures import UploadFile
 
 from swarmwatch import registry
 from swarmwatch.access import Role, can_read, readable_studies, role_of
+from swarmwatch.analysis import cellkey
+from swarmwatch.analysis.summary import seed_states
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
     ApiKeyDep,
@@ -35,7 +37,7 @@ from swarmwatch.api.schemas import (
 )
 from swarmwatch.store import Database
 from swarmwatch.store.models import ApiKey, Sample, Study, Title, Torrent
-from swarmwatch.store.rollups import unique_peers
+from swarmwatch.store.rollups import rollup_activity, rollup_place
 
 router = APIRouter(prefix="/api/v1/torrents", tags=["torrents"])
 
@@ -136,7 +138,7 @@ async def _read_upload(
         await form.close()
 
 
-def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
+def _status(session: Session, torrent: Torrent, k: int, exact: bool) -> CrawlStatus:
     count, returned = session.execute(
         select(func.count(Sample.id), func.coalesce(func.sum(Sample.peers_returned), 0)).where(
             Sample.torrent_id == torrent.id
@@ -148,16 +150,60 @@ def _status(session: Session, torrent: Torrent, k: int) -> CrawlStatus:
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(LAST_SAMPLES)
     ).all()
-    peers = unique_peers(session.connection(), [torrent.title_id])
+    conn = session.connection()
+
+    def published(n: int, rk: int) -> int | None:
+        # Exact for the study's owners, cell-key perturbed (the summary's noise) for anyone else.
+        return n if exact else cellkey.publish(n, rk, k)
+
+    # The title's unique peers and anomalies, as the summary by title publishes them.
+    act = rollup_activity
+    peers, peers_rk = (
+        int(v)
+        for v in conn.execute(
+            select(
+                func.coalesce(func.sum(act.c.new_peers), 0),
+                func.coalesce(func.sum(act.c.new_peers_rk), 0),
+            ).where(act.c.title_id == torrent.title_id)
+        ).one()
+    )
+    placed, placed_rk = (
+        int(v)
+        for v in conn.execute(
+            select(
+                func.coalesce(func.sum(rollup_place.c.peers), 0),
+                func.coalesce(func.sum(rollup_place.c.peers_rk), 0),
+            ).where(rollup_place.c.title_id == torrent.title_id, rollup_place.c.geoname_id != 0)
+        ).one()
+    )
+    states = {
+        name: published(n, rk) for name, (n, rk) in seed_states(conn, (torrent.title_id,)).items()
+    }
+    # Coverage of the last swarm round (any vantage): peers sighted over known and reachable.
+    round_ = session.execute(
+        select(Sample.peers_returned, Sample.known_peers)
+        .where(Sample.torrent_id == torrent.id, Sample.known_peers.is_not(None))
+        .order_by(Sample.started_at.desc(), Sample.id.desc())
+        .limit(1)
+    ).first()
     return CrawlStatus(
         samples=int(count),
         peers_returned=int(returned),
         last_samples=[SamplePublic.model_validate(s) for s in last],
-        unique_peers=peers if peers >= k else None,
+        unique_peers=published(peers, peers_rk),
+        anomalies=published(peers - placed, peers_rk - placed_rk),
+        seeds=states["seeds"],
+        leechers=states["leechers"],
+        unknown_state=states["unknown"],
+        round_sighted=round_[0] if round_ else None,
+        round_reachable=round_[1] if round_ else None,
+        coverage=(round(round_[0] / round_[1], 4) if round_ and round_[1] else None),
     )
 
 
-def _public(session: Session, torrent: Torrent, *, status: bool = False) -> TorrentPublic:
+def _public(
+    session: Session, torrent: Torrent, *, status: bool = False, key: ApiKey | None = None
+) -> TorrentPublic:
     study = session.get(Study, torrent.study_id)
     # By primary key: in the session already after a registration (no query), and one
     # row rather than every title of the study otherwise.
@@ -174,7 +220,16 @@ def _public(session: Session, torrent: Torrent, *, status: bool = False) -> Torr
         metadata_state=torrent.metadata_state,
         added_at=torrent.added_at,
         trackers=[TrackerPublic.model_validate(t) for t in torrent.trackers],
-        status=_status(session, torrent, study.k_threshold if study else 5) if status else None,
+        status=(
+            _status(
+                session,
+                torrent,
+                study.k_threshold if study else 5,
+                study is not None and role_of(session, study, key) >= Role.OWNER,
+            )
+            if status
+            else None
+        ),
     )
 
 
@@ -295,7 +350,7 @@ def get_torrent(
 ) -> TorrentPublic:
     """One torrent with its crawl status: trackers, last samples, unique peers."""
     torrent = _one(_readable_torrents(session, infohash, study_id, key), infohash)
-    return _public(session, torrent, status=True)
+    return _public(session, torrent, status=True, key=key)
 
 
 @router.delete("/{infohash}", status_code=204, response_class=Response)
