@@ -1,4 +1,12 @@
 # swarmwatch: API + web map, or a crawler worker (`swarmwatch crawl`).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.py MANIFEST.in README.md alembic.ini ./
+COPY swarmwatch ./swarmwatch
+COPY migrations ./migrations
+COPY web ./web
+RUN pip wheel --no-deps -w /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,13 +14,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     SWARMWATCH_DATABASE_URL=sqlite:////data/swarmwatch.db
 
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
-COPY swarmwatch ./swarmwatch
-COPY migrations ./migrations
-COPY web ./web
-# Editable install keeps migrations/ and web/ beside the package, where swarmwatch looks for them.
-RUN pip install -e . \
+# The wheel carries migrations/ and web/ inside the package (setup.py): nothing of the
+# source tree is needed at run time, and benchmarks (bench/) stay out of the image.
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --home /data swarmwatch \
     && mkdir -p /data && chown swarmwatch /data
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import click
@@ -271,6 +272,10 @@ def study_create(
     ] = None,
 ) -> None:
     """Create a study and print its id; its secret peer-key is made by the first crawl."""
+    for text, what in ((name, "NAME"), (description, "--description")):
+        _check_text(text, what)
+    for text in title or []:
+        _check_text(text, "--title")
     settings = get_settings()
     db = open_database(settings)
     try:
@@ -362,6 +367,7 @@ def torrent_add(
     ] = None,
 ) -> None:
     """Register a torrent in a study by magnet, infohash or .torrent file."""
+    _check_text(title, "--title")
     try:
         if source.startswith("magnet:"):
             parsed = registry.parse_magnet(source)
@@ -395,6 +401,13 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
             f"{option} must be an ISO date or time (2017-07-17 or 2017-07-17T03:00Z), got {value!r}"
         )
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _check_text(value: str | None, what: str) -> None:
+    """Text from the command line that a database can store: argv bytes that are not
+    UTF-8 reach Python as lone surrogates, which no driver can encode (a traceback)."""
+    if value is not None and ("\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)):
+        fail(f"{what} must be UTF-8 text (the shell passed bytes that are not)")
 
 
 @app.command()
@@ -435,8 +448,10 @@ def export(
             res=res,
             exact=exact,
         )
-    except (LookupError, ValueError) as exc:
+    except (LookupError, ValueError) as exc:  # UnsafeTarget (a symlink, a file) among them
         fail(str(exc).strip("'\""))
+    except OSError as exc:
+        fail(f"cannot write to {out_dir}: {exc.strerror or type(exc).__name__}")
     for path in paths:
         out.print(str(path))
 
@@ -507,12 +522,31 @@ def video(
 # --- bench --------------------------------------------------------------------------------
 
 
+def _bench_package() -> ModuleType:
+    """The top-level bench/ package of the source checkout this swarmwatch was installed from.
+
+    Benchmarks are no part of the runtime package (the wheel does not ship them), so an
+    installed wheel answers with one line saying what is needed instead of a traceback.
+    """
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__init__.py").is_file():
+        fail(
+            "swarmwatch bench needs a source checkout: the benchmarks live in its bench/ "
+            "folder, which the wheel does not ship (pip install -e '.[test]' from the repository)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("bench")
+
+
 def _bench_names() -> list[str]:
     import pkgutil
 
-    import swarmwatch.bench
-
-    return sorted(m.name for m in pkgutil.iter_modules(swarmwatch.bench.__path__))
+    package = _bench_package()
+    helpers = set(getattr(package, "HELPERS", ()))
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in helpers)
 
 
 def _option_value(raw: str) -> object:
@@ -551,7 +585,15 @@ def bench(
         if not sep or not key:
             fail(f"benchmark options are key=value, got {item!r}")
         kwargs[key.replace("-", "_")] = _option_value(raw)
-    module = importlib.import_module(f"swarmwatch.bench.{name}")
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:  # a test extra (playwright, pandas ...)
+        fail(f"benchmark {name} needs the Python package {exc.name}: pip install -e '.[test]'")
+    # What else it needs (a browser, a load generator), said in one line before it starts.
+    missing = getattr(module, "missing", None)
+    need = missing() if missing is not None else None
+    if need:
+        fail(f"benchmark {name} needs {need}")
     try:
         figures = module.run_benchmark(**kwargs)
     except TypeError as exc:
@@ -580,10 +622,21 @@ def server_caches() -> AnalysisCaches:
     return AnalysisCaches(settle=gc.freeze)
 
 
-def server_app() -> FastAPI:
-    """create_app() for each `serve --workers N` process (uvicorn's factory)."""
-    from swarmwatch.api import create_app
+#: Set by `swarmwatch serve --workers N` to its own pid for its uvicorn worker processes.
+SUPERVISOR_PID_ENV = "SWARMWATCH_SUPERVISOR_PID"
 
+
+def server_app() -> FastAPI:
+    """create_app() for each `serve --workers N` process (uvicorn's factory). It ends with
+    the serve process however that ends: uvicorn's workers outlived a SIGKILLed supervisor."""
+    import os
+
+    from swarmwatch.api import create_app
+    from swarmwatch.parentwatch import exit_with_parent
+
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor:
+        exit_with_parent(int(supervisor))
     return create_app(caches=server_caches())
 
 
@@ -627,7 +680,10 @@ def serve(
     ensure_places(db)
     log_level = "debug" if verbose else "info"
     if workers > 1:
+        import os
+
         db.dispose()  # each worker process opens its own pool
+        os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers end with this process
         uvicorn.run(
             "swarmwatch.cli:server_app",
             factory=True,

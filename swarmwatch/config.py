@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # computation per second instead of one per viewer. 0 turns the reuse off.
     api_answer_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
+    # H3 outlines (POST /api/v1/geometry/h3, no key needed: the public map asks for them)
+    # cost ~45 us of CPU per cell: a client may have this many cells computed per second,
+    # in bursts up to the burst (two full 50,000-cell requests); answers kept for reuse
+    # (identical requests from every viewer of a map) cost nothing, up to this many bytes.
+    api_geometry_cells_rate: float = Field(default=5_000.0, gt=0)
+    api_geometry_cells_burst: float = Field(default=100_000.0, ge=1)
+    api_geometry_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+
     # Largest .torrent upload accepted: real ones are < 1 MiB, 4 MiB covers huge v2 hybrids.
     max_torrent_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Bounded queue between crawlers and pipeline: a full queue slows crawlers, never grows memory.

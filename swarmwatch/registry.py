@@ -10,6 +10,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 import libtorrent as lt
 from sqlalchemy import func, or_, select
@@ -114,11 +115,11 @@ def parse_magnet(uri: str) -> ParsedTorrent:
     v2 = str(hashes.v2) if hashes.has_v2() else None
     if v1 is None and v2 is None:
         raise RegistryInputError("malformed magnet URI: no infohash")
-    trackers = _check_trackers(zip(params.trackers, _tiers(params), strict=False))
+    trackers = _check_trackers(zip(_trackers(params), _tiers(params), strict=False))
     return ParsedTorrent(
         infohash_v1=v1,
         infohash_v2=v2,
-        name=clean_name(params.name),
+        name=clean_name(_magnet_name(params, uri)),
         trackers=trackers,
         magnet=uri,
     )
@@ -140,7 +141,7 @@ def parse_torrent_file(data: bytes) -> ParsedTorrent:
     if ti is None:
         raise RegistryInputError("invalid .torrent file: no metadata")
     hashes = params.info_hashes
-    trackers = _check_trackers(zip(params.trackers, _tiers(params), strict=False))
+    trackers = _check_trackers(zip(_trackers(params), _tiers(params), strict=False))
     return ParsedTorrent(
         infohash_v1=str(hashes.v1) if hashes.has_v1() else None,
         infohash_v2=str(hashes.v2) if hashes.has_v2() else None,
@@ -154,6 +155,29 @@ def parse_torrent_file(data: bytes) -> ParsedTorrent:
 def parse_tracker_list(urls: list[str]) -> tuple[tuple[str, int], ...]:
     """Extra trackers given alongside an infohash: each its own tier, in order."""
     return _check_trackers((u, i) for i, u in enumerate(urls))
+
+
+def _magnet_name(params: lt.add_torrent_params, uri: str) -> str | None:
+    """The magnet's dn; not UTF-8 (any bytes may be %-escaped there) gives U+FFFD for the rest.
+
+    libtorrent hands its name to Python as UTF-8 and raises on anything else, so such a
+    name is read from the URI itself instead.
+    """
+    try:
+        return str(params.name)
+    except UnicodeDecodeError:
+        query = uri.partition("?")[2]
+        names = [
+            v for k, v in parse_qsl(query, keep_blank_values=True, errors="replace") if k == "dn"
+        ]
+        return names[0] if names else None
+
+
+def _trackers(params: lt.add_torrent_params) -> list[str]:
+    try:
+        return list(params.trackers)
+    except UnicodeDecodeError:  # a URL is bytes that are not UTF-8: not one we could announce to
+        raise RegistryInputError("tracker URL is not UTF-8") from None
 
 
 def _tiers(params: lt.add_torrent_params) -> list[int]:

@@ -50,8 +50,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/geometry/h3"): "public",
     ("GET", "/openapi.json"): "public",
     ("GET", "/docs"): "public",
-    ("GET", "/docs/oauth2-redirect"): "public",
-    ("GET", "/redoc"): "public",
+    ("GET", "/docs/assets/{name}"): "public",  # Swagger UI's files, served locally
     ("GET", "/api/v1/keys/me"): "key",
     ("POST", "/api/v1/studies"): "key",
     ("GET", "/api/v1/studies"): "list",
@@ -152,6 +151,8 @@ def _request(world: World, method: str, path: str, private: bool) -> tuple[str, 
     spare = world.key_ids["spare"]
     if path == "/web/{name:path}":
         return "/web/app.js", {}
+    if path == "/docs/assets/{name}":
+        return "/docs/assets/swagger-ui.css", {}
     if path == "/api/v1/geometry/h3":
         return path, {"json": {"cells": []}}
     if path == "/api/v1/studies" and method == "POST":

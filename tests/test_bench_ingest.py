@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmwatch.bench.ingest import (
+from bench.ingest import (
     FLOOR_TABLES,
     _fresh_database,
     _ingest_measured,

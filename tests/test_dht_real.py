@@ -185,9 +185,16 @@ def test_crawler_interoperates_with_bittorrent_dht_nodes(lt_dht: LtDht) -> None:
         assert responders & set(js_addrs), "no bittorrent-dht node answered the crawler"
         assert crawler.stats["malformed"] == 0
     finally:
-        try:  # communicate() closes stdin, which makes the script exit
-            out, _ = proc.communicate(timeout=10)
+        # Closing stdin makes the script exit. The rest of its output is read from the same
+        # file object as the lines above: communicate() would read the pipe itself and miss
+        # what readline() had already buffered.
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            proc.wait()
+        out = proc.stdout.read()
+        proc.stdout.close()
     assert any('"get_peers"' in line for line in out.splitlines())

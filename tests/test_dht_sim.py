@@ -179,7 +179,11 @@ def test_hostile_input_is_counted_and_dropped() -> None:
             raw.sendto(b"d" * 70, crawler.endpoints[4].local_addr)
             raw.close()
             await crawler.lookup(WatchedTorrent(infohash, None), sink)
-            await asyncio.sleep(0.05)
+            # The raw garbage may still be queued behind the lookup's replies: wait for it.
+            deadline = asyncio.get_running_loop().time() + 30
+            while crawler.stats["malformed"] < 4:
+                assert asyncio.get_running_loop().time() < deadline, crawler.stats
+                await asyncio.sleep(0.01)
         finally:
             crawler.close()
             hostile.close()

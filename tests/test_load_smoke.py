@@ -11,7 +11,7 @@ import shutil
 import httpx
 import pytest
 
-from swarmwatch.bench.load import mix_rates, parse_wrk, run_classes
+from bench.load import mix_rates, parse_wrk, run_classes
 
 
 def test_wrk_is_installed() -> None:

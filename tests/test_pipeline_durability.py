@@ -206,14 +206,18 @@ def test_kill_9_loses_only_what_was_not_flushed(db: Database, db_url: str, city_
             if flushed and accepted >= 3_000:
                 child.send_signal(signal.SIGKILL)
                 break
-        rest = child.communicate(timeout=60)[0]
-        # Printed before the kill landed; a line the kill cut short has no newline.
-        for line in rest.split("\n")[:-1]:
+        child.wait(timeout=60)
+        # The rest from the same reader: communicate() would read the pipe itself and skip
+        # what this file object had already buffered, so its text could start mid-line.
+        # Lines printed before the kill landed; one the kill cut short has no newline.
+        for line in child.stdout.read().split("\n")[:-1]:
             accepted = max(accepted, int(line.split()[1]))
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     assert child.returncode == -signal.SIGKILL and flushed
     with db.session() as s:
         stored = s.scalar(select(func.sum(Peer.sightings))) or 0

@@ -25,6 +25,7 @@ from swarmwatch.analysis.rankings import (
     density_range,
 )
 from swarmwatch.analysis.scope import Scope, resolve_scope
+from swarmwatch.safefiles import OutputFolder
 from swarmwatch.store import Database
 from swarmwatch.store.models import Study
 
@@ -137,35 +138,34 @@ def export_scope(conn: Connection, scope: Scope, out_dir: Path, *, res: int = 4)
     (per 100,000 residents with 95 % intervals, places of DEFAULT_MIN_POPULATION or
     more); with a loaded urban-area table that has land areas, also
     rankings_metro_alpha60_density.csv. rankings.json describes each of them.
+    Never through a symlink (swarmwatch.safefiles): an unsafe --out or a symlink in it
+    raises UnsafeTarget before anything is written over.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     sidecars: dict[str, Any] = {}
     rankings: dict[str, Ranking] = {}
     wanted = [(level, metric) for level in LEVELS for metric in ("absolute", "per_capita")]
     if density_range(conn) is not None:
         wanted.append(("metro", "alpha60_density"))
-    for level, metric in wanted:
-        ranking = compute_ranking(conn, scope, level=level, metric=metric, limit=None, res=res)
-        if metric == "absolute":
-            rankings[level] = ranking
-        suffix = "" if metric == "absolute" else f"_{metric}"
-        path = out_dir / f"rankings_{level}{suffix}.csv"
-        with path.open("w", encoding="utf-8", newline="") as fh:
-            for chunk in iter_csv(ranking):
-                fh.write(chunk)
-        written.append(path)
-        sidecars[path.name] = sidecar(ranking)
-    path = out_dir / "rankings.json"
-    path.write_text(json.dumps(sidecars, indent=2, ensure_ascii=False), encoding="utf-8")
-    written.append(path)
-    for name, doc in (
-        ("cells.geojson", cells_geojson(rankings["cell"])),
-        ("cities.geojson", cities_geojson(rankings["city"])),
-    ):
-        path = out_dir / name
-        path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-        written.append(path)
+    with OutputFolder(out_dir) as folder:
+        for level, metric in wanted:
+            ranking = compute_ranking(conn, scope, level=level, metric=metric, limit=None, res=res)
+            if metric == "absolute":
+                rankings[level] = ranking
+            suffix = "" if metric == "absolute" else f"_{metric}"
+            name = f"rankings_{level}{suffix}.csv"
+            with folder.open_text(name) as fh:
+                for chunk in iter_csv(ranking):
+                    fh.write(chunk)
+            written.append(out_dir / name)
+            sidecars[name] = sidecar(ranking)
+        text = json.dumps(sidecars, indent=2, ensure_ascii=False)
+        written.append(folder.write_text("rankings.json", text))
+        for name, doc in (
+            ("cells.geojson", cells_geojson(rankings["cell"])),
+            ("cities.geojson", cities_geojson(rankings["city"])),
+        ):
+            written.append(folder.write_text(name, json.dumps(doc, ensure_ascii=False)))
     return written
 
 

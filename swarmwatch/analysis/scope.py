@@ -15,6 +15,9 @@ from swarmwatch.analysis import cellkey
 from swarmwatch.store.models import GeoipDatabase, Study, Title
 from swarmwatch.store.rollups import DAY
 
+#: The last UTC day (days since the epoch) whose start a datetime can hold: 9999-12-31.
+LAST_DAY = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days
+
 COUNTING = (
     "unique peers (keyed peer hashes) per title, at the place, day and vantage of each "
     "peer's first sighting; a study counts the sum over its titles (downloads)"
@@ -108,6 +111,12 @@ def resolve_scope(
         title_ids, title_name = (match[0].id,), match[0].name
     day_from = None if start is None else math.floor(_utc(start).timestamp() / DAY)
     day_to = None if end is None else math.ceil(_utc(end).timestamp() / DAY)
+    # Widened to whole days, a 'to' on 9999-12-31 ends in year 10000, which no datetime
+    # can hold: the last representable day is as open-ended as that.
+    if day_to is not None:
+        day_to = min(day_to, LAST_DAY)
+    if day_from is not None:
+        day_from = min(day_from, LAST_DAY - 1)
     if day_from is not None and day_to is not None and day_to <= day_from:
         raise ScopeError("the window is empty: 'to' must be after 'from'")
     return Scope(
@@ -124,7 +133,10 @@ def resolve_scope(
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC datetime
+        raise ScopeError("date out of range (years 1 to 9999 in UTC)") from None
 
 
 def geoip_provenance(conn: Connection) -> list[dict[str, object]]:

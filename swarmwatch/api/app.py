@@ -12,23 +12,28 @@ from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from swarmwatch import PROJECT_ROOT, __version__
+from swarmwatch import __version__, shipped
 from swarmwatch.analysis.caches import AnalysisCaches
+from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
+from swarmwatch.api.openapi import complete_openapi, validation_error
 from swarmwatch.api.ratelimit import RateLimitMiddleware
 from swarmwatch.api.routes import health, keys, studies, torrents
+from swarmwatch.api.routes.web import GeometryLimits
+from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = PROJECT_ROOT / "web"
+WEB_DIR = shipped("web")
 
 #: Routers of later parts, mounted when their module is present.
 OPTIONAL_ROUTERS = (
@@ -52,6 +57,9 @@ def create_app(
         summary="Where the people in BitTorrent swarms are: registry, estimates, rankings, maps.",
         # Bodies are small JSON or one .torrent; anything larger is refused with 413.
         max_body_size=settings.max_torrent_bytes + 64 * 1024,
+        # /docs is swarmwatch.api.docs (no CDN); ReDoc would load one.
+        docs_url=None,
+        redoc_url=None,
     )
     # Frames and geometry are large and very compressible JSON (≈7× smaller).
     app.add_middleware(GZipMiddleware, minimum_size=1000)
@@ -69,8 +77,9 @@ def create_app(
     app.state.database = database
     app.state.analysis_caches = caches or AnalysisCaches()
     app.state.metrics = ServiceMetrics()
+    app.state.geometry = GeometryLimits(settings)
 
-    for router_module in (health, studies, torrents, keys):
+    for router_module in (health, studies, torrents, keys, docs):
         app.include_router(router_module.router)
     for name in OPTIONAL_ROUTERS:
         try:
@@ -80,6 +89,8 @@ def create_app(
                 raise
             continue
         app.include_router(module.router)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(sqlalchemy.exc.TimeoutError)
     @app.exception_handler(sqlalchemy.exc.OperationalError)
@@ -114,7 +125,13 @@ def create_app(
 
 
 class SwarmwatchAPI(FastAPI):
-    """FastAPI whose body-limit answer is JSON like every other error."""
+    """FastAPI whose body-limit answer is JSON like every other error, and whose OpenAPI
+    document describes the bodies and errors the routes really take and send."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = complete_openapi(super().openapi(), [TorrentCreate])
+        return self.openapi_schema
 
     def build_middleware_stack(self) -> Any:
         stack = JSONBodyLimitErrors(super().build_middleware_stack(), self.max_body_size)

@@ -35,14 +35,14 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
 
-    def take(self, now: float) -> float:
-        """0 if a token was taken, else the seconds until one will be there."""
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """0 if `cost` tokens were taken, else the seconds until they will be there."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return 0.0
-        return (1 - self.tokens) / self.rate
+        return (cost - self.tokens) / self.rate
 
 
 class RateLimitMiddleware:

@@ -11,6 +11,7 @@ import bisect
 import enum
 import ipaddress
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 import maxminddb
 
+from swarmwatch.parentwatch import exit_with_parent
 from swarmwatch.pipeline.binning import cell_for
 
 log = logging.getLogger(__name__)
@@ -423,8 +425,9 @@ class DatabaseLookup:
 _worker_lookup: DatabaseLookup | None = None
 
 
-def _worker_open(city_db: str, asn_db: str | None) -> None:
+def _worker_open(city_db: str, asn_db: str | None, parent_pid: int) -> None:
     global _worker_lookup
+    exit_with_parent(parent_pid)  # a killed parent must not leave its workers running
     _worker_lookup = DatabaseLookup(city_db, asn_db)
 
 
@@ -461,7 +464,11 @@ class Geolocator:
                 max_workers=workers,
                 mp_context=get_context("spawn"),  # fork is unsafe with threads running
                 initializer=_worker_open,
-                initargs=(str(self.city_db), str(self.asn_db) if self.asn_db else None),
+                initargs=(
+                    str(self.city_db),
+                    str(self.asn_db) if self.asn_db else None,
+                    os.getpid(),
+                ),
             )
 
     @property

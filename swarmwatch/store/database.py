@@ -17,11 +17,11 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
-from swarmwatch import PROJECT_ROOT
+from swarmwatch import shipped
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+MIGRATIONS_DIR = shipped("migrations")
 
 
 def normalise_url(url: str) -> str:

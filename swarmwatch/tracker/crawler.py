@@ -289,6 +289,11 @@ class TrackerCrawler:
 
         if result is None:
             st.failures += 1
+            if st.failures == 1:  # once per outage: a worker's log says a tracker went away
+                # Host and port only: a private tracker's path carries the user's passkey.
+                where = urlsplit(st.url)
+                server = f"{where.hostname}:{where.port}" if where.port else where.hostname
+                log.warning("tracker %s://%s failing: %s", where.scheme, server, error)
             backoff = min(self.backoff_base * 2 ** (st.failures - 1), self.max_interval)
             backoff = max(backoff, self.floor) * self.rng.uniform(0.9, 1.1)
             st.retry_at = finished + _seconds(backoff)

@@ -77,6 +77,13 @@ router = APIRouter(
     dependencies=[Depends(_in_flight)],
 )
 
+#: The GeoJSON answers' media type (RFC 7946), as the OpenAPI document must say.
+GEOJSON_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "GeoJSON FeatureCollection",
+        "content": {"application/geo+json": {"schema": {"type": "object"}}},
+    }
+}
 TitleQ = Annotated[str | None, Query(max_length=300, description="title id or name")]
 FromQ = Annotated[
     datetime | None, Query(alias="from", description="window start (widened to the UTC day)")
@@ -388,7 +395,7 @@ def frames(
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/{study_id}/cells.geojson")
+@router.get("/{study_id}/cells.geojson", response_class=Response, responses=GEOJSON_200)
 def cells(
     study: ReadableStudyDep,
     exact: ExactReaderDep,
@@ -409,7 +416,7 @@ def cells(
     )
 
 
-@router.get("/{study_id}/cities.geojson")
+@router.get("/{study_id}/cities.geojson", response_class=Response, responses=GEOJSON_200)
 def cities(
     study: ReadableStudyDep,
     exact: ExactReaderDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -27,6 +27,7 @@ from swarmwatch.api.deps import (
     require_role,
 )
 from swarmwatch.api.schemas import (
+    INFOHASH,
     CrawlStatus,
     Page,
     SamplePublic,
@@ -89,6 +90,8 @@ async def _read_registration(
         payload = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise HTTPException(status_code=422, detail="request body is not valid JSON") from None
+    except RecursionError:  # json nests by recursion: [[[[...]]]] 100,000 deep exhausts it
+        raise HTTPException(status_code=422, detail="request body nests too deeply") from None
     try:
         body = TorrentCreate.model_validate(payload)
     except ValidationError as exc:
@@ -335,9 +338,15 @@ def list_torrents(
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
+#: A registered torrent's infohash in any of the forms registration takes.
+InfohashPath = Annotated[
+    str, Path(description="v1 or v2 hex, or v1 base32", json_schema_extra={"pattern": INFOHASH})
+]
+
+
 @router.get("/{infohash}", response_model=TorrentPublic)
 def get_torrent(
-    infohash: str, session: SessionDep, key: OptionalKeyDep, study_id: StudyFilter = None
+    infohash: InfohashPath, session: SessionDep, key: OptionalKeyDep, study_id: StudyFilter = None
 ) -> TorrentPublic:
     """One torrent with its crawl status: trackers, last samples, unique peers."""
     torrent = _one(_readable_torrents(session, infohash, study_id, key), infohash)
@@ -346,7 +355,7 @@ def get_torrent(
 
 @router.delete("/{infohash}", status_code=204, response_class=Response)
 def delete_torrent(
-    infohash: str, session: SessionDep, _key: ApiKeyDep, study_id: StudyFilter = None
+    infohash: InfohashPath, session: SessionDep, _key: ApiKeyDep, study_id: StudyFilter = None
 ) -> Response:
     """Stop watching a torrent and delete its registration and samples."""
     torrent = _one(_readable_torrents(session, infohash, study_id, _key), infohash)

@@ -8,26 +8,36 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
 import h3
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from swarmwatch import PROJECT_ROOT
+from swarmwatch import shipped
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.rankings import cell_population
+from swarmwatch.analysis.rankings import PLACE_BASE_RES, cell_population
+from swarmwatch.api.costly import KeptAnswers, WorkBudget
 from swarmwatch.api.deps import CachesDep, SessionDep
+from swarmwatch.config import Settings
 from swarmwatch.store.models import City
 
-WEB_DIR = PROJECT_ROOT / "web"
+WEB_DIR = shipped("web")
+#: Seconds an outline answer is reused: geometry never changes, populations only when
+#: places are reloaded.
+GEOMETRY_KEEP_SECONDS = 600.0
 #: Largest outline request: 120 frames x 5,000 cells use one set; 50k covers res 5 over land.
 MAX_GEOMETRY_CELLS = 50_000
+
+#: Finest cell with an outline: the resolution places are binned at (cities' base cells).
+MAX_GEOMETRY_RES = PLACE_BASE_RES
 
 router = APIRouter(tags=["web"])
 
@@ -84,6 +94,8 @@ def plotly_js(request: Request) -> Response:
 
 @router.get("/web/{name:path}", include_in_schema=False)
 def asset(name: str) -> Response:
+    if "\x00" in name:  # no file name holds NUL, and os.stat raises on it
+        raise HTTPException(status_code=404, detail="no such file")
     root = WEB_DIR.resolve()
     path = (root / name).resolve()
     # No way out of web/ (.., symlinks, absolute names) and only known file types.
@@ -104,10 +116,25 @@ class CellOutlinesRequest(BaseModel):
     ] = []
 
 
-@router.post("/api/v1/geometry/h3")
+class GeometryLimits:
+    """What bounds the outline endpoint (no key needed): a per-client cell budget and
+    whole answers kept for reuse. Owned by the app (app.state.geometry)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.budget = WorkBudget(
+            settings.api_geometry_cells_rate, settings.api_geometry_cells_burst
+        )
+        self.answers = KeptAnswers(settings.api_geometry_cache_bytes, GEOMETRY_KEEP_SECONDS)
+
+
+@router.post(
+    "/api/v1/geometry/h3",
+    response_class=JSONResponse,
+    responses={429: {"description": "this client's cell budget is spent: retry after"}},
+)
 def cell_outlines(
-    body: CellOutlinesRequest, session: SessionDep, caches: CachesDep
-) -> dict[str, Any]:
+    body: CellOutlinesRequest, session: SessionDep, caches: CachesDep, request: Request
+) -> Response:
     """Hexagon outlines as GeoJSON for H3 cell ids, with each cell's population.
 
     No study data: outlines are geometry, ``properties.population`` is the sum
@@ -122,12 +149,51 @@ def cell_outlines(
     if bad:
         raise HTTPException(status_code=422, detail=f"not H3 cell ids: {bad[:5]}")
     cells = list(dict.fromkeys(c.lower() for c in body.cells))
+    # Populations are summed from each city's res-7 cell up to its parents: a finer
+    # cell has none to give, and the API never publishes one (see MAX_GEOMETRY_RES).
+    fine = [c for c in cells if h3.get_resolution(c) > MAX_GEOMETRY_RES]
+    if fine:
+        raise HTTPException(
+            status_code=422,
+            detail=f"H3 cells finer than resolution {MAX_GEOMETRY_RES}: {fine[:5]}",
+        )
+    limits: GeometryLimits = request.app.state.geometry
+    key = hashlib.sha256(json.dumps([sorted(cells), sorted(set(body.cities))]).encode()).digest()
+    kept = limits.answers.get(key)
+    if kept is None:
+        client = request.client.host if request.client else "?"
+        # At most the whole burst: a request larger than it must not wait forever.
+        wait = limits.budget.charge(client, min(max(len(cells), 1), limits.budget.burst))
+        if wait:
+            raise HTTPException(
+                status_code=429,
+                detail=f"outline budget spent ({len(cells)} cells asked): retry in {wait:.0f} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        answer = _outlines_answer(session, cells, body.cities, caches)
+        kept = json.dumps(answer, separators=(",", ":")).encode()
+        limits.answers.put(key, kept)
+    if "gzip" not in request.headers.get("accept-encoding", ""):
+        return Response(kept, media_type="application/json")
+    # Kept compressed too: gzip of 50,000 outlines (13 MB) costs more than reading them
+    # from the cache, and the GZip middleware would redo it for every viewer.
+    packed = limits.answers.get(key + b".gz")
+    if packed is None:
+        packed = gzip.compress(kept, 6)
+        limits.answers.put(key + b".gz", packed)
+    headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    return Response(packed, media_type="application/json", headers=headers)
+
+
+def _outlines_answer(
+    session: Session, cells: list[str], city_ids: list[int], caches: AnalysisCaches
+) -> dict[str, Any]:
     features = outlines_with_population(session, cells, caches)
     # A foreign member (RFC 7946 §6.1): the per-capita denominators of the city bubbles.
     cities: dict[str, int] = {}
-    if body.cities:
+    if city_ids:
         rows = session.execute(
-            select(City.geoname_id, City.population).where(City.geoname_id.in_(set(body.cities)))
+            select(City.geoname_id, City.population).where(City.geoname_id.in_(set(city_ids)))
         )
         cities = {str(geoname_id): int(pop or 0) for geoname_id, pop in rows}
     return {"type": "FeatureCollection", "features": features, "city_population": cities}

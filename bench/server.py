@@ -22,6 +22,10 @@ def serve(
     command = [
         sys.executable,
         "-m",
+        # Ends with this process, however it ends (a benchmark killed by a timeout left
+        # its server running before).
+        "swarmwatch.parentwatch",
+        str(os.getpid()),
         "uvicorn",
         "--factory",
         "swarmwatch.cli:server_app",  # what `swarmwatch serve` runs

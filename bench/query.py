@@ -28,7 +28,7 @@ import httpx
 from h3.api import basic_int as h3i
 from sqlalchemy import text
 
-from swarmwatch.bench.server import serve, stop
+from bench.server import serve, stop
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 from swarmwatch.store.rollups import (

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from bench.server import serve, stop
 from swarmwatch.auth import create_api_key, verify_api_key
-from swarmwatch.bench.server import serve, stop
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
 
@@ -201,10 +201,14 @@ def report(
         )
 
 
+def missing() -> str | None:
+    return None if shutil.which("wrk") else "wrk, the load generator: apt-get install wrk"
+
+
 def run_benchmark(**options: Any) -> dict[str, float]:
     """Options: rate=300 (requests/s), seconds=15, scale=0.001 (of alpha60's 33.8 M peers),
     url= (default a fresh SQLite file), workers=1, cache=1.0 (answer reuse, s; 0: off)."""
-    from swarmwatch.bench.query import _load
+    from bench.query import _load
 
     rate = float(options.get("rate", 300))
     seconds = float(options.get("seconds", 15))
@@ -309,7 +313,7 @@ def run_benchmark(**options: Any) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m swarmwatch.bench.load rate=300 seconds=15`: exit 1 on any error or missed rate."""
+    """`python -m bench.load rate=300 seconds=15`: exit 1 on any error or missed rate."""
     options: dict[str, Any] = {}
     for item in argv:
         name, sep, raw = item.partition("=")

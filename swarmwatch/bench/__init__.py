@@ -1,1 +1,0 @@
-"""Benchmarks run by `swarmwatch bench <name>`: each prints its figures and returns them."""
