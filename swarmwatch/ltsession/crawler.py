@@ -55,7 +55,7 @@ MetadataCallback = Callable[[str, str, int, bytes], Awaitable[None] | None]
 
 
 #: A peer stays "known and reachable" (dialled again, counted in coverage) this many
-#: rounds after its last connection: one that left the swarm stops counting against us.
+#: rounds after its last connection or DHT listing: one that left the swarm stops counting.
 REACHABLE_ROUNDS = 10
 
 
@@ -382,7 +382,7 @@ class SwarmSessionCrawler:
         self._round += 1
 
     def _reachable(self, joined: _Joined) -> set[IPAddress]:
-        """Addresses connected in one of the last REACHABLE_ROUNDS rounds."""
+        """Addresses connected, or listed by the DHT, in one of the last REACHABLE_ROUNDS rounds."""
         oldest = self._round - REACHABLE_ROUNDS
         for ip in [ip for ip, r in joined.reachable.items() if r < oldest]:
             del joined.reachable[ip]
@@ -543,6 +543,10 @@ class SwarmSessionCrawler:
                 continue
             count += 1
             joined.listen_ports[ip] = int(port)
+            # Listed by the DHT this round with its listen port: still in the swarm and
+            # dialable, so it stays known in coverage even while no connection is open
+            # (a leecher that dropped an idle connection, a client that never dials out).
+            joined.reachable[ip] = self._round
             self._hand_to_torrent(joined, ip, int(port))
             await self._put(
                 sink,

@@ -340,7 +340,11 @@ def frames(
     session: SessionDep,
     caches: CachesDep,
     interval: Annotated[
-        int, Query(description=f"seconds, one of {FRAME_INTERVALS} (never below the cadence)")
+        int,
+        Query(
+            description=f"seconds, one of {FRAME_INTERVALS} (never below the cadence)",
+            json_schema_extra={"enum": list(FRAME_INTERVALS)},
+        ),
     ] = 3600,
     res: Annotated[int, Query(ge=min(FRAME_RESOLUTIONS), le=max(FRAME_RESOLUTIONS))] = 4,
     title: TitleQ = None,

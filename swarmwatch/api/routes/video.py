@@ -118,7 +118,13 @@ def renders_of(request: Request) -> VideoRenders:
 def study_video(
     request: Request,
     study: ReadableStudyDep,
-    interval: Annotated[int, Query(description=f"seconds, one of {FRAME_INTERVALS}")] = 3600,
+    interval: Annotated[
+        int,
+        Query(
+            description=f"seconds, one of {FRAME_INTERVALS}",
+            json_schema_extra={"enum": list(FRAME_INTERVALS)},
+        ),
+    ] = 3600,
     res: Annotated[int, Query(ge=min(FRAME_RESOLUTIONS), le=max(FRAME_RESOLUTIONS))] = 4,
     metric: Annotated[str, Query(pattern="^(absolute|per_capita)$")] = "absolute",
     title: Annotated[str | None, Query(max_length=300, description="title id or name")] = None,
