@@ -156,25 +156,17 @@ def _status(session: Session, torrent: Torrent, k: int, exact: bool) -> CrawlSta
         # Exact for the study's owners, cell-key perturbed (the summary's noise) for anyone else.
         return n if exact else cellkey.publish(n, rk, k)
 
+    def count_and_rk(count: Any, rk: Any, *where: Any) -> tuple[int, int]:
+        n, rk_sum = conn.execute(
+            select(func.coalesce(func.sum(count), 0), func.coalesce(func.sum(rk), 0)).where(*where)
+        ).one()
+        return int(n), int(rk_sum)
+
     # The title's unique peers and anomalies, as the summary by title publishes them.
-    act = rollup_activity
-    peers, peers_rk = (
-        int(v)
-        for v in conn.execute(
-            select(
-                func.coalesce(func.sum(act.c.new_peers), 0),
-                func.coalesce(func.sum(act.c.new_peers_rk), 0),
-            ).where(act.c.title_id == torrent.title_id)
-        ).one()
-    )
-    placed, placed_rk = (
-        int(v)
-        for v in conn.execute(
-            select(
-                func.coalesce(func.sum(rollup_place.c.peers), 0),
-                func.coalesce(func.sum(rollup_place.c.peers_rk), 0),
-            ).where(rollup_place.c.title_id == torrent.title_id, rollup_place.c.geoname_id != 0)
-        ).one()
+    act, place, title_id = rollup_activity.c, rollup_place.c, torrent.title_id
+    peers, peers_rk = count_and_rk(act.new_peers, act.new_peers_rk, act.title_id == title_id)
+    placed, placed_rk = count_and_rk(
+        place.peers, place.peers_rk, place.title_id == title_id, place.geoname_id != 0
     )
     states = {
         name: published(n, rk) for name, (n, rk) in seed_states(conn, (torrent.title_id,)).items()
