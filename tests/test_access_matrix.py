@@ -309,3 +309,27 @@ def test_a_revoked_key_is_refused_everywhere(world: World) -> None:
     ]:
         r = world.client.request(method, url, headers=headers, json={"name": "x"})
         assert r.status_code == 403, (url, r.text)
+
+
+@pytest.mark.parametrize("role", ["owner", "reader", "anonymous"])
+def test_an_analysis_request_decides_the_role_once(
+    world: World, role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # readable_study and exact_reader share one dependency: role_of is asked once, and the
+    # answer still tells an owner's exact read from everyone else's perturbed one.
+    from swarmwatch.api import deps
+
+    calls: list[int] = []
+    real = deps.role_of
+
+    def counted(*args: Any) -> access.Role:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(deps, "role_of", counted)
+    headers = {"Authorization": f"Bearer {world.keys[role]}"} if role != "anonymous" else {}
+    r = world.client.get(f"/api/v1/studies/{world.studies[False]}/summary", headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(calls) == 1
+    exact = r.json()["method"]["suppression"].startswith("none")
+    assert exact == (RANK[role] >= NEED["owner"])
