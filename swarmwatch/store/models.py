@@ -337,12 +337,16 @@ class ReplayProgress(Base):
 
 
 class StoreSecret(Base):
-    """A secret of the store itself, made on first use: `replay` keys the digests of
-    replay_progress (which hash file bytes holding raw addresses)."""
+    """A secret of the store itself, made on first use and stored only wrapped with the
+    deployment secret, as study keys are (swarmwatch.custody): `replay` keys the digests
+    of replay_progress (which hash file bytes holding raw addresses)."""
 
     __tablename__ = "store_secret"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[bytes] = mapped_column(LargeBinary(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(16))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    tag: Mapped[bytes] = mapped_column(LargeBinary(32))
+    secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
 
 
 class BatchToken(Base):
