@@ -1,10 +1,22 @@
-"""privacy leftovers: the replay digests' key under custody.
+"""privacy leftovers: the replay key under custody; record-key sums for sources, vantages
+and rollups written before 0007.
 
-store_secret's values (the key of replay_progress's digests) were stored in plain,
+1. store_secret's values (the key of replay_progress's digests) were stored in plain,
 beside the data they protect: they are wrapped in place with the deployment secret,
 as 0006 wrapped the study keys, so existing replay marks stay valid. This needs the
 secret when any exist (set SWARMWATCH_SECRET_FILE or SWARMWATCH_SECRET before
 `swarmwatch db upgrade`); without it nothing is changed.
+2. Peers gain prev_sources and prev_vantages (what their latest upsert found), so the
+   writer adds a peer's record key to a source's (vantage's) rollup_activity row once,
+   when it first reaches it (source_rk, vantage_rk, new here). Existing rows get each
+   peer's key once per source and vantage it has, on the earliest row of its title and
+   source (vantage): exact for the unfiltered sightings by source and vantage.
+3. Rollup rows counted before 0007 hold 0 record-key sums for what they counted then,
+   so their noise was a constant. The sighting rows from before 0007 (kept, read by
+   nothing) say exactly which peers those counts were: their record keys are added, by
+   the same grain as the writer then used (a peer's first sighting for places, cells
+   and new peers; its first sighting in each hour and day for frames). rollup_peer_times'
+   sums are recounted from the peer rows, which define it.
 
 Revision ID: 0010_i15c_privacy
 Revises: 0009_i14_clients
@@ -15,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
+from h3.api import basic_int as h3i
 
 from swarmwatch.config import get_settings
 from swarmwatch.custody import CustodyError, read_secret
@@ -62,6 +76,173 @@ def _secret(action: str, count: int) -> tuple[bytes, str]:
 
 
 def upgrade() -> None:
+    _wrap_store_secrets()
+    op.add_column(
+        "peer", sa.Column("prev_sources", sa.Integer(), server_default="0", nullable=False)
+    )
+    op.add_column(
+        "peer", sa.Column("prev_vantages", sa.BigInteger(), server_default="0", nullable=False)
+    )
+    for column in ("source_rk", "vantage_rk"):
+        op.add_column(
+            "rollup_activity",
+            sa.Column(column, sa.BigInteger(), server_default="0", nullable=False),
+        )
+    conn = op.get_bind()
+    _backfill_before_0007(conn)
+    _backfill_sources_and_vantages(conn)
+    conn.execute(
+        sa.text(
+            "UPDATE rollup_peer_times SET peers_rk = (SELECT COALESCE(SUM(p.record_key), 0)"
+            " FROM peer p WHERE p.title_id = rollup_peer_times.title_id"
+            " AND p.sightings = rollup_peer_times.times)"
+        )
+    )
+
+
+# Written out rather than imported, as in 0007: the grain of the writer of then.
+_SOURCE_BITS = {"tracker": 1, "dht": 2, "pex": 4, "swarm": 8, "replay": 16}
+_OTHER_SOURCE = 32
+_VANTAGE_BITS = 63
+_CELL_RES = (2, 3, 4, 5, 6)  # every resolution a cell row may be kept at (rows that
+_FRAME_RES = (3, 4, 5)  # do not exist are not touched)
+_FRAME_INTERVALS = (3600, 86400)
+#: table -> (key columns, record-key sum columns)
+_LEGACY = {
+    "rollup_place": (("title_id", "geoname_id", "country"), ("peers_rk", "seeds_rk")),
+    "rollup_place_day": (
+        ("title_id", "day", "vantage", "geoname_id", "country"),
+        ("peers_rk", "seeds_rk"),
+    ),
+    "rollup_activity": (("title_id", "day", "source", "vantage"), ("new_peers_rk",)),
+    "rollup_cell": (("title_id", "res", "h3_cell"), ("peers_rk",)),
+    "rollup_cell_day": (("title_id", "day", "vantage", "res", "h3_cell"), ("peers_rk",)),
+    "rollup_active": (("title_id", "interval_s", "bucket"), ("peers_rk", "city_peers_rk")),
+    "rollup_frame_city": (("title_id", "interval_s", "bucket", "geoname_id"), ("peers_rk",)),
+    "rollup_frame": (("title_id", "interval_s", "res", "bucket", "h3_cell"), ("peers_rk",)),
+}
+
+
+def _parents(cell: int | None, resolutions: tuple[int, ...]) -> list[tuple[int, int]]:
+    if not cell:
+        return []
+    own = h3i.get_resolution(cell)
+    return [(res, h3i.cell_to_parent(cell, res)) for res in resolutions if res <= own]
+
+
+def _backfill_before_0007(conn: sa.Connection) -> None:
+    """Add the record keys of what the rollups counted from sighting rows (see 3.)."""
+    if conn.execute(sa.text("SELECT 1 FROM sighting LIMIT 1")).first() is None:
+        return
+    sighting = sa.table(
+        "sighting",
+        sa.column("id"),
+        sa.column("title_id"),
+        sa.column("peer_key"),
+        sa.column("seen_at", sa.DateTime(timezone=True)),
+        sa.column("source"),
+        sa.column("vantage"),
+        sa.column("seed", sa.Boolean()),
+        sa.column("country"),
+        sa.column("geoname_id"),
+        sa.column("h3_cell"),
+    )
+    keys = {
+        (int(t), bytes(pk)): int(rk)
+        for t, pk, rk in conn.execute(
+            sa.text(
+                "SELECT title_id, peer_key, record_key FROM peer WHERE title_id IN"
+                " (SELECT DISTINCT title_id FROM sighting)"
+            )
+        )
+    }
+    # [first, second] record-key sum per key (the second: seeds_rk, city_peers_rk)
+    sums: dict[str, defaultdict[tuple[object, ...], list[int]]] = {
+        table: defaultdict(lambda: [0, 0]) for table in _LEGACY
+    }
+    seen: set[tuple[int, bytes]] = set()
+    present: set[tuple[int, bytes, int, int]] = set()
+    rows = conn.execute(sa.select(sighting).order_by(sighting.c.id))
+    for r in rows:
+        peer = (int(r.title_id), bytes(r.peer_key))
+        rk = keys.get(peer, 0)
+        at = r.seen_at if r.seen_at.tzinfo else r.seen_at.replace(tzinfo=UTC)
+        ts = at.timestamp()
+        day = int(ts // 86400)
+        geo, country = r.geoname_id or 0, r.country or ""
+        if peer not in seen:  # new to its title: places, cells and new peers
+            seen.add(peer)
+            seed_rk = rk if r.seed is True else 0
+            for table, key in (
+                ("rollup_place", (peer[0], geo, country)),
+                ("rollup_place_day", (peer[0], day, r.vantage, geo, country)),
+            ):
+                acc = sums[table][key]
+                acc[0] += rk
+                acc[1] += seed_rk
+            sums["rollup_activity"][(peer[0], day, r.source, r.vantage)][0] += rk
+            for res, parent in _parents(r.h3_cell, _CELL_RES):
+                sums["rollup_cell"][(peer[0], res, parent)][0] += rk
+                sums["rollup_cell_day"][(peer[0], day, r.vantage, res, parent)][0] += rk
+        for interval in _FRAME_INTERVALS:  # its first sighting in each frame
+            bucket = int(ts // interval)
+            if (peer[0], peer[1], interval, bucket) in present:
+                continue
+            present.add((peer[0], peer[1], interval, bucket))
+            acc = sums["rollup_active"][(peer[0], interval, bucket)]
+            acc[0] += rk
+            if r.geoname_id:
+                acc[1] += rk
+                sums["rollup_frame_city"][(peer[0], interval, bucket, r.geoname_id)][0] += rk
+            for res, parent in _parents(r.h3_cell, _FRAME_RES):
+                sums["rollup_frame"][(peer[0], interval, res, bucket, parent)][0] += rk
+    for table, (key_cols, rk_cols) in _LEGACY.items():
+        if not sums[table]:
+            continue
+        sets = ", ".join(f"{c} = {c} + :{c}" for c in rk_cols)
+        where = " AND ".join(f"{c} = :{c}" for c in key_cols)
+        conn.execute(
+            sa.text(f"UPDATE {table} SET {sets} WHERE {where}"),
+            [
+                dict(zip(key_cols, key, strict=True))
+                | dict(zip(rk_cols, add[: len(rk_cols)], strict=True))
+                for key, add in sums[table].items()
+            ],
+        )
+
+
+def _backfill_sources_and_vantages(conn: sa.Connection) -> None:
+    """Each peer's record key once per source and vantage it has (see 2.)."""
+    earliest: dict[tuple[str, int, str], tuple[int, str, str]] = {}
+    for title_id, day, source, vantage in conn.execute(
+        sa.text(
+            "SELECT title_id, day, source, vantage FROM rollup_activity"
+            " ORDER BY title_id, day, source, vantage"
+        )
+    ):
+        earliest.setdefault(("source", int(title_id), str(source)), (int(day), source, vantage))
+        earliest.setdefault(("vantage", int(title_id), str(vantage)), (int(day), source, vantage))
+    ids = {str(n): int(i) for n, i in conn.execute(sa.text("SELECT name, id FROM vantage"))}
+    update = (
+        "UPDATE rollup_activity SET {col} = (SELECT COALESCE(SUM(p.record_key), 0)"
+        " FROM peer p WHERE p.title_id = :title_id AND (p.{mask} & :bit) != 0)"
+        " WHERE title_id = :title_id AND day = :day AND source = :source AND vantage = :vantage"
+    )
+    for (kind, title_id, name), (day, source, vantage) in earliest.items():
+        if kind == "source":
+            bit = _SOURCE_BITS.get(name, _OTHER_SOURCE)
+        elif name in ids:
+            bit = 1 << (min(ids[name], _VANTAGE_BITS) - 1)
+        else:
+            continue  # a vantage no peer has a bit for
+        col, mask = ("source_rk", "sources") if kind == "source" else ("vantage_rk", "vantages")
+        conn.execute(
+            sa.text(update.format(col=col, mask=mask)),
+            {"title_id": title_id, "day": day, "source": source, "vantage": vantage, "bit": bit},
+        )
+
+
+def _wrap_store_secrets() -> None:
     conn = op.get_bind()
     plain = conn.execute(sa.text("SELECT name, value FROM store_secret ORDER BY name")).all()
     # Ask for the secret before any change: without it nothing is altered.
@@ -118,6 +299,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The record-key sums added stay: they are what the rollups should have held.
+    with op.batch_alter_table("rollup_activity") as batch:
+        batch.drop_column("vantage_rk")
+        batch.drop_column("source_rk")
+    with op.batch_alter_table("peer") as batch:
+        batch.drop_column("prev_vantages")
+        batch.drop_column("prev_sources")
     conn = op.get_bind()
     rows = conn.execute(
         sa.text("SELECT name, nonce, wrapped_key, tag FROM store_secret ORDER BY name")

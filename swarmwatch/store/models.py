@@ -295,6 +295,11 @@ class Peer(Base):
     # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
     sources: Mapped[int] = mapped_column(Integer, server_default="0")
     vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The same before the latest upsert, which returns them: the sources and vantages a
+    # batch brings the peer to for the first time add its record key to their rollup
+    # cells once (store.rollups.apply_rows, source_rk and vantage_rk).
+    prev_sources: Mapped[int] = mapped_column(Integer, server_default="0")
+    prev_vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The peer's fixed random key for cell-key perturbation, in [0, 4096) (DESIGN.md).
     record_key: Mapped[int] = mapped_column(Integer, server_default="0")
     # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
