@@ -17,6 +17,8 @@ secret when any exist (set SWARMWATCH_SECRET_FILE or SWARMWATCH_SECRET before
    the same grain as the writer then used (a peer's first sighting for places, cells
    and new peers; its first sighting in each hour and day for frames). rollup_peer_times'
    sums are recounted from the peer rows, which define it.
+4. publication_key: the key of the noise of published numbers that count no peer rows
+   (sightings by reason, samples' peers returned; analysis.samplenoise).
 
 Revision ID: 0010_i15c_privacy
 Revises: 0009_i14_clients
@@ -77,6 +79,12 @@ def _secret(action: str, count: int) -> tuple[bytes, str]:
 
 def upgrade() -> None:
     _wrap_store_secrets()
+    op.create_table(
+        "publication_key",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("key", sa.LargeBinary(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_publication_key")),
+    )
     op.add_column(
         "peer", sa.Column("prev_sources", sa.Integer(), server_default="0", nullable=False)
     )
@@ -300,6 +308,7 @@ def _wrap_store_secrets() -> None:
 
 def downgrade() -> None:
     # The record-key sums added stay: they are what the rollups should have held.
+    op.drop_table("publication_key")
     with op.batch_alter_table("rollup_activity") as batch:
         batch.drop_column("vantage_rk")
         batch.drop_column("source_rk")

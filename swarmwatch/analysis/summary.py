@@ -15,8 +15,8 @@ from sqlalchemy import Connection, bindparam, case, func, select
 
 from swarmwatch.analysis import cellkey
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.disclosure import publish
 from swarmwatch.analysis.estimators import chao1
+from swarmwatch.analysis.samplenoise import publication_key, publish_count
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import data_version
 from swarmwatch.store.models import Anomaly, Peer, Title, Torrent
@@ -267,10 +267,14 @@ def _anomaly_reasons(conn: Connection, scope: Scope) -> dict[str, int | None]:
         .group_by(Anomaly.reason)
     ).all()
     # Sightings of unplaced addresses by reason carry no record keys (they are not peer
-    # rows): non-owners get the primary k rule only.
+    # rows): their noise is keyed by what each number is (analysis.samplenoise).
     if scope.exact:
         return {str(r[0]): int(r[1]) for r in rows}
-    return {str(r[0]): publish(int(r[1]), scope.k) for r in rows}
+    key = publication_key(conn)
+    titles = ",".join(map(str, sorted(scope.title_ids)))
+    return {
+        str(r[0]): publish_count(key, int(r[1]), scope.k, "anomaly", titles, r[0]) for r in rows
+    }
 
 
 def _estimate(

@@ -140,6 +140,18 @@ class StudyKey(Base):
     secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
 
 
+class PublicationKey(Base):
+    """Keys the noise of published numbers that count no peer rows (analysis.samplenoise).
+
+    In the database, since the API reads it: it hides the noise from API readers, and a
+    copy of the database holds the exact numbers it perturbs anyway.
+    """
+
+    __tablename__ = "publication_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
 class DeploymentSecret(Base):
     """The id of the deployment secret this database's study keys are wrapped with.
 
@@ -437,6 +449,7 @@ __all__ = [
     "BatchToken",
     "City",
     "DeploymentSecret",
+    "PublicationKey",
     "GeoipDatabase",
     "Metro",
     "Peer",
