@@ -41,9 +41,10 @@ OK = {"GET": 200, "POST": 201, "DELETE": 204}
 #:   read    a study's data: anyone if public; owner, grantees, admin if private (else 404)
 #:   write   change a study: owner, writer, admin (403 for others who can see it)
 #:   owner   manage a study's grants: owner, admin
+#:   admin   an admin key only (401 without a key, 403 with another)
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "public",
-    ("GET", "/metrics"): "public",
+    ("GET", "/metrics"): "admin",  # every study's exact figures, private ones too
     ("GET", "/"): "public",
     ("GET", "/web/plotly.min.js"): "public",
     ("GET", "/web/{name:path}"): "public",
@@ -79,6 +80,8 @@ def expected(rule: str, role: str, private: bool) -> int:
         return 200
     if rule == "key":
         return 401 if role == "anonymous" else 0  # 0: the route's success status
+    if rule == "admin":
+        return 401 if role == "anonymous" else 0 if role == "admin" else 403
     if rule == "read":
         return 404 if private and RANK[role] < NEED["read"] else 0
     if role == "anonymous":

@@ -91,6 +91,16 @@ async def require_api_key(key: OptionalKeyDep) -> ApiKey:
 ApiKeyDep = Annotated[ApiKey, Depends(require_api_key)]
 
 
+async def require_admin(key: ApiKeyDep) -> ApiKey:
+    """An admin key (made with `swarmwatch apikey create --admin`): 403 for any other."""
+    if not key.admin:
+        raise HTTPException(status_code=403, detail="this request needs an admin API key")
+    return key
+
+
+AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
+
+
 def api_key_apart(db: DatabaseDep, credentials: Credentials) -> ApiKey:
     """ApiKeyDep checked in a session of its own, closed before the handler runs.
 
@@ -182,6 +192,7 @@ ExactReaderDep = Annotated[bool, Depends(exact_reader)]
 OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 
 __all__ = [
+    "AdminKeyDep",
     "ApiKeyApartDep",
     "ApiKeyDep",
     "CachesDep",
