@@ -170,7 +170,10 @@ def _backfill_before_0007(conn: sa.Connection) -> None:
     }
     seen: set[tuple[int, bytes]] = set()
     present: set[tuple[int, bytes, int, int]] = set()
-    rows = conn.execute(sa.select(sighting).order_by(sighting.c.id))
+    # Streamed; what is held is a set of (peer, frame) pairs: about 100 bytes a pair.
+    rows = conn.execute(
+        sa.select(sighting).order_by(sighting.c.id).execution_options(yield_per=10_000)
+    )
     for r in rows:
         peer = (int(r.title_id), bytes(r.peer_key))
         rk = keys.get(peer, 0)

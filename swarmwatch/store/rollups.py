@@ -301,9 +301,8 @@ ROLLUP_TABLES: tuple[Table, ...] = (
 
 #: The sighting counts rollup_peer_times keeps (Chao1 uses f1 and f2).
 PEER_TIMES: tuple[int, ...] = (1, 2)
-#: rollup_peer_times from the peer table itself: the migration's backfill, and loaders
-#: that write peer rows directly.
-#: What 0005 counted rollup_peer_times with (no record-key sums then); see rebuild_peer_times.
+#: rollup_peer_times from the peer table itself, as 0005's backfill counted it (no
+#: record-key sums then; rebuild_peer_times, for loaders of peer rows, keeps them).
 PEER_TIMES_FROM_PEERS = (
     "INSERT INTO rollup_peer_times (title_id, times, peers)"
     " SELECT title_id, sightings, count(*) FROM peer WHERE sightings IN (1, 2)"

@@ -430,7 +430,6 @@ class BatchWriter:
         # Each row's time in storage form, once: peers refer to their rows' times.
         times = [self._time(r.seen_at) for r in rows] if self.sqlite else [r.seen_at for r in rows]
         # One upsert per distinct (title, peer) in the batch, folded here first:
-        # [first row, last row, row whose place is kept, seed, sightings]
         # [first row, last row, row whose place is kept, seed, sightings, sources, vantages,
         #  {source bit: earliest row}, {vantage bit: earliest row}]
         vantage_ids = self._vantage_ids
@@ -447,10 +446,12 @@ class BatchWriter:
             p[5] |= sbit
             p[6] |= vbit
             seen = r.seen_at
-            for bit, firsts in ((sbit, p[7]), (vbit, p[8])):
-                at = firsts.get(bit)
-                if at is None or seen < rows[at].seen_at:
-                    firsts[bit] = i
+            at = p[7].get(sbit)
+            if at is None or seen < rows[at].seen_at:
+                p[7][sbit] = i
+            at = p[8].get(vbit)
+            if at is None or seen < rows[at].seen_at:
+                p[8][vbit] = i
             if seen < rows[p[0]].seen_at:
                 p[0] = i
             if seen > rows[p[1]].seen_at:
