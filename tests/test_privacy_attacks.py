@@ -502,6 +502,17 @@ def test_samples_and_anomaly_reasons_are_perturbed_for_the_public(db: Database) 
         public = c.get(f"/api/v1/torrents/{IH1}").json()["status"]
         assert public == c.get(f"/api/v1/torrents/{IH1}").json()["status"]  # fixed noise
         assert public["exact"] is False
+        # A sample that adds nothing (a failed announce) draws no fresh noise for the
+        # same total: otherwise watching failures come in would average the noise away.
+        failed = WriteBatch()
+        failed_at = T0 + timedelta(hours=3)
+        failed.samples.append(
+            (torrent_id, SampleRecord(IH1, Source.TRACKER, "va", failed_at, error="timeout"))
+        )
+        BatchWriter(db.engine).write(failed)
+        again = c.get(f"/api/v1/torrents/{IH1}").json()["status"]
+        assert again["samples"] == public["samples"] + 1
+        assert again["peers_returned"] == public["peers_returned"]
         total = public["peers_returned"]
         assert total is not None and abs(total - everything) <= BOUND
         swarm = public["last_samples"][0]
@@ -521,7 +532,12 @@ def test_samples_and_anomaly_reasons_are_perturbed_for_the_public(db: Database) 
 
     with db.engine.connect() as conn:
         key = publication_key(conn)
-        ids = [int(i) for (i,) in conn.execute(select(Sample.id).order_by(Sample.started_at))]
+        ids = [
+            int(i)
+            for (i,) in conn.execute(
+                select(Sample.id).where(Sample.error.is_(None)).order_by(Sample.started_at)
+            )
+        ]
     shown = [publish_count(key, n, K, "sample", i) for n, i in zip(truth, ids, strict=False)]
     assert shown[0] is None  # the sample of 3
     visible = [(n, v) for n, v in zip(truth, shown, strict=False) if v is not None]

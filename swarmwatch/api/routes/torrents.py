@@ -200,7 +200,9 @@ def _status(session: Session, torrent: Torrent, k: int, exact: bool) -> CrawlSta
     return CrawlStatus(
         exact=exact,
         samples=int(count),
-        peers_returned=sampled(int(returned), "returned", torrent.id, int(count)),
+        # Keyed by the torrent alone: a sample that adds nothing (a failed announce) must
+        # not draw a fresh noise for the same total, or repeats would average it away.
+        peers_returned=sampled(int(returned), "returned", torrent.id),
         last_samples=samples,
         unique_peers=published(peers, peers_rk),
         anomalies=published(peers - placed, peers_rk - placed_rk),
