@@ -2,10 +2,10 @@
 and rollups written before 0007.
 
 1. store_secret's values (the key of replay_progress's digests) were stored in plain,
-beside the data they protect: they are wrapped in place with the deployment secret,
-as 0006 wrapped the study keys, so existing replay marks stay valid. This needs the
-secret when any exist (set SWARMWATCH_SECRET_FILE or SWARMWATCH_SECRET before
-`swarmwatch db upgrade`); without it nothing is changed.
+   beside the data they protect: they are wrapped in place with the deployment secret,
+   as 0006 wrapped the study keys, so existing replay marks stay valid. This needs the
+   secret when any exist (set SWARMWATCH_SECRET_FILE or SWARMWATCH_SECRET before
+   `swarmwatch db upgrade`); without it nothing is changed.
 2. Peers gain prev_sources and prev_vantages (what their latest upsert found), so the
    writer adds a peer's record key to a source's (vantage's) rollup_activity row once,
    when it first reaches it (source_rk, vantage_rk, new here). Existing rows get each
@@ -15,7 +15,8 @@ secret when any exist (set SWARMWATCH_SECRET_FILE or SWARMWATCH_SECRET before
    so their noise was a constant. The sighting rows from before 0007 (kept, read by
    nothing) say exactly which peers those counts were: their record keys are added, by
    the same grain as the writer then used (a peer's first sighting for places, cells
-   and new peers; its first sighting in each hour and day for frames). rollup_peer_times'
+   and new peers; its first sighting in each hour and day for frames), in one streamed
+   pass that holds a set of (peer, frame) pairs (about 100 bytes each). rollup_peer_times'
    sums are recounted from the peer rows, which define it.
 4. publication_key: the key of the noise of published numbers that count no peer rows
    (sightings by reason, samples' peers returned; analysis.samplenoise).
