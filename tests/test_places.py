@@ -98,19 +98,23 @@ def test_metros_against_demographia(places: Places, capsys: pytest.CaptureFixtur
             f"median |log ratio| {logs[len(logs) // 2]:.3f}, outside 0.4-2.5x: {wild}"
         )
     # Issue 16 asks for >= 90 % within 0.67-1.5x and none outside 0.4-2.5x; the builder
-    # is at 75 % with 2 outside (test_metros_meet_issue_16_bounds records the gap). This
-    # floor keeps it from sliding back: the builder before issue 16 had 57 % and 6.
-    assert len(within) >= 0.74 * len(ratios)
-    assert logs[len(logs) // 2] < 0.24
+    # is at 78 % (85/109) with 2 outside (test_metros_meet_issue_16_bounds records the
+    # gap). This floor keeps it from sliding back: the builder before issue 16 had 57 %
+    # and 6. Against overfitting: no rule names a city of this table; each rule added
+    # after 75 % (separate megacities, named districts) was checked on the even and odd
+    # rows apart, and lifted both (41/55 -> 43/55 and 41/54 -> 42/54).
+    assert len(within) >= 0.77 * len(ratios)
+    assert logs[len(logs) // 2] < 0.235
     assert len(wild) <= 2
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="GeoNames lacks the suburbs of many Asian and Latin American megacities "
-    "(Jakarta, Manila, Kolkata, Buenos Aires at 0.3-0.5x) and lists villages that "
-    "Demographia's built-up areas leave out: 75 % within 0.67-1.5x, not the 90 % "
-    "issue 16 asks; Buenos Aires and Atlanta (0.3x) outside 0.4-2.5x",
+    reason="GeoNames lacks the suburbs of many Asian, Latin American and sprawling US "
+    "urban areas (Jakarta, Manila, Kolkata, Buenos Aires, Atlanta, Houston at 0.3-0.6x: "
+    "16 of 109 under 0.67x; Atlanta's and Houston's listed places sum to no more) and "
+    "lists villages that Demographia's built-up areas leave out: 78 % within 0.67-1.5x, "
+    "not the 90 % issue 16 asks; Buenos Aires and Atlanta (0.3x) outside 0.4-2.5x",
 )
 def test_metros_meet_issue_16_bounds(places: Places) -> None:
     ratios = _ratios(places)
@@ -134,8 +138,28 @@ def test_separate_cities_stay_separate(places: Places) -> None:
     amsterdam = _metro_of(places, "Amsterdam", "NL")
     for town in ("Utrecht", "Almere Stad", "Haarlem", "Amersfoort"):
         assert _metro_of(places, town, "NL") != amsterdam, town
+    # Cities GeoNames gives as whole municipalities of 5 M or more are not glued together
+    # by the towns between them (Demographia: Shenzhen 15.9 M, Guangzhou-Foshan apart).
+    shenzhen = _metro_of(places, "Shenzhen", "CN")
+    assert _metro_of(places, "Guangzhou", "CN") != shenzhen
+    assert _metro_of(places, "Dongguan", "CN") != shenzhen
     metros = {m["id"]: m for m in places.metros}
     assert metros[amsterdam]["population"] < 1.7e6  # Demographia: 1.14 M
+
+
+def test_named_districts_add_no_people(places: Places) -> None:
+    """ "Zürich (Kreis 3)" and "Budapest XI. kerület" are parts of their city, whose figure
+    counts them already; "Miami Gardens" is a city of its own."""
+    metros = {m["id"]: m for m in places.metros}
+    zurich = metros[_metro_of(places, "Zürich", "CH")]
+    assert zurich["population"] < 1.25e6  # Demographia 0.82 M; with its Kreise 1.33 M
+    assert _metro_of(places, "Zürich (Kreis 3)", "CH") == zurich["id"]
+    budapest = metros[_metro_of(places, "Budapest", "HU")]
+    assert budapest["population"] < 3.3e6  # Demographia 2.40 M; with its kerületek 3.68 M
+    miami = metros[_metro_of(places, "Miami", "US")]
+    gardens = _city(places, "Miami Gardens", "US")
+    assert places.metro_of[gardens.geoname_id] == miami["id"]
+    assert miami["population"] > 3.8e6  # Miami Gardens and Miami Beach count
 
 
 def test_metros_are_named_after_their_core(places: Places) -> None:
