@@ -426,6 +426,36 @@ def test_frames_exact(study_db: Database) -> None:
         ("Eps", 6),
         ("Beta", 3),
     ]
+    # Top metros per capita (DEFAULT_MIN_POPULATION: Eps's 2,000 residents are out), the
+    # owner's read: the per-capita ranking of title A, whose peers are all in hour 10.
+    with study_db.engine.connect() as conn:
+        ranking = compute_ranking(
+            conn, scope_of(study_db, title="A", exact=True), level="metro", metric="per_capita"
+        )
+    assert [(m["name"], m["peers"], m["population"]) for m in f10["top_metros"]] == [
+        ("Alpha", 15, 250_000),
+        ("Delta", 7, 300_000),
+        ("Gamma", 20, 1_000_000),
+    ]
+    for metro, row in zip(f10["top_metros"], ranking.rows, strict=True):
+        assert (metro["id"], metro["peers"]) == (int(row.place_id), row.peers)
+        for field in ("per_100k", "ci_low", "ci_high"):
+            assert metro[field] == pytest.approx(getattr(row, field), rel=1e-3), field
+        assert metro["ci_low"] < metro["per_100k"] < metro["ci_high"]
+    assert f11.pop("top_metros") == [
+        {
+            "id": 103,
+            "name": "Gamma",
+            "country": "FR",
+            "lat": 45.0,
+            "lon": 5.0,
+            "population": 1_000_000,
+            "peers": 20,
+            "per_100k": 2.0,
+            "ci_low": pytest.approx(1.29, abs=0.01),
+            "ci_high": pytest.approx(3.09, abs=0.01),
+        }
+    ]
     assert f11 == {
         "t": H11.isoformat(),
         "peers": 20,
@@ -467,6 +497,22 @@ def test_frames_protected(study_db: Database) -> None:
         for city in mine["top_cities"]:
             assert city["peers"] >= 5 and abs(city["peers"] - cities[city["name"]]) <= BOUND
         assert "Beta" not in {c["name"] for c in mine["top_cities"]}  # 3 peers: withheld
+        metros = {m["name"]: m["peers"] for m in true["top_metros"]}
+        for metro in mine["top_metros"]:
+            assert metro["peers"] >= 5 and abs(metro["peers"] - metros[metro["name"]]) <= BOUND
+    # The public's top metros are the public's per-capita ranking (title A's peers are all
+    # in hour 10): the same cell-key count, rate and noise-widened interval.
+    with study_db.engine.connect() as conn:
+        ranking = compute_ranking(
+            conn, scope_of(study_db, title="A"), level="metro", metric="per_capita"
+        )
+    published = out["frames"][0]["top_metros"]
+    assert [(m["id"], m["peers"]) for m in published] == [
+        (int(r.place_id), r.peers) for r in ranking.rows
+    ]
+    for metro, row in zip(published, ranking.rows, strict=True):
+        for field in ("per_100k", "ci_low", "ci_high"):
+            assert metro[field] == pytest.approx(getattr(row, field), rel=1e-3), field
 
 
 def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
@@ -481,12 +527,25 @@ def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
             {**compact["cities"][i], "peers": peers}
             for i, peers in zip(f["city"], f["city_peers"], strict=True)
         ]
+        metros = [
+            {
+                **compact["metros"][i],
+                "peers": peers,
+                "per_100k": float(f"{peers * 1e5 / compact['metros'][i]['population']:.4g}"),
+                "ci_low": low,
+                "ci_high": high,
+            }
+            for i, peers, low, high in zip(
+                f["metro"], f["metro_peers"], f["metro_ci_low"], f["metro_ci_high"], strict=True
+            )
+        ]
         frames.append(
             {
                 "t": f["t"],
                 "peers": f["peers"],
                 "cells": sorted(cells, key=lambda c: (-c["peers"], h3.str_to_int(c["h3"]))),
                 "top_cities": cities,
+                "top_metros": metros,
             }
         )
     return frames
@@ -509,6 +568,7 @@ def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
         # Each cell and city is named once for the whole time-lapse.
         assert compact["cells"] == sorted(set(compact["cells"]))
         assert len(compact["cities"]) == len({c["geoname_id"] for c in compact["cities"]})
+        assert len(compact["metros"]) == len({m["id"] for m in compact["metros"]})
 
 
 def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) -> None:
