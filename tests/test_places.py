@@ -87,39 +87,43 @@ def test_reference_table_is_broad() -> None:
     assert {"Perth", "Brisbane", "Shanghai", "Amsterdam", "Manila", "Seoul", "Dallas"} <= named
 
 
-def test_metros_against_demographia(places: Places, capsys: pytest.CaptureFixture[str]) -> None:
+def test_metros_meet_issue_16_bounds(places: Places, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: >= 90 % of the reference areas within 0.67-1.5x, none outside 0.4-2.5x.
+
+    Against overfitting: no rule or constant names a city of this table, and the table
+    is split into its even and odd rows, each of which must meet the 90 % on its own.
+    The SimpleMaps estimates (places.URBAN_POPULATIONS) are another publisher's figures,
+    matched to each metro's core by name within 15 km (3 km without the name): the first
+    distances tried, not tuned; they only ever raise a metro. Before them the GeoNames
+    builder alone had 85/109 (43 and 42 per half), the one before issue 16 62/108.
+    """
     ratios = _ratios(places)
     logs = sorted(abs(math.log(r)) for r in ratios.values())
     within = [n for n, r in ratios.items() if 0.67 <= r <= 1.5]
     wild = {n: round(r, 2) for n, r in ratios.items() if not 0.4 <= r <= 2.5}
+    halves = [list(ratios.values())[h::2] for h in (0, 1)]
+    in_halves = [sum(0.67 <= r <= 1.5 for r in half) for half in halves]
     with capsys.disabled():
         print(
-            f"\nmetros vs Demographia 2020: {len(within)}/{len(ratios)} within 0.67-1.5x, "
+            f"\nmetros vs Demographia 2020: {len(within)}/{len(ratios)} within 0.67-1.5x "
+            f"(even rows {in_halves[0]}/{len(halves[0])}, odd {in_halves[1]}/{len(halves[1])}), "
             f"median |log ratio| {logs[len(logs) // 2]:.3f}, outside 0.4-2.5x: {wild}"
         )
-    # Issue 16 asks for >= 90 % within 0.67-1.5x and none outside 0.4-2.5x; the builder
-    # is at 78 % (85/109) with 2 outside (test_metros_meet_issue_16_bounds records the
-    # gap). This floor keeps it from sliding back: the builder before issue 16 had 57 %
-    # and 6. Against overfitting: no rule names a city of this table; each rule added
-    # after 75 % (separate megacities, named districts) was checked on the even and odd
-    # rows apart, and lifted both (41/55 -> 43/55 and 41/54 -> 42/54).
-    assert len(within) >= 0.77 * len(ratios)
-    assert logs[len(logs) // 2] < 0.235
-    assert len(wild) <= 2
+    assert len(within) >= 0.9 * len(ratios)
+    for n, half in zip(in_halves, halves, strict=True):
+        assert n >= 0.9 * len(half)
+    assert not wild
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GeoNames lacks the suburbs of many Asian, Latin American and sprawling US "
-    "urban areas (Jakarta, Manila, Kolkata, Buenos Aires, Atlanta, Houston at 0.3-0.6x: "
-    "16 of 109 under 0.67x; Atlanta's and Houston's listed places sum to no more) and "
-    "lists villages that Demographia's built-up areas leave out: 78 % within 0.67-1.5x, "
-    "not the 90 % issue 16 asks; Buenos Aires and Atlanta (0.3x) outside 0.4-2.5x",
-)
-def test_metros_meet_issue_16_bounds(places: Places) -> None:
-    ratios = _ratios(places)
-    assert sum(0.67 <= r <= 1.5 for r in ratios.values()) >= 0.9 * len(ratios)
-    assert all(0.4 <= r <= 2.5 for r in ratios.values())
+def test_urban_estimates_fill_in_missing_suburbs(places: Places) -> None:
+    """GeoNames lists too few of Jakarta's and Atlanta's suburbs; SimpleMaps' urban-area
+    figure raises them. A figure for the city proper never lowers a metro."""
+    metros = {m["id"]: m for m in places.metros}
+    assert metros[_metro_of(places, "Jakarta", "ID")]["population"] > 30e6  # listed: 15.6 M
+    assert metros[_metro_of(places, "Atlanta", "US")]["population"] > 4e6  # listed: 1.7 M
+    assert metros[_metro_of(places, "Atlanta", "US")]["name"] == "Atlanta"
+    milan = metros[_metro_of(places, "Milan", "IT")]  # SimpleMaps: the city proper, 1.4 M
+    assert milan["population"] > 3e6
 
 
 def test_agglomeration_cores_are_not_double_counted(places: Places) -> None:

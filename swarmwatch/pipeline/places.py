@@ -29,19 +29,29 @@ urban-area core (2.), of the same province as a core of 15 M or more inside its
 catchment (Shanghai's Songjiang), or named as a district of a larger core of its
 metro ("Zürich (Kreis 3)", "Budapest XI. kerület", "Hamburg-Nord"), is one of its
 *sections*: it joins the metro but adds no people.
-A metro's population is the sum of its members'; it is named after, and its id is
-the geoname_id of, its best-known core (population times the languages that name it:
-Manila, not Quezon City). tests/test_places.py measures the metros against
-Demographia World Urban Areas (tests/data/urban_areas_demographia_2020.csv).
+A metro's population is the sum of its members', raised to the urban-area estimate
+of its core city where SimpleMaps World Cities (CC BY 4.0, shipped as
+swarmwatch/pipeline/data/urban_populations.csv) has a larger one: GeoNames lists too
+few of the suburbs of many Asian, Latin American and sprawling US urban areas
+(Jakarta's listed places sum to 15.6 M of its 34 M, Atlanta's to 1.7 M of 5.4 M),
+and a sum never exceeds what is listed. SimpleMaps gives the urban area for large
+cities and the city proper for others, so taking the larger figure only ever fills
+in suburbs; it never undoes the builder's guards against double counting. It is
+named after, and its id is the geoname_id of, its best-known core (population times
+the languages that name it: Manila, not Quezon City). tests/test_places.py measures
+the metros against Demographia World Urban Areas
+(tests/data/urban_areas_demographia_2020.csv).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
@@ -97,6 +107,12 @@ CORE_REACH = 0.6
 #: New World; beyond it the villages of Europe and Asia are not built-up area (chosen
 #: against the reference table: 0.4 and 0.8 put fewer of its areas within 0.67-1.5x).
 SUBURB_REACH = 0.6
+#: SimpleMaps' point for a city may be its centre, GeoNames' its town hall: an estimate
+#: of the same name within this distance of a core is that core's.
+URBAN_MATCH_KM = 15.0
+#: Without a name in common (Kyiv/Kiev, Bengaluru/Bangalore), only a point this close.
+URBAN_MATCH_UNNAMED_KM = 3.0
+URBAN_POPULATIONS = Path(__file__).resolve().parent / "data" / "urban_populations.csv"
 EARTH_RADIUS_KM = 6371.0
 _INSERT_CHUNK = 20_000
 
@@ -397,6 +413,10 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         for m, group in members.items()
     }
     metro_of = {gid: named[m].geoname_id for gid, m in metro_of.items()}
+    estimates = _UrbanEstimates.shipped()
+    for m, core in named.items():
+        if core.population >= CORE_MIN_POPULATION:
+            population[m] = max(population[m], estimates.of(core))
     metros = [
         {
             "id": named[m].geoname_id,
@@ -409,6 +429,60 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         for m, pop in population.items()
     ]
     return metro_of, metros
+
+
+class _UrbanEstimate(NamedTuple):
+    name: str
+    name_ascii: str
+    country: str
+    lat: float
+    lon: float
+    population: int
+
+
+class _UrbanEstimates:
+    """Urban-area population estimates by place (see the module docstring), bucketed by
+    country and whole degree, matched to a GeoNames core by name and distance."""
+
+    def __init__(self, rows: list[_UrbanEstimate]) -> None:
+        self._cells: dict[tuple[str, int, int], list[_UrbanEstimate]] = {}
+        for row in rows:
+            key = (row.country, math.floor(row.lat), math.floor(row.lon))
+            self._cells.setdefault(key, []).append(row)
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def shipped() -> _UrbanEstimates:
+        with URBAN_POPULATIONS.open(encoding="utf-8") as fh:
+            rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+            return _UrbanEstimates(
+                [
+                    _UrbanEstimate(
+                        r["name"],
+                        r["name_ascii"],
+                        r["country"],
+                        float(r["lat"]),
+                        float(r["lon"]),
+                        int(r["population"]),
+                    )
+                    for r in rows
+                ]
+            )
+
+    def of(self, core: PlaceRow) -> int:
+        """The estimate for this core city: the one of its name within URBAN_MATCH_KM,
+        else the one within URBAN_MATCH_UNNAMED_KM; 0 without one."""
+        la, lo = math.floor(core.lat), math.floor(core.lon)
+        name = core.name.casefold()
+        best = 0
+        for dla in (-1, 0, 1):
+            for dlo in (-1, 0, 1):
+                for row in self._cells.get((core.country, la + dla, lo + dlo), ()):
+                    d = _near_km(core.lat, core.lon, row.lat, row.lon)
+                    named = name in (row.name.casefold(), row.name_ascii.casefold())
+                    if d <= (URBAN_MATCH_KM if named else URBAN_MATCH_UNNAMED_KM):
+                        best = max(best, row.population)
+        return best
 
 
 def build_places(min_population: int = MIN_CITY_POPULATION) -> Places:
