@@ -752,3 +752,54 @@ def test_frame_parents_computed_in_sql_are_h3_parents(db: Database) -> None:
                 assert conn.execute(select(expr)).scalar_one() == h3.str_to_int(
                     h3.cell_to_parent(h3.int_to_str(cell), res)
                 )
+
+
+def test_top_metros_per_capita_are_the_head_of_the_full_list(db: Database) -> None:
+    """A frame lists its top metros by published rate; only metros that could make the
+    list are perturbed (the rest cannot overtake them by more than the noise's bound),
+    so asking for 5 gives the first 5 of every metro's list, for owners and the public."""
+    import random
+
+    rng = random.Random(16)
+    with db.session() as s:
+        s.add(Study(id=7, name="many metros", k_threshold=5))
+        s.flush()
+        s.add(Title(id=70, study_id=7, name="T"))
+        for g in range(1, 41):
+            pop = rng.choice([100_000, 150_000, 300_000, 1_000_000])
+            lat, lon = -40 + 2 * g, -100 + 4 * g
+            s.add(Metro(id=g, name=f"M{g}", country="FR", lat=lat, lon=lon, population=pop))
+            s.add(City(geoname_id=g, name=f"C{g}", country="FR", lat=lat, lon=lon, population=pop))
+        s.flush()
+        s.execute(City.__table__.update().values(metro_id=City.geoname_id))
+    batch = []
+    for g in range(1, 41):
+        lat, lon = -40 + 2 * g, -100 + 4 * g
+        for j in range(rng.randint(3, 40)):
+            batch.append(
+                sighting(
+                    70,
+                    1000 * g + j,
+                    None,
+                    H10,
+                    study_id=7,
+                    country="FR",
+                    geoname_id=g,
+                    metro_id=g,
+                    h3_cell=h3.str_to_int(h3.latlng_to_cell(lat, lon, BASE_RES)),
+                    new_peer=True,
+                )
+            )
+    with db.engine.begin() as conn:
+        apply_batch(conn, batch)
+    with db.session() as s:
+        study = s.get(Study, 7)
+        for exact in (True, False):
+            scope = resolve_scope(s.connection(), study, exact=exact)
+            every = compute_frames(s.connection(), scope, interval=3600, res=4, top=40)
+            five = compute_frames(s.connection(), scope, interval=3600, res=4, top=5)
+            (all_metros,) = [f["top_metros"] for f in every["frames"]]
+            (head,) = [f["top_metros"] for f in five["frames"]]
+            assert len(all_metros) >= 30 and head == all_metros[:5]
+            rates = [m["peers"] / m["population"] for m in all_metros]
+            assert rates == sorted(rates, reverse=True)

@@ -640,19 +640,14 @@ def _top_metros_per_capita(
     Metros are read through the city table (its metro ids are the current ones, as in
     the rankings); the frame's city rows are few, so grouping them all is cheap.
     """
+    if top <= 0:
+        return []
     t = rollup_frame_city
     titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
+    # Counts per metro first, names only for the listed ones: grouping and fetching every
+    # metro's name and point cost more than the rest of the frame's places together.
     rows = conn.execute(
-        select(
-            Metro.id,
-            Metro.name,
-            Metro.country,
-            Metro.lat,
-            Metro.lon,
-            Metro.population,
-            func.sum(t.c.peers),
-            func.sum(t.c.peers_rk),
-        )
+        select(Metro.id, Metro.population, func.sum(t.c.peers), func.sum(t.c.peers_rk))
         .select_from(
             t.join(City, City.geoname_id == t.c.geoname_id).join(Metro, Metro.id == City.metro_id)
         )
@@ -662,13 +657,41 @@ def _top_metros_per_capita(
             t.c.bucket == bucket,
             Metro.population >= DEFAULT_MIN_POPULATION,
         )
-        .group_by(Metro.id, Metro.name, Metro.country, Metro.lat, Metro.lon, Metro.population)
+        .group_by(Metro.id, Metro.population)
     ).all()
-    out = []
-    for metro_id, name, country, lat, lon, population, n, rk in rows:
+    # Only metros that could make the list are perturbed: a published count is within
+    # BOUND of the true one, so none whose highest possible rate is below the top-th
+    # lowest possible rate of those surely published (n - BOUND >= k) can.
+    slack = 0 if scope.exact else BOUND
+    sure = sorted(
+        ((int(n) - slack) / int(pop) for _, pop, n, _ in rows if int(n) - slack >= scope.k),
+        reverse=True,
+    )
+    floor = sure[top - 1] if len(sure) >= top else 0.0
+    published = []
+    for metro_id, population, n, rk in rows:
+        if (int(n) + slack) / int(population) < floor:
+            continue
         value = scope.count(int(n), int(rk))
-        if not value:
-            continue  # no peers, or withheld
+        if value:  # else no peers, or withheld
+            published.append((value, int(metro_id), int(population)))
+    # Ranked by the published rate; only the listed ones need their interval and name.
+    published.sort(key=lambda m: (-m[0] / m[2], m[1]))
+    listed = published[:top]
+    if not listed:
+        return []
+    ids: Any = bindparam("ids", [m[1] for m in listed], expanding=True)
+    names = {
+        metro_id: (name, country, lat, lon)
+        for metro_id, name, country, lat, lon in conn.execute(
+            select(Metro.id, Metro.name, Metro.country, Metro.lat, Metro.lon).where(
+                Metro.id.in_(ids)
+            )
+        )
+    }
+    out = []
+    for value, metro_id, population in listed:
+        name, country, lat, lon = names[metro_id]
         rate = (
             rate_per_100k(value, population) if scope.exact else protected_rate(value, population)
         )
@@ -687,8 +710,7 @@ def _top_metros_per_capita(
                     "ci_high": _rounded(rate.ci_high),
                 }
             )
-    out.sort(key=lambda m: (-m["peers"] / m["population"], m["id"]))
-    return out[:top]
+    return out
 
 
 def _top_cities_perturbed(
