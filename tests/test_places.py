@@ -115,6 +115,21 @@ def test_metros_meet_issue_16_bounds(places: Places, capsys: pytest.CaptureFixtu
     assert not wild
 
 
+def test_geonames_alone_keeps_its_floor(places: Places) -> None:
+    """Without the SimpleMaps estimates the builder is where it was (85/109 within
+    0.67-1.5x, 2 outside 0.4-2.5x: the one before issue 16 had 62 and 6), and short of
+    issue 16's bounds for want of listed suburbs (Jakarta 15.6 M, Atlanta 1.7 M)."""
+    metro_of, metros = build_metros(places.cities, urban_estimates=False)
+    population = {m["id"]: m["population"] for m in metros}
+    ratios = {
+        row["name"]: population[metro_of[int(row["geoname_id"])]] / int(row["population"])
+        for row in _reference()
+    }
+    assert sum(0.67 <= r <= 1.5 for r in ratios.values()) >= 85
+    assert sum(not 0.4 <= r <= 2.5 for r in ratios.values()) <= 2
+    assert ratios["Jakarta"] < 0.5 and ratios["Atlanta"] < 0.4
+
+
 def test_urban_estimates_fill_in_missing_suburbs(places: Places) -> None:
     """GeoNames lists too few of Jakarta's and Atlanta's suburbs; SimpleMaps' urban-area
     figure raises them. A figure for the city proper never lowers a metro."""

@@ -278,8 +278,13 @@ def _names_district_of(name: str, core: str) -> bool:
     return rest[0] in "(-" or rest[:2] == " (" or _DISTRICT_NUMBER.match(rest) is not None
 
 
-def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Assign every city to a metro (see the module docstring for the method)."""
+def build_metros(
+    cities: list[PlaceRow], *, urban_estimates: bool = True
+) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Assign every city to a metro (see the module docstring for the method).
+
+    urban_estimates=False leaves out the SimpleMaps estimates: GeoNames alone.
+    """
     cores = sorted(
         (c for c in cities if c.population >= CORE_MIN_POPULATION),
         key=lambda c: (-c.population, c.geoname_id),
@@ -413,10 +418,11 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         for m, group in members.items()
     }
     metro_of = {gid: named[m].geoname_id for gid, m in metro_of.items()}
-    estimates = _UrbanEstimates.shipped()
-    for m, core in named.items():
-        if core.population >= CORE_MIN_POPULATION:
-            population[m] = max(population[m], estimates.of(core))
+    if urban_estimates:
+        estimates = _UrbanEstimates.shipped()
+        for m, core in named.items():
+            if core.population >= CORE_MIN_POPULATION:
+                population[m] = max(population[m], estimates.of(core))
     metros = [
         {
             "id": named[m].geoname_id,
