@@ -27,9 +27,7 @@ HEADER = """\
 
 
 def main(source: str) -> None:
-    rows = [
-        c for c in json.loads(Path(source).read_text("utf-8")) if c.get("population")
-    ]
+    rows = [c for c in json.loads(Path(source).read_text("utf-8")) if c.get("population")]
     kept = sorted(
         (r for r in rows if float(r["population"]) >= 100_000),
         key=lambda r: (-float(r["population"]), r["id"]),
