@@ -626,8 +626,8 @@ def _frame(
     )
 
 
-#: Rates and intervals in frames keep 4 significant digits: the interval is far wider.
 def _rounded(x: float) -> float:
+    """A rate or interval end to 4 significant digits: the interval is far wider."""
     return float(f"{x:.4g}")
 
 
