@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 # Debian packages the real-component tests drive (servers, trackers, browser, load generator).
-debs=(postgresql opentracker chromium chromium-driver wrk transmission-daemon transmission-cli aria2 ffmpeg)
+debs=(postgresql opentracker chromium chromium-driver wrk transmission-daemon transmission-cli aria2 rtorrent ffmpeg)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,9 @@
 A copy of the database holds study keys only in wrapped form, so it can neither
 reverse nor link peer keys; the secret alone holds no study key at all (DESIGN.md).
 
+The store's own secrets (store_secret, such as the key of the replay digests) are
+wrapped the same way under their name, with a tag of their own.
+
 The wrap, with nothing but the standard library's BLAKE2b (a keyed PRF and MAC):
     kek      = scrypt(secret)                         once per process
     stream   = BLAKE2b(key=kek, nonce)                a fresh 128-bit nonce per key
@@ -38,6 +41,7 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 _SCRYPT_SALT = b"swarmwatch deployment secret v1"
 _STREAM = b"sw-wrap-stream"
 _TAG = b"sw-wrap-tag"
+_STORE_TAG = b"sw-store-tag"  # apart from study keys: no tag serves both
 _ID = b"sw-secret-id"
 
 
@@ -96,19 +100,35 @@ class KeyCustody:
         return cls.from_secret(secrets.token_urlsafe(SECRET_BYTES).encode())
 
     def wrap(self, study_id: int, key: bytes) -> WrappedKey:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        wrapped = bytes(a ^ b for a, b in zip(key, self._stream(nonce, len(key)), strict=True))
-        return WrappedKey(nonce, wrapped, self._tag(study_id, nonce, wrapped), self.secret_id)
+        return self._wrap(_study_context(study_id), _TAG, key)
 
     def unwrap(self, study_id: int, stored: WrappedKey) -> bytes:
         """The study key; WrongSecret if the tag does not verify under this secret."""
-        expected = self._tag(study_id, stored.nonce, stored.wrapped)
+        return self._unwrap(_study_context(study_id), _TAG, stored, f"study {study_id}'s key")
+
+    def wrap_store_secret(self, name: str, key: bytes) -> WrappedKey:
+        """A secret of the store itself (store_secret: `replay` keys the replay digests),
+        wrapped like a study key; its tag binds its name, so it cannot pass for another."""
+        return self._wrap(name.encode(), _STORE_TAG, key)
+
+    def unwrap_store_secret(self, name: str, stored: WrappedKey) -> bytes:
+        """The store's secret `name`; WrongSecret if its tag does not verify."""
+        return self._unwrap(name.encode(), _STORE_TAG, stored, f"the store's {name} key")
+
+    def _wrap(self, context: bytes, person: bytes, key: bytes) -> WrappedKey:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        wrapped = bytes(a ^ b for a, b in zip(key, self._stream(nonce, len(key)), strict=True))
+        tag = self._tag(person, context, nonce, wrapped)
+        return WrappedKey(nonce, wrapped, tag, self.secret_id)
+
+    def _unwrap(self, context: bytes, person: bytes, stored: WrappedKey, what: str) -> bytes:
+        expected = self._tag(person, context, stored.nonce, stored.wrapped)
         if not secrets.compare_digest(expected, stored.tag):
             raise WrongSecret(
-                f"study {study_id}'s key is wrapped with deployment secret {stored.secret_id}, "
+                f"{what} is wrapped with deployment secret {stored.secret_id}, "
                 f"not with the configured one ({self.secret_id})"
                 if stored.secret_id != self.secret_id
-                else f"study {study_id}'s wrapped key fails its integrity check"
+                else f"{what} fails its integrity check"
             )
         stream = self._stream(stored.nonce, len(stored.wrapped))
         return bytes(a ^ b for a, b in zip(stored.wrapped, stream, strict=True))
@@ -116,9 +136,13 @@ class KeyCustody:
     def _stream(self, nonce: bytes, size: int) -> bytes:
         return hashlib.blake2b(nonce, key=self.kek, digest_size=size, person=_STREAM).digest()
 
-    def _tag(self, study_id: int, nonce: bytes, wrapped: bytes) -> bytes:
-        message = study_id.to_bytes(8, "big") + nonce + wrapped
-        return hashlib.blake2b(message, key=self.kek, digest_size=TAG_BYTES, person=_TAG).digest()
+    def _tag(self, person: bytes, context: bytes, nonce: bytes, wrapped: bytes) -> bytes:
+        message = context + nonce + wrapped
+        return hashlib.blake2b(message, key=self.kek, digest_size=TAG_BYTES, person=person).digest()
+
+
+def _study_context(study_id: int) -> bytes:
+    return study_id.to_bytes(8, "big")
 
 
 def read_secret(settings: Settings) -> bytes:

@@ -1,10 +1,10 @@
 """Third-party BitTorrent clients on loopback for the interoperability suite.
 
-transmission-daemon and aria2c from Debian, each on its own 127.0.0.x address,
-behind one opentracker. Everything that could reach past loopback is off:
+transmission-daemon, aria2c and rtorrent from Debian, each on its own 127.0.0.x
+address, behind one opentracker. Everything that could reach past loopback is off:
 Transmission's DHT (it bootstraps from public routers), LPD (multicast) and port
-forwarding (UPnP/NAT-PMP); aria2's LPD. aria2's DHT has no default entry point,
-so its nodes only ever meet the loopback nodes they are given.
+forwarding (UPnP/NAT-PMP); aria2's LPD; rtorrent's DHT. aria2's DHT has no default
+entry point, so its nodes only ever meet the loopback nodes they are given.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ OPENTRACKER = shutil.which("opentracker")
 TRANSMISSION = shutil.which("transmission-daemon")
 TRANSMISSION_REMOTE = shutil.which("transmission-remote")
 ARIA2C = shutil.which("aria2c")
+RTORRENT = shutil.which("rtorrent")
 #: Debian packages the suite needs (scripts/test.sh installs them).
 MISSING = [
     name
@@ -31,6 +32,7 @@ MISSING = [
         ("transmission-daemon", TRANSMISSION),
         ("transmission-cli", TRANSMISSION_REMOTE),
         ("aria2", ARIA2C),
+        ("rtorrent", RTORRENT),
     )
     if path is None
 ]
@@ -64,7 +66,7 @@ def wait_listening(host: str, port: int, timeout: float = 15.0) -> None:
 class Client:
     """One running third-party client: which, where, and whether it seeds."""
 
-    kind: str  # "transmission" or "aria2"
+    kind: str  # "transmission", "aria2" or "rtorrent"
     address: str
     peer_port: int
     seed: bool
@@ -213,12 +215,58 @@ def start_aria2(
     return client
 
 
+def start_rtorrent(workdir: Path, address: str, torrent: Path, payload_dir: Path | None) -> Client:
+    """rtorrent (libtorrent by rakshasa, not the crawler's libtorrent) on address, as a
+    daemon with no terminal: a seed over payload_dir, or a 4 KB/s leecher. Its DHT
+    stays off (its default bootstrap is public); trackers and PEX are how it meets us."""
+    assert RTORRENT is not None
+    session = workdir / "session"
+    download = payload_dir or workdir / "download"
+    session.mkdir(parents=True, exist_ok=True)
+    download.mkdir(parents=True, exist_ok=True)
+    peer_port = free_port(address)
+    log = workdir / "rtorrent.log"
+    rc = [
+        "system.daemon.set = true",
+        f"network.bind_address.set = {address}",
+        f"network.local_address.set = {address}",
+        f"network.port_range.set = {peer_port}-{peer_port}",
+        "network.port_random.set = no",
+        f"directory.default.set = {download}",
+        f"session.path.set = {session}",
+        "dht.mode.set = disable",
+        "protocol.pex.set = yes",
+        "trackers.use_udp.set = no",
+        f'log.open_file = "main", {log}',
+        'log.add_output = "info", "main"',
+    ]
+    if payload_dir is None:
+        rc.append("throttle.global_down.max_rate.set_kb = 4")
+    rc.append(f"load.start_verbose = {torrent}")
+    (workdir / "rtorrent.rc").write_text("\n".join(rc) + "\n")
+    # -n: not the user's ~/.rtorrent.rc; everything comes from the file above.
+    proc = subprocess.Popen(
+        [RTORRENT, "-n", "-o", f"import={workdir / 'rtorrent.rc'}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client("rtorrent", address, peer_port, payload_dir is not None, proc, log=log)
+    try:
+        wait_listening(address, peer_port, timeout=30)
+    except BaseException:
+        client.stop()
+        raise
+    return client
+
+
 __all__ = [
     "MISSING",
     "Client",
     "free_port",
     "start_aria2",
     "start_opentracker",
+    "start_rtorrent",
     "start_transmission",
     "wait_listening",
 ]

@@ -41,9 +41,10 @@ OK = {"GET": 200, "POST": 201, "DELETE": 204}
 #:   read    a study's data: anyone if public; owner, grantees, admin if private (else 404)
 #:   write   change a study: owner, writer, admin (403 for others who can see it)
 #:   owner   manage a study's grants: owner, admin
+#:   admin   an admin key only (401 without a key, 403 with another)
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "public",
-    ("GET", "/metrics"): "public",
+    ("GET", "/metrics"): "admin",  # every study's exact figures, private ones too
     ("GET", "/"): "public",
     ("GET", "/web/plotly.min.js"): "public",
     ("GET", "/web/{name:path}"): "public",
@@ -79,6 +80,8 @@ def expected(rule: str, role: str, private: bool) -> int:
         return 200
     if rule == "key":
         return 401 if role == "anonymous" else 0  # 0: the route's success status
+    if rule == "admin":
+        return 401 if role == "anonymous" else 0 if role == "admin" else 403
     if rule == "read":
         return 404 if private and RANK[role] < NEED["read"] else 0
     if role == "anonymous":
@@ -309,3 +312,27 @@ def test_a_revoked_key_is_refused_everywhere(world: World) -> None:
     ]:
         r = world.client.request(method, url, headers=headers, json={"name": "x"})
         assert r.status_code == 403, (url, r.text)
+
+
+@pytest.mark.parametrize("role", ["owner", "reader", "anonymous"])
+def test_an_analysis_request_decides_the_role_once(
+    world: World, role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # readable_study and exact_reader share one dependency: role_of is asked once, and the
+    # answer still tells an owner's exact read from everyone else's perturbed one.
+    from swarmwatch.api import deps
+
+    calls: list[int] = []
+    real = deps.role_of
+
+    def counted(*args: Any) -> access.Role:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(deps, "role_of", counted)
+    headers = {"Authorization": f"Bearer {world.keys[role]}"} if role != "anonymous" else {}
+    r = world.client.get(f"/api/v1/studies/{world.studies[False]}/summary", headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(calls) == 1
+    exact = r.json()["method"]["suppression"].startswith("none")
+    assert exact == (RANK[role] >= NEED["owner"])

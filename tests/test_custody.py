@@ -35,13 +35,16 @@ from swarmwatch.pipeline.anonymise import (
     StudySealed,
     ensure_study_key,
     peer_key,
+    rewrap_keys,
     seal_study,
 )
 from swarmwatch.pipeline.geolocate import Geolocator, address_key, packed_key
 from swarmwatch.pipeline.pipeline import Pipeline
+from swarmwatch.pipeline.replay import FileCursor, ingest_file, replay_key
 from swarmwatch.store import Database
 from swarmwatch.store.database import upgrade_database
 from swarmwatch.store.models import Base, DeploymentSecret, Peer, StudyKey
+from tests.conftest import TEST_SECRET
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 from tests.test_pipeline_store import sighting
 
@@ -350,3 +353,108 @@ def test_rotation_rewraps_every_key_and_retires_the_old_secret(
     assert len(stored_peer_keys(db)) == len(PEERS)  # the first three were recognised
     again = runner.invoke(app, ["secret", "rotate", "--new-file", str(new_file)])
     assert again.exit_code == 1 and "cannot rotate" in again.output  # old one is retired
+
+
+# --- the replay digests' key (issue 15's closing notes, gap 1) ------------------------------
+
+
+def _replay_file(tmp_path: Path) -> Path:
+    f = tmp_path / "replayed.csv"
+    lines = [f"{ip},6881,{INFOHASH},{1795780800 + i},dht" for i, ip in enumerate(PEERS)]
+    f.write_text("ip,port,infohash,time,source\n" + "\n".join(lines) + "\n")
+    return f
+
+
+def _prefix_digests(key: bytes, path: Path) -> set[bytes]:
+    """The digest of every line-prefix of the file under `key`, as FileCursor makes them."""
+    if not 1 <= len(key) <= 64:
+        return set()
+    cursor = FileCursor(key)
+    out = set()
+    for _ in cursor.read(path):
+        out.add(cursor.mark().digest)
+    return out
+
+
+def test_a_copy_of_the_database_cannot_recompute_a_replay_digest(
+    db_url: str, db: Database, city_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker holds the database and guesses a replayed file exactly (its addresses,
+    format and times): with every key-sized value the copy holds, no guess reproduces a
+    stored digest, so the digests confirm no guessed file and no address in it."""
+    monkeypatch.setenv("SWARMWATCH_GEOIP_CITY", str(city_db))
+    get_settings.cache_clear()
+    register(db, ("replayed", [INFOHASH]))
+    f = _replay_file(tmp_path)
+    ingest_file(f, db, pipeline_options={"batch_size": 2})
+    with db.engine.connect() as conn:
+        stored = {bytes(d) for (d,) in conn.execute(text("SELECT digest FROM replay_progress"))}
+    assert stored
+    if db_url.startswith("sqlite"):  # the attacker's copy is the file itself
+        copy = tmp_path / "copy.db"
+        db.dispose()
+        shutil.copy(db_url.removeprefix("sqlite:///"), copy)
+        db = Database(f"sqlite:///{copy}")
+    blobs = db_blobs(db)
+    windows = {b[i : i + n] for b in blobs for n in (16, 32, 64) for i in range(len(b) - n + 1)}
+    for candidate in sorted(set(blobs) | windows | {b""}):
+        assert not _prefix_digests(candidate, f) & stored
+    # With the deployment secret the same guess is confirmed: the harness could fail.
+    key = replay_key(db, KeyCustody.from_settings(get_settings()))
+    assert stored <= _prefix_digests(key, f)
+    # And a wrong secret is refused, never a silent new key (which would count lines twice).
+    with pytest.raises(WrongSecret):
+        replay_key(db, KeyCustody.from_secret(b"another deployment secret, 40+ characters"))
+    db.dispose()
+
+
+def test_rotation_rewraps_the_replay_key(db: Database, tmp_path: Path) -> None:
+    old = KeyCustody.from_settings(get_settings())
+    key = replay_key(db, old)
+    new = KeyCustody.from_secret(b"the rotated deployment secret, 40+ characters")
+    with db.session() as s:
+        rewrap_keys(s, old, new)
+    assert replay_key(db, new) == key  # a file replayed before the rotation still resumes
+    with pytest.raises(WrongSecret):
+        replay_key(db, old)
+
+
+def test_migration_wraps_the_plain_replay_key(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Database(db_url)
+    upgrade_database(db.engine, "0009_i14_clients")
+    plain = os.urandom(32)
+    with db.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO store_secret (name, value) VALUES ('replay', :v)"), {"v": plain}
+        )
+    monkeypatch.delenv("SWARMWATCH_SECRET")
+    get_settings.cache_clear()
+    with pytest.raises(RuntimeError, match="needs the deployment secret"):
+        db.upgrade()
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_secret")).scalar_one() == plain
+    monkeypatch.setenv("SWARMWATCH_SECRET", TEST_SECRET)
+    get_settings.cache_clear()
+    db.upgrade()
+    custody = KeyCustody.from_settings(get_settings())
+    assert replay_key(db, custody) == plain  # earlier replay marks stay valid
+    with db.session() as s:
+        assert s.scalars(select(DeploymentSecret.secret_id)).all() == [custody.secret_id]
+    if db_url.startswith("sqlite"):
+        db.dispose()
+        path = Path(db_url.removeprefix("sqlite:///"))
+        with Database(db_url).engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert plain not in path.read_bytes()
+        db = Database(db_url)
+    from alembic import command
+
+    from swarmwatch.store.database import alembic_config
+
+    cfg = alembic_config(db_url)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009_i14_clients")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_secret")).scalar_one() == plain
+    db.dispose()

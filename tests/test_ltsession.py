@@ -254,6 +254,7 @@ def test_magnet_only_crawl_fetches_metadata_and_sees_seed_and_leechers(
     )
     progress_before = [h.status().total_wanted_done for _s, h in swarm.leechers]
     payload_seen: list[int] = []
+    unfinished: list[tuple[bool, bool]] = []
 
     def everyone_seen_twice() -> bool:
         seeder = [
@@ -265,11 +266,18 @@ def test_magnet_only_crawl_fetches_metadata_and_sees_seed_and_leechers(
             bool(metadata)
             and len(seeder) >= 2  # sighted again in a later round
             and all(_seen(sink, ip, seed=False) for ip in LEECHER_IPS)
+            # and the swarm moved payload meanwhile (checked below: none of it to us)
+            and [h.status().total_wanted_done for _s, h in swarm.leechers] > progress_before
         )
 
     async def measure_payload() -> None:
         # Read the swarm's side while the crawler is still connected to everyone.
         payload_seen.append(swarm.payload_to(CRAWLER_IP))
+        # With its metadata the crawler's torrent wants one piece (so it keeps dialling
+        # seeds, as a finished torrent does not), and upload_mode never asks for it.
+        (joined,) = crawler._joined.values()
+        status = joined.handle.status()
+        unfinished.append((status.is_finished, bool(status.flags & lt.torrent_flags.upload_mode)))
 
     asyncio.run(_crawl_until(crawler, torrent, sink, everyone_seen_twice, measure_payload))
 
@@ -307,6 +315,7 @@ def test_magnet_only_crawl_fetches_metadata_and_sees_seed_and_leechers(
     assert [h.status().total_wanted_done for _s, h in swarm.leechers] > progress_before
     assert all(h.status().progress < 1 for _s, h in swarm.leechers)
     assert payload_seen == [0]
+    assert unfinished == [(False, True)]
     assert (crawler.stats.payload_bytes_down, crawler.stats.payload_bytes_up) == (0, 0)
     assert list(save_path.rglob("*")) == []
 

@@ -110,6 +110,31 @@ def test_loopback_session_settings() -> None:
     s = session_settings(loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=True)
     assert s["dht_bootstrap_nodes"] == ""
     assert (s["enable_lsd"], s["enable_upnp"], s["enable_natpmp"]) == (False, False, False)
+    # Dialled again the next round, over TCP, which every client accepts (issue 14).
+    assert s["enable_outgoing_utp"] is False
+    # and from the address it listens on, not the kernel's pick (127.0.0.1).
+    assert s["outgoing_interfaces"] == "127.0.0.1"
+    assert (
+        session_settings(
+            loopback_only=True, listen_interfaces="127.0.0.9:0,[::1]:0", enable_dht=False
+        )["outgoing_interfaces"]
+        == "127.0.0.9,::1"
+    )
+    assert (
+        session_settings(loopback_only=False, listen_interfaces="0.0.0.0:6881", enable_dht=False)[
+            "outgoing_interfaces"
+        ]
+        == ""
+    )
+    assert (
+        session_settings(
+            loopback_only=True,
+            listen_interfaces="127.0.0.1:0",
+            enable_dht=False,
+            reconnect_seconds=30,
+        )["min_reconnect_time"]
+        == 30
+    )
 
 
 def test_new_session_filters_everything_but_loopback() -> None:

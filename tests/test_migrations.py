@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from h3.api import basic_int as h3i
 from sqlalchemy import func, insert, inspect, select, text
 
 from swarmwatch.analysis.frames import compute_frames
@@ -18,7 +19,14 @@ from swarmwatch.store import Database
 from swarmwatch.store.batch import SightingRow
 from swarmwatch.store.database import upgrade_database
 from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
-from swarmwatch.store.rollups import PEER_TIMES_FROM_PEERS, ROLLUP_TABLES, apply_batch
+from swarmwatch.store.rollups import (
+    PEER_TIMES_FROM_PEERS,
+    ROLLUP_TABLES,
+    PresenceCache,
+    apply_batch,
+    apply_rows,
+    rollup_activity,
+)
 from swarmwatch.store.writer import BatchWriter, WriteBatch, sources_of, vantage_bit
 
 
@@ -253,3 +261,153 @@ def test_0007_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_p
         assert row.sightings == 2 and row.record_key == peers[2].record_key
     finally:
         db.dispose()
+
+
+def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Rollup rows counted from sighting rows (before 0007) held 0 record-key sums, so their
+    noise was a constant. From the head before 0010, with such rows in place: 0010 gives
+    every row the sum the writer would have kept, from the sighting rows that say which
+    peers it counted, leaves every count as it was, and gives each source's and
+    vantage's sightings the keys of exactly the peers it saw."""
+    db = Database(db_url)
+    try:
+        upgrade_database(db.engine, "0009_i14_clients")
+        at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+        berlin = h3i.latlng_to_cell(52.52, 13.40, 9)
+        tokyo = h3i.latlng_to_cell(35.68, 139.69, 9)
+        with db.session() as s:
+            s.add(Study(id=1, name="before 0007", k_threshold=1))
+            s.flush()
+            s.add(Title(id=1, study_id=1, name="t"))
+            s.flush()
+            s.add(Torrent(id=1, study_id=1, title_id=1, infohash_v1="a" * 40))
+        seen = [  # (peer, source, vantage, minutes after `at`, seed, placed in)
+            (1, "tracker", "berlin", 0, None, (2950159, "DE", berlin)),
+            (1, "dht", "berlin", 5, True, (2950159, "DE", berlin)),
+            (1, "tracker", "tokyo", 70, True, (2950159, "DE", berlin)),
+            (2, "swarm", "tokyo", 1, True, (1850147, "JP", tokyo)),
+            (3, "replay", "replay", 2, False, (None, "JP", None)),
+            (4, "tracker", "berlin", 1500, None, (None, None, None)),
+            (2, "dht", "berlin", 1501, False, (1850147, "JP", tokyo)),
+        ]
+        first: set[int] = set()
+        sightings = []
+        for n, source, vantage, minutes, seed, (geo, country, cell) in seen:
+            sightings.append(
+                AnonymousSighting(1, 1, 1, bytes([n]) * 16, at + timedelta(minutes=minutes),
+                                  source, vantage, seed, country, geo, None, cell, None,
+                                  new_peer=n not in first)
+            )  # fmt: skip
+            first.add(n)
+        record_keys = {1: 1111, 2: 2222, 3: 3333, 4: 4000}
+        names = sorted({v for _, _, v, *_ in seen})
+        vbit = {name: 1 << i for i, name in enumerate(names)}  # vantage ids 1, 2, ... by name
+        sbit = {"tracker": 1, "dht": 2, "pex": 4, "swarm": 8, "replay": 16}
+        with db.engine.begin() as conn:
+            conn.execute(insert(Vantage), [{"id": i + 1, "name": n} for i, n in enumerate(names)])
+            conn.execute(
+                insert(Sighting),
+                [
+                    {k: getattr(a, k) for k in Sighting.__table__.c.keys() if k != "id"}
+                    for a in sightings
+                ],
+            )
+            mine = {n: [a for a in sightings if a.peer_key[0] == n] for n in first}
+            conn.execute(
+                text(
+                    "INSERT INTO peer (title_id, peer_key, study_id, first_seen, last_seen,"
+                    " sightings, sources, vantages, record_key) VALUES (1, :pk, 1, :first,"
+                    " :last, :times, :sources, :vantages, :rk)"
+                ),
+                [
+                    {
+                        "pk": bytes([n]) * 16,
+                        "first": min(a.seen_at for a in mine[n]),
+                        "last": max(a.seen_at for a in mine[n]),
+                        "times": len(mine[n]),
+                        "sources": sum({sbit[a.source] for a in mine[n]}),
+                        "vantages": sum({vbit[a.vantage] for a in mine[n]}),
+                        "rk": record_keys[n],
+                    }
+                    for n in sorted(first)
+                ],
+            )
+            for table, (cols, rows) in _rollups_as_0005_wrote_them(sightings, tmp_path).items():
+                if rows:
+                    marks = ", ".join(f":{c}" for c in cols)
+                    conn.execute(
+                        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
+                        [dict(zip(cols, row, strict=True)) for row in rows],
+                    )
+            conn.execute(text(PEER_TIMES_FROM_PEERS))
+
+        def rollups(database: Database) -> dict[str, dict[tuple[object, ...], tuple[object, ...]]]:
+            """Each rollup row's record-key sums (0010's source_rk, vantage_rk apart), by key."""
+            out = {}
+            with database.engine.connect() as conn:
+                for t in ROLLUP_TABLES:
+                    rks = [c for c in t.c if c.name.endswith("_rk")]
+                    rks = [c for c in rks if c.name not in ("source_rk", "vantage_rk")]
+                    rest = [c for c in t.c if not c.name.endswith("_rk")]
+                    if not rks:
+                        continue
+                    out[t.name] = {
+                        tuple(r[: len(rest)]): tuple(r[len(rest) :])
+                        for r in conn.execute(select(*rest, *rks))
+                    }
+            return out
+
+        before = rollups(db)
+        assert any(any(rk) for rows in before.values() for rk in rows.values()) is False
+        db.upgrade()
+        after = rollups(db)
+        # What the writer keeps, folding the same sightings with the peers' record keys.
+        scratch = Database(f"sqlite:///{tmp_path / 'with-keys.db'}")
+        try:
+            scratch.upgrade()
+            rows = [SightingRow(*astuple_fields(a)) for a in sightings]
+            new = [i for i, a in enumerate(sightings) if a.new_peer]
+            rks = [record_keys[a.peer_key[0]] for a in sightings]
+            with scratch.engine.begin() as conn:
+                conn.execute(text("PRAGMA foreign_keys=OFF"))
+                apply_rows(conn, rows, new, PresenceCache(), rks)
+            expected = rollups(scratch)
+        finally:
+            scratch.dispose()
+        times = after.pop("rollup_peer_times")  # kept by the writer's peer upserts, not here
+        assert times == {(1, 1, 2): (3333 + 4000,), (1, 2, 1): (2222,)}  # f1: peers 3, 4; f2: 2
+        assert after == {k: v for k, v in expected.items() if k != "rollup_peer_times"}
+        after["rollup_peer_times"] = times
+        assert {k: set(v) for k, v in after.items()} == {k: set(v) for k, v in before.items()}
+        assert any(any(rk) for rows in after.values() for rk in rows.values())
+        # Sightings by source and vantage: each peer's key once per source and vantage.
+        with db.engine.connect() as conn:
+            act = rollup_activity.c
+            by_source = {
+                str(r[0]): int(r[1])
+                for r in conn.execute(
+                    select(act.source, func.sum(act.source_rk)).group_by(act.source)
+                )
+            }
+            by_vantage = {
+                str(r[0]): int(r[1])
+                for r in conn.execute(
+                    select(act.vantage, func.sum(act.vantage_rk)).group_by(act.vantage)
+                )
+            }
+        peers_of: dict[str, set[int]] = {}
+        for n, source, vantage, *_ in seen:
+            peers_of.setdefault(source, set()).add(n)
+            peers_of.setdefault(vantage, set()).add(n)
+        assert by_source == {s: sum(record_keys[n] for n in peers_of[s]) for s in by_source}
+        assert by_vantage == {v: sum(record_keys[n] for n in peers_of[v]) for v in by_vantage}
+        assert set(by_source) == {"tracker", "dht", "swarm", "replay"}
+    finally:
+        db.dispose()
+
+
+def astuple_fields(a: AnonymousSighting) -> tuple[object, ...]:
+    """An AnonymousSighting's fields in SightingRow's order (the same fields, less new_peer)."""
+    return tuple(getattr(a, f) for f in SightingRow._fields)

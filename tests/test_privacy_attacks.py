@@ -26,6 +26,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from swarmwatch import registry
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, RECORD_KEY_MODULUS
@@ -38,6 +39,7 @@ from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database, writer
+from swarmwatch.store.models import Sample
 from tests.conftest import LiveServer
 from tests.pipeline_fixtures import T0, addr, write_city_db
 from tests.test_pipeline_store import sighting
@@ -451,3 +453,103 @@ def test_an_owners_exact_answer_is_never_served_to_the_public(db: Database, city
         status = c.get(f"/api/v1/torrents/{IH2}", headers={"Authorization": f"Bearer {owner}"})
         assert status.json()["status"]["unique_peers"] == 3
         assert c.get(f"/api/v1/torrents/{IH2}").json()["status"]["unique_peers"] is None
+
+
+# --- numbers that count no peer rows: samples and anomaly reasons (issue 15, gap 3) ---------
+
+
+def test_samples_and_anomaly_reasons_are_perturbed_for_the_public(db: Database) -> None:
+    """What trackers and swarm rounds returned, and sightings by anomaly reason, are not
+    peer rows: they were published raw (or k-suppressed only), so a swarm of 3 showed as 3.
+    Now the public gets them withheld below k and perturbed by a fixed noise per number;
+    owners read them exact and are told so; a tracker's own scrape is shown as given."""
+    from swarmwatch.sightings import SampleRecord
+    from swarmwatch.store.writer import BatchWriter, WriteBatch
+
+    with db.session() as s:
+        owner = create_api_key(s, "owner")
+        row = verify_api_key(s, owner)
+        assert row is not None
+        study = registry.create_study(s, "samples", titles=["T1"], owner_key_id=row.id)
+        torrent = registry.register_torrent(s, study.id, registry.parse_infohash(IH1))
+        torrent_id, study_id = torrent.id, study.id
+    truth = [3] + [5 + (7 * i) % 23 for i in range(1, 40)]  # the first: a sample of 3
+    batch = WriteBatch()
+    for i, n in enumerate(truth):
+        at = T0 + timedelta(minutes=i)
+        batch.samples.append((torrent_id, SampleRecord(IH1, Source.TRACKER, "va", at, at, n, 2, 1)))
+    swarm_at = T0 + timedelta(hours=2)  # the latest: a swarm round with 3 seeds, 6 leechers
+    batch.samples.append(
+        (torrent_id, SampleRecord(IH1, Source.SWARM, "va", swarm_at, swarm_at, 9, 3, 6,
+                                  known_peers=12))
+    )  # fmt: skip
+    for reason, count in (("private", 3), ("bogon", 12)):
+        for i in range(count):
+            batch.add_anomaly(torrent_id, study_id, "tracker", reason, T0 + timedelta(seconds=i))
+    BatchWriter(db.engine).write(batch)
+    everything = sum(truth) + 9
+
+    app = create_app(get_settings().model_copy(update={"api_answer_cache_seconds": 0}), db)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        owners = {"Authorization": f"Bearer {owner}"}
+        mine = c.get(f"/api/v1/torrents/{IH1}", headers=owners).json()["status"]
+        assert mine["exact"] is True and mine["peers_returned"] == everything
+        assert mine["round_sighted"] == 9 and mine["round_reachable"] == 12
+        assert mine["last_samples"][0]["seeders"] == 3
+        reasons = c.get(f"/api/v1/studies/{study_id}/summary", headers=owners).json()
+        assert reasons["anomaly_sightings_by_reason"] == {"private": 3, "bogon": 12}
+
+        public = c.get(f"/api/v1/torrents/{IH1}").json()["status"]
+        assert public == c.get(f"/api/v1/torrents/{IH1}").json()["status"]  # fixed noise
+        assert public["exact"] is False
+        # A sample that adds nothing (a failed announce) draws no fresh noise for the
+        # same total: otherwise watching failures come in would average the noise away.
+        failed = WriteBatch()
+        failed_at = T0 + timedelta(hours=3)
+        failed.samples.append(
+            (torrent_id, SampleRecord(IH1, Source.TRACKER, "va", failed_at, error="timeout"))
+        )
+        BatchWriter(db.engine).write(failed)
+        again = c.get(f"/api/v1/torrents/{IH1}").json()["status"]
+        assert again["samples"] == public["samples"] + 1
+        assert again["peers_returned"] == public["peers_returned"]
+        total = public["peers_returned"]
+        assert total is not None and abs(total - everything) <= BOUND
+        swarm = public["last_samples"][0]
+        assert swarm["source"] == "swarm" and swarm["seeders"] is None  # 3 < k: withheld
+        assert swarm["leechers"] is None or abs(swarm["leechers"] - 6) <= BOUND
+        assert public["round_reachable"] is None or abs(public["round_reachable"] - 12) <= BOUND
+        tracker = public["last_samples"][1]
+        assert (tracker["seeders"], tracker["leechers"]) == (2, 1)  # the tracker's, as given
+        summary = c.get(f"/api/v1/studies/{study_id}/summary").json()
+        by_reason = summary["anomaly_sightings_by_reason"]
+        assert by_reason["private"] is None
+        assert by_reason["bogon"] is not None and abs(by_reason["bogon"] - 12) <= BOUND
+
+    # Every sample's published value, as the API computes it: withheld below k, within
+    # the bound otherwise, and exact about as often as the noise design allows (1/4).
+    from swarmwatch.analysis.samplenoise import publication_key, publish_count
+
+    with db.engine.connect() as conn:
+        key = publication_key(conn)
+        ids = [
+            int(i)
+            for (i,) in conn.execute(
+                select(Sample.id).where(Sample.error.is_(None)).order_by(Sample.started_at)
+            )
+        ]
+    shown = [publish_count(key, n, K, "sample", i) for n, i in zip(truth, ids, strict=False)]
+    assert shown[0] is None  # the sample of 3
+    visible = [(n, v) for n, v in zip(truth, shown, strict=False) if v is not None]
+    assert all(abs(v - n) <= BOUND for n, v in visible)
+    exact = sum(v == n for n, v in visible)
+    assert exact < len(visible) / 2, (exact, len(visible))  # P(exact) = 1/4 per value
+    # The withheld sample from the total less every other (all of them, though the API
+    # lists only the last ten): each term is off by up to BOUND, so below k the truth
+    # stays one of several values.
+    swarm_shown = publish_count(key, 9, K, "sample", ids[-1])
+    assert swarm_shown is not None
+    derived = total - sum(v for v in shown[1:] if v is not None) - swarm_shown
+    slack = BOUND * (len(visible) + 2)
+    candidates = {c for c in range(1, K) if abs(derived - c) <= slack}
+    assert truth[0] in candidates and len(candidates) > 1

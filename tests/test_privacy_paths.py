@@ -20,6 +20,7 @@ import pytest
 from swarmwatch import registry
 from swarmwatch.analysis.export import export_study
 from swarmwatch.api import create_app
+from swarmwatch.auth import create_api_key
 from swarmwatch.config import get_settings
 from swarmwatch.service import CrawlService
 from swarmwatch.sim import CompressedClock, SimulatedSwarm
@@ -106,6 +107,8 @@ def test_no_address_on_any_path(
     asyncio.run(crawl())
 
     blobs: dict[str, bytes] = {}
+    with db.session() as session:  # /metrics is for admin keys (every study's figures)
+        admin = {"Authorization": f"Bearer {create_api_key(session, 'ops', admin=True)}"}
     app = create_app(settings, db)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         paths = [
@@ -123,7 +126,7 @@ def test_no_address_on_any_path(
                 f"/api/v1/studies/1/rankings.csv?level={level}",
             ]
         for path in paths:
-            r = client.get(path)
+            r = client.get(path, headers=admin if path == "/metrics" else None)
             assert r.status_code == 200, (path, r.text[:300])
             blobs[f"api {path}"] = r.content
         assert b'"unique_peers"' in blobs["api /api/v1/studies/1/summary"]

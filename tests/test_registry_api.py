@@ -230,10 +230,20 @@ def test_healthz(live_server: str) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
-def test_metrics_are_prometheus_text(live_server: str) -> None:
-    r = httpx.get(f"{live_server}/metrics")
+def test_metrics_are_prometheus_text_for_admin_keys_only(
+    live_server: str, db: Database, api_key: str
+) -> None:
+    from swarmwatch.auth import create_api_key
+
+    with db.session() as session:
+        admin = create_api_key(session, "prometheus", admin=True)
+    r = httpx.get(f"{live_server}/metrics", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert "swarmwatch_pipeline_queue_depth" in r.text
+    # Every study's exact figures, private ones too: nobody else reads them.
+    assert httpx.get(f"{live_server}/metrics").status_code == 401
+    other = httpx.get(f"{live_server}/metrics", headers={"Authorization": f"Bearer {api_key}"})
+    assert other.status_code == 403 and "admin" in other.json()["detail"]
 
 
 def test_write_rate_limit_is_429_json(db: Database, api_key: str) -> None:

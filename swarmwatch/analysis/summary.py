@@ -15,8 +15,8 @@ from sqlalchemy import Connection, bindparam, case, func, select
 
 from swarmwatch.analysis import cellkey
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.disclosure import publish
 from swarmwatch.analysis.estimators import chao1
+from swarmwatch.analysis.samplenoise import publication_key, publish_count
 from swarmwatch.analysis.scope import Scope, geoip_provenance
 from swarmwatch.analysis.versioned import data_version
 from swarmwatch.store.models import Anomaly, Peer, Title, Torrent
@@ -122,11 +122,12 @@ def compute_summary(
     if scope.vantage is not None:
         act_where.append(activity.c.vantage == scope.vantage)
 
-    def sightings_by(column: Any) -> dict[str, int | None]:
-        # Sightings are not distinct peers: their noise is keyed by the peers first seen
-        # there, still a fixed function of the data, so repeats cannot average it away.
+    def sightings_by(column: Any, rk: Any) -> dict[str, int | None]:
+        # Sightings are not distinct peers: their noise is keyed by the sum of the record
+        # keys of the peers the source (vantage) saw, each once (rollups.SourceEntries),
+        # so the same peers always get the same noise and repeats cannot average it away.
         rows = conn.execute(
-            select(column, func.sum(activity.c.sightings), func.sum(activity.c.new_peers_rk))
+            select(column, func.sum(activity.c.sightings), func.sum(rk))
             .where(*act_where)
             .group_by(column)
         ).all()
@@ -183,8 +184,8 @@ def compute_summary(
         "leechers": state["leechers"],
         "unknown_state": state["unknown"],
         "by_title": by_title,
-        "sightings_by_source": sightings_by(activity.c.source),
-        "sightings_by_vantage": sightings_by(activity.c.vantage),
+        "sightings_by_source": sightings_by(activity.c.source, activity.c.source_rk),
+        "sightings_by_vantage": sightings_by(activity.c.vantage, activity.c.vantage_rk),
         "daily": daily,
         "high_water_mark": hwm,
         "anomaly_sightings_by_reason": _anomaly_reasons(conn, scope),
@@ -266,10 +267,14 @@ def _anomaly_reasons(conn: Connection, scope: Scope) -> dict[str, int | None]:
         .group_by(Anomaly.reason)
     ).all()
     # Sightings of unplaced addresses by reason carry no record keys (they are not peer
-    # rows): non-owners get the primary k rule only.
+    # rows): their noise is keyed by what each number is (analysis.samplenoise).
     if scope.exact:
         return {str(r[0]): int(r[1]) for r in rows}
-    return {str(r[0]): publish(int(r[1]), scope.k) for r in rows}
+    key = publication_key(conn)
+    titles = ",".join(map(str, sorted(scope.title_ids)))
+    return {
+        str(r[0]): publish_count(key, int(r[1]), scope.k, "anomaly", titles, r[0]) for r in rows
+    }
 
 
 def _estimate(

@@ -6,6 +6,7 @@ Every route that touches a study decides through require_role (swarmwatch.access
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, Security
@@ -90,6 +91,16 @@ async def require_api_key(key: OptionalKeyDep) -> ApiKey:
 ApiKeyDep = Annotated[ApiKey, Depends(require_api_key)]
 
 
+async def require_admin(key: ApiKeyDep) -> ApiKey:
+    """An admin key (made with `swarmwatch apikey create --admin`): 403 for any other."""
+    if not key.admin:
+        raise HTTPException(status_code=403, detail="this request needs an admin API key")
+    return key
+
+
+AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
+
+
 def api_key_apart(db: DatabaseDep, credentials: Credentials) -> ApiKey:
     """ApiKeyDep checked in a session of its own, closed before the handler runs.
 
@@ -134,9 +145,35 @@ _VERBS = {Role.READ: "read", Role.WRITE: "change", Role.OWNER: "manage the grant
 StudyIdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-def readable_study(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep) -> Study:
+@dataclass(frozen=True, slots=True)
+class StudyAccess:
+    """The study named in the path and the caller's role on it, decided once per request."""
+
+    study: Study
+    role: Role
+
+
+def study_access(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep) -> StudyAccess:
+    """The study and the caller's role: 404 if unknown or private to others.
+
+    readable_study and exact_reader both depend on this, and FastAPI resolves a
+    dependency once per request, so role_of runs once however many of them a route asks.
+    """
+    study = session.get(Study, study_id)
+    if study is None:
+        raise HTTPException(status_code=404, detail=f"study {study_id} not found")
+    role = role_of(session, study, key)
+    if not can_read(study, role):
+        raise HTTPException(status_code=404, detail=f"study {study.id} not found")
+    return StudyAccess(study, role)
+
+
+StudyAccessDep = Annotated[StudyAccess, Depends(study_access)]
+
+
+async def readable_study(access: StudyAccessDep) -> Study:
     """The study named in the path: 404 if unknown or private to others."""
-    return require_role(session, study_id, key, Role.READ)
+    return access.study
 
 
 def owned_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> Study:
@@ -144,11 +181,10 @@ def owned_study(study_id: StudyIdPath, session: SessionDep, key: ApiKeyDep) -> S
     return require_role(session, study_id, key, Role.OWNER)
 
 
-def exact_reader(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep) -> bool:
+async def exact_reader(access: StudyAccessDep) -> bool:
     """Whether the caller reads the study's exact counts: its owners and admins only;
     everyone else reads cell-key perturbed ones (analysis.cellkey)."""
-    study = session.get(Study, study_id)
-    return study is not None and role_of(session, study, key) >= Role.OWNER
+    return access.role >= Role.OWNER
 
 
 ReadableStudyDep = Annotated[Study, Depends(readable_study)]
@@ -156,6 +192,7 @@ ExactReaderDep = Annotated[bool, Depends(exact_reader)]
 OwnedStudyDep = Annotated[Study, Depends(owned_study)]
 
 __all__ = [
+    "AdminKeyDep",
     "ApiKeyApartDep",
     "ApiKeyDep",
     "CachesDep",
@@ -166,5 +203,7 @@ __all__ = [
     "ReadableStudyDep",
     "SessionDep",
     "SettingsDep",
+    "StudyAccess",
+    "StudyAccessDep",
     "require_role",
 ]

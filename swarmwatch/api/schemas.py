@@ -200,15 +200,31 @@ class SamplePublic(BaseModel):
     vantage: str
     started_at: datetime
     tracker_url: str | None
-    peers_returned: int
-    seeders: int | None
-    leechers: int | None
+    peers_returned: int | None = Field(
+        description="addresses the answer held: exact for the study's owners, cell-key "
+        "perturbed and withheld below k for anyone else"
+    )
+    seeders: int | None = Field(
+        description="a tracker's scrape or the DHT's BEP 33 estimate, as given (public: "
+        "anyone can ask the same); a swarm round's own count of seeding peers, perturbed "
+        "as peers_returned"
+    )
+    leechers: int | None = Field(description="as seeders, for leechers")
     error: str | None
 
 
 class CrawlStatus(BaseModel):
+    exact: bool = Field(
+        default=False,
+        description="true for the study's owners (exact counts); false: every count of "
+        "peers or sightings below is cell-key perturbed and withheld below k",
+    )
     samples: int
-    peers_returned: int
+    peers_returned: int | None = Field(
+        default=None,
+        description="addresses returned over all samples (sightings, not distinct peers): "
+        "exact for the study's owners, perturbed and withheld below k for anyone else",
+    )
     last_samples: list[SamplePublic]
     unique_peers: int | None = Field(
         default=None,

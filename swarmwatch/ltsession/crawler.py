@@ -5,9 +5,10 @@ It fetches BEP 9 metadata for magnet-only torrents, and reports every connected 
 The DHT results are also handed to the swarm's torrent, which dials them (source DHT).
 
 No payload is downloaded or uploaded, by construction and checked at run time:
-- each torrent joins in upload_mode (libtorrent sends no piece request) with every
-  file at priority 0 (the picker wants nothing), and as it never holds a piece it
-  has nothing to upload (params.CRAWL_FLAGS says why each flag is there);
+- each torrent joins in upload_mode (libtorrent sends no piece request, nor an
+  interested message) with every file at priority 0 but one piece wanted, so that
+  libtorrent keeps dialling seeds (_keep_unfinished), and as it never holds a piece
+  it has nothing to upload (params.CRAWL_FLAGS says why each flag is there);
 - web seeds are stripped, so no HTTP payload fetch exists either;
 - every poll reads each torrent's payload byte counters: any byte moved pauses the
   torrent, logs an error and is counted in stats (a tripwire, never expected to fire);
@@ -42,7 +43,7 @@ from swarmwatch.ltsession.peers import (
     connected_peers,
     sightings_of,
 )
-from swarmwatch.ltsession.session import new_session, parse_host_ports
+from swarmwatch.ltsession.session import bound_hosts, new_session, parse_host_ports
 from swarmwatch.netsafety import is_loopback
 from swarmwatch.ownendpoints import OwnEndpoints
 from swarmwatch.sightings import IPAddress, PeerSighting, SampleRecord, SightingSink, Source
@@ -197,6 +198,7 @@ class SwarmSessionCrawler:
                 listen_interfaces=self.listen_interfaces,
                 enable_dht=self.enable_dht,
                 dht_nodes=self.dht_nodes,
+                reconnect_seconds=int(self.resight_interval),
             )
             try:
                 await self._crawl(torrents, sink, stop, save_path)
@@ -246,16 +248,7 @@ class SwarmSessionCrawler:
 
     def _own_endpoints(self) -> set[tuple[IPAddress, int]]:
         port = int(self._session.listen_port())
-        own: set[tuple[IPAddress, int]] = set()
-        for item in self.listen_interfaces.split(","):
-            host = item.strip().rpartition(":")[0].strip("[]")
-            try:
-                ip = ipaddress.ip_address(host)
-            except ValueError:
-                continue
-            if not ip.is_unspecified:
-                own.add((ip, port))
-        return own
+        return {(ipaddress.ip_address(host), port) for host in bound_hosts(self.listen_interfaces)}
 
     # -- registrations -------------------------------------------------------
 
@@ -286,6 +279,8 @@ class SwarmSessionCrawler:
                 atp.flags |= lt.torrent_flags.disable_dht
             handle = self._session.add_torrent(atp)
             handle.set_max_connections(self.connection_budget)
+            if torrent.info is not None:
+                _keep_unfinished(handle)
         except (TorrentRefused, RuntimeError) as exc:
             self._refused.add(key)
             self.stats.torrents_refused += 1
@@ -407,9 +402,11 @@ class SwarmSessionCrawler:
     def _reconnect(self) -> None:
         """Dial again every reachable peer no connection is left to, within the budget.
 
-        libtorrent does not dial a peer again once a connection closed (a seed that
-        dropped us, a client that never dials out, as Transmission does not): without
-        this a swarm round sees fewer and fewer of the peers as the crawl goes on.
+        libtorrent alone dials a peer again only from its peer list: not one that dialled
+        us (its listen port is not known there), not within min_reconnect_time (set to
+        the round, see session.py), and not a seed at all once the torrent is finished
+        (see _keep_unfinished). Without this a swarm round sees fewer and fewer of the
+        peers as the crawl goes on.
         """
         for joined in self._joined.values():
             handle = joined.handle
@@ -462,6 +459,7 @@ class SwarmSessionCrawler:
                 return
             # default_dont_download already did this; set it explicitly all the same.
             alert.handle.prioritize_files([0] * ti.num_files())
+            _keep_unfinished(alert.handle)
         self.stats.metadata_received += 1
         log.info(
             "metadata for %s: %d files, %d bytes",
@@ -520,6 +518,7 @@ class SwarmSessionCrawler:
             log.warning("cannot rejoin swarm %s with its metadata: %s", joined.infohash[:8], exc)
             return
         handle.set_max_connections(self.connection_budget)
+        _keep_unfinished(handle)
         joined.handle = handle
         joined.rejoin = None
         if joined.tripped:
@@ -621,6 +620,20 @@ class SwarmSessionCrawler:
         lt.alerts_dropped_alert: _on_alerts_dropped,
         lt.torrent_error_alert: _on_torrent_error,
     }
+
+
+def _keep_unfinished(handle: Any) -> None:
+    """Want one piece (at the lowest priority), which upload_mode never requests.
+
+    A torrent that wants nothing is "finished", and a finished torrent never dials a
+    seed (libtorrent's peer list drops seeds and upload-only peers from its connect
+    candidates): a seed that closed its connection, or never kept one, would go
+    unsighted for the rest of the crawl. Wanting a piece keeps the torrent
+    "downloading" in libtorrent's eyes; upload_mode keeps it from ever asking for it
+    (no interested message, no request), and the payload tripwire stays armed.
+    """
+    if handle.is_valid() and handle.torrent_file() is not None:
+        handle.piece_priority(0, 1)
 
 
 __all__ = ["MetadataCallback", "SwarmSessionCrawler", "SwarmSessionStats"]

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 #: - share_mode: libtorrent then does not announce "upload_only" (BEP 21) to peers,
 #:   so seeds keep us connected and we can read their seed state instead of being
 #:   dropped as a redundant upload-to-upload connection.
-#: - default_dont_download: every file has priority 0 once metadata arrives, so even
-#:   out of upload mode the piece picker would want nothing.
+#: - default_dont_download: every file has priority 0 once metadata arrives; the crawler
+#:   then wants one piece back (crawler._keep_unfinished: a torrent that wants nothing
+#:   never dials a seed), which upload_mode never requests.
 #: - auto_managed is left out: the session would otherwise take the torrent out of
 #:   upload mode on its own (it treats upload mode as a disk-error back-off).
 #: - disable_lsd: local service discovery multicasts, and a crawler has no LAN peers.

@@ -6,6 +6,7 @@ ip_filter that blocks all but loopback, no public DHT bootstrap, and no LSD/UPnP
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ def session_settings(
     listen_interfaces: str,
     enable_dht: bool,
     user_agent: str = "swarmwatch/0.1",
+    reconnect_seconds: int = 60,
 ) -> dict[str, Any]:
     """A settings_pack (as a dict) for a crawling session."""
     settings: dict[str, Any] = {
@@ -57,6 +59,19 @@ def session_settings(
         # A crawler wants to stay connected to seeds to read their state; it
         # never downloads, so nothing is "redundant" about those connections.
         "close_redundant_connections": False,
+        # libtorrent dials a peer again only (failures + 1) x this many seconds after its
+        # last connection closed (60 by default): a crawler re-sights every round, so a
+        # peer that dropped an idle connection is dialled again the next round.
+        "min_reconnect_time": max(1, reconnect_seconds),
+        # Dial TCP only, which every BitTorrent client accepts. libtorrent dials uTP
+        # first; a client without uTP (aria2) lets that time out, and when a dropped
+        # peer is dialled again libtorrent does not always fall back to TCP, so the
+        # peer went unsighted for the rest of the crawl. Incoming uTP still works.
+        "enable_outgoing_utp": False,
+        # TCP dials leave from the address we listen on: the kernel would otherwise pick
+        # the source address (127.0.0.1 for any loopback peer), and a peer would see one
+        # crawler under another's address (uTP left from the listen socket anyway).
+        "outgoing_interfaces": ",".join(bound_hosts(listen_interfaces)),
         # Shutdown waits this long for "stopped" announces, not the 5 s default.
         "stop_tracker_timeout": 1,
     }
@@ -65,19 +80,37 @@ def session_settings(
     return settings
 
 
+def bound_hosts(listen_interfaces: str) -> list[str]:
+    """The specific addresses in 'host:port,[v6]:port' (not 0.0.0.0 or ::, nor names)."""
+    hosts: list[str] = []
+    for item in listen_interfaces.split(","):
+        host = item.strip().rpartition(":")[0].strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not ip.is_unspecified:
+            hosts.append(str(ip))
+    return hosts
+
+
 def new_session(
     *,
     loopback_only: bool,
     listen_interfaces: str,
     enable_dht: bool,
     dht_nodes: Sequence[tuple[str, int]] = (),
+    reconnect_seconds: int = 60,
 ) -> Any:
     """A started libtorrent session, guarded for loopback_only before it can send a packet."""
     for host, _port in dht_nodes:
         check_destination(host, loopback_only=loopback_only, what="DHT bootstrap node")
     params = lt.session_params()
     settings = session_settings(
-        loopback_only=loopback_only, listen_interfaces=listen_interfaces, enable_dht=enable_dht
+        loopback_only=loopback_only,
+        listen_interfaces=listen_interfaces,
+        enable_dht=enable_dht,
+        reconnect_seconds=reconnect_seconds,
     )
     params.settings = cast("lt.settings_pack", settings)
     if loopback_only:
@@ -104,4 +137,11 @@ def parse_host_ports(value: str) -> list[tuple[str, int]]:
     return out
 
 
-__all__ = ["ALERT_MASK", "ALERT_QUEUE_SIZE", "new_session", "parse_host_ports", "session_settings"]
+__all__ = [
+    "ALERT_MASK",
+    "ALERT_QUEUE_SIZE",
+    "bound_hosts",
+    "new_session",
+    "parse_host_ports",
+    "session_settings",
+]

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from swarmwatch.custody import KeyCustody, WrappedKey, WrongSecret
-from swarmwatch.store.models import DeploymentSecret, Study, StudyKey, utcnow
+from swarmwatch.store.models import DeploymentSecret, StoreSecret, Study, StudyKey, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,15 @@ def _stored(row: StudyKey) -> WrappedKey:
     return WrappedKey(row.nonce, row.wrapped_key, row.tag, row.secret_id)
 
 
+#: The store secret that keys replay digests (pipeline.replay).
+REPLAY_SECRET = "replay"
+
+
+def stored_secret(row: StoreSecret) -> WrappedKey:
+    """A store secret's row as custody unwraps it."""
+    return WrappedKey(bytes(row.nonce), bytes(row.wrapped_key), bytes(row.tag), row.secret_id)
+
+
 def ensure_study_key(session: Session, study_id: int, custody: KeyCustody) -> bytes:
     """The study's secret, created (and stored wrapped) now if it has none.
 
@@ -110,7 +119,8 @@ def ensure_study_key(session: Session, study_id: int, custody: KeyCustody) -> by
 
 
 def rewrap_keys(session: Session, old: KeyCustody, new: KeyCustody) -> int:
-    """Wrap every study key again under a new deployment secret; the count rewrapped.
+    """Wrap every study key (and the store's own secrets) again under a new deployment
+    secret; the count of study keys rewrapped.
 
     Peer keys do not change. Afterwards the old secret opens nothing in this database,
     and the new one opens nothing in backups made before: destroy the old secret and a
@@ -122,6 +132,11 @@ def rewrap_keys(session: Session, old: KeyCustody, new: KeyCustody) -> int:
         wrapped = new.wrap(row.study_id, old.unwrap(row.study_id, _stored(row)))
         row.nonce, row.wrapped_key, row.tag = wrapped.nonce, wrapped.wrapped, wrapped.tag
         row.secret_id = wrapped.secret_id
+    for secret in session.scalars(select(StoreSecret).order_by(StoreSecret.name)).all():
+        plain = old.unwrap_store_secret(secret.name, stored_secret(secret))
+        wrapped = new.wrap_store_secret(secret.name, plain)
+        secret.nonce, secret.wrapped_key, secret.tag = wrapped.nonce, wrapped.wrapped, wrapped.tag
+        secret.secret_id = wrapped.secret_id
     session.execute(delete(DeploymentSecret))
     session.add(DeploymentSecret(secret_id=new.secret_id, pinned_at=utcnow()))
     session.flush()
@@ -181,6 +196,7 @@ def active_study_keys(session: Session, custody: KeyCustody) -> dict[int, bytes]
 
 __all__ = [
     "PEER_KEY_BYTES",
+    "REPLAY_SECRET",
     "STUDY_KEY_BYTES",
     "SealResult",
     "StudyError",
@@ -191,4 +207,5 @@ __all__ = [
     "peer_key",
     "rewrap_keys",
     "seal_study",
+    "stored_secret",
 ]

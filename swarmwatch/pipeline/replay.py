@@ -31,6 +31,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from swarmwatch.config import get_settings
+from swarmwatch.custody import KeyCustody
+from swarmwatch.pipeline.anonymise import REPLAY_SECRET, check_custody, stored_secret
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
@@ -269,8 +272,9 @@ class FileCursor:
     The hash is keyed (BLAKE2b with the database's replay key): the lines hold raw
     addresses, and an unkeyed digest of a short prefix (a header and one line) could
     be searched for the address it hashes by anyone, which would keep an address in the
-    database in all but name. The key sits in store_secret, beside the study keys: it
-    protects as much as they do, and belongs wherever key custody puts them.
+    database in all but name. The key is kept in store_secret only wrapped with the
+    deployment secret, as the study keys are: a copy of the database alone cannot
+    recompute a digest, so it cannot test a guessed file (or address) against one.
     """
 
     def __init__(self, key: bytes = b"") -> None:
@@ -309,14 +313,28 @@ def _file_lines(path: Path) -> Iterator[bytes]:
     return FileCursor().read(path)
 
 
-def replay_key(db: Database) -> bytes:
-    """The key of this database's replay digests, made on first use."""
+def replay_key(db: Database, custody: KeyCustody) -> bytes:
+    """The key of this database's replay digests, made (and stored wrapped) on first use.
+
+    Raises CustodyError (WrongSecret) when `custody` is not this database's secret.
+    """
     with db.writing() as session:
-        key = session.scalar(select(StoreSecret.value).where(StoreSecret.name == "replay"))
-        if key is None:
-            key = secrets.token_bytes(32)
-            session.add(StoreSecret(name="replay", value=key))
-    return bytes(key)
+        check_custody(session, custody)
+        row = session.get(StoreSecret, REPLAY_SECRET)
+        if row is not None:
+            return custody.unwrap_store_secret(REPLAY_SECRET, stored_secret(row))
+        key = secrets.token_bytes(32)
+        wrapped = custody.wrap_store_secret(REPLAY_SECRET, key)
+        session.add(
+            StoreSecret(
+                name=REPLAY_SECRET,
+                nonce=wrapped.nonce,
+                wrapped_key=wrapped.wrapped,
+                tag=wrapped.tag,
+                secret_id=wrapped.secret_id,
+            )
+        )
+    return key
 
 
 def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
@@ -360,12 +378,15 @@ def ingest_file(
         raise ValueError(f"unknown format {kind!r} (csv or jsonl)")
 
     started = time.perf_counter()
-    key = replay_key(db)
+    options = dict(pipeline_options or {})
+    if options.get("custody") is None:  # one secret for the digests and the peer keys
+        options["custody"] = KeyCustody.from_settings(options.get("settings") or get_settings())
+    key = replay_key(db, options["custody"])
     resume_lines, resume_bytes = resume_point(path, db, key)
     cursor = FileCursor(key)
 
     async def run() -> ReplayReport:
-        async with Pipeline(db, **(pipeline_options or {})) as pipeline:
+        async with Pipeline(db, **options) as pipeline:
             return await ingest_lines(
                 cursor.read(path),
                 pipeline,

@@ -140,6 +140,18 @@ class StudyKey(Base):
     secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
 
 
+class PublicationKey(Base):
+    """Keys the noise of published numbers that count no peer rows (analysis.samplenoise).
+
+    In the database, since the API reads it: it hides the noise from API readers, and a
+    copy of the database holds the exact numbers it perturbs anyway.
+    """
+
+    __tablename__ = "publication_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
 class DeploymentSecret(Base):
     """The id of the deployment secret this database's study keys are wrapped with.
 
@@ -295,6 +307,11 @@ class Peer(Base):
     # saw the peer. Server defaults only, so older code paths that insert peers stay valid.
     sources: Mapped[int] = mapped_column(Integer, server_default="0")
     vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The same before the latest upsert, which returns them: the sources and vantages a
+    # batch brings the peer to for the first time add its record key to their rollup
+    # cells once (store.rollups.apply_rows, source_rk and vantage_rk).
+    prev_sources: Mapped[int] = mapped_column(Integer, server_default="0")
+    prev_vantages: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The peer's fixed random key for cell-key perturbation, in [0, 4096) (DESIGN.md).
     record_key: Mapped[int] = mapped_column(Integer, server_default="0")
     # The latest hour and day (bucket: Unix time // 3600, // 86400) the peer is present
@@ -337,12 +354,16 @@ class ReplayProgress(Base):
 
 
 class StoreSecret(Base):
-    """A secret of the store itself, made on first use: `replay` keys the digests of
-    replay_progress (which hash file bytes holding raw addresses)."""
+    """A secret of the store itself, made on first use and stored only wrapped with the
+    deployment secret, as study keys are (swarmwatch.custody): `replay` keys the digests
+    of replay_progress (which hash file bytes holding raw addresses)."""
 
     __tablename__ = "store_secret"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[bytes] = mapped_column(LargeBinary(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(16))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(64))
+    tag: Mapped[bytes] = mapped_column(LargeBinary(32))
+    secret_id: Mapped[str] = mapped_column(String(16))  # which secret wraps it (not the secret)
 
 
 class BatchToken(Base):
@@ -428,6 +449,7 @@ __all__ = [
     "BatchToken",
     "City",
     "DeploymentSecret",
+    "PublicationKey",
     "GeoipDatabase",
     "Metro",
     "Peer",

@@ -74,6 +74,15 @@ CELL_STORED_RES = max(CELL_RESOLUTIONS)
 HOUR, DAY = FRAME_INTERVALS
 
 
+class SourceEntries(NamedTuple):
+    """Indexes of a batch's rows that bring a peer to a source (sources), or to a
+    vantage (vantages), for the first time in its title: one row per (peer, source)
+    and per (peer, vantage), its earliest in the batch."""
+
+    sources: Sequence[int]
+    vantages: Sequence[int]
+
+
 class PeerFrames(NamedTuple):
     """A peer's presence before a batch, as the writer's peer upsert returns it: its
     latest hour and day, and the bitmaps of the frames it moved on from (bit i of
@@ -245,6 +254,11 @@ rollup_activity = Table(
     _count("new_peers"),
     _count("seed_sightings"),
     _rk("new_peers_rk"),
+    # The record keys of the peers this row's source (vantage) reached for the first
+    # time in the title: each peer's key once per source (vantage), so a source's (a
+    # vantage's) sightings are perturbed by the sum over exactly the peers it saw.
+    _rk("source_rk"),
+    _rk("vantage_rk"),
     **_KW,
 )
 
@@ -287,8 +301,8 @@ ROLLUP_TABLES: tuple[Table, ...] = (
 
 #: The sighting counts rollup_peer_times keeps (Chao1 uses f1 and f2).
 PEER_TIMES: tuple[int, ...] = (1, 2)
-#: rollup_peer_times from the peer table itself: the migration's backfill, and loaders
-#: that write peer rows directly.
+#: rollup_peer_times from the peer table itself, as 0005's backfill counted it (no
+#: record-key sums then; rebuild_peer_times, for loaders of peer rows, keeps them).
 PEER_TIMES_FROM_PEERS = (
     "INSERT INTO rollup_peer_times (title_id, times, peers)"
     " SELECT title_id, sightings, count(*) FROM peer WHERE sightings IN (1, 2)"
@@ -512,6 +526,7 @@ def apply_rows(
     presence: PresenceCache,
     record_keys: Sequence[int] | None = None,
     prior: Mapping[tuple[int, bytes], PeerFrames] | None = None,
+    entries: SourceEntries | None = None,
 ) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
@@ -533,6 +548,11 @@ def apply_rows(
     written when the peer moves on to a later frame, so that a late sighting of an
     earlier frame is asked of rollup_presence as before. An all-unique stream
     writes no presence row at all.
+
+    entries (the writer's, from the sources and vantages its peer upserts return) are
+    the rows that bring a peer to a source, or to a vantage, for the first time: their
+    record keys go to rollup_activity's source_rk and vantage_rk. Without them, each
+    new peer's first row counts for its source and vantage.
     """
     if not rows:
         return
@@ -554,7 +574,14 @@ def apply_rows(
     rks: Sequence[int] = record_keys if record_keys is not None else [0] * n
     new_n = Counter([akeys[i] for i in new])
     new_rk = _sum_by([akeys[i] for i in new], [rks[i] for i in new])
-    activity = {k: (c, new_n[k], seed_n[k], new_rk.get(k, 0)) for k, c in seen_n.items()}
+    if entries is None:
+        entries = SourceEntries(new, new)
+    source_rk = _sum_by([akeys[i] for i in entries.sources], [rks[i] for i in entries.sources])
+    vantage_rk = _sum_by([akeys[i] for i in entries.vantages], [rks[i] for i in entries.vantages])
+    activity = {
+        k: (c, new_n[k], seed_n[k], new_rk.get(k, 0), source_rk.get(k, 0), vantage_rk.get(k, 0))
+        for k, c in seen_n.items()
+    }
 
     # Presence candidates: each (frame, peer) once, with the first row that has it,
     # less those the cache knows are committed already.
@@ -633,7 +660,7 @@ def apply_rows(
         rollup_activity,
         ("title_id", "day", "source", "vantage"),
         activity,
-        ("sightings", "new_peers", "seed_sightings", "new_peers_rk"),
+        ("sightings", "new_peers", "seed_sightings", "new_peers_rk", "source_rk", "vantage_rk"),
     )
     place_key = ("title_id", "geoname_id", "country")
     with_seeds = ("peers", "seeds", "peers_rk", "seeds_rk")
@@ -756,9 +783,14 @@ def unique_peers(conn: Connection, title_ids: Iterable[int]) -> int:
 
 
 def rebuild_peer_times(conn: Connection) -> None:
-    """rollup_peer_times counted afresh from the peer table (for direct peer loads)."""
+    """rollup_peer_times counted afresh from the peer table (for direct peer loads), with
+    the peers' record-key sums (without them f1 and f2 would get a constant noise)."""
     conn.exec_driver_sql("DELETE FROM rollup_peer_times")
-    conn.exec_driver_sql(PEER_TIMES_FROM_PEERS)
+    conn.exec_driver_sql(
+        "INSERT INTO rollup_peer_times (title_id, times, peers, peers_rk)"
+        " SELECT title_id, sightings, count(*), COALESCE(SUM(record_key), 0) FROM peer"
+        " WHERE sightings IN (1, 2) GROUP BY title_id, sightings"
+    )
 
 
 def _with_seeds(
@@ -798,6 +830,7 @@ __all__ = [
     "PEER_TIMES_FROM_PEERS",
     "PresenceCache",
     "PeerFrames",
+    "SourceEntries",
     "ROLLUP_TABLES",
     "add_peer_times",
     "apply_batch",

@@ -29,6 +29,7 @@ from swarmwatch.store.rollups import (
     NEW_PEER,
     PeerFrames,
     PresenceCache,
+    SourceEntries,
     add_peer_times,
     apply_batch,
     apply_rows,
@@ -46,6 +47,7 @@ ApplyRows = Callable[
         PresenceCache,
         list[int],
         dict[tuple[int, bytes], PeerFrames],
+        SourceEntries,
     ],
     None,
 ]
@@ -104,6 +106,9 @@ _UPSERT_PEER_TAIL = (
     " sightings = peer.sightings + excluded.sightings,"
     " sources = peer.sources | excluded.sources,"
     " vantages = peer.vantages | excluded.vantages,"
+    # (SET reads the row as it was: the sources and vantages before this upsert.)
+    " prev_sources = peer.sources,"
+    " prev_vantages = peer.vantages,"
     # The latest hour and day the peer is present in, and (SET reads the row as it
     # was) the ones before this upsert: presence in a peer's latest frames costs no
     # rollup_presence row (see rollups.apply_rows).
@@ -120,8 +125,8 @@ _UPSERT_PEER_TAIL = (
     " last_day = CASE WHEN peer.last_day IS NULL OR excluded.last_day > peer.last_day"
     " THEN excluded.last_day ELSE peer.last_day END"
     # record_key is never updated: it is the peer's for good (cell-key perturbation).
-    " RETURNING title_id, peer_key, sightings, record_key, prev_hour, prev_day,"
-    " hour_base, hours0, hours1, day_base, days"
+    " RETURNING title_id, peer_key, sightings, record_key, prev_sources, prev_vantages,"
+    " prev_hour, prev_day, hour_base, hours0, hours1, day_base, days"
 )
 # Each batch notes its token; whether a commit went through is asked of it afterwards.
 _NOTE_BATCH = "INSERT INTO write_batch (token, written_at) VALUES (?, ?)"
@@ -254,6 +259,8 @@ class PreparedRows:
     # (statement, parameters) per peer upsert, and (title, peer) -> (first row, sightings)
     peer_statements: list[tuple[str, tuple[Any, ...]]]
     peers: dict[tuple[int, bytes], tuple[int, int]]
+    # (title, peer) -> {source bit: its earliest row}, {vantage bit: its earliest row}
+    entries: dict[tuple[int, bytes], tuple[dict[int, int], dict[int, int]]]
     # Vantages of the rows this writer has no vantage.id for yet: write() registers
     # them and prepares again (their bits were left out).
     unknown_vantages: frozenset[str]
@@ -423,8 +430,8 @@ class BatchWriter:
         # Each row's time in storage form, once: peers refer to their rows' times.
         times = [self._time(r.seen_at) for r in rows] if self.sqlite else [r.seen_at for r in rows]
         # One upsert per distinct (title, peer) in the batch, folded here first:
-        # [first row, last row, row whose place is kept, seed, sightings]
-        # [first row, last row, row whose place is kept, seed, sightings, sources, vantages]
+        # [first row, last row, row whose place is kept, seed, sightings, sources, vantages,
+        #  {source bit: earliest row}, {vantage bit: earliest row}]
         vantage_ids = self._vantage_ids
         unknown = frozenset({r.vantage for r in rows} - vantage_ids.keys())
         folded: dict[tuple[int, bytes], list[Any]] = {}
@@ -432,12 +439,19 @@ class BatchWriter:
             pk = (r.title_id, r.peer_key)
             p = folded.get(pk)
             vbit = vantage_bit(vantage_ids[r.vantage]) if r.vantage in vantage_ids else 0
+            sbit = source_bit(r.source)
             if p is None:
-                folded[pk] = [i, i, i, r.seed, 1, source_bit(r.source), vbit]
+                folded[pk] = [i, i, i, r.seed, 1, sbit, vbit, {sbit: i}, {vbit: i}]
                 continue
-            p[5] |= source_bit(r.source)
+            p[5] |= sbit
             p[6] |= vbit
             seen = r.seen_at
+            at = p[7].get(sbit)
+            if at is None or seen < rows[at].seen_at:
+                p[7][sbit] = i
+            at = p[8].get(vbit)
+            if at is None or seen < rows[at].seen_at:
+                p[8][vbit] = i
             if seen < rows[p[0]].seen_at:
                 p[0] = i
             if seen > rows[p[1]].seen_at:
@@ -459,7 +473,7 @@ class BatchWriter:
             chunk = ordered[start:stop]
             params: list[Any] = []
             extend = params.extend
-            for n, ((title_id, key), (first, last, placed, seed, count, src, van)) in enumerate(
+            for n, ((title_id, key), (first, last, placed, seed, count, src, van, *_)) in enumerate(
                 chunk, start
             ):
                 r = rows[placed]
@@ -475,7 +489,8 @@ class BatchWriter:
             statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
             peer_statements.append((self._sql(statement), tuple(params)))
         peers = {pk: (p[0], p[4]) for pk, p in folded.items()}
-        return PreparedRows(rows, len(rows), peer_statements, peers, unknown)
+        entries = {pk: (p[7], p[8]) for pk, p in folded.items()}
+        return PreparedRows(rows, len(rows), peer_statements, peers, entries, unknown)
 
     def _write_sightings(self, conn: Connection, prepared: PreparedRows) -> int:
         rows = prepared.rows
@@ -492,12 +507,28 @@ class BatchWriter:
         returned = (
             conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
         )
-        for title_id, key, count, rk, prev_hour, prev_day, *bitmaps in chain.from_iterable(
-            returned
-        ):
+        # The rows that bring a peer to a source or vantage it had not reached (see
+        # rollups.SourceEntries): the sources and vantages the upsert saw before it.
+        source_rows: list[int] = []
+        vantage_rows: list[int] = []
+        entries = prepared.entries
+        for (
+            title_id,
+            key,
+            count,
+            rk,
+            was_src,
+            was_van,
+            prev_hour,
+            prev_day,
+            *bitmaps,
+        ) in chain.from_iterable(returned):
             pk = (title_id, bytes(key))
             first, sightings = peers[pk]
             record_key[pk] = rk
+            src_firsts, van_firsts = entries[pk]
+            source_rows += [at for bit, at in src_firsts.items() if not bit & was_src]
+            vantage_rows += [at for bit, at in van_firsts.items() if bit and not bit & was_van]
             if count == sightings:
                 new_rows.append(first)
                 prior[pk] = NEW_PEER
@@ -510,7 +541,15 @@ class BatchWriter:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
             rks = [record_key[(r.title_id, r.peer_key)] for r in rows]
-            self._apply_rows(conn, rows, new_rows, self.presence, rks, prior)
+            self._apply_rows(
+                conn,
+                rows,
+                new_rows,
+                self.presence,
+                rks,
+                prior,
+                SourceEntries(source_rows, vantage_rows),
+            )
         elif self.rollups is not None:
             new_set = set(new_rows)
             self.rollups(

@@ -9,14 +9,28 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from swarmwatch import __version__
-from swarmwatch.api.deps import DatabaseDep
+from swarmwatch.api.deps import AdminKeyDep, DatabaseDep
 from swarmwatch.metrics import CONTENT_TYPE, ServiceMetrics
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE.split(";")[0]: {}}, "description": "Prometheus text"},
+        401: {"description": "no API key", "content": _ERROR},
+        403: {"description": "not an admin key (or an invalid one)", "content": _ERROR},
+    },
+)
+def metrics(request: Request, _admin: AdminKeyDep) -> Response:
+    """Prometheus text, for admin keys only: the figures are this process's over every
+    study, private ones included, exact and unperturbed (sightings, new peers, swarm
+    rounds' peers), so no one who may not read every study may read them."""
     service_metrics: ServiceMetrics = request.app.state.metrics
     return Response(service_metrics.exposition(), media_type=CONTENT_TYPE)
 

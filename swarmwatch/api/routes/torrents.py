@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from swarmwatch import registry
 from swarmwatch.access import Role, can_read, readable_studies, role_of
 from swarmwatch.analysis import cellkey
+from swarmwatch.analysis.samplenoise import publication_key, publish_count
 from swarmwatch.analysis.summary import seed_states
 from swarmwatch.api.deps import (
     ApiKeyApartDep,
@@ -173,23 +174,44 @@ def _status(session: Session, torrent: Torrent, k: int, exact: bool) -> CrawlSta
     }
     # Coverage of the last swarm round (any vantage): peers sighted over known and reachable.
     round_ = session.execute(
-        select(Sample.peers_returned, Sample.known_peers)
+        select(Sample.peers_returned, Sample.known_peers, Sample.id)
         .where(Sample.torrent_id == torrent.id, Sample.known_peers.is_not(None))
         .order_by(Sample.started_at.desc(), Sample.id.desc())
         .limit(1)
     ).first()
+    # What trackers and swarm rounds returned counts sightings, not peer rows: for anyone
+    # but the owners, noise keyed by what each number is (analysis.samplenoise). Trackers'
+    # and the DHT's seeders/leechers are shown as they gave them: anyone can ask the same.
+    key = b"" if exact else publication_key(conn)
+
+    def sampled(n: int | None, *identity: str | int) -> int | None:
+        if n is None or exact:
+            return n
+        return publish_count(key, n, k, *identity)
+
+    samples = [SamplePublic.model_validate(s) for s in last]
+    for row, public in zip(last, samples, strict=True):
+        public.peers_returned = sampled(row.peers_returned, "sample", row.id)
+        if row.source == "swarm":  # a swarm round's seeds and leechers are our own peers
+            public.seeders = sampled(row.seeders, "sample-seeders", row.id)
+            public.leechers = sampled(row.leechers, "sample-leechers", row.id)
+    sighted = sampled(round_[0], "round-sighted", round_[2]) if round_ else None
+    reachable = sampled(round_[1], "round-reachable", round_[2]) if round_ else None
     return CrawlStatus(
+        exact=exact,
         samples=int(count),
-        peers_returned=int(returned),
-        last_samples=[SamplePublic.model_validate(s) for s in last],
+        # Keyed by the torrent alone: a sample that adds nothing (a failed announce) must
+        # not draw a fresh noise for the same total, or repeats would average it away.
+        peers_returned=sampled(int(returned), "returned", torrent.id),
+        last_samples=samples,
         unique_peers=published(peers, peers_rk),
         anomalies=published(peers - placed, peers_rk - placed_rk),
         seeds=states["seeds"],
         leechers=states["leechers"],
         unknown_state=states["unknown"],
-        round_sighted=round_[0] if round_ else None,
-        round_reachable=round_[1] if round_ else None,
-        coverage=(round(round_[0] / round_[1], 4) if round_ and round_[1] else None),
+        round_sighted=sighted,
+        round_reachable=reachable,
+        coverage=(round(sighted / reachable, 4) if sighted is not None and reachable else None),
     )
 
 
