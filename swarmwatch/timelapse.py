@@ -101,6 +101,7 @@ def timelapse_data(
         "format": frames["format"],
         "cells": frames["cells"],
         "cities": frames["cities"],
+        "metros": frames["metros"],  # the per-capita view's bubbles
         "frames": frames["frames"],
         "method": frames["method"],
         "outlines": {

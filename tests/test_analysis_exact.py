@@ -426,6 +426,36 @@ def test_frames_exact(study_db: Database) -> None:
         ("Eps", 6),
         ("Beta", 3),
     ]
+    # Top metros per capita (DEFAULT_MIN_POPULATION: Eps's 2,000 residents are out), the
+    # owner's read: the per-capita ranking of title A, whose peers are all in hour 10.
+    with study_db.engine.connect() as conn:
+        ranking = compute_ranking(
+            conn, scope_of(study_db, title="A", exact=True), level="metro", metric="per_capita"
+        )
+    assert [(m["name"], m["peers"], m["population"]) for m in f10["top_metros"]] == [
+        ("Alpha", 15, 250_000),
+        ("Delta", 7, 300_000),
+        ("Gamma", 20, 1_000_000),
+    ]
+    for metro, row in zip(f10["top_metros"], ranking.rows, strict=True):
+        assert (metro["id"], metro["peers"]) == (int(row.place_id), row.peers)
+        for field in ("per_100k", "ci_low", "ci_high"):
+            assert metro[field] == pytest.approx(getattr(row, field), rel=1e-3), field
+        assert metro["ci_low"] < metro["per_100k"] < metro["ci_high"]
+    assert f11.pop("top_metros") == [
+        {
+            "id": 103,
+            "name": "Gamma",
+            "country": "FR",
+            "lat": 45.0,
+            "lon": 5.0,
+            "population": 1_000_000,
+            "peers": 20,
+            "per_100k": 2.0,
+            "ci_low": pytest.approx(1.29, abs=0.01),
+            "ci_high": pytest.approx(3.09, abs=0.01),
+        }
+    ]
     assert f11 == {
         "t": H11.isoformat(),
         "peers": 20,
@@ -467,6 +497,22 @@ def test_frames_protected(study_db: Database) -> None:
         for city in mine["top_cities"]:
             assert city["peers"] >= 5 and abs(city["peers"] - cities[city["name"]]) <= BOUND
         assert "Beta" not in {c["name"] for c in mine["top_cities"]}  # 3 peers: withheld
+        metros = {m["name"]: m["peers"] for m in true["top_metros"]}
+        for metro in mine["top_metros"]:
+            assert metro["peers"] >= 5 and abs(metro["peers"] - metros[metro["name"]]) <= BOUND
+    # The public's top metros are the public's per-capita ranking (title A's peers are all
+    # in hour 10): the same cell-key count, rate and noise-widened interval.
+    with study_db.engine.connect() as conn:
+        ranking = compute_ranking(
+            conn, scope_of(study_db, title="A"), level="metro", metric="per_capita"
+        )
+    published = out["frames"][0]["top_metros"]
+    assert [(m["id"], m["peers"]) for m in published] == [
+        (int(r.place_id), r.peers) for r in ranking.rows
+    ]
+    for metro, row in zip(published, ranking.rows, strict=True):
+        for field in ("per_100k", "ci_low", "ci_high"):
+            assert metro[field] == pytest.approx(getattr(row, field), rel=1e-3), field
 
 
 def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
@@ -481,12 +527,25 @@ def expand_compact(compact: dict[str, Any]) -> list[dict[str, Any]]:
             {**compact["cities"][i], "peers": peers}
             for i, peers in zip(f["city"], f["city_peers"], strict=True)
         ]
+        metros = [
+            {
+                **compact["metros"][i],
+                "peers": peers,
+                "per_100k": float(f"{peers * 1e5 / compact['metros'][i]['population']:.4g}"),
+                "ci_low": low,
+                "ci_high": high,
+            }
+            for i, peers, low, high in zip(
+                f["metro"], f["metro_peers"], f["metro_ci_low"], f["metro_ci_high"], strict=True
+            )
+        ]
         frames.append(
             {
                 "t": f["t"],
                 "peers": f["peers"],
                 "cells": sorted(cells, key=lambda c: (-c["peers"], h3.str_to_int(c["h3"]))),
                 "top_cities": cities,
+                "top_metros": metros,
             }
         )
     return frames
@@ -509,6 +568,7 @@ def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
         # Each cell and city is named once for the whole time-lapse.
         assert compact["cells"] == sorted(set(compact["cells"]))
         assert len(compact["cities"]) == len({c["geoname_id"] for c in compact["cities"]})
+        assert len(compact["metros"]) == len({m["id"] for m in compact["metros"]})
 
 
 def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) -> None:
@@ -692,3 +752,54 @@ def test_frame_parents_computed_in_sql_are_h3_parents(db: Database) -> None:
                 assert conn.execute(select(expr)).scalar_one() == h3.str_to_int(
                     h3.cell_to_parent(h3.int_to_str(cell), res)
                 )
+
+
+def test_top_metros_per_capita_are_the_head_of_the_full_list(db: Database) -> None:
+    """A frame lists its top metros by published rate; only metros that could make the
+    list are perturbed (the rest cannot overtake them by more than the noise's bound),
+    so asking for 5 gives the first 5 of every metro's list, for owners and the public."""
+    import random
+
+    rng = random.Random(16)
+    with db.session() as s:
+        s.add(Study(id=7, name="many metros", k_threshold=5))
+        s.flush()
+        s.add(Title(id=70, study_id=7, name="T"))
+        for g in range(1, 41):
+            pop = rng.choice([100_000, 150_000, 300_000, 1_000_000])
+            lat, lon = -40 + 2 * g, -100 + 4 * g
+            s.add(Metro(id=g, name=f"M{g}", country="FR", lat=lat, lon=lon, population=pop))
+            s.add(City(geoname_id=g, name=f"C{g}", country="FR", lat=lat, lon=lon, population=pop))
+        s.flush()
+        s.execute(City.__table__.update().values(metro_id=City.geoname_id))
+    batch = []
+    for g in range(1, 41):
+        lat, lon = -40 + 2 * g, -100 + 4 * g
+        for j in range(rng.randint(3, 40)):
+            batch.append(
+                sighting(
+                    70,
+                    1000 * g + j,
+                    None,
+                    H10,
+                    study_id=7,
+                    country="FR",
+                    geoname_id=g,
+                    metro_id=g,
+                    h3_cell=h3.str_to_int(h3.latlng_to_cell(lat, lon, BASE_RES)),
+                    new_peer=True,
+                )
+            )
+    with db.engine.begin() as conn:
+        apply_batch(conn, batch)
+    with db.session() as s:
+        study = s.get(Study, 7)
+        for exact in (True, False):
+            scope = resolve_scope(s.connection(), study, exact=exact)
+            every = compute_frames(s.connection(), scope, interval=3600, res=4, top=40)
+            five = compute_frames(s.connection(), scope, interval=3600, res=4, top=5)
+            (all_metros,) = [f["top_metros"] for f in every["frames"]]
+            (head,) = [f["top_metros"] for f in five["frames"]]
+            assert len(all_metros) >= 30 and head == all_metros[:5]
+            rates = [m["peers"] / m["population"] for m in all_metros]
+            assert rates == sorted(rates, reverse=True)

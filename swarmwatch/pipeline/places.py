@@ -16,28 +16,42 @@ GeoNames (`swarmwatch places load FILE.csv` replaces them with a table of your o
 3. Cores are taken in descending population. A core within 0.6 R of an earlier
    founding core (anywhere within R of an agglomeration) joins it, gluing the metros
    of every founder it lies that close to (Arlington joins Dallas to Fort Worth);
-   otherwise it founds a metro. Haarlem, Almere and Utrecht stay out of Amsterdam.
+   otherwise it founds a metro. Haarlem, Almere and Utrecht stay out of Amsterdam,
+   and two metros founded by cities of 5 M or more are never glued (Shenzhen and
+   Guangzhou are given as their whole municipalities).
 4. Every other place joins the nearest core within 0.6 of that core's R (all of R
    for an urban-area core and in the New World); a village further out is a metro of
    its own.
 
 A place inside the dense core of a larger city of its metro (radius sqrt(P / (pi *
 10,000 per km2)): 17 km for New York, 6.5 km for Dallas), inside the catchment of an
-urban-area core (2.), or of the same province as a core of 15 M or more inside its
-catchment (Shanghai's Songjiang), is one of its *sections*: it joins the metro but
-adds no people.
-A metro's population is the sum of its members'; it is named after, and its id is
-the geoname_id of, its best-known core (population times the languages that name it:
-Manila, not Quezon City). tests/test_places.py measures the metros against
-Demographia World Urban Areas (tests/data/urban_areas_demographia_2020.csv).
+urban-area core (2.), of the same province as a core of 15 M or more inside its
+catchment (Shanghai's Songjiang), or named as a district of a larger core of its
+metro ("Zürich (Kreis 3)", "Budapest XI. kerület", "Hamburg-Nord"), is one of its
+*sections*: it joins the metro but adds no people.
+A metro's population is the sum of its members', raised to the urban-area estimate
+of its core city where SimpleMaps World Cities (CC BY 4.0, shipped as
+swarmwatch/pipeline/data/urban_populations.csv) has a larger one: GeoNames lists too
+few of the suburbs of many Asian, Latin American and sprawling US urban areas
+(Jakarta's listed places sum to 15.6 M of its 34 M, Atlanta's to 1.7 M of 5.4 M),
+and a sum never exceeds what is listed. SimpleMaps gives the urban area for large
+cities and the city proper for others, so taking the larger figure only ever fills
+in suburbs; it never undoes the builder's guards against double counting. It is
+named after, and its id is the geoname_id of, its best-known core (population times
+the languages that name it: Manila, not Quezon City). tests/test_places.py measures
+the metros against Demographia World Urban Areas
+(tests/data/urban_areas_demographia_2020.csv).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
@@ -76,6 +90,10 @@ AGGLOMERATION_MIN_POPULATION = 1_000_000
 #: as places too (Songjiang, 1.97 M, 31 km out): within such a city's catchment, the
 #: places of its own province (admin1) are its sections.
 PROVINCE_MIN_POPULATION = 15_000_000
+#: Two cities of this size each are two urban areas, whatever lies between them: GeoNames
+#: gives them as their whole municipality (Shenzhen 17.5 M, Dongguan 9.6 M, Guangzhou
+#: 16.1 M), so a town between them is in one of those figures already.
+SEPARATE_MIN_POPULATION = 5_000_000
 #: Suburbs and villages are small: the places around Perth average 5,900 people,
 #: Sydney's 7,400, Warsaw's 11,600; the towns around Mexico City 12,500, Houston's
 #: and Moscow's more. A big core with only such places around it is its own urban
@@ -89,6 +107,12 @@ CORE_REACH = 0.6
 #: New World; beyond it the villages of Europe and Asia are not built-up area (chosen
 #: against the reference table: 0.4 and 0.8 put fewer of its areas within 0.67-1.5x).
 SUBURB_REACH = 0.6
+#: SimpleMaps' point for a city may be its centre, GeoNames' its town hall: an estimate
+#: of the same name within this distance of a core is that core's.
+URBAN_MATCH_KM = 15.0
+#: Without a name in common (Kyiv/Kiev, Bengaluru/Bangalore), only a point this close.
+URBAN_MATCH_UNNAMED_KM = 3.0
+URBAN_POPULATIONS = Path(__file__).resolve().parent / "data" / "urban_populations.csv"
 EARTH_RADIUS_KM = 6371.0
 _INSERT_CHUNK = 20_000
 
@@ -239,8 +263,28 @@ def _sprawls(core: PlaceRow, agglomerations: set[int]) -> bool:
     return core.geoname_id in agglomerations or core.country in LOW_DENSITY_COUNTRIES
 
 
-def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Assign every city to a metro (see the module docstring for the method)."""
+_DISTRICT_NUMBER = re.compile(r" ([0-9]+|[IVXL]+\.?)( |$)")
+
+
+def _names_district_of(name: str, core: str) -> bool:
+    """Whether a place's name makes it a district of the core: "Budapest XI. kerület",
+    "Zürich (Kreis 3)", "Hamburg-Nord" are numbered or named parts of their city, which
+    GeoNames lists beside it while the city's figure counts their people already.
+    "Miami Gardens" and "Miami Beach" are cities of their own: a plain space counts
+    only before a district number."""
+    if len(name) <= len(core) + 1 or not name.startswith(core):
+        return False
+    rest = name[len(core) :]
+    return rest[0] in "(-" or rest[:2] == " (" or _DISTRICT_NUMBER.match(rest) is not None
+
+
+def build_metros(
+    cities: list[PlaceRow], *, urban_estimates: bool = True
+) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Assign every city to a metro (see the module docstring for the method).
+
+    urban_estimates=False leaves out the SimpleMaps estimates: GeoNames alone.
+    """
     cores = sorted(
         (c for c in cities if c.population >= CORE_MIN_POPULATION),
         key=lambda c: (-c.population, c.geoname_id),
@@ -277,6 +321,7 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
     founders = _CoreGrid()
     all_cores = _CoreGrid()
     parent: dict[int, int] = {}
+    provinces: set[int] = set()  # roots of metros founded by a SEPARATE_MIN_POPULATION city
 
     def root(gid: int) -> int:
         while parent[gid] != gid:
@@ -292,12 +337,23 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         ]
         if near:
             nearest = min(near, key=lambda f: f[2] / f[1])[0]
-            parent[core.geoname_id] = root(nearest.geoname_id)
+            into = root(nearest.geoname_id)
+            parent[core.geoname_id] = into
             for other, _, _ in near:
-                parent[root(other.geoname_id)] = root(nearest.geoname_id)
+                glued = root(other.geoname_id)
+                # Two cities each given as a whole province-level area (Shenzhen 17.5 M,
+                # Guangzhou 16.1 M, 105 km apart) are two urban areas: a town between
+                # them joins one, it does not make them one.
+                if glued == into or (glued in provinces and into in provinces):
+                    continue
+                parent[glued] = into
+                if glued in provinces:
+                    provinces.add(into)
         else:
             parent[core.geoname_id] = core.geoname_id
             founders.add(core, radius[core.geoname_id])
+            if core.population >= SEPARATE_MIN_POPULATION:
+                provinces.add(core.geoname_id)
         all_cores.add(core, radius[core.geoname_id])
     metro_of: dict[int, int] = {c.geoname_id: root(c.geoname_id) for c in cores}
 
@@ -340,6 +396,13 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
             for c, _, _ in dense.near(city)
         ):
             sections.add(city.geoname_id)
+        elif any(
+            c.population > city.population
+            and metro_of[c.geoname_id] == mine
+            and _names_district_of(city.name, c.name)
+            for c, _, _ in all_cores.near(city)
+        ):
+            sections.add(city.geoname_id)
 
     population: dict[int, int] = {}
     members: dict[int, list[PlaceRow]] = {}
@@ -355,6 +418,11 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         for m, group in members.items()
     }
     metro_of = {gid: named[m].geoname_id for gid, m in metro_of.items()}
+    if urban_estimates:
+        estimates = _UrbanEstimates.shipped()
+        for m, core in named.items():
+            if core.population >= CORE_MIN_POPULATION:
+                population[m] = max(population[m], estimates.of(core))
     metros = [
         {
             "id": named[m].geoname_id,
@@ -367,6 +435,60 @@ def build_metros(cities: list[PlaceRow]) -> tuple[dict[int, int], list[dict[str,
         for m, pop in population.items()
     ]
     return metro_of, metros
+
+
+class _UrbanEstimate(NamedTuple):
+    name: str
+    name_ascii: str
+    country: str
+    lat: float
+    lon: float
+    population: int
+
+
+class _UrbanEstimates:
+    """Urban-area population estimates by place (see the module docstring), bucketed by
+    country and whole degree, matched to a GeoNames core by name and distance."""
+
+    def __init__(self, rows: list[_UrbanEstimate]) -> None:
+        self._cells: dict[tuple[str, int, int], list[_UrbanEstimate]] = {}
+        for row in rows:
+            key = (row.country, math.floor(row.lat), math.floor(row.lon))
+            self._cells.setdefault(key, []).append(row)
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def shipped() -> _UrbanEstimates:
+        with URBAN_POPULATIONS.open(encoding="utf-8") as fh:
+            rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+            return _UrbanEstimates(
+                [
+                    _UrbanEstimate(
+                        r["name"],
+                        r["name_ascii"],
+                        r["country"],
+                        float(r["lat"]),
+                        float(r["lon"]),
+                        int(r["population"]),
+                    )
+                    for r in rows
+                ]
+            )
+
+    def of(self, core: PlaceRow) -> int:
+        """The estimate for this core city: the one of its name within URBAN_MATCH_KM,
+        else the one within URBAN_MATCH_UNNAMED_KM; 0 without one."""
+        la, lo = math.floor(core.lat), math.floor(core.lon)
+        name = core.name.casefold()
+        best = 0
+        for dla in (-1, 0, 1):
+            for dlo in (-1, 0, 1):
+                for row in self._cells.get((core.country, la + dla, lo + dlo), ()):
+                    d = _near_km(core.lat, core.lon, row.lat, row.lon)
+                    named = name in (row.name.casefold(), row.name_ascii.casefold())
+                    if d <= (URBAN_MATCH_KM if named else URBAN_MATCH_UNNAMED_KM):
+                        best = max(best, row.population)
+        return best
 
 
 def build_places(min_population: int = MIN_CITY_POPULATION) -> Places:

@@ -162,6 +162,9 @@ class FramePublic(BaseModel):
     peers: int | None
     cells: list[CellPublic]
     top_cities: list[dict[str, Any]]
+    # Highest per-capita rates among metros of DEFAULT_MIN_POPULATION or more: {id, name,
+    # country, lat, lon, population, peers, per_100k, ci_low, ci_high}.
+    top_metros: list[dict[str, Any]] = []
 
 
 class FramesPublic(BaseModel):
@@ -350,15 +353,19 @@ def frames(
     title: TitleQ = None,
     start: FromQ = None,
     end: ToQ = None,
-    top: Annotated[int, Query(ge=0, le=100)] = DEFAULT_TOP_CITIES,
+    top: Annotated[
+        int,
+        Query(ge=0, le=100, description="cities, and metros per capita, listed per frame"),
+    ] = DEFAULT_TOP_CITIES,
     encoding: Annotated[
         str,
         Query(
             alias="format",
             pattern="^(full|compact)$",
-            description="full: the contract's {t, peers, cells: [{h3, peers}], top_cities}; "
-            "compact: each cell and city named once, frames as parallel arrays of indices "
-            "and counts (swarmwatch.analysis.frames; what the map page reads)",
+            description="full: the contract's {t, peers, cells: [{h3, peers}], top_cities, "
+            "top_metros}; compact: each cell, city and metro named once, frames as parallel "
+            "arrays of indices, counts and intervals (swarmwatch.analysis.frames; what the "
+            "map page reads)",
         ),
     ] = "full",
 ) -> Response:
