@@ -24,6 +24,9 @@ TRANSMISSION = shutil.which("transmission-daemon")
 TRANSMISSION_REMOTE = shutil.which("transmission-remote")
 ARIA2C = shutil.which("aria2c")
 RTORRENT = shutil.which("rtorrent")
+#: Every client's upload cap (KB/s): with the leechers' download caps (aria2's leecher has
+#: none, see start_aria2) it keeps each leecher a leecher for a crawl of many minutes.
+UPLOAD_KB = 4
 #: Debian packages the suite needs (scripts/test.sh installs them).
 MISSING = [
     name
@@ -137,6 +140,8 @@ def start_transmission(
         "incomplete-dir-enabled": False,
         "speed-limit-down": 4,
         "speed-limit-down-enabled": payload_dir is None,
+        "speed-limit-up": UPLOAD_KB,
+        "speed-limit-up-enabled": True,
         "ratio-limit-enabled": False,
         "idle-seeding-limit-enabled": False,
         "blocklist-enabled": False,
@@ -173,7 +178,12 @@ def start_aria2(
     payload_dir: Path | None,
     dht_entry: tuple[str, int] | None,
 ) -> Client:
-    """aria2c on address with its DHT node: a seed over payload_dir, or a 4 KB/s leecher."""
+    """aria2c on address with its DHT node: a seed over payload_dir, or a leecher.
+
+    The leecher has no download cap: aria2 stops reading *every* message from its peers
+    while its download rate is over a cap (PeerInteractionCommand, receiveMessages), so
+    a capped aria2 leecher left BEP 9 metadata requests unread for most of a run. It
+    stays a leecher because every client uploads at UPLOAD_KB KB/s at most."""
     assert ARIA2C is not None
     workdir.mkdir(parents=True, exist_ok=True)
     download = payload_dir or workdir / "download"
@@ -199,8 +209,7 @@ def start_aria2(
         f"--log={workdir / 'aria2.log'}",
         "--log-level=notice",
     ]
-    if payload_dir is None:
-        args.append("--max-overall-download-limit=4K")
+    args.append(f"--max-overall-upload-limit={UPLOAD_KB}K")
     if dht_entry is not None:
         args.append(f"--dht-entry-point={dht_entry[0]}:{dht_entry[1]}")
     args.append(str(torrent))
@@ -240,6 +249,7 @@ def start_rtorrent(workdir: Path, address: str, torrent: Path, payload_dir: Path
         f'log.open_file = "main", {log}',
         'log.add_output = "info", "main"',
     ]
+    rc.append(f"throttle.global_up.max_rate.set_kb = {UPLOAD_KB}")
     if payload_dir is None:
         rc.append("throttle.global_down.max_rate.set_kb = 4")
     rc.append(f"load.start_verbose = {torrent}")
