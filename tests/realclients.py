@@ -216,12 +216,7 @@ def start_aria2(
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = Client("aria2", address, peer_port, payload_dir is not None, proc, dht_port=dht_port)
     client.log = workdir / "aria2.log"
-    try:
-        wait_listening(address, peer_port, timeout=30)
-    except BaseException:
-        client.stop()
-        raise
-    return client
+    return _listening(client)
 
 
 def start_rtorrent(workdir: Path, address: str, torrent: Path, payload_dir: Path | None) -> Client:
@@ -261,9 +256,15 @@ def start_rtorrent(workdir: Path, address: str, torrent: Path, payload_dir: Path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = Client("rtorrent", address, peer_port, payload_dir is not None, proc, log=log)
+    return _listening(
+        Client("rtorrent", address, peer_port, payload_dir is not None, proc, log=log)
+    )
+
+
+def _listening(client: Client) -> Client:
+    """The client once it accepts peers; stopped (not left running) if it never does."""
     try:
-        wait_listening(address, peer_port, timeout=30)
+        wait_listening(client.address, client.peer_port, timeout=30)
     except BaseException:
         client.stop()
         raise

@@ -123,12 +123,7 @@ def require_role(session: Session, study_id: int, key: ApiKey | None, need: Role
     Unknown, or private and not readable by the caller: 404 (a private study's existence
     does not leak). Readable but not enough rights: 401 without a key, 403 with one.
     """
-    study = session.get(Study, study_id)
-    if study is None:
-        raise HTTPException(status_code=404, detail=f"study {study_id} not found")
-    role = role_of(session, study, key)
-    if not can_read(study, role):
-        raise HTTPException(status_code=404, detail=f"study {study.id} not found")
+    study, role = _readable(session, study_id, key)
     if need > Role.READ and role < need:
         if key is None:
             raise _no_key()
@@ -159,13 +154,18 @@ def study_access(study_id: StudyIdPath, session: SessionDep, key: OptionalKeyDep
     readable_study and exact_reader both depend on this, and FastAPI resolves a
     dependency once per request, so role_of runs once however many of them a route asks.
     """
+    return StudyAccess(*_readable(session, study_id, key))
+
+
+def _readable(session: Session, study_id: int, key: ApiKey | None) -> tuple[Study, Role]:
+    """The study and the caller's role on it; 404 if unknown, or private and not theirs."""
     study = session.get(Study, study_id)
     if study is None:
         raise HTTPException(status_code=404, detail=f"study {study_id} not found")
     role = role_of(session, study, key)
     if not can_read(study, role):
         raise HTTPException(status_code=404, detail=f"study {study.id} not found")
-    return StudyAccess(study, role)
+    return study, role
 
 
 StudyAccessDep = Annotated[StudyAccess, Depends(study_access)]
