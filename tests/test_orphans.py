@@ -142,9 +142,12 @@ MIDDLE = textwrap.dedent(
     from swarmwatch.parentwatch import exit_with_parent
 
     def fork_watched():
+        # Taken before the fork, as exit_with_parent asks: read in the child it could
+        # already be init's (the test kills this process as soon as it prints the pid).
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            exit_with_parent(os.getppid(), poll_seconds=0.05)
+            exit_with_parent(parent, poll_seconds=0.05)
             time.sleep(3600)
             os._exit(0)
         print(pid, flush=True)
