@@ -51,7 +51,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,6 +237,21 @@ class CompactFrames:
     stale_since: datetime | None
 
 
+def _intern(
+    entry: dict[str, Any],
+    fields: Sequence[str],
+    index: dict[Hashable, int],
+    table: list[dict[str, Any]],
+) -> int:
+    """The place of entry's `fields` in the compact form's table, added once on first sight."""
+    key = tuple(entry[name] for name in fields)
+    j = index.get(key)
+    if j is None:
+        j = index[key] = len(table)
+        table.append({name: entry[name] for name in fields})
+    return j
+
+
 def compact_dict(
     frames: list[Frame], interval: int, res: int, method: dict[str, Any]
 ) -> dict[str, Any]:
@@ -258,22 +273,8 @@ def compact_dict(
             i = index[c]
             gaps.append(i - last)
             last = i
-        city_ids: list[int] = []
-        for city in frame.top_cities:
-            ckey = tuple(city[name] for name in CITY_FIELDS)
-            j = city_index.get(ckey)
-            if j is None:
-                j = city_index[ckey] = len(cities)
-                cities.append({name: city[name] for name in CITY_FIELDS})
-            city_ids.append(j)
-        metro_ids: list[int] = []
-        for metro in frame.top_metros:
-            mkey = tuple(metro[name] for name in METRO_FIELDS)
-            j = metro_index.get(mkey)
-            if j is None:
-                j = metro_index[mkey] = len(metros)
-                metros.append({name: metro[name] for name in METRO_FIELDS})
-            metro_ids.append(j)
+        city_ids = [_intern(c, CITY_FIELDS, city_index, cities) for c in frame.top_cities]
+        metro_ids = [_intern(m, METRO_FIELDS, metro_index, metros) for m in frame.top_metros]
         out.append(
             {
                 "t": frame.t,
