@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import h3
-from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
@@ -68,13 +68,13 @@ from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
 from swarmwatch.store.models import City, Metro
+from swarmwatch.store.packed import FrameCounts
 from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
-    FRAME_STORED_RES,
+    frame_cells,
+    frame_cities,
     rollup_active,
-    rollup_frame,
-    rollup_frame_city,
 )
 
 log = logging.getLogger(__name__)
@@ -564,16 +564,19 @@ def frame_set_of(
     return FrameSet(frames, method, stale_since)
 
 
-def _parent_column(column: Any, stored: int, res: int) -> Any:
-    """SQL for an H3 cell's parent at `res`: the cell index with its resolution field set
-    and the digits below `res` set to 7, which is what h3's cell_to_parent does (H3 index
-    bit layout: resolution in bits 52-55, 3 bits per digit below). Grouping by it in the
-    database returns one row per served cell instead of one per stored child."""
-    if res == stored:
-        return column
-    keep = ~(0xF << 52) & (2**63 - 1)
+def _parent_mask(res: int) -> tuple[int, int]:
+    """(keep, fill): a cell's parent at `res` is (cell & keep) | fill, which is what h3's
+    cell_to_parent does (H3 index bit layout: resolution in bits 52-55, 3 bits per digit
+    below it, set to 7 below the resolution)."""
+    keep = ~(0xF << 52) & (2**63 - 1) & ~((1 << 3 * (15 - res)) - 1)
     fill = (res << 52) | ((1 << 3 * (15 - res)) - 1)
-    return column.bitwise_and(literal(keep, BigInteger)).bitwise_or(literal(fill, BigInteger))
+    return keep, fill
+
+
+def _parent_of(cell: int, res: int) -> int:
+    """A stored cell's parent at `res` (frames sum a coarser cell from its children)."""
+    keep, fill = _parent_mask(res)
+    return (cell & keep) | fill
 
 
 def _frame(
@@ -587,23 +590,18 @@ def _frame(
     top: int,
     total_rk: int,
 ) -> Frame:
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
-    f = rollup_frame
     # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
-    parent = _parent_column(f.c.h3_cell, FRAME_STORED_RES, res).label("cell")
-    rows = {
-        int(cell): (int(n), int(rk))
-        for cell, n, rk in conn.execute(
-            select(parent, func.sum(f.c.peers), func.sum(f.c.peers_rk))
-            .where(
-                f.c.title_id.in_(titles),
-                f.c.interval_s == interval,
-                f.c.res == FRAME_STORED_RES,
-                f.c.bucket == bucket,
-            )
-            .group_by(parent)
-        )
-    }
+    stored = frame_cells(conn, scope.title_ids, interval, bucket)
+    rows: dict[int, list[int]] = {}
+    keep, fill = _parent_mask(res)
+    for cell, n, rk in zip(stored.keys, stored.peers, stored.rks, strict=True):
+        parent = (cell & keep) | fill
+        got = rows.get(parent)
+        if got is None:
+            rows[parent] = [n, rk]
+        else:
+            got[0] += n
+            got[1] += rk
     t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
     # Owners: every cell and city exact. Anyone else: each cell, city and the frame's
     # total perturbed by its own peers' record keys (analysis.cellkey), so no sum or
@@ -615,8 +613,9 @@ def _frame(
             published[cell] = value
     shown = sorted(published)
     peers = scope.count(total, total_rk)
-    top_cities = _top_cities_perturbed(conn, scope, interval, bucket, top) if peers else []
-    top_metros = _top_metros_per_capita(conn, scope, interval, bucket, top) if peers else []
+    cities = frame_cities(conn, scope.title_ids, interval, bucket) if peers else {}
+    top_cities = _top_cities_perturbed(conn, scope, cities, top) if peers else []
+    top_metros = _top_metros_per_capita(conn, scope, cities, top) if peers else []
     return Frame(
         t,
         peers,
@@ -632,34 +631,67 @@ def _rounded(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _summed(cities: dict[int, FrameCounts], keys: set[int] | None = None) -> dict[int, list[int]]:
+    """[peers, record-key sum] per city over the titles (only `keys`, if given)."""
+    out: dict[int, list[int]] = {}
+    for counts in cities.values():
+        for gid, n, rk in zip(counts.keys, counts.peers, counts.rks, strict=True):
+            if keys is not None and gid not in keys:
+                continue
+            got = out.get(gid)
+            if got is None:
+                out[gid] = [n, rk]
+            else:
+                got[0] += n
+                got[1] += rk
+    return out
+
+
+#: City ids per metro lookup statement (well under SQLite's bound-parameter limit).
+_LOOKUP_CHUNK = 5_000
+
+
+def _metros_of(conn: Connection, gids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """city -> (metro id, population) for the cities in metros of DEFAULT_MIN_POPULATION
+    or more. Read through the city table: its metro ids are the current ones, as in the
+    rankings."""
+    out: dict[int, tuple[int, int]] = {}
+    for start in range(0, len(gids), _LOOKUP_CHUNK):
+        ids: Any = bindparam("ids", list(gids[start : start + _LOOKUP_CHUNK]), expanding=True)
+        out.update(
+            (int(gid), (int(metro_id), int(pop)))
+            for gid, metro_id, pop in conn.execute(
+                select(City.geoname_id, Metro.id, Metro.population)
+                .select_from(City.__table__.join(Metro, Metro.id == City.metro_id))
+                .where(City.geoname_id.in_(ids), Metro.population >= DEFAULT_MIN_POPULATION)
+            )
+        )
+    return out
+
+
 def _top_metros_per_capita(
-    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
+    conn: Connection, scope: Scope, cities: dict[int, FrameCounts], top: int
 ) -> list[dict[str, Any]]:
     """The frame's metro areas of DEFAULT_MIN_POPULATION or more with the highest rates,
-    published as the per-capita rankings publish them (module docstring).
-
-    Metros are read through the city table (its metro ids are the current ones, as in
-    the rankings); the frame's city rows are few, so grouping them all is cheap.
-    """
-    if top <= 0:
+    published as the per-capita rankings publish them (module docstring)."""
+    if top <= 0 or not cities:
         return []
-    t = rollup_frame_city
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
-    # Counts per metro first, names only for the listed ones: grouping and fetching every
-    # metro's name and point cost more than the rest of the frame's places together.
-    rows = conn.execute(
-        select(Metro.id, Metro.population, func.sum(t.c.peers), func.sum(t.c.peers_rk))
-        .select_from(
-            t.join(City, City.geoname_id == t.c.geoname_id).join(Metro, Metro.id == City.metro_id)
-        )
-        .where(
-            t.c.title_id.in_(titles),
-            t.c.interval_s == interval,
-            t.c.bucket == bucket,
-            Metro.population >= DEFAULT_MIN_POPULATION,
-        )
-        .group_by(Metro.id, Metro.population)
-    ).all()
+    by_city = _summed(cities)
+    metro_of = _metros_of(conn, sorted(by_city))
+    sums: dict[int, list[int]] = {}
+    population: dict[int, int] = {}
+    for gid, (n, rk) in by_city.items():
+        found = metro_of.get(gid)
+        if found is None:
+            continue
+        metro_id, population[metro_id] = found
+        got = sums.get(metro_id)
+        if got is None:
+            sums[metro_id] = [n, rk]
+        else:
+            got[0] += n
+            got[1] += rk
+    rows = [(m, population[m], n, rk) for m, (n, rk) in sums.items()]
     # Only metros that could make the list are perturbed: a published count is within
     # BOUND of the true one, so none whose highest possible rate is below the top-th
     # lowest possible rate of those surely published (n - BOUND >= k) can.
@@ -670,12 +702,12 @@ def _top_metros_per_capita(
     )
     floor = sure[top - 1] if len(sure) >= top else 0.0
     published = []
-    for metro_id, population, n, rk in rows:
-        if (int(n) + slack) / int(population) < floor:
+    for metro_id, pop, n, rk in rows:
+        if (int(n) + slack) / int(pop) < floor:
             continue
         value = scope.count(int(n), int(rk))
         if value:  # else no peers, or withheld
-            published.append((value, int(metro_id), int(population)))
+            published.append((value, int(metro_id), int(pop)))
     # Ranked by the published rate; only the listed ones need their interval and name.
     published.sort(key=lambda m: (-m[0] / m[2], m[1]))
     listed = published[:top]
@@ -691,11 +723,9 @@ def _top_metros_per_capita(
         )
     }
     out = []
-    for value, metro_id, population in listed:
+    for value, metro_id, pop in listed:
         name, country, lat, lon = names[metro_id]
-        rate = (
-            rate_per_100k(value, population) if scope.exact else protected_rate(value, population)
-        )
+        rate = rate_per_100k(value, pop) if scope.exact else protected_rate(value, pop)
         if rate is not None:
             out.append(
                 {
@@ -704,7 +734,7 @@ def _top_metros_per_capita(
                     "country": country,
                     "lat": lat,
                     "lon": lon,
-                    "population": population,
+                    "population": pop,
                     "peers": value,
                     "per_100k": _rounded(rate.per_100k),
                     "ci_low": _rounded(rate.ci_low),
@@ -715,52 +745,40 @@ def _top_metros_per_capita(
 
 
 def _top_cities_perturbed(
-    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
+    conn: Connection, scope: Scope, cities: dict[int, FrameCounts], top: int
 ) -> list[dict[str, Any]]:
     """The frame's largest cities as this reader may see them (exact for owners,
     perturbed for anyone else), ranked by the published value.
 
-    Candidates are each title's largest cities (an index range scan, not a sort of all
-    cities), with room for noise to reorder the last few; summed over the titles.
+    Candidates are each title's largest cities (ties at the cut included), with room
+    for noise to reorder the last few; summed over the titles.
     """
-    t = rollup_frame_city
+    room = top + 2 * BOUND
     candidates: set[int] = set()
-    for title_id in scope.title_ids:
-        candidates.update(
-            conn.execute(
-                select(t.c.geoname_id)
-                .where(t.c.title_id == title_id, t.c.interval_s == interval, t.c.bucket == bucket)
-                .order_by(t.c.peers.desc())
-                .limit(top + 2 * BOUND)
-            ).scalars()
-        )
+    for counts in cities.values():
+        if len(counts) <= room:
+            candidates.update(counts.keys)
+        else:
+            cut = sorted(counts.peers, reverse=True)[room - 1]
+            candidates.update(
+                gid for gid, n in zip(counts.keys, counts.peers, strict=True) if n >= cut
+            )
     if not candidates:
         return []
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     ids: Any = bindparam("ids", sorted(candidates), expanding=True)
-    rows = conn.execute(
-        select(
-            t.c.geoname_id,
-            func.sum(t.c.peers),
-            func.sum(t.c.peers_rk),
-            City.name,
-            City.country,
-            City.lat,
-            City.lon,
+    names = {
+        int(gid): (name, country, lat, lon)
+        for gid, name, country, lat, lon in conn.execute(
+            select(City.geoname_id, City.name, City.country, City.lat, City.lon).where(
+                City.geoname_id.in_(ids)
+            )
         )
-        .select_from(t.outerjoin(City, City.geoname_id == t.c.geoname_id))
-        .where(
-            t.c.title_id.in_(titles),
-            t.c.interval_s == interval,
-            t.c.bucket == bucket,
-            t.c.geoname_id.in_(ids),
-        )
-        .group_by(t.c.geoname_id, City.name, City.country, City.lat, City.lon)
-    ).all()
-    out = []
-    for gid, n, rk, name, country, lat, lon in rows:
+    }
+    out: list[dict[str, Any]] = []
+    for gid, (n, rk) in _summed(cities, candidates).items():
         value = scope.count(int(n), int(rk))
         if value:
+            name, country, lat, lon = names.get(gid, (None, None, None, None))
             out.append(
                 {
                     "geoname_id": gid,
