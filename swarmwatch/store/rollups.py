@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
 from typing import Any, NamedTuple
@@ -674,6 +675,61 @@ def apply_rows(
     ]
     frame = _counted([k for k, _ in in_cells], [rk for _, rk in in_cells])
 
+    add_increments(
+        conn,
+        RollupIncrements(
+            activity=activity,
+            place=place,
+            place_metro=metro,
+            place_day=place_day,
+            place_day_metro=metro_day,
+            cell=cell,
+            cell_day=cell_day,
+            frame=frame,
+            frame_city=frame_city,
+            active=active,
+        ),
+    )
+
+
+@dataclass(slots=True)
+class RollupIncrements:
+    """What a batch adds to each rollup, summed per row key (the keys and values are the
+    tables' own columns, in the order add_increments names them). apply_rows makes one
+    from sightings; a loader that knows the sums already (bench query's synthetic study)
+    hands one in, so both go through the same upserts and frame packing."""
+
+    #: (title, day, source, vantage) -> (sightings, new peers, seed sightings, and the
+    #: record-key sums new_peers_rk, source_rk, vantage_rk)
+    activity: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, geoname id, country) -> (peers, seeds, peers_rk, seeds_rk); its metro id
+    place: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    place_metro: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, day, vantage, geoname id, country) -> as place; its metro id
+    place_day: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    place_day_metro: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, res, cell) and (title, day, vantage, res, cell) -> (peers, peers_rk)
+    cell: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    cell_day: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, interval, res, bucket, cell) and (title, interval, bucket, geoname id)
+    #: -> (peers, peers_rk): distinct peers newly counted in the frame
+    frame: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    frame_city: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, interval, bucket) -> (peers, city_peers, peers_rk, city_peers_rk)
+    active: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+
+
+def add_increments(conn: Connection, inc: RollupIncrements) -> None:
+    """Add increments to every rollup (one statement per table), then pack the frames
+    they closed, in the caller's transaction."""
+    activity, place, metro = inc.activity, inc.place, inc.place_metro
+    place_day, metro_day, cell, cell_day = (
+        inc.place_day,
+        inc.place_day_metro,
+        inc.cell,
+        inc.cell_day,
+    )
+    frame, frame_city, active = inc.frame, inc.frame_city, inc.active
     _add(
         conn,
         rollup_activity,
@@ -711,7 +767,12 @@ def apply_rows(
         active,
         ("peers", "city_peers", "peers_rk", "city_peers_rk"),
     )
-    fold_closed_frames(conn, _latest_buckets(titles, hours, days))
+    # A frame closes when a later one of its title gets counts (a new hour always does).
+    latest: dict[tuple[int, int], int] = {}
+    for title_id, interval, bucket in active:
+        if bucket > latest.get((title_id, interval), bucket - 1):
+            latest[(title_id, interval)] = bucket
+    fold_closed_frames(conn, latest)
 
 
 def _counted_presence(
@@ -772,19 +833,6 @@ def _counted_presence(
 #: The latest frames of a title (per interval) whose counts stay rows: the open one, and
 #: the one before it for sightings a crawl delivers a little late. Older frames are packed.
 FRAME_OPEN_BUCKETS = 2
-
-
-def _latest_buckets(
-    titles: Sequence[int], hours: Sequence[int], days: Sequence[int]
-) -> dict[tuple[int, int], int]:
-    """(title, interval) -> the latest bucket a batch's rows reach."""
-    latest: dict[tuple[int, int], int] = {}
-    for interval, buckets in ((HOUR, hours), (DAY, days)):
-        for title_id, bucket in set(zip(titles, buckets, strict=True)):
-            key = (title_id, interval)
-            if bucket > latest.get(key, bucket - 1):
-                latest[key] = bucket
-    return latest
 
 
 def fold_closed_frames(conn: Connection, latest: Mapping[tuple[int, int], int]) -> int:
@@ -864,16 +912,23 @@ def _frame_parts(
     ).where(*[w(rows) for w in where])
     if rows is rollup_frame:
         counted = counted.where(rows.c.res == FRAME_STORED_RES)
-    packed: defaultdict[int, list[Iterable[tuple[int, int, int]]]] = defaultdict(list)
+    packed: dict[int, FrameCounts] = {}
     loose: defaultdict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for title_id, blob, key, n, rk in conn.execute(union_all(blobs, counted)):
         if blob is not None:
-            packed[title_id].append(triples(unpack(blob)))
+            packed[title_id] = unpack(blob)  # one per title (the primary key)
         else:
             loose[title_id].append((int(key), int(n), int(rk)))
-    return {
-        t: merge_counts([*packed.get(t, []), loose.get(t, [])]) for t in sorted({*packed, *loose})
-    }
+    out: dict[int, FrameCounts] = {}
+    for t in sorted({*packed, *loose}):
+        blob_counts, late = packed.get(t), loose.get(t)
+        # A closed frame is its blob alone (the common case): no merge.
+        out[t] = (
+            blob_counts
+            if late is None and blob_counts is not None
+            else merge_counts([triples(blob_counts or FrameCounts()), late or []])
+        )
+    return out
 
 
 def _frame_where(title_ids: Iterable[int], interval: int, bucket: int) -> list[Any]:
@@ -990,8 +1045,10 @@ __all__ = [
     "PEER_TIMES_FROM_PEERS",
     "PresenceCache",
     "PeerFrames",
+    "RollupIncrements",
     "SourceEntries",
     "ROLLUP_TABLES",
+    "add_increments",
     "add_peer_times",
     "apply_batch",
     "apply_rows",
