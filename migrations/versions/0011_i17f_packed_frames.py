@@ -1,4 +1,5 @@
-"""packed frames: a closed frame's cells and cities as one blob each, not a row per key.
+"""packed frames: a closed frame's cells and cities as one blob each, not a row per key;
+published frames kept across server starts.
 
 1. rollup_frame_packed holds, per (title, interval, bucket), the frame's counts and
    record-key sums per H3 cell (at the stored resolution, 5) and per city, packed as
@@ -9,6 +10,9 @@
    read by nothing and stay as they are.
 2. ix_rollup_frame_city_top goes: the top cities of a frame are taken from its blob (or,
    while it is open, its rows, read by primary key), never by a scan of that index.
+3. frame_answer keeps the published frames a server computed, by question and version,
+   so that the next server start reads them back instead of computing every frame again
+   (swarmwatch.analysis.persisted). It starts empty.
 
 Revision ID: 0011_i17f_query
 Revises: 0010_i15c_privacy
@@ -63,6 +67,14 @@ def upgrade() -> None:
         ),
     )
     op.drop_index("ix_rollup_frame_city_top", table_name="rollup_frame_city")
+    op.create_table(
+        "frame_answer",
+        sa.Column("question", sa.LargeBinary(length=16), nullable=False),
+        sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("version", sa.LargeBinary(length=16), nullable=False),
+        sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("question", "bucket", name=op.f("pk_frame_answer")),
+    )
     conn = op.get_bind()
     frames = conn.execute(
         sa.text(
@@ -144,6 +156,7 @@ def downgrade() -> None:
                 ),
                 {**key, "k": gid, "n": n, "rk": rk},
             )
+    op.drop_table("frame_answer")
     op.create_index(
         "ix_rollup_frame_city_top",
         "rollup_frame_city",

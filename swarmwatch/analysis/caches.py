@@ -16,6 +16,7 @@ from swarmwatch.analysis.versioned import Activity, PerEngine, Refresher
 
 if TYPE_CHECKING:
     from swarmwatch.analysis.frames import CompactFrames, Frame
+    from swarmwatch.analysis.persisted import PersistedFrames
     from swarmwatch.analysis.rankings import PublishedLevel
 
 #: Published frames kept per engine (a frame at res 4 is ~10-400 KB of Python objects).
@@ -63,6 +64,9 @@ class AnalysisCaches:
     #: Residents per H3 cell by (database URL, res, city count).
     cell_population: dict[tuple[str, int, int], dict[int, int]] = field(default_factory=dict)
     cell_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Frames kept in the database across server starts (analysis.persisted); None: a
+    #: one-off reader (export, video, tests) that neither reads nor writes them.
+    persisted: PersistedFrames | None = None
 
     def __post_init__(self) -> None:
         self.refresher = Refresher(after=self.settle)

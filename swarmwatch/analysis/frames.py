@@ -47,6 +47,7 @@ import functools
 import json
 import logging
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -63,6 +64,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
 from swarmwatch.analysis.estimators import rate_per_100k
+from swarmwatch.analysis.persisted import OPEN_FRAMES
 from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
@@ -109,6 +111,40 @@ class Frame:
             "top_cities": self.top_cities,
             "top_metros": self.top_metros,
         }
+
+    def to_bytes(self) -> bytes:
+        """The frame as analysis.persisted keeps it: its cells and counts as int64 arrays
+        after a JSON head, deflated."""
+        head = json.dumps(
+            {
+                "t": self.t,
+                "peers": self.peers,
+                "n": len(self.cells),
+                "top_cities": self.top_cities,
+                "top_metros": self.top_metros,
+            },
+            separators=(",", ":"),
+        ).encode()
+        cells, counts = array("q", self.cells), array("q", self.counts)
+        if sys.byteorder != "little":
+            cells.byteswap()
+            counts.byteswap()
+        raw = struct.pack("<I", len(head)) + head + cells.tobytes() + counts.tobytes()
+        return zlib.compress(raw, 1)
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Frame:
+        raw = zlib.decompress(body)
+        (size,) = struct.unpack_from("<I", raw)
+        head = json.loads(raw[4 : 4 + size])
+        n = int(head["n"])
+        cells, counts = array("q"), array("q")
+        cells.frombytes(raw[4 + size : 4 + size + 8 * n])
+        counts.frombytes(raw[4 + size + 8 * n : 4 + size + 16 * n])
+        if sys.byteorder != "little":
+            cells.byteswap()
+            counts.byteswap()
+        return cls(head["t"], head["peers"], cells, counts, head["top_cities"], head["top_metros"])
 
     @property
     def encoded(self) -> bytes:
@@ -525,19 +561,39 @@ def frame_set_of(
         .order_by(a.c.bucket)
     ).all()
     engine = conn.engine
-    cache = (caches or AnalysisCaches()).frames.of(engine)
+    caches = caches or AnalysisCaches()
+    cache = caches.frames.of(engine)
     metros = MetroLookup(conn)  # each city's metro asked once for all the frames computed here
     frames: list[Frame] = []
     stale_since: datetime | None = None
+    # Frames a server computed before (analysis.persisted), read on the first miss.
+    persisted = caches.persisted
+    question = (scope.title_ids, interval, res, scope.k, scope.exact, top)
+    asked = persisted.question(question) if persisted is not None else b""
+    kept: dict[int, tuple[bytes, bytes]] | None = None
+    to_keep: list[tuple[int, bytes, bytes]] = []
+    newest = totals[-1][0] if totals else 0
     for bucket, total, city_total, total_rk in totals:
         key = (scope.title_ids, interval, res, bucket, scope.k, scope.exact, top)
 
         def compute(
             b: int = bucket, n: int = int(total), c: int = int(city_total), rk: int = int(total_rk)
         ) -> Frame:
+            nonlocal kept
+            version = b""
+            if persisted is not None:
+                version = persisted.version(conn, (n, c, rk))
+                if kept is None:
+                    kept = persisted.load(conn, asked)
+                found = kept.get(b)
+                if found is not None and found[0] == version:
+                    return Frame.from_bytes(found[1])
             if between is not None:
                 between()  # only before real work: a cached frame costs nothing
-            return _frame(conn, scope, interval, res, b, n, c, top, rk, metros)
+            frame = _frame(conn, scope, interval, res, b, n, c, top, rk, metros)
+            if persisted is not None and b <= newest - OPEN_FRAMES:
+                to_keep.append((b, version, frame.to_bytes()))
+            return frame
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
             # The open frame, recomputed off the request path from a fresh read.
@@ -555,6 +611,8 @@ def frame_set_of(
         if entry.version != int(total):
             stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)
         frames.append(entry.value)
+    if persisted is not None and to_keep:
+        persisted.save(engine, asked, to_keep)
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",

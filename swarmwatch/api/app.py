@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from swarmwatch import __version__, shipped
 from swarmwatch.analysis.caches import AnalysisCaches
+from swarmwatch.analysis.persisted import PersistedFrames
 from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
@@ -75,7 +76,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.analysis_caches = caches or AnalysisCaches()
+    app.state.analysis_caches = caches or AnalysisCaches(persisted=PersistedFrames())
     app.state.metrics = ServiceMetrics()
     app.state.geometry = GeometryLimits(settings)
 

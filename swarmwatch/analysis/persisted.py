@@ -1,0 +1,103 @@
+"""Published frames kept in the database across server starts, by question and version.
+
+A fresh server's first time-lapse used to compute every frame from the rollups (seconds
+at alpha60's scale: each frame's cells through suppression, its top cities and metros).
+Closed frames never change, so the frames a server computed are kept (store.models.
+FrameAnswer) and the next server reads them back in one query. A kept frame is used only
+if its version still matches: the frame's counts and record-key sums (its rollup_active
+row: every newly counted peer raises them), the place tables' fingerprint (a `places
+load` changes names and metros) and FRAME_ANSWER_FORMAT (bumped whenever the published
+form of a frame changes). The app owns the object and passes it in (AnalysisCaches);
+a failed save costs only a recomputation at the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Hashable, Sequence
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
+
+from swarmwatch.store.models import City, FrameAnswer, Metro
+
+log = logging.getLogger(__name__)
+
+#: The layout and meaning of a kept frame; a new number makes every kept frame stale.
+FRAME_ANSWER_FORMAT = 1
+#: Frames kept per question are only those this far behind the newest (still changing).
+OPEN_FRAMES = 2
+
+
+def _digest(value: object) -> bytes:
+    return hashlib.blake2b(repr(value).encode(), digest_size=16, person=b"sw-frame-ans").digest()
+
+
+class PersistedFrames:
+    """Kept frames of one database engine's questions (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._fingerprints: dict[int, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    def fingerprint(self, conn: Connection) -> tuple[int, ...]:
+        """The place tables as frames read them, once per engine and process (a running
+        server keeps its places until a restart, as its in-memory caches do)."""
+        engine_id = id(conn.engine)
+        with self._lock:
+            known = self._fingerprints.get(engine_id)
+        if known is None:
+            cities = conn.execute(select(func.count()).select_from(City)).scalar_one()
+            metros, people = conn.execute(
+                select(func.count(), func.coalesce(func.sum(Metro.population), 0))
+            ).one()
+            known = (int(cities), int(metros), int(people))
+            with self._lock:
+                self._fingerprints[engine_id] = known
+        return known
+
+    @staticmethod
+    def question(key: Hashable) -> bytes:
+        return _digest((FRAME_ANSWER_FORMAT, key))
+
+    def version(self, conn: Connection, counts: Sequence[int]) -> bytes:
+        return _digest((tuple(counts), self.fingerprint(conn)))
+
+    def load(self, conn: Connection, question: bytes) -> dict[int, tuple[bytes, bytes]]:
+        """bucket -> (version, body) of the question's kept frames."""
+        rows = conn.execute(
+            select(FrameAnswer.bucket, FrameAnswer.version, FrameAnswer.body).where(
+                FrameAnswer.question == question
+            )
+        )
+        return {int(b): (bytes(v), bytes(body)) for b, v, body in rows}
+
+    def save(
+        self, engine: Engine, question: bytes, frames: Sequence[tuple[int, bytes, bytes]]
+    ) -> None:
+        """Keep (bucket, version, body) frames of a question, replacing older versions, in
+        a transaction of its own."""
+        if not frames:
+            return
+        try:
+            with engine.begin() as conn:
+                buckets: object = bindparam("buckets", [b for b, _, _ in frames], expanding=True)
+                conn.execute(
+                    delete(FrameAnswer).where(
+                        FrameAnswer.question == question,
+                        FrameAnswer.bucket.in_(buckets),  # type: ignore[arg-type]
+                    )
+                )
+                conn.execute(
+                    insert(FrameAnswer),
+                    [
+                        {"question": question, "bucket": b, "version": v, "body": body}
+                        for b, v, body in frames
+                    ],
+                )
+        except Exception:  # only a cost: the next start computes these frames again
+            log.warning("keeping %d computed frames failed", len(frames), exc_info=True)
+
+
+__all__ = ["FRAME_ANSWER_FORMAT", "OPEN_FRAMES", "PersistedFrames"]
