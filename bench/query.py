@@ -624,6 +624,17 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         figures["ingest_batches_during"] = float(feeder.batches)
         figures["ingest_apply_batch_ms"] = 1000 * feeder.seconds / max(feeder.batches, 1)
         figures["server_peak_rss_mib"] = max(peak_before, _rss_mib(proc.pid, "VmHWM"))
+        # A server start with the frames a server computed before kept in the database
+        # (analysis.persisted): the map's first question again, on a new server process.
+        # frames_first_ms above is the same question with nothing kept (a fresh load).
+        stop(proc)
+        proc, base = serve(db.url, bench_env)
+        with httpx.Client(base_url=f"{base}/api/v1/studies/1", timeout=600) as client:
+            figures["frames_first_after_restart_ms"] = _timed(client, "/frames", frames)
+            figures["frames_after_restart_p95_ms"] = _p95(
+                [_timed(client, "/frames", frames) for _ in range(10)]
+            )
+        figures["server_restart_peak_rss_mib"] = _rss_mib(proc.pid, "VmHWM")
     finally:
         feeder.stop.set()
         stop(proc)

@@ -70,7 +70,7 @@ from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
 from swarmwatch.store.models import City, Metro
-from swarmwatch.store.packed import FrameCounts
+from swarmwatch.store.packed import FrameCounts, merge_counts, triples
 from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
@@ -724,32 +724,36 @@ class MetroLookup:
         self.conn = conn
         self.known: dict[int, tuple[int, int] | None] = {}
 
+    def _by_ids(self, select_sql: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Rows of `select_sql` (its first column the table's key) for these keys."""
+        if not ids:
+            return []
+        key = select_sql.split()[1].rstrip(",")
+        if self.conn.dialect.name == "postgresql":
+            result = self.conn.exec_driver_sql(f"{select_sql} WHERE {key} = ANY(%s)", (list(ids),))
+        else:
+            marks = ", ".join("?" * len(ids))
+            result = self.conn.exec_driver_sql(f"{select_sql} WHERE {key} IN ({marks})", tuple(ids))
+        return [tuple(r) for r in result.all()]  # fetchall: one driver call
+
     def __call__(self, gids: Sequence[int]) -> dict[int, tuple[int, int]]:
         missing = [g for g in gids if g not in self.known]
         for start in range(0, len(missing), _LOOKUP_CHUNK):
             chunk = missing[start : start + _LOOKUP_CHUNK]
-            ids: Any = bindparam("ids", chunk, expanding=True)
+            # Driver SQL: compiling an expanding IN of thousands of ids cost more than
+            # the lookups themselves.
             metro_of = {
                 int(gid): int(metro_id)
-                for gid, metro_id in self.conn.execute(
-                    select(City.geoname_id, City.metro_id).where(City.geoname_id.in_(ids))
-                )
+                for gid, metro_id in self._by_ids("SELECT geoname_id, metro_id FROM city", chunk)
                 if metro_id is not None
             }
-            wanted = sorted(set(metro_of.values()))
-            population: dict[int, int] = {}
-            for m_start in range(0, len(wanted), _LOOKUP_CHUNK):
-                m_ids: Any = bindparam(
-                    "ids", wanted[m_start : m_start + _LOOKUP_CHUNK], expanding=True
+            population = {
+                int(metro_id): int(pop)
+                for metro_id, pop in self._by_ids(
+                    "SELECT id, population FROM metro", sorted(set(metro_of.values()))
                 )
-                population.update(
-                    (int(metro_id), int(pop))
-                    for metro_id, pop in self.conn.execute(
-                        select(Metro.id, Metro.population).where(
-                            Metro.id.in_(m_ids), Metro.population >= DEFAULT_MIN_POPULATION
-                        )
-                    )
-                )
+                if pop is not None and pop >= DEFAULT_MIN_POPULATION
+            }
             for gid in chunk:
                 metro_id = metro_of.get(gid)
                 pop = population.get(metro_id) if metro_id is not None else None
@@ -773,11 +777,16 @@ def _top_metros_per_capita(
     published as the per-capita rankings publish them (module docstring)."""
     if top <= 0 or not cities:
         return []
-    by_city = _summed(cities)
-    metro_of = (metros or MetroLookup(conn))(sorted(by_city))
+    # One title (the usual study): its counts as they are, already one per city.
+    by_city = (
+        next(iter(cities.values()))
+        if len(cities) == 1
+        else merge_counts(map(triples, cities.values()))
+    )
+    metro_of = (metros or MetroLookup(conn))(by_city.keys)
     sums: dict[int, list[int]] = {}
     population: dict[int, int] = {}
-    for gid, (n, rk) in by_city.items():
+    for gid, n, rk in zip(by_city.keys, by_city.peers, by_city.rks, strict=True):
         found = metro_of.get(gid)
         if found is None:
             continue

@@ -32,6 +32,7 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -914,7 +915,8 @@ def _frame_parts(
         counted = counted.where(rows.c.res == FRAME_STORED_RES)
     packed: dict[int, FrameCounts] = {}
     loose: defaultdict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for title_id, blob, key, n, rk in conn.execute(union_all(blobs, counted)):
+    # .all(): one fetchall, not a fetchone per row (tens of thousands in an open frame).
+    for title_id, blob, key, n, rk in conn.execute(union_all(blobs, counted)).all():
         if blob is not None:
             packed[title_id] = unpack(blob)  # one per title (the primary key)
         else:
@@ -922,12 +924,16 @@ def _frame_parts(
     out: dict[int, FrameCounts] = {}
     for t in sorted({*packed, *loose}):
         blob_counts, late = packed.get(t), loose.get(t)
-        # A closed frame is its blob alone (the common case): no merge.
-        out[t] = (
-            blob_counts
-            if late is None and blob_counts is not None
-            else merge_counts([triples(blob_counts or FrameCounts()), late or []])
-        )
+        if late is None and blob_counts is not None:
+            out[t] = blob_counts  # a closed frame is its blob alone (the common case)
+            continue
+        if blob_counts is None and late is not None:
+            # An open frame is its rows alone, one per key: as they are if in key order.
+            keys, peers, rks = zip(*late, strict=True)
+            if list(keys) == sorted(set(keys)):
+                out[t] = FrameCounts(array("q", keys), array("q", peers), array("q", rks))
+                continue
+        out[t] = merge_counts([triples(blob_counts or FrameCounts()), late or []])
     return out
 
 
