@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from swarmwatch.analysis import frames as frames_module
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.frames import frames_compact
-from swarmwatch.analysis.persisted import OPEN_FRAMES, PersistedFrames
+from swarmwatch.analysis.persisted import PersistedFrames
 from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.store import Database
 from swarmwatch.store.batch import SightingRow
@@ -75,8 +75,8 @@ def test_a_new_server_reads_closed_frames_back(
     assert answers(study, AnalysisCaches(persisted=PersistedFrames())) == fresh
     with study.engine.connect() as conn:
         kept = conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one()
-    # Every closed frame, for the public and the owner (the open ones change still).
-    assert kept == 2 * (HOURS - OPEN_FRAMES)
+    # Every frame, for the public and the owner.
+    assert kept == 2 * HOURS
 
     computed: list[int] = []
     real = frames_module._frame
@@ -86,10 +86,9 @@ def test_a_new_server_reads_closed_frames_back(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(frames_module, "_frame", counting)
-    # A restart: new caches, the same database. Only the open frames are computed.
+    # A restart: new caches, the same database. No frame is computed again.
     assert answers(study, AnalysisCaches(persisted=PersistedFrames())) == fresh
-    newest = int((AT + timedelta(hours=HOURS - 1)).timestamp()) // 3600
-    assert sorted(computed) == sorted(2 * list(range(newest - OPEN_FRAMES + 1, newest + 1)))
+    assert computed == []
 
 
 def test_a_frame_whose_counts_moved_on_is_computed_again(
@@ -124,3 +123,38 @@ def test_a_frame_round_trips_through_its_kept_form(study: Database) -> None:
     for frame in frame_set.frames:
         again = frames_module.Frame.from_bytes(frame.to_bytes())
         assert again.as_dict() == frame.as_dict()
+
+
+def test_an_open_frame_that_moved_on_is_served_as_kept_then_computed(
+    study: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, an open frame whose counts moved on since the last server kept it
+    is served as kept, marked stale (the cache recomputes it in the background), if it
+    is recent enough; an older one is computed in the request."""
+    answers(study, AnalysisCaches(persisted=PersistedFrames()))
+    batch = WriteBatch()
+    batch.sightings.append(sighting(random.Random(2), HOURS - 1, 998))  # the newest hour
+    BatchWriter(study.engine).write(batch)
+    computed: list[int] = []
+    real = frames_module._frame
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frames_module, "_frame", counting)
+    newest = int((AT + timedelta(hours=HOURS - 1)).timestamp()) // 3600
+    caches = AnalysisCaches(persisted=PersistedFrames())
+    with study.engine.connect() as conn:
+        row = conn.execute(select(Study.__table__)).one()
+        scope = resolve_scope(conn, row, exact=True)
+        served = frames_compact(conn, scope, caches=caches)
+        assert computed == [] and served.stale_since is not None
+        # Kept longer ago than the cache's lag: computed in the request instead.
+        conn.execute(
+            FrameAnswer.__table__.update().values(read_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        conn.commit()
+        again = frames_compact(conn, scope, caches=AnalysisCaches(persisted=PersistedFrames()))
+    assert computed == [newest] and again.stale_since is None
+    assert again.body == answers(study, AnalysisCaches())[1]

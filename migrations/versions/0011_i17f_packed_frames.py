@@ -73,6 +73,7 @@ def upgrade() -> None:
         sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("version", sa.LargeBinary(length=16), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("question", "bucket", name=op.f("pk_frame_answer")),
     )
     conn = op.get_bind()

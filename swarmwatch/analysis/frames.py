@@ -64,7 +64,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
 from swarmwatch.analysis.estimators import rate_per_100k
-from swarmwatch.analysis.persisted import OPEN_FRAMES
+from swarmwatch.analysis.persisted import OPEN_FRAMES, Kept
 from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
@@ -570,40 +570,50 @@ def frame_set_of(
     persisted = caches.persisted
     question = (scope.title_ids, interval, res, scope.k, scope.exact, top)
     asked = persisted.question(question) if persisted is not None else b""
-    kept: dict[int, tuple[bytes, bytes]] | None = None
-    to_keep: list[tuple[int, bytes, bytes]] = []
+    kept: dict[int, Kept] | None = None
+    to_keep: list[tuple[int, Kept]] = []
     newest = totals[-1][0] if totals else 0
     for bucket, total, city_total, total_rk in totals:
         key = (scope.title_ids, interval, res, bucket, scope.k, scope.exact, top)
+        counts = (int(total), int(city_total), int(total_rk))
+        if persisted is not None and not cache.has(key):
+            if kept is None:
+                kept = persisted.load(conn, asked)
+            found = kept.get(bucket)
+            if found is not None and found.version == persisted.version(conn, counts):
+                cache.seed(key, int(total), Frame.from_bytes(found.body), found.read_at)
+            elif found is not None and bucket > newest - OPEN_FRAMES:
+                # An open frame as a previous server last computed it: served as that old
+                # (if within the cache's lag) while it is recomputed in the background.
+                cache.seed(key, found.version, Frame.from_bytes(found.body), found.read_at)
 
         def compute(
-            b: int = bucket, n: int = int(total), c: int = int(city_total), rk: int = int(total_rk)
+            b: int = bucket, n: int = counts[0], c: int = counts[1], rk: int = counts[2]
         ) -> Frame:
-            nonlocal kept
-            version = b""
-            if persisted is not None:
-                version = persisted.version(conn, (n, c, rk))
-                if kept is None:
-                    kept = persisted.load(conn, asked)
-                found = kept.get(b)
-                if found is not None and found[0] == version:
-                    return Frame.from_bytes(found[1])
             if between is not None:
                 between()  # only before real work: a cached frame costs nothing
+            read_at = datetime.now(UTC)
             frame = _frame(conn, scope, interval, res, b, n, c, top, rk, metros)
-            if persisted is not None and b <= newest - OPEN_FRAMES:
-                to_keep.append((b, version, frame.to_bytes()))
+            if persisted is not None:
+                version = persisted.version(conn, (n, c, rk))
+                to_keep.append((b, Kept(version, frame.to_bytes(), read_at)))
             return frame
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
             # The open frame, recomputed off the request path from a fresh read.
             with engine.connect() as own:
+                read_at = datetime.now(UTC)
                 n, c, rk = own.execute(
                     select(
                         func.sum(a.c.peers), func.sum(a.c.city_peers), func.sum(a.c.peers_rk)
                     ).where(a.c.title_id.in_(titles), a.c.interval_s == interval, a.c.bucket == b)
                 ).one()
-                return int(n), _frame(own, scope, interval, res, b, int(n), int(c), top, int(rk))
+                counted = (int(n), int(c), int(rk))
+                frame = _frame(own, scope, interval, res, b, *counted[:2], top, counted[2])
+                if persisted is not None:
+                    version = persisted.version(own, counted)
+                    persisted.save(engine, asked, [(b, Kept(version, frame.to_bytes(), read_at))])
+                return counted[0], frame
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.

@@ -17,6 +17,8 @@ import hashlib
 import logging
 import threading
 from collections.abc import Hashable, Sequence
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
 
@@ -26,8 +28,17 @@ log = logging.getLogger(__name__)
 
 #: The layout and meaning of a kept frame; a new number makes every kept frame stale.
 FRAME_ANSWER_FORMAT = 1
-#: Frames kept per question are only those this far behind the newest (still changing).
+#: The newest frames of a question, which still change: kept too (a new server serves
+#: them as they were, marked stale, while it recomputes them), rewritten at each refresh.
 OPEN_FRAMES = 2
+
+
+class Kept(NamedTuple):
+    """A kept frame: its version, its body (Frame.to_bytes) and when its data was read."""
+
+    version: bytes
+    body: bytes
+    read_at: datetime
 
 
 def _digest(value: object) -> bytes:
@@ -64,25 +75,23 @@ class PersistedFrames:
     def version(self, conn: Connection, counts: Sequence[int]) -> bytes:
         return _digest((tuple(counts), self.fingerprint(conn)))
 
-    def load(self, conn: Connection, question: bytes) -> dict[int, tuple[bytes, bytes]]:
-        """bucket -> (version, body) of the question's kept frames."""
+    def load(self, conn: Connection, question: bytes) -> dict[int, Kept]:
+        """bucket -> the question's kept frame."""
         rows = conn.execute(
-            select(FrameAnswer.bucket, FrameAnswer.version, FrameAnswer.body).where(
-                FrameAnswer.question == question
-            )
-        )
-        return {int(b): (bytes(v), bytes(body)) for b, v, body in rows}
+            select(
+                FrameAnswer.bucket, FrameAnswer.version, FrameAnswer.body, FrameAnswer.read_at
+            ).where(FrameAnswer.question == question)
+        ).all()
+        return {int(b): Kept(bytes(v), bytes(body), read_at) for b, v, body, read_at in rows}
 
-    def save(
-        self, engine: Engine, question: bytes, frames: Sequence[tuple[int, bytes, bytes]]
-    ) -> None:
-        """Keep (bucket, version, body) frames of a question, replacing older versions, in
-        a transaction of its own."""
+    def save(self, engine: Engine, question: bytes, frames: Sequence[tuple[int, Kept]]) -> None:
+        """Keep (bucket, frame) pairs of a question, replacing older versions, in a
+        transaction of its own."""
         if not frames:
             return
         try:
             with engine.begin() as conn:
-                buckets: object = bindparam("buckets", [b for b, _, _ in frames], expanding=True)
+                buckets: object = bindparam("buckets", [b for b, _ in frames], expanding=True)
                 conn.execute(
                     delete(FrameAnswer).where(
                         FrameAnswer.question == question,
@@ -92,12 +101,18 @@ class PersistedFrames:
                 conn.execute(
                     insert(FrameAnswer),
                     [
-                        {"question": question, "bucket": b, "version": v, "body": body}
-                        for b, v, body in frames
+                        {
+                            "question": question,
+                            "bucket": b,
+                            "version": kept.version,
+                            "body": kept.body,
+                            "read_at": kept.read_at,
+                        }
+                        for b, kept in frames
                     ],
                 )
         except Exception:  # only a cost: the next start computes these frames again
             log.warning("keeping %d computed frames failed", len(frames), exc_info=True)
 
 
-__all__ = ["FRAME_ANSWER_FORMAT", "OPEN_FRAMES", "PersistedFrames"]
+__all__ = ["FRAME_ANSWER_FORMAT", "OPEN_FRAMES", "Kept", "PersistedFrames"]

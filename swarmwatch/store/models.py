@@ -164,6 +164,8 @@ class FrameAnswer(Base):
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[bytes] = mapped_column(LargeBinary(16))
     body: Mapped[bytes] = mapped_column(LargeBinary)
+    #: When the data behind it was read (an open frame's, served stale after a restart).
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class DeploymentSecret(Base):
