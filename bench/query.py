@@ -625,7 +625,7 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         figures["ingest_apply_batch_ms"] = 1000 * feeder.seconds / max(feeder.batches, 1)
         figures["server_peak_rss_mib"] = max(peak_before, _rss_mib(proc.pid, "VmHWM"))
         # A server start with the frames a server computed before kept in the database
-        # (analysis.persisted): the map's first question again, on a new server process.
+        # (store.keptframes): the map's first question again, on a new server process.
         # frames_first_ms above is the same question with nothing kept (a fresh load).
         stop(proc)
         proc, base = serve(db.url, bench_env)

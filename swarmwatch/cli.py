@@ -618,7 +618,7 @@ def server_caches() -> AnalysisCaches:
     import gc
 
     from swarmwatch.analysis.caches import AnalysisCaches
-    from swarmwatch.analysis.persisted import PersistedFrames
+    from swarmwatch.store.keptframes import PersistedFrames
 
     return AnalysisCaches(settle=gc.freeze, persisted=PersistedFrames())
 

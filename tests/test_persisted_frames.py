@@ -1,4 +1,4 @@
-"""Published frames kept across server starts (analysis.persisted): a new server reads the
+"""Published frames kept across server starts (store.keptframes): a new server reads the
 closed frames back instead of computing them, answers stay what a fresh computation
 gives, and a frame whose counts moved on is computed again."""
 
@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from swarmwatch.analysis import frames as frames_module
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.frames import frames_compact
-from swarmwatch.analysis.persisted import PersistedFrames
 from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.store import Database
 from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.keptframes import PersistedFrames
 from swarmwatch.store.models import FrameAnswer, Study, Title, Torrent
 from swarmwatch.store.writer import BatchWriter, WriteBatch
 

@@ -12,7 +12,7 @@ published frames kept across server starts.
    while it is open, its rows, read by primary key), never by a scan of that index.
 3. frame_answer keeps the published frames a server computed, by question and version,
    so that the next server start reads them back instead of computing every frame again
-   (swarmwatch.analysis.persisted). It starts empty.
+   (swarmwatch.store.keptframes). It starts empty.
 
 Revision ID: 0011_i17f_query
 Revises: 0010_i15c_privacy

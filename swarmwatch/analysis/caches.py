@@ -16,8 +16,8 @@ from swarmwatch.analysis.versioned import Activity, PerEngine, Refresher
 
 if TYPE_CHECKING:
     from swarmwatch.analysis.frames import CompactFrames, Frame
-    from swarmwatch.analysis.persisted import PersistedFrames
     from swarmwatch.analysis.rankings import PublishedLevel
+    from swarmwatch.store.keptframes import PersistedFrames
 
 #: Published frames kept per engine (a frame at res 4 is ~10-400 KB of Python objects).
 FRAME_CACHE_SIZE = 2_000
@@ -64,7 +64,7 @@ class AnalysisCaches:
     #: Residents per H3 cell by (database URL, res, city count).
     cell_population: dict[tuple[str, int, int], dict[int, int]] = field(default_factory=dict)
     cell_lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Frames kept in the database across server starts (analysis.persisted); None: a
+    #: Frames kept in the database across server starts (store.keptframes); None: a
     #: one-off reader (export, video, tests) that neither reads nor writes them.
     persisted: PersistedFrames | None = None
 

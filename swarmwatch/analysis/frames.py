@@ -64,11 +64,11 @@ from sqlalchemy import Connection, bindparam, func, select
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
 from swarmwatch.analysis.estimators import rate_per_100k
-from swarmwatch.analysis.persisted import OPEN_FRAMES, Kept
 from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
+from swarmwatch.store.keptframes import OPEN_FRAMES, Kept
 from swarmwatch.store.models import City, Metro
 from swarmwatch.store.packed import FrameCounts, merge_counts, triples
 from swarmwatch.store.rollups import (
@@ -113,7 +113,7 @@ class Frame:
         }
 
     def to_bytes(self) -> bytes:
-        """The frame as analysis.persisted keeps it: its cells and counts as int64 arrays
+        """The frame as store.keptframes keeps it: its cells and counts as int64 arrays
         after a JSON head, deflated."""
         head = json.dumps(
             {
@@ -566,7 +566,7 @@ def frame_set_of(
     metros = MetroLookup(conn)  # each city's metro asked once for all the frames computed here
     frames: list[Frame] = []
     stale_since: datetime | None = None
-    # Frames a server computed before (analysis.persisted), read on the first miss.
+    # Frames a server computed before (store.keptframes), read on the first miss.
     persisted = caches.persisted
     question = (scope.title_ids, interval, res, scope.k, scope.exact, top)
     asked = persisted.question(question) if persisted is not None else b""

@@ -155,7 +155,7 @@ class VersionedCache(Generic[T]):
             return key in self._entries
 
     def seed(self, key: Hashable, version: Hashable, value: T, read_at: datetime) -> None:
-        """An answer computed elsewhere (a previous server: analysis.persisted) from data
+        """An answer computed elsewhere (a previous server: store.keptframes) from data
         read at read_at, unless one is cached already: served, and refreshed, like any
         answer of that age."""
         age = max(0.0, (datetime.now(UTC) - read_at).total_seconds())

@@ -19,7 +19,6 @@ from starlette.requests import ClientDisconnect
 
 from swarmwatch import __version__, shipped
 from swarmwatch.analysis.caches import AnalysisCaches
-from swarmwatch.analysis.persisted import PersistedFrames
 from swarmwatch.api import docs
 from swarmwatch.api.answercache import AnswerCache
 from swarmwatch.api.errors import send_json_error
@@ -31,6 +30,7 @@ from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
+from swarmwatch.store.keptframes import PersistedFrames
 
 log = logging.getLogger(__name__)
 

@@ -154,7 +154,7 @@ class PublicationKey(Base):
 
 class FrameAnswer(Base):
     """A published time-lapse frame as last computed, kept across server starts
-    (analysis.persisted): one row per question and frame, replaced when the frame's
+    (store.keptframes): one row per question and frame, replaced when the frame's
     version (its counts, record-key sums and the place tables) moves on. What it holds
     is what the API publishes for that question (exact counts for an owner's), derived
     from the rollups beside it; no peer and no address."""

@@ -7,8 +7,9 @@ FrameAnswer) and the next server reads them back in one query. A kept frame is u
 if its version still matches: the frame's counts and record-key sums (its rollup_active
 row: every newly counted peer raises them), the place tables' fingerprint (a `places
 load` changes names and metros) and FRAME_ANSWER_FORMAT (bumped whenever the published
-form of a frame changes). The app owns the object and passes it in (AnalysisCaches);
-a failed save costs only a recomputation at the next start.
+form of a frame changes). Storage, not analysis: the app makes the object and hands it
+to analysis with its caches (AnalysisCaches.persisted), which gives it what it
+published; a failed save costs only a recomputation at the next start.
 """
 
 from __future__ import annotations
