@@ -303,12 +303,8 @@ def compact_dict(
     metro_index: dict[Hashable, int] = {}
     out: list[dict[str, Any]] = []
     for frame in frames:
-        gaps: list[int] = []
-        last = 0
-        for c in frame.cells:  # ascending, so the indices are too
-            i = index[c]
-            gaps.append(i - last)
-            last = i
+        at = [index[c] for c in frame.cells]  # ascending, so the indices are too
+        gaps = at[:1] + [b - a for a, b in zip(at, at[1:], strict=False)]
         city_ids = [_intern(c, CITY_FIELDS, city_index, cities) for c in frame.top_cities]
         metro_ids = [_intern(m, METRO_FIELDS, metro_index, metros) for m in frame.top_metros]
         out.append(
