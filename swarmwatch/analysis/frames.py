@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
 import struct
 import sys
 import threading
@@ -303,8 +304,8 @@ def compact_dict(
     metro_index: dict[Hashable, int] = {}
     out: list[dict[str, Any]] = []
     for frame in frames:
-        at = [index[c] for c in frame.cells]  # ascending, so the indices are too
-        gaps = at[:1] + [b - a for a, b in zip(at, at[1:], strict=False)]
+        at = list(map(index.__getitem__, frame.cells))  # ascending, as the cells are
+        gaps = at[:1] + list(map(operator.sub, at[1:], at[:-1]))
         city_ids = [_intern(c, CITY_FIELDS, city_index, cities) for c in frame.top_cities]
         metro_ids = [_intern(m, METRO_FIELDS, metro_index, metros) for m in frame.top_metros]
         out.append(
@@ -504,9 +505,15 @@ def keep_frames_warm(
             return
 
 
+#: The compact time-lapse's gzip level. It is compressed whole at every change of a frame
+#: and at a server's first request: at alpha60's scale (6.6 MB) level 6 took 0.64 s of the
+#: first frames after a start, level 2 takes 0.06 s for 15 % more bytes (1.89 MB, not 1.64).
+COMPACT_GZIP_LEVEL = 2
+
+
 def _gzip(data: bytes) -> bytes:
-    """One gzip member (RFC 1952) of data; level 6, as the frames' own deflate pieces."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    """One gzip member (RFC 1952) of data, at COMPACT_GZIP_LEVEL."""
+    compressor = zlib.compressobj(COMPACT_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
 
 
