@@ -75,8 +75,8 @@ def test_a_new_server_reads_closed_frames_back(
     assert answers(study, AnalysisCaches(persisted=PersistedFrames())) == fresh
     with study.engine.connect() as conn:
         kept = conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one()
-    # Every frame, for the public and the owner.
-    assert kept == 2 * HOURS
+    # Every frame and the whole compact answer, for the public and the owner.
+    assert kept == 2 * HOURS + 2
 
     computed: list[int] = []
     real = frames_module._frame
@@ -99,6 +99,7 @@ def test_a_frame_whose_counts_moved_on_is_computed_again(
     batch = WriteBatch()
     batch.sightings.append(sighting(random.Random(1), 0, 999))
     BatchWriter(study.engine).write(batch)
+    age_kept(study)  # not recent: the kept time-lapse is not served stale meanwhile
     fresh = answers(study, AnalysisCaches())
     computed: list[int] = []
     real = frames_module._frame
@@ -125,16 +126,27 @@ def test_a_frame_round_trips_through_its_kept_form(study: Database) -> None:
         assert again.as_dict() == frame.as_dict()
 
 
-def test_an_open_frame_that_moved_on_is_served_as_kept_then_computed(
-    study: Database, monkeypatch: pytest.MonkeyPatch
+def age_kept(db: Database) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(
+            FrameAnswer.__table__.update().values(read_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+
+
+@pytest.mark.parametrize("recent", [True, False])
+def test_an_open_frame_that_moved_on_is_served_as_kept_if_recent(
+    study: Database, monkeypatch: pytest.MonkeyPatch, recent: bool
 ) -> None:
     """After a restart, an open frame whose counts moved on since the last server kept it
-    is served as kept, marked stale (the cache recomputes it in the background), if it
-    is recent enough; an older one is computed in the request."""
+    (and the time-lapse that holds it) is served as kept, marked stale, if it is recent
+    enough (the cache recomputes it in the background, like any answer of that age); an
+    older one is computed in the request."""
     answers(study, AnalysisCaches(persisted=PersistedFrames()))
     batch = WriteBatch()
     batch.sightings.append(sighting(random.Random(2), HOURS - 1, 998))  # the newest hour
     BatchWriter(study.engine).write(batch)
+    if not recent:
+        age_kept(study)
     computed: list[int] = []
     real = frames_module._frame
 
@@ -144,17 +156,12 @@ def test_an_open_frame_that_moved_on_is_served_as_kept_then_computed(
 
     monkeypatch.setattr(frames_module, "_frame", counting)
     newest = int((AT + timedelta(hours=HOURS - 1)).timestamp()) // 3600
-    caches = AnalysisCaches(persisted=PersistedFrames())
     with study.engine.connect() as conn:
         row = conn.execute(select(Study.__table__)).one()
         scope = resolve_scope(conn, row, exact=True)
-        served = frames_compact(conn, scope, caches=caches)
+        served = frames_compact(conn, scope, caches=AnalysisCaches(persisted=PersistedFrames()))
+    if recent:
         assert computed == [] and served.stale_since is not None
-        # Kept longer ago than the cache's lag: computed in the request instead.
-        conn.execute(
-            FrameAnswer.__table__.update().values(read_at=datetime.now(UTC) - timedelta(hours=1))
-        )
-        conn.commit()
-        again = frames_compact(conn, scope, caches=AnalysisCaches(persisted=PersistedFrames()))
-    assert computed == [newest] and again.stale_since is None
-    assert again.body == answers(study, AnalysisCaches())[1]
+    else:
+        assert computed == [newest] and served.stale_since is None
+        assert served.body == answers(study, AnalysisCaches())[1]

@@ -69,7 +69,7 @@ from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
-from swarmwatch.store.keptframes import OPEN_FRAMES, Kept
+from swarmwatch.store.keptframes import COMPACT_BUCKET, OPEN_FRAMES, Kept
 from swarmwatch.store.models import City, Metro
 from swarmwatch.store.packed import FrameCounts, merge_counts, triples
 from swarmwatch.store.rollups import (
@@ -388,9 +388,19 @@ def frames_compact(
         if lock is None:
             lock = caches.building[key] = threading.Lock()
 
+    # The answer a server encoded before (store.keptframes), gzipped, by the frames' version.
+    persisted = caches.persisted
+    asked = persisted.question(("compact", key)) if persisted is not None else b""
+
     def encode(frame_set: FrameSet) -> CompactFrames:
+        read_at = frame_set.stale_since or datetime.now(UTC)
         body = _dumps_in_pieces(compact_dict(frame_set.frames, interval, res, frame_set.method))
-        return CompactFrames(tuple(frame_set.frames), body, _gzip(body), frame_set.stale_since)
+        gzipped = _gzip(body)
+        if persisted is not None and frame_set.version:
+            persisted.save(
+                engine, asked, [(COMPACT_BUCKET, Kept(frame_set.version, gzipped, read_at))]
+            )
+        return CompactFrames(tuple(frame_set.frames), body, gzipped, frame_set.stale_since)
 
     def refresh() -> tuple[Hashable, CompactFrames]:
         with engine.connect() as own:
@@ -403,7 +413,20 @@ def frames_compact(
     try:
         frame_set = frame_set_of(conn, scope, interval, res, top, between, caches)
         version = _identity(frame_set.frames)
-        entry = caches.compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+        cache = caches.compact.of(engine)
+        if persisted is not None and not cache.has(key):
+            found = persisted.load(conn, asked).get(COMPACT_BUCKET)
+            if found is not None:
+                body = zlib.decompress(found.body, 16 + zlib.MAX_WBITS)
+                if found.version == frame_set.version:  # the same frames: the same answer
+                    kept = CompactFrames(
+                        tuple(frame_set.frames), body, found.body, frame_set.stale_since
+                    )
+                    cache.seed(key, version, kept, found.read_at)
+                else:  # as kept, marked stale, re-encoded in the background (if recent)
+                    kept = CompactFrames((), body, found.body, found.read_at)
+                    cache.seed(key, found.version, kept, found.read_at)
+        entry = cache.get(key, version, lambda: encode(frame_set), refresh)
     finally:
         lock.release()
     answer = entry.value
@@ -526,6 +549,8 @@ class FrameSet:
     # When the data behind the oldest frame served from before the latest change was
     # read (None: every frame counts the data as of this request).
     stale_since: datetime | None
+    # What the frames are, across server starts (store.keptframes; b"": none kept).
+    version: bytes = b""
 
 
 def _frames(
@@ -575,6 +600,7 @@ def frame_set_of(
     asked = persisted.question(question) if persisted is not None else b""
     kept: dict[int, Kept] | None = None
     to_keep: list[tuple[int, Kept]] = []
+    served: list[tuple[int, Hashable]] = []
     newest = totals[-1][0] if totals else 0
     for bucket, total, city_total, total_rk in totals:
         key = (scope.title_ids, interval, res, bucket, scope.k, scope.exact, top)
@@ -624,6 +650,7 @@ def frame_set_of(
         if entry.version != int(total):
             stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)
         frames.append(entry.value)
+        served.append((bucket, entry.version))
     if persisted is not None and to_keep:
         persisted.save(engine, asked, to_keep)
     method = {
@@ -633,7 +660,8 @@ def frame_set_of(
         if scope.exact
         else str(DEFAULT_TABLE.describe()["small_counts"]),
     }
-    return FrameSet(frames, method, stale_since)
+    version = persisted.answer_version(conn, served) if persisted is not None else b""
+    return FrameSet(frames, method, stale_since, version)
 
 
 def _parent_mask(res: int) -> tuple[int, int]:

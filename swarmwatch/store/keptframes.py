@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: The layout and meaning of a kept frame; a new number makes every kept frame stale.
 FRAME_ANSWER_FORMAT = 1
+#: The bucket a question's whole compact time-lapse is kept under (gzipped), beside its frames.
+COMPACT_BUCKET = -1
 #: The newest frames of a question, which still change: kept too (a new server serves
 #: them as they were, marked stale, while it recomputes them), rewritten at each refresh.
 OPEN_FRAMES = 2
@@ -76,6 +78,10 @@ class PersistedFrames:
     def version(self, conn: Connection, counts: Sequence[int]) -> bytes:
         return _digest((tuple(counts), self.fingerprint(conn)))
 
+    def answer_version(self, conn: Connection, served: Sequence[tuple[int, Hashable]]) -> bytes:
+        """The version of a set of served frames: (bucket, version) each, and the places."""
+        return _digest((tuple(served), self.fingerprint(conn)))
+
     def load(self, conn: Connection, question: bytes) -> dict[int, Kept]:
         """bucket -> the question's kept frame."""
         rows = conn.execute(
@@ -116,4 +122,4 @@ class PersistedFrames:
             log.warning("keeping %d computed frames failed", len(frames), exc_info=True)
 
 
-__all__ = ["FRAME_ANSWER_FORMAT", "OPEN_FRAMES", "Kept", "PersistedFrames"]
+__all__ = ["COMPACT_BUCKET", "FRAME_ANSWER_FORMAT", "OPEN_FRAMES", "Kept", "PersistedFrames"]
