@@ -165,3 +165,12 @@ def test_an_open_frame_that_moved_on_is_served_as_kept_if_recent(
     else:
         assert computed == [newest] and served.stale_since is None
         assert served.body == answers(study, AnalysisCaches())[1]
+
+
+def test_a_deleted_study_leaves_no_kept_frame(study: Database) -> None:
+    answers(study, AnalysisCaches(persisted=PersistedFrames()))
+    with study.engine.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one() > 0
+        conn.execute(Study.__table__.delete().where(Study.__table__.c.id == 1))
+    with study.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one() == 0

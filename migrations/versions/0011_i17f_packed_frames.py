@@ -71,11 +71,19 @@ def upgrade() -> None:
         "frame_answer",
         sa.Column("question", sa.LargeBinary(length=16), nullable=False),
         sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("study_id", sa.Integer(), nullable=False),
         sa.Column("version", sa.LargeBinary(length=16), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["study_id"],
+            ["study.id"],
+            name=op.f("fk_frame_answer_study_id_study"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("question", "bucket", name=op.f("pk_frame_answer")),
     )
+    op.create_index(op.f("ix_frame_answer_study_id"), "frame_answer", ["study_id"])
     conn = op.get_bind()
     frames = conn.execute(
         sa.text(

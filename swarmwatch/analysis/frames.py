@@ -397,9 +397,8 @@ def frames_compact(
         body = _dumps_in_pieces(compact_dict(frame_set.frames, interval, res, frame_set.method))
         gzipped = _gzip(body)
         if persisted is not None and frame_set.version:
-            persisted.save(
-                engine, asked, [(COMPACT_BUCKET, Kept(frame_set.version, gzipped, read_at))]
-            )
+            kept = Kept(frame_set.version, gzipped, read_at)
+            persisted.save(engine, scope.study_id, asked, [(COMPACT_BUCKET, kept)])
         return CompactFrames(tuple(frame_set.frames), body, gzipped, frame_set.stale_since)
 
     def refresh() -> tuple[Hashable, CompactFrames]:
@@ -641,7 +640,12 @@ def frame_set_of(
                 frame = _frame(own, scope, interval, res, b, *counted[:2], top, counted[2])
                 if persisted is not None:
                     version = persisted.version(own, counted)
-                    persisted.save(engine, asked, [(b, Kept(version, frame.to_bytes(), read_at))])
+                    persisted.save(
+                        engine,
+                        scope.study_id,
+                        asked,
+                        [(b, Kept(version, frame.to_bytes(), read_at))],
+                    )
                 return counted[0], frame
 
         # A frame's total is its version: closed frames never change, so they are always
@@ -652,7 +656,7 @@ def frame_set_of(
         frames.append(entry.value)
         served.append((bucket, entry.version))
     if persisted is not None and to_keep:
-        persisted.save(engine, asked, to_keep)
+        persisted.save(engine, scope.study_id, asked, to_keep)
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",

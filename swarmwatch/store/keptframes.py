@@ -91,9 +91,11 @@ class PersistedFrames:
         ).all()
         return {int(b): Kept(bytes(v), bytes(body), read_at) for b, v, body, read_at in rows}
 
-    def save(self, engine: Engine, question: bytes, frames: Sequence[tuple[int, Kept]]) -> None:
-        """Keep (bucket, frame) pairs of a question, replacing older versions, in a
-        transaction of its own."""
+    def save(
+        self, engine: Engine, study_id: int, question: bytes, frames: Sequence[tuple[int, Kept]]
+    ) -> None:
+        """Keep (bucket, frame) pairs of a study's question, replacing older versions, in
+        a transaction of its own (they go when the study is deleted)."""
         if not frames:
             return
         try:
@@ -111,6 +113,7 @@ class PersistedFrames:
                         {
                             "question": question,
                             "bucket": b,
+                            "study_id": study_id,
                             "version": kept.version,
                             "body": kept.body,
                             "read_at": kept.read_at,

@@ -162,6 +162,8 @@ class FrameAnswer(Base):
     __tablename__ = "frame_answer"
     question: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    #: Whose frames: they go with the study (a deleted study leaves no published trace).
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
     version: Mapped[bytes] = mapped_column(LargeBinary(16))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     #: When the data behind it was read (an open frame's, served stale after a restart).
