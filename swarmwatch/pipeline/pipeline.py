@@ -23,12 +23,7 @@ from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import is_embedded
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
 from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
-from swarmwatch.pipeline.geolocate import (
-    V6_FLAG,
-    Geolocator,
-    Placement,
-    packed_key,
-)
+from swarmwatch.pipeline.geolocate import V6_FLAG, Geolocator, packed_key
 from swarmwatch.pipeline.places import metro_map
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
@@ -446,12 +441,9 @@ class Pipeline:
             batch.samples.extend((ref.torrent_id, sample) for ref in refs)
             stats.samples += 1
 
-        geo = self.geolocator
-        cached = geo.cached
         window = self.window_seconds
         coalesce = self._coalesce
-        kept: list[tuple[PeerSighting, int, list[TorrentRef], Placement | None]] = []
-        misses: dict[int, None] = {}
+        kept: list[tuple[PeerSighting, int, list[TorrentRef]]] = []
         for s in items:
             refs = torrents.get(s.infohash)
             if refs is None:
@@ -475,23 +467,15 @@ class Pipeline:
                 continue
             members.add(ckey)
             self._coalesce_size += 1
-            place = cached(key)
-            if place is None:
-                misses[key] = None
-            kept.append((s, key, refs, place))
+            kept.append((s, key, refs))
 
-        found: dict[int, Placement] = {}
-        if misses:
-            keys = list(misses)
-            stats.geo_lookups += len(keys)
-            found = dict(zip(keys, await geo.locate_many(keys), strict=True))
+        places, lookups = await self.geolocator.place_batch([key for _, key, _ in kept])
+        stats.geo_lookups += lookups
 
         study_keys = self._keys
         rows: list[SightingRow] = batch.sightings
         append = rows.append
-        for s, key, refs, place in kept:
-            if place is None:
-                place = found[key]
+        for (s, key, refs), place in zip(kept, places, strict=True):
             packed = packed_key(key)
             source = str(s.source)
             for ref in refs:
