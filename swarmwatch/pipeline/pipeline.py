@@ -27,7 +27,7 @@ from swarmwatch.pipeline.geolocate import V6_FLAG, Geolocator, packed_key
 from swarmwatch.pipeline.places import metro_map
 from swarmwatch.sightings import PeerSighting, SampleRecord
 from swarmwatch.store import Database
-from swarmwatch.store.batch import ReplayMark, SightingRow
+from swarmwatch.store.batch import ReplayMark
 from swarmwatch.store.models import Torrent
 from swarmwatch.store.writer import (
     BatchWriter,
@@ -473,8 +473,24 @@ class Pipeline:
         stats.geo_lookups += lookups
 
         study_keys = self._keys
-        rows: list[SightingRow] = batch.sightings
-        append = rows.append
+        rows = batch.sightings
+        # Column appends bound once: a batch is thousands of rows.
+        add_study, add_title, add_torrent = (
+            rows.study_id.append, rows.title_id.append, rows.torrent_id.append,
+        )  # fmt: skip
+        add_key, add_seen, add_source = (
+            rows.peer_key.append,
+            rows.seen_at.append,
+            rows.source.append,
+        )
+        add_vantage, add_seed, add_country = (
+            rows.vantage.append,
+            rows.seed.append,
+            rows.country.append,
+        )
+        add_geoname, add_metro, add_cell, add_asn = (
+            rows.geoname_id.append, rows.metro_id.append, rows.h3_cell.append, rows.asn.append,
+        )  # fmt: skip
         for (s, key, refs), place in zip(kept, places, strict=True):
             packed = packed_key(key)
             source = str(s.source)
@@ -483,23 +499,19 @@ class Pipeline:
                 if secret is None:
                     stats.sealed += 1
                     continue
-                append(
-                    SightingRow(
-                        study_id=ref.study_id,
-                        title_id=ref.title_id,
-                        torrent_id=ref.torrent_id,
-                        peer_key=peer_key(secret, packed),
-                        seen_at=s.seen_at,
-                        source=source,
-                        vantage=s.vantage,
-                        seed=s.seed,
-                        country=place.country,
-                        geoname_id=place.geoname_id,
-                        metro_id=place.metro_id,
-                        h3_cell=place.h3_cell,
-                        asn=place.asn,
-                    )
-                )
+                add_study(ref.study_id)
+                add_title(ref.title_id)
+                add_torrent(ref.torrent_id)
+                add_key(peer_key(secret, packed))
+                add_seen(s.seen_at)
+                add_source(source)
+                add_vantage(s.vantage)
+                add_seed(s.seed)
+                add_country(place.country)
+                add_geoname(place.geoname_id)
+                add_metro(place.metro_id)
+                add_cell(place.h3_cell)
+                add_asn(place.asn)
                 if place.anomaly is not None:
                     batch.add_anomaly(
                         ref.torrent_id, ref.study_id, source, place.anomaly, s.seen_at
