@@ -25,7 +25,7 @@ from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
 from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
 from swarmwatch.pipeline.geolocate import V6_FLAG, Geolocator, packed_key
 from swarmwatch.pipeline.places import metro_map
-from swarmwatch.sightings import PeerSighting, SampleRecord
+from swarmwatch.sightings import PeerSighting, SampleRecord, Source
 from swarmwatch.store import Database
 from swarmwatch.store.batch import ReplayMark
 from swarmwatch.store.models import Torrent
@@ -61,6 +61,9 @@ WRITE_ATTEMPTS = 3
 #: capped so that a restarted server is noticed within seconds.
 WRITE_BACKOFF_FIRST_SECONDS = 0.1
 WRITE_BACKOFF_MAX_SECONDS = 5.0
+
+
+_SOURCE_NAME = {member: str(member.value) for member in Source}
 
 
 class PipelineClosed(Exception):
@@ -461,7 +464,9 @@ class Pipeline:
             members = coalesce.get(bucket)
             if members is None:
                 members = self._open_window(bucket)
-            ckey = (s.infohash, key, s.source, s.vantage, s.seed)
+            # Only str, int and None: the garbage collector stops tracking such a tuple,
+            # and a window holds one per peer (a Source member would keep it tracked).
+            ckey = (s.infohash, key, _SOURCE_NAME[s.source], s.vantage, s.seed)
             if ckey in members:
                 stats.coalesced += 1
                 continue

@@ -563,9 +563,16 @@ class BatchWriter:
         record_key: dict[tuple[int, bytes], int] = {}
         # Each peer's latest hour and day before this batch (see apply_rows).
         prior: dict[tuple[int, bytes], PeerFrames] = {}
-        returned = (
-            conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
-        )
+        # On the driver's own cursor (the same connection and transaction): SQLAlchemy's
+        # result wraps every RETURNING row in a Row object, and these return one per peer.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        returned = []
+        try:
+            for st, params in prepared.peer_statements:
+                cursor.execute(st, params)
+                returned.append(cursor.fetchall())
+        finally:
+            cursor.close()
         # The rows that bring a peer to a source or vantage it had not reached (see
         # rollups.SourceEntries): the sources and vantages the upsert saw before it.
         source_rows: list[int] = []
