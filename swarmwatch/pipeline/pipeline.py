@@ -446,7 +446,10 @@ class Pipeline:
 
         window = self.window_seconds
         coalesce = self._coalesce
-        kept: list[tuple[PeerSighting, int, list[TorrentRef]]] = []
+        # The sightings kept, their address keys and torrents (lists, not a tuple each).
+        kept: list[PeerSighting] = []
+        kept_keys: list[int] = []
+        kept_refs: list[list[TorrentRef]] = []
         for s in items:
             refs = torrents.get(s.infohash)
             if refs is None:
@@ -472,9 +475,11 @@ class Pipeline:
                 continue
             members.add(ckey)
             self._coalesce_size += 1
-            kept.append((s, key, refs))
+            kept.append(s)
+            kept_keys.append(key)
+            kept_refs.append(refs)
 
-        places, lookups = await self.geolocator.place_batch([key for _, key, _ in kept])
+        places, lookups = await self.geolocator.place_batch(kept_keys)
         stats.geo_lookups += lookups
 
         study_keys = self._keys
@@ -496,7 +501,7 @@ class Pipeline:
         add_geoname, add_metro, add_cell, add_asn = (
             rows.geoname_id.append, rows.metro_id.append, rows.h3_cell.append, rows.asn.append,
         )  # fmt: skip
-        for (s, key, refs), place in zip(kept, places, strict=True):
+        for s, key, refs, place in zip(kept, kept_keys, kept_refs, places, strict=True):
             packed = packed_key(key)
             source = str(s.source)
             for ref in refs:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -74,10 +75,8 @@ _PEER_COLUMNS = (
 )
 _PEER_COLUMNS_LIST = [c.strip() for c in _PEER_COLUMNS.split(",")]
 _PEER_WIDTH = len(_PEER_COLUMNS_LIST)
-
-
-def _peer_order(row: tuple[Any, ...]) -> tuple[int, bytes]:
-    return (row[0], row[1])  # (title, peer key)
+#: An upsert row's (title, peer key).
+_PEER_ORDER = itemgetter(0, 1)
 
 
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
@@ -445,9 +444,11 @@ class BatchWriter:
         n = len(rows)
         seen_at = rows.seen_at
         # Each row's time in storage form, once: peers refer to their rows' times.
-        if self.sqlite:
-            t = self._time
-            times: list[Any] = [t(x) for x in seen_at]
+        if self.sqlite:  # self._time, inlined: one call less per row
+            times: list[Any] = [
+                (x if x.tzinfo is UTC else x.astimezone(UTC)).isoformat(" ", "microseconds")[:26]
+                for x in seen_at
+            ]
         else:
             times = seen_at
         stamps = [int(x.timestamp()) for x in seen_at]
@@ -494,7 +495,7 @@ class BatchWriter:
                 + (seed, count, src, van, 0, hours[last], days[last], hours[first], days[first])
             )
         # Sorted by key, so the B-tree inserts walk the index in order.
-        peer_rows.sort(key=_peer_order)
+        peer_rows.sort(key=_PEER_ORDER)
         row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
         peer_statements = []
         rk_at = _PEER_COLUMNS_LIST.index("record_key")
