@@ -712,17 +712,19 @@ def _counted_presence(
     the peers' latest frames kept in their rows (see apply_rows): rows are written
     only for frames a peer has moved on from, and asked only for frames before a
     peer's latest."""
-    latest: dict[tuple[int, bytes], list[int]] = {}
-    pid_of: dict[tuple[int, bytes], int] = {}
+    # Each peer's latest hour and day in the batch, as ints (a list per peer would be
+    # an object per peer for the garbage collector to track until the batch is done).
     keys = list(zip(rows.title_id, rows.peer_key, strict=True))
-    for i, pk in enumerate(keys):
-        top = latest.get(pk)
-        if top is None:
-            latest[pk] = [hours[i], days[i]]
-            pid_of[pk] = pids[i]
-        else:
-            top[0] = max(top[0], hours[i])
-            top[1] = max(top[1], days[i])
+    pid_of = dict(zip(keys, pids, strict=True))
+    latest_hour = dict(zip(keys, hours, strict=True))
+    latest_day = dict(zip(keys, days, strict=True))
+    if len(latest_hour) < len(keys):  # a peer with several rows: its latest frames
+        for pk, hour, day in zip(keys, hours, days, strict=True):
+            if hour > latest_hour[pk]:
+                latest_hour[pk] = hour
+            if day > latest_day[pk]:
+                latest_day[pk] = day
+    latest = (latest_hour, latest_day)
     fresh: list[Key] = []  # counted; the peer's latest frame now, so no row
     moved_on: list[Key] = []  # counted, and left within this batch: a row, known new
     ask: list[Key] = []  # before the peer's latest: counted if its row was not there
@@ -736,7 +738,7 @@ def _counted_presence(
         bucket = k[2]
         last = before.latest(at)
         if bucket > last:
-            (moved_on if bucket < latest[pk][at] else fresh).append(k)
+            (moved_on if bucket < latest[at][pk] else fresh).append(k)
         elif bucket < last and not before.in_bitmap(at, bucket):
             ask.append(k)  # not in the bitmaps (or outside them): maybe a row
         # bucket == the peer's latest before: counted then, and kept when it moves on
@@ -746,7 +748,7 @@ def _counted_presence(
         (pk[0], interval, before.latest(at), pid_of[pk])
         for pk, before in prior.items()
         for at, interval in ((0, HOUR), (1, DAY))
-        if 0 <= before.latest(at) < latest[pk][at]
+        if 0 <= before.latest(at) < latest[at][pk]
         and before.in_bitmap(at, before.latest(at)) is None
     ]
     _new_presence(conn, left, all_new=True)
