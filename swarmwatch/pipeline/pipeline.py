@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from ipaddress import IPv6Address
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -461,7 +462,7 @@ class Pipeline:
                 continue
             ip = s.ip
             key = int(ip)
-            if ip.version == 6:
+            if isinstance(ip, IPv6Address):  # (ip.version is a Python-level property)
                 key = key & 0xFFFFFFFF if key >> 32 == 0xFFFF else key | V6_FLAG
             bucket = int(seen.timestamp()) // window
             members = coalesce.get(bucket)
@@ -528,7 +529,15 @@ class Pipeline:
                     )
         # The writer's pure-Python part of the batch, done here: this stage runs while
         # the writer thread is inside the database with the GIL released.
-        self.writer.prepare(batch)
+        prepared = self.writer.prepare(batch)
+        if prepared.unknown_vantages:  # a vantage new to the writer: learnt now, once
+            try:
+                await asyncio.to_thread(self.writer.learn_vantages, prepared.unknown_vantages)
+            except Exception as exc:  # the writer learns it itself when the database is back
+                log.warning("pipeline: vantages not registered yet (%s)", type(exc).__name__)
+            else:
+                batch.prepared = None
+                self.writer.prepare(batch)
         return batch
 
     def _open_window(self, bucket: int) -> set[tuple[Any, ...]]:

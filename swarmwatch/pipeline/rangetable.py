@@ -113,7 +113,10 @@ class RangeTable:
 
     def place_ids(self, keys: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """The place index of each IPv4 address key."""
-        at = np.searchsorted(self.starts, np.asarray(keys, dtype=np.int64), side="right") - 1
+        # Keys of the starts' own type: with any other, numpy would convert all the
+        # starts (millions) to a common type on every call.
+        at = np.searchsorted(self.starts, np.asarray(keys, dtype=self.starts.dtype), side="right")
+        at -= 1
         return self.ids[at]
 
     def place(self, place_id: int) -> RawPlace:

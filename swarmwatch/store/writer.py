@@ -366,7 +366,7 @@ class BatchWriter:
         """
         prepared = self.prepare(batch)
         if prepared.unknown_vantages:
-            self._learn_vantages(prepared.unknown_vantages)
+            self.learn_vantages(prepared.unknown_vantages)
             batch.prepared = None
             prepared = self.prepare(batch)
         with self.engine.connect() as conn:
@@ -425,9 +425,12 @@ class BatchWriter:
             cutoff = now - timedelta(days=BATCH_TOKEN_DAYS)
             conn.exec_driver_sql(self._sql(_PRUNE_BATCHES), (self._time(cutoff),))
 
-    def _learn_vantages(self, names: frozenset[str]) -> None:
+    def learn_vantages(self, names: frozenset[str]) -> None:
         """Register vantages new to this writer (in a short transaction of their own:
-        a vantage row is true whether or not the batch that brought it commits)."""
+        a vantage row is true whether or not the batch that brought it commits).
+
+        The pipeline calls it from its prepare stage, so a batch prepared there need
+        not be prepared again in the writer thread for want of a vantage's bit."""
         with self.engine.begin() as conn:
             conn.exec_driver_sql(self._sql(_INSERT_VANTAGE), [(name,) for name in sorted(names)])
             rows = conn.exec_driver_sql(_SELECT_VANTAGES).fetchall()
