@@ -812,7 +812,9 @@ def _with_seeds(
 
 def _sum_by(keys: Sequence[Key], values: Sequence[int]) -> dict[Key, int]:
     """values summed per key."""
-    out: defaultdict[Key, int] = defaultdict(int)
+    # Every key made at once (in C), so the loop never meets a missing one: a
+    # defaultdict's miss calls its factory, and most keys here are met once.
+    out: dict[Key, int] = dict.fromkeys(keys, 0)
     for k, v in zip(keys, values, strict=True):
         out[k] += v
     return out
