@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from swarmwatch.geoip import embedded_city_db
 from swarmwatch.pipeline.geolocate import DatabaseLookup, Geolocator, range_table, special_reason
 from swarmwatch.pipeline.pipeline import Pipeline
-from swarmwatch.pipeline.rangetable import RangeTable
+from swarmwatch.pipeline.rangetable import KEEP_UNUSED_DAYS, RangeTable
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from tests.pipeline_fixtures import INFOHASH, KNOWN, T0, addr, register, write_city_db
@@ -130,3 +132,18 @@ def test_the_cache_file_holds_no_peer_address(
         assert {f: f.read_bytes() for f in cache.rglob("*") if f.is_file()} == before
 
     asyncio.run(ingest())
+
+
+def test_tables_unused_for_a_month_are_pruned(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, recent = cache / "ipv4-ranges-v0-old.npz", cache / "ipv4-ranges-v1-recent.npz"
+    other = cache / "city-networks-x.json.gz"  # not a range table: never touched
+    for f in (stale, recent, other):
+        f.write_bytes(b"x")
+    month_ago = time.time() - (KEEP_UNUSED_DAYS + 1) * 86_400
+    os.utime(stale, (month_ago, month_ago))
+    os.utime(other, (month_ago, month_ago))
+    range_table(write_city_db(tmp_path / "city.mmdb"), cache)  # built and cached: prunes
+    assert not stale.exists() and recent.exists() and other.exists()
+    assert len(list(cache.glob("ipv4-ranges-v*.npz"))) == 2

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever what a table holds changes, so an older cache file is never read.
 FORMAT_VERSION = 1
+#: Table files not used for this long are deleted when a new one is cached: one per
+#: database file ever used would grow without bound (a GeoLite2 City table is ~30 MB,
+#: and a database is replaced twice a week by `geoip install`).
+KEEP_UNUSED_DAYS = 30
 _IPV4_SPACE = 1 << 32
 
 #: What a lookup yields (geolocate.RawPlace): (anomaly, country, geoname_id, h3, asn).
@@ -256,7 +261,9 @@ class RangeTable:
         directory = cache_dir or default_cache_dir()
         path = directory / f"ipv4-ranges-v{FORMAT_VERSION}-{file_digest(city_db)}.npz"
         try:
-            return cls.load(path)
+            table = cls.load(path)
+            os.utime(path)  # used now: kept before tables not used lately
+            return table
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError) as exc:
@@ -264,9 +271,21 @@ class RangeTable:
         table = cls.build(city_db, decode, specials, not_found)
         try:
             table.save(path)
+            _prune(directory)
         except OSError as exc:  # a read-only home: kept in memory for this process
             log.warning("geolocation range table not cached in %s (%s)", directory, exc)
         return table
+
+
+def _prune(directory: Path) -> None:
+    """Delete the tables (of any version) not used for KEEP_UNUSED_DAYS."""
+    cutoff = time.time() - KEEP_UNUSED_DAYS * 86_400
+    for f in directory.glob("ipv4-ranges-v*.npz"):
+        try:
+            if f.stat().st_mtime < cutoff:
+                f.unlink()
+        except FileNotFoundError:  # pruned by another process meanwhile
+            continue
 
 
 def _children(
@@ -320,6 +339,7 @@ def _leaves(
 
 __all__ = [
     "FORMAT_VERSION",
+    "KEEP_UNUSED_DAYS",
     "PlaceColumns",
     "RangeTable",
     "RawPlace",
