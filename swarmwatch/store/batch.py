@@ -6,7 +6,10 @@ Its own module so the writer and the rollup upkeep share it without importing ea
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from swarmwatch.store.coverage import ReplayLedger
 
 
 class SightingRow(NamedTuple):
@@ -40,6 +43,10 @@ class ReplayMark(NamedTuple):
     digest: bytes  # keyed BLAKE2b of the file's bytes up to the end of line `lines`
     bytes_read: int
     lines: int
+    # Which minutes of which streams those sightings cover (store.coverage): the
+    # ingest's decisions up to `position` in its ledger, written with them.
+    ledger: ReplayLedger | None = None
+    position: int = 0
 
 
 __all__ = ["ReplayMark", "SightingRow"]

@@ -353,6 +353,37 @@ class ReplayProgress(Base):
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ReplaySpan(Base):
+    """Minutes of one replayed stream (a swarm as one source and vantage saw it) whose
+    every line is counted: slots lo..hi, Unix time // 60 (store.coverage).
+
+    Written in the transaction of the write batch that holds those lines' sightings, so
+    a later ingest of any file that overlaps them skips exactly what was counted.
+    """
+
+    __tablename__ = "replay_span"
+    infohash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lo: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hi: Mapped[int] = mapped_column(Integer)
+
+
+class ReplayEdge(Base):
+    """A minute of a replayed stream that is counted only in part (where a file began or
+    ended): the keyed digests of the sightings counted in it, 8 bytes each, in parts
+    (one per write batch that added some). A minute has rows here or is in a span,
+    never both, so storage grows with files and streams, not with sightings."""
+
+    __tablename__ = "replay_edge"
+    infohash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    part: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    digests: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class StoreSecret(Base):
     """A secret of the store itself, made on first use and stored only wrapped with the
     deployment secret, as study keys are (swarmwatch.custody): `replay` keys the digests
@@ -453,7 +484,9 @@ __all__ = [
     "GeoipDatabase",
     "Metro",
     "Peer",
+    "ReplayEdge",
     "ReplayProgress",
+    "ReplaySpan",
     "Sample",
     "Sighting",
     "StoreSecret",
