@@ -5,7 +5,8 @@ lines are all counted (replay_span) and, for the minutes where a file began or e
 keyed digests of the sightings counted there (replay_edge). Any later file that
 overlaps those minutes, however it overlaps, skips what was counted (store.coverage).
 Files ingested before this revision are known only by their prefix marks
-(replay_progress, kept): run again, such a file fills in its coverage as it goes.
+(replay_progress, kept, now `covered` false): run again, such a file skips the lines
+those marks hold and fills in their coverage as it goes.
 
 Revision ID: 0011_i17g_replay
 Revises: 0010_i15c_privacy
@@ -33,6 +34,13 @@ def _stream() -> list[sa.Column[str]]:
 
 
 def upgrade() -> None:
+    # New marks are written with their lines' coverage (the default); the ones already
+    # here are not, and stay the only record that their lines are counted.
+    op.add_column(
+        "replay_progress",
+        sa.Column("covered", sa.Boolean(), server_default=sa.true(), nullable=False),
+    )
+    op.execute(sa.text("UPDATE replay_progress SET covered = :no").bindparams(no=False))
     op.create_table(
         "replay_span",
         *_stream(),
@@ -53,5 +61,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("replay_progress") as batch:
+        batch.drop_column("covered")
     op.drop_table("replay_edge")
     op.drop_table("replay_span")

@@ -64,14 +64,18 @@ def ingest_command(
         console.print(f"... and {report.bad - len(report.errors)} more bad lines")
     if report.resumed_lines:
         typer.echo(
-            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes; "
-            f"{report.already_stored} sightings there were stored by an earlier run)"
+            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes): "
+            "an earlier run of this file (or of its beginning) stored that far"
         )
-    elif report.already_stored:
-        where = f"from line {report.first_new_line}" if report.first_new_line else "nothing new"
+    if report.already_stored:
+        where = (
+            f"the first new one on line {report.first_new_line}"
+            if report.first_new_line
+            else "nothing new"
+        )
         typer.echo(
             f"{report.already_stored} sightings skipped as already counted by an earlier "
-            f"ingest; counting resumed {where}"
+            f"ingest; {where}"
         )
     if report.late:
         console.print(

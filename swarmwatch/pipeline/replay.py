@@ -382,28 +382,49 @@ def replay_key(db: Database, custody: KeyCustody) -> bytes:
     return key
 
 
-def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
-    """(lines, bytes) of the file that an earlier run stored: the furthest replay mark
-    whose digest is that of the file's own prefix, or (0, 0)."""
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """How much of a file earlier runs stored, by their marks of its prefixes."""
+
+    lines: int = 0  # the furthest mark of this file (what `ingest` says it resumed after)
+    bytes_read: int = 0
+    # The furthest mark written before coverage was kept (migration 0011): lines up to
+    # here are counted but not covered, so they are skipped by this mark alone.
+    uncovered_lines: int = 0
+
+
+def resume_points(path: Path, db: Database, key: bytes) -> ResumePoint:
+    """Where an earlier run of this file (or of a file it starts with) got to: the
+    furthest replay marks whose digest is that of the file's own prefix."""
     size = path.stat().st_size
     with db.session() as session:
         known = {
-            bytes(digest): (int(lines), int(read))
-            for digest, lines, read in session.execute(
+            bytes(digest): (int(lines), int(read), bool(covered))
+            for digest, lines, read, covered in session.execute(
                 select(
-                    ReplayProgress.digest, ReplayProgress.lines, ReplayProgress.bytes_read
+                    ReplayProgress.digest,
+                    ReplayProgress.lines,
+                    ReplayProgress.bytes_read,
+                    ReplayProgress.covered,
                 ).where(ReplayProgress.bytes_read <= size)
             )
         }
-    best = (0, 0)
+    best = ResumePoint()
     if not known:
         return best
-    sizes = {read for _, read in known.values()}  # hash only where a mark could match
+    sizes = {read for _, read, _ in known.values()}  # hash only where a mark could match
     cursor = FileCursor(key)
     for _ in cursor.read(path):
-        if cursor.bytes_read in sizes and cursor.mark().digest in known:
-            best = (cursor.lines, cursor.bytes_read)
+        if cursor.bytes_read in sizes and (found := known.get(cursor.mark().digest)):
+            uncovered = best.uncovered_lines if found[2] else cursor.lines
+            best = ResumePoint(cursor.lines, cursor.bytes_read, uncovered)
     return best
+
+
+def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
+    """(lines, bytes) of the file that an earlier run stored, or (0, 0)."""
+    point = resume_points(path, db, key)
+    return point.lines, point.bytes_read
 
 
 def registered_infohashes(db: Database) -> set[str]:
@@ -438,7 +459,7 @@ def ingest_file(
     if options.get("custody") is None:  # one secret for the digests and the peer keys
         options["custody"] = KeyCustody.from_settings(options.get("settings") or get_settings())
     key = replay_key(db, options["custody"])
-    resume_lines, resume_bytes = resume_point(path, db, key)
+    resume = resume_points(path, db, key)
     # Lines of torrents registered later are not counted now, and so not covered: run
     # the file again once they are.
     registered = registered_infohashes(db)
@@ -455,12 +476,12 @@ def ingest_file(
                 fmt=kind,
                 vantage=vantage,
                 cursor=cursor,
-                resume_after=resume_lines,
+                resume_after=resume.uncovered_lines,
                 overlap=overlap,
             )
 
     report = asyncio.run(run())
-    report.resumed_lines, report.resumed_bytes = resume_lines, resume_bytes
+    report.resumed_lines, report.resumed_bytes = resume.lines, resume.bytes_read
     report.seconds = time.perf_counter() - started
     return report
 
@@ -477,5 +498,7 @@ __all__ = [
     "parse_record",
     "parse_time",
     "registered_infohashes",
+    "ResumePoint",
     "resume_point",
+    "resume_points",
 ]

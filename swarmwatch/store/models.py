@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -351,6 +352,9 @@ class ReplayProgress(Base):
     bytes_read: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[int] = mapped_column(BigInteger)
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Written with the coverage of its lines (replay_span, replay_edge); false for marks
+    # from before migration 0011, which alone say those lines are counted.
+    covered: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
 
 class ReplaySpan(Base):
