@@ -99,22 +99,22 @@ class ReplayOverlap:
         stream = self._stream((sighting.infohash, str(sighting.source), sighting.vantage))
         # The pipeline's coalescing window, computed as it does.
         slot = int(sighting.seen_at.timestamp()) // SLOT_SECONDS
-        ip = sighting.ip
-        if ip.version == 6 and ip.ipv4_mapped is not None:  # as the pipeline keys it
-            ip = ip.ipv4_mapped
-        h = stream.hasher.copy()
-        h.update(slot.to_bytes(8, "big", signed=True) + ip.packed + _SEED[sighting.seed])
-        digest = h.digest()
-
         if stream.newest is None:
             stream.low = stream.newest = slot
         elif slot > stream.newest:
             self._move_on(stream, slot)
         elif slot < stream.newest - 1:
-            if in_spans(stream.prior, slot) or digest in stream.stored.get(slot, ()):
+            if in_spans(stream.prior, slot):
+                return Verdict.ALREADY
+            stored = stream.stored.get(slot)
+            if stored and self._digest(stream, slot, sighting) in stored:
                 return Verdict.ALREADY
             return Verdict.LATE
-        if in_spans(stream.spans, slot) or digest in stream.stored.get(slot, ()):
+        if in_spans(stream.spans, slot):
+            return Verdict.ALREADY
+        digest = self._digest(stream, slot, sighting)
+        stored = stream.stored.get(slot)
+        if stored and digest in stored:
             return Verdict.ALREADY
         mine = stream.mine.get(slot)
         if mine is None:
@@ -124,6 +124,17 @@ class ReplayOverlap:
         mine.add(digest)
         self.ledger.edge(stream.key, slot, digest)
         return Verdict.COUNT
+
+    @staticmethod
+    def _digest(stream: _Stream, slot: int, sighting: PeerSighting) -> bytes:
+        """The sighting's keyed digest: its address (as the pipeline keys it, an IPv4
+        mapped into IPv6 as the IPv4) and seed state, in its stream and slot."""
+        ip = sighting.ip
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        h = stream.hasher.copy()
+        h.update(slot.to_bytes(8, "big", signed=True) + ip.packed + _SEED[sighting.seed])
+        return h.digest()
 
     def _move_on(self, stream: _Stream, slot: int) -> None:
         """The stream's newest slot becomes `slot`: the slots this ingest entered from an
@@ -135,9 +146,16 @@ class ReplayOverlap:
             return
         for old in [s for s in stream.mine if lo <= s <= hi]:
             del stream.mine[old]
-        if spans_cover(stream.spans, lo, hi):
+        spans = stream.spans
+        if spans and spans[-1][0] <= lo <= spans[-1][1] + 1:
+            # The common case: this ingest's own span grows (it is the latest one).
+            if hi <= spans[-1][1]:
+                return
+            spans[-1] = (spans[-1][0], hi)
+        elif spans_cover(spans, lo, hi):
             return
-        stream.spans = add_span(stream.spans, lo, hi)
+        else:
+            stream.spans = add_span(spans, lo, hi)
         self.ledger.full(stream.key, lo, hi)
 
 

@@ -150,8 +150,9 @@ class ReplayLedger:
         if self._last is not None and self._last[0] == position:
             return self._last[1]
         digests: dict[tuple[StreamKey, int], bytearray] = {}
-        cleared: list[tuple[str, str, str, int, int]] = []
-        touched: set[StreamKey] = set()
+        # Slots made full, merged per stream: one statement clears a stream's edges
+        # however many minutes it moved on by in this batch.
+        full: dict[StreamKey, list[Span]] = {}
         while self._consumed < position:
             kind, stream, a, b = self._ops.popleft()
             self._consumed += 1
@@ -161,8 +162,8 @@ class ReplayLedger:
             else:
                 assert isinstance(b, int)
                 self._spans[stream] = add_span(self._spans.get(stream, []), a, b)
-                cleared.append((*stream, a, b))
-                touched.add(stream)
+                full[stream] = add_span(full.get(stream, []), a, b)
+        cleared = [(*stream, lo, hi) for stream, spans in full.items() for lo, hi in spans]
         edges: list[tuple[str, str, str, int, int, bytes]] = []
         for (stream, slot), blob in digests.items():
             if in_spans(self._spans.get(stream, []), slot):
@@ -170,7 +171,7 @@ class ReplayLedger:
             part = self._parts.get((stream, slot), 0)
             self._parts[(stream, slot)] = part + 1
             edges.append((*stream, slot, part, bytes(blob)))
-        result = CoverageChanges(edges, cleared, {k: tuple(self._spans[k]) for k in touched})
+        result = CoverageChanges(edges, cleared, {k: tuple(self._spans[k]) for k in full})
         self._last = (position, result)
         return result
 
