@@ -37,6 +37,7 @@ from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.config import get_settings
 from swarmwatch.custody import KeyCustody
+from swarmwatch.pipeline.anonymise import seal_study
 from swarmwatch.pipeline.overlap import ReplayOverlap, Verdict
 from swarmwatch.pipeline.pipeline import SIGHTING_WINDOW_SECONDS, Pipeline
 from swarmwatch.pipeline.replay import (
@@ -552,3 +553,30 @@ def test_a_file_ingested_before_0011_is_not_counted_again(
     del got["new_by_source_vantage"], expected["new_by_source_vantage"]
     for key in expected:
         assert got[key] == expected[key], key
+
+
+def test_sealing_a_study_deletes_its_swarms_replay_digests(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """The replay key (under custody) could test a guessed address against a sealed
+    study's digests: they go with its key, except for a swarm another study watches."""
+    register(db, ("alpha", [INFOHASH]), ("beta", [INFOHASH_B]), ("gamma", [INFOHASH_B]))
+    ingest_file(write(tmp_path / "a.csv", cut(LOG, 0, 0.2)), db)
+
+    def edges() -> dict[str, int]:
+        with db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT infohash, count(*) FROM replay_edge GROUP BY 1"))
+            return {str(ih): int(n) for ih, n in rows}
+
+    assert edges().keys() == {INFOHASH, INFOHASH_B}
+    with db.session() as session:
+        for name in ("alpha", "beta"):
+            study = session.execute(select(Study).where(Study.name == name)).scalar_one()
+            seal_study(session, study.id)
+    assert edges().keys() == {INFOHASH_B}  # gamma still watches it
+    with db.session() as session:
+        study = session.execute(select(Study).where(Study.name == "gamma")).scalar_one()
+        seal_study(session, study.id)
+    assert edges() == {}
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM replay_span")).scalar()
