@@ -580,3 +580,24 @@ def test_sealing_a_study_deletes_its_swarms_replay_digests(
     assert edges() == {}
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM replay_span")).scalar()
+
+
+def test_coverage_grows_with_files_and_streams_not_sightings(
+    db: Database, city: Path, tmp_path: Path
+) -> None:
+    """The README's figure: four overlapping pieces of the log and then the whole leave
+    one span per stream and three part-counted minutes (where the whole begins, and
+    the two it ends in), whatever the pieces left before."""
+    register(db, ("alpha", [INFOHASH, INFOHASH_B]))
+    pieces = [cut(LOG, 0, 0.1234), cut(LOG, 0.1, 0.5001), cut(LOG, 0.2345, 0.7003)]
+    for i, lines in enumerate([*pieces, cut(LOG, 0.6999, 1), LOG]):
+        ingest_file(write(tmp_path / f"p{i}.csv", lines), db)
+    streams = {tuple(line.split(",")[i] for i in (2, 4, 5)) for line in LOG}
+    with db.engine.connect() as conn:
+        spans = conn.execute(text("SELECT count(*) FROM replay_span")).scalar()
+        slots = conn.execute(
+            text("SELECT DISTINCT infohash, source, vantage, slot FROM replay_edge")
+        ).all()
+        digests = conn.execute(text("SELECT digests FROM replay_edge")).all()
+    assert len(streams) == 8 and spans == 8 and len(slots) == 3 * 8
+    assert sum(len(bytes(d)) for (d,) in digests) < 2_000  # 8 bytes a sighting there
