@@ -18,7 +18,6 @@ import ipaddress
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.pool import StaticPool
 
 from swarmwatch.analysis.frames import compute_frames
 from swarmwatch.analysis.rankings import compute_ranking
@@ -51,7 +51,7 @@ from swarmwatch.sightings import PeerSighting
 from swarmwatch.store import Database
 from swarmwatch.store.coverage import SLOT_SECONDS, load_coverage
 from swarmwatch.store.database import upgrade_database
-from swarmwatch.store.models import Base, Peer, Study
+from swarmwatch.store.models import Base, Peer, ReplayEdge, ReplaySpan, Study
 from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, register, write_city_db
 
 HEADER = "ip,port,infohash,time,source,vantage,seed"
@@ -370,12 +370,11 @@ SMALL = [
 
 
 def _run_file(
-    path: Path, lines: Sequence[str], key: bytes, kill_after: int | None, rng: random.Random
+    engine: Engine, lines: Sequence[str], key: bytes, kill_after: int | None, rng: random.Random
 ) -> list[tuple[object, ...]]:
     """One ingest of `lines` through ReplayOverlap, committing what it counted and the
     ledger's changes in batches of random size (as the writer does: in one transaction),
     stopping for good after `kill_after` batches. Returns the sightings committed."""
-    engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
         stored = load_coverage(conn, {INFOHASH, INFOHASH_B})
     overlap = ReplayOverlap(key, stored, {INFOHASH, INFOHASH_B})
@@ -389,7 +388,6 @@ def _run_file(
             pending.append(_sighting_key(item))
         if pending and rng.random() < 0.2:  # a batch ends here, with a mark
             if kill_after is not None and batches >= kill_after:
-                engine.dispose()
                 return committed  # kill -9: the rest is lost
             with engine.begin() as conn:
                 overlap.ledger.write(conn, overlap.ledger.position, lambda sql: sql)
@@ -400,13 +398,10 @@ def _run_file(
         with engine.begin() as conn:
             overlap.ledger.write(conn, overlap.ledger.position, lambda sql: sql)
         committed += pending
-    engine.dispose()
     return committed
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=200, deadline=None)
 @given(
     pieces=st.lists(
         st.tuples(
@@ -421,15 +416,15 @@ def _run_file(
     seed=st.integers(0, 2**16),
 )
 def test_random_overlaps_and_kills_count_each_sighting_once(
-    tmp_path_factory: pytest.TempPathFactory,
     pieces: list[tuple[int, int, bool, int | None]],
     seed: int,
 ) -> None:
     """Whatever pieces of the log are ingested, shuffled within seconds or not, killed
     between batches or not, and then the whole log once more: every sighting of the log
     is counted exactly once."""
-    path = tmp_path_factory.mktemp("prop") / "coverage.db"
-    Base.metadata.create_all(create_engine(f"sqlite:///{path}"))
+    # One in-memory SQLite database (one connection, real transactions) per example.
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    Base.metadata.create_all(engine, tables=[ReplaySpan.__table__, ReplayEdge.__table__])
     rng = random.Random(seed)
     key = os.urandom(32)
     counted: list[tuple[object, ...]] = []
@@ -437,19 +432,19 @@ def test_random_overlaps_and_kills_count_each_sighting_once(
         lines = SMALL[min(a, b) : max(a, b)]
         if shuffle:
             lines = shuffled_within_seconds(lines, seed)
-        counted += _run_file(path, lines, key, kill, rng)
-    counted += _run_file(path, SMALL, key, None, rng)
+        counted += _run_file(engine, lines, key, kill, rng)
+    counted += _run_file(engine, SMALL, key, None, rng)
     raw = [(HEADER + "\n").encode()] + [(line + "\n").encode() for line in SMALL]
     expected = {
         _sighting_key(s) for s in parse_lines(raw, fmt="csv") if isinstance(s, PeerSighting)
     }
     assert Counter(counted) == Counter(expected)
     # Storage grows with files, not sightings: a handful of spans and edge minutes.
-    with sqlite3.connect(path) as conn:
-        spans = conn.execute("SELECT count(*) FROM replay_span").fetchone()[0]
+    with engine.connect() as conn:
+        spans = conn.execute(text("SELECT count(*) FROM replay_span")).scalar_one()
         edge_slots = conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT infohash, source, slot FROM replay_edge)"
-        ).fetchone()[0]
+            text("SELECT count(*) FROM (SELECT DISTINCT infohash, source, slot FROM replay_edge)")
+        ).scalar_one()
     assert spans <= 2 * (len(pieces) + 1) and edge_slots <= 8 * (len(pieces) + 1)
 
 
