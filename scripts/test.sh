@@ -27,8 +27,8 @@ if [ -f tests/js/package.json ]; then
 fi
 
 echo "== lint (ruff, mypy)"
-.venv/bin/ruff check swarmwatch tests migrations bench
-.venv/bin/ruff format --check swarmwatch tests migrations bench
+.venv/bin/ruff check swarmwatch tests migrations bench scripts
+.venv/bin/ruff format --check swarmwatch tests migrations bench scripts
 .venv/bin/mypy
 
 run_pytest() {

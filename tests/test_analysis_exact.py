@@ -40,6 +40,7 @@ from swarmwatch.analysis.frames import (
 from swarmwatch.analysis.rankings import compute_ranking
 from swarmwatch.analysis.scope import ScopeError, resolve_scope
 from swarmwatch.analysis.summary import compute_summary
+from swarmwatch.api.routes.analysis import FramesCompactPublic
 from swarmwatch.auth import create_api_key
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
@@ -569,6 +570,25 @@ def test_compact_frames_hold_the_same_numbers(study_db: Database) -> None:
         assert compact["cells"] == sorted(set(compact["cells"]))
         assert len(compact["cities"]) == len({c["geoname_id"] for c in compact["cities"]})
         assert len(compact["metros"]) == len({m["id"] for m in compact["metros"]})
+        # The OpenAPI document's compact schema says exactly this shape (no extra keys).
+        checked = FramesCompactPublic.model_validate(compact)
+        assert checked.frames and checked.cities and checked.metros
+
+
+def test_the_openapi_document_gives_both_frame_encodings(study_db: Database) -> None:
+    from swarmwatch.api import create_app
+    from swarmwatch.config import get_settings
+
+    doc = create_app(get_settings(), study_db).openapi()
+    answer = doc["paths"]["/api/v1/studies/{study_id}/frames"]["get"]["responses"]["200"]
+    refs = {s["$ref"] for s in answer["content"]["application/json"]["schema"]["anyOf"]}
+    assert refs == {
+        "#/components/schemas/FramesPublic",
+        "#/components/schemas/FramesCompactPublic",
+    }
+    compact = doc["components"]["schemas"]["FramesCompactPublic"]
+    assert compact["additionalProperties"] is False
+    assert set(compact["required"]) >= {"format", "cells", "cities", "metros", "frames"}
 
 
 def test_a_request_waiting_for_the_warm_up_does_not_slow_it(study_db: Database) -> None:

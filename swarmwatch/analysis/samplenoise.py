@@ -11,31 +11,20 @@ the API must read: whoever holds a copy of the database holds the exact numbers 
 from __future__ import annotations
 
 import hashlib
-import secrets
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
 from swarmwatch.analysis import cellkey
 from swarmwatch.store.models import PublicationKey
 
-PUBLICATION_KEY_BYTES = 32
 _PERSON = b"sw-sample-noise"
 
 
 def publication_key(conn: Connection) -> bytes:
-    """The database's publication key, made (in a short transaction of its own) on first use."""
+    """The database's publication key (made by Database.upgrade(); a read never writes)."""
     key = conn.execute(select(PublicationKey.key).where(PublicationKey.id == 1)).scalar()
     if key is None:
-        with conn.engine.begin() as own:
-            exists = own.execute(select(PublicationKey.id).where(PublicationKey.id == 1)).first()
-            if exists is None:
-                own.execute(
-                    insert(PublicationKey).values(
-                        id=1, key=secrets.token_bytes(PUBLICATION_KEY_BYTES)
-                    )
-                )
-        with conn.engine.connect() as own:
-            key = own.execute(select(PublicationKey.key).where(PublicationKey.id == 1)).scalar_one()
+        raise RuntimeError("the database has no publication key: run `swarmwatch db upgrade`")
     return bytes(key)
 
 
@@ -52,4 +41,4 @@ def publish_count(key: bytes, n: int, k: int, *identity: str | int) -> int | Non
     return cellkey.publish(n, identity_key(key, *identity), k)
 
 
-__all__ = ["PUBLICATION_KEY_BYTES", "identity_key", "publication_key", "publish_count"]
+__all__ = ["identity_key", "publication_key", "publish_count"]

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from swarmwatch import shipped
+from swarmwatch.store.publication import ensure_publication_key
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def upgrade(self) -> None:
+        """The schema at head, and the store's own keys made where missing."""
         upgrade_database(self.engine)
+        ensure_publication_key(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

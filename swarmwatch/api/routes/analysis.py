@@ -12,11 +12,11 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from swarmwatch.analysis.export import (
     cells_geojson,
@@ -171,6 +171,56 @@ class FramesPublic(BaseModel):
     interval: int
     res: int
     frames: list[FramePublic]
+    method: dict[str, Any]
+
+
+class CompactCityPublic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    geoname_id: int
+    name: str
+    country: str | None
+    lat: float
+    lon: float
+
+
+class CompactMetroPublic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    name: str
+    country: str | None
+    lat: float
+    lon: float
+    population: int
+
+
+class CompactFramePublic(BaseModel):
+    """One frame of format=compact: parallel arrays of indices into the answer's tables
+    (swarmwatch.analysis.frames explains the encoding)."""
+
+    model_config = ConfigDict(extra="forbid")
+    t: str
+    peers: int | None
+    cell_gaps: list[int]
+    cell_peers: list[int]
+    city: list[int]
+    city_peers: list[int | None]
+    metro: list[int]
+    metro_peers: list[int | None]
+    metro_ci_low: list[float | None]
+    metro_ci_high: list[float | None]
+
+
+class FramesCompactPublic(BaseModel):
+    """format=compact: each cell, city and metro named once, frames as index arrays."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["compact"]
+    interval: int
+    res: int
+    cells: list[str]
+    cities: list[CompactCityPublic]
+    metros: list[CompactMetroPublic]
+    frames: list[CompactFramePublic]
     method: dict[str, Any]
 
 
@@ -335,7 +385,7 @@ def rankings_sidecar(
     return sidecar(ranking)
 
 
-@router.get("/{study_id}/frames", response_model=FramesPublic)
+@router.get("/{study_id}/frames", response_model=FramesPublic | FramesCompactPublic)
 def frames(
     request: Request,
     study: ReadableStudyDep,
