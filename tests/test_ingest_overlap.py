@@ -219,6 +219,10 @@ CASES = {
         False,
     ),
     "a superset": ([cut(LOG, 0.33, 0.61), LOG], False),
+    "three overlapping pieces (the README's control)": (
+        [cut(LOG, 0, 0.6), cut(LOG, 0.4, 1), cut(LOG, 0.2, 0.8)],
+        False,
+    ),
     "the same lines shuffled within each second": (
         [cut(LOG, 0, 0.5), shuffled_within_seconds(LOG), LOG],
         False,
@@ -258,20 +262,26 @@ def test_overlapping_files_publish_what_the_union_once_does(
 def test_without_the_coverage_the_same_pieces_count_twice(
     db: Database, city: Path, tmp_path: Path
 ) -> None:
-    """The control: the check above can fail. Two overlapping pieces, the second with
-    its first line changed (so no prefix of the first), ingested with coverage wiped
-    between them, store more sightings and a different f2 than the union once."""
+    """The control (and the README's figures): the check above can fail. Three
+    overlapping pieces (none a prefix of another), with coverage wiped after each, keep
+    the unique peers but count sightings again: more of them, and another f1 and f2.
+    With coverage, the same pieces give the union's numbers."""
     expected = union_once(tmp_path, LOG)
+    pieces = [cut(LOG, 0, 0.6), cut(LOG, 0.4, 1), cut(LOG, 0.2, 0.8)]
+
+    def chao1_and_sightings(answer: dict[str, object]) -> tuple[object, ...]:
+        estimate = answer["summary"]["estimate"]  # type: ignore[index]
+        sightings = sum(row[4] for row in answer["activity"])  # type: ignore[attr-defined]
+        return estimate["observed"], estimate["f1"], estimate["f2"], sightings
+
+    assert chao1_and_sightings(expected) == (89, 1, 4, 6431)
     register(db, ("alpha", [INFOHASH, INFOHASH_B]))
-    ingest_file(write(tmp_path / "a.csv", cut(LOG, 0, 0.6)), db)
-    with db.engine.begin() as conn:
-        conn.execute(text("DELETE FROM replay_span"))
-        conn.execute(text("DELETE FROM replay_edge"))
-    ingest_file(write(tmp_path / "b.csv", cut(LOG, 0.4, 1)), db)
-    got = answers(db)
-    expected.pop("accepted")
-    assert got["activity"] != expected["activity"]
-    assert got["summary"] != expected["summary"]
+    for i, lines in enumerate(pieces):
+        ingest_file(write(tmp_path / f"piece{i}.csv", lines), db)
+        with db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM replay_span"))
+            conn.execute(text("DELETE FROM replay_edge"))
+    assert chao1_and_sightings(answers(db)) == (89, 0, 2, 11571)
 
 
 def test_late_lines_are_not_counted_and_reported(db: Database, city: Path, tmp_path: Path) -> None:
