@@ -257,6 +257,8 @@ async def ingest_lines(
     With an overlap, only the sightings it finds new are put (and the lines up to
     `resume_after` still pass through it, so it knows where each stream stands).
     """
+    if overlap is not None and cursor is None:
+        raise ValueError("an overlap needs a cursor: its marks carry the coverage")
     report = ReplayReport()
     ledger = overlap.ledger if overlap is not None else None
     for item in parse_lines(raw, fmt=fmt, vantage=vantage):
