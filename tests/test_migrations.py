@@ -16,7 +16,7 @@ from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import SightingColumns, SightingRow
 from swarmwatch.store.database import upgrade_database
 from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
 from swarmwatch.store.rollups import (
@@ -367,7 +367,7 @@ def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
         scratch = Database(f"sqlite:///{tmp_path / 'with-keys.db'}")
         try:
             scratch.upgrade()
-            rows = [SightingRow(*astuple_fields(a)) for a in sightings]
+            rows = SightingColumns.of(SightingRow(*astuple_fields(a)) for a in sightings)
             new = [i for i, a in enumerate(sightings) if a.new_peer]
             rks = [record_keys[a.peer_key[0]] for a in sightings]
             with scratch.engine.begin() as conn:

@@ -64,6 +64,10 @@ class AnalysisCaches:
     cell_population: dict[tuple[str, int, int], dict[int, int]] = field(default_factory=dict)
     cell_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop refreshing in the background (before the engine goes): True if stopped."""
+        return self.refresher.close(timeout)
+
     def __post_init__(self) -> None:
         self.refresher = Refresher(after=self.settle)
         self.levels = PerEngine(max_entries=64, refresher=self.refresher)
