@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
+
+if TYPE_CHECKING:
+    from swarmwatch.store.coverage import ReplayLedger
 
 
 class SightingRow(NamedTuple):
@@ -106,6 +109,10 @@ class ReplayMark(NamedTuple):
     digest: bytes  # keyed BLAKE2b of the file's bytes up to the end of line `lines`
     bytes_read: int
     lines: int
+    # Which minutes of which streams those sightings cover (store.coverage): the
+    # ingest's decisions up to `position` in its ledger, written with them.
+    ledger: ReplayLedger | None = None
+    position: int = 0
 
 
 __all__ = ["ReplayMark", "SightingColumns", "SightingRow"]

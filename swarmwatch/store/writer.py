@@ -420,6 +420,8 @@ class BatchWriter:
                 self._sql(_NOTE_REPLAY),
                 (mark.digest, mark.bytes_read, mark.lines, self._time(now)),
             )
+            if mark.ledger is not None:
+                mark.ledger.write(conn, mark.position, self._sql)
         self._batches += 1
         if self._batches % PRUNE_EVERY_BATCHES == 0:
             cutoff = now - timedelta(days=BATCH_TOKEN_DAYS)
