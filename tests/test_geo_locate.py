@@ -71,7 +71,7 @@ def test_london_cell_metro_and_parents(geo: Geolocator) -> None:
 
 
 def test_one_database_lookup_per_network(city_db: Path) -> None:
-    geo = Geolocator(city_db)
+    geo = Geolocator(city_db, ranges=False)  # the network cache (IPv6's path)
     calls: list[int] = []
     real = geo._local.resolve
 
@@ -136,11 +136,14 @@ def _offset(base: str, i: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 _near = st.builds(_offset, st.sampled_from(_BASES), st.integers(0, 2**21))
 
 
+@pytest.mark.parametrize("ranges", [True, False], ids=["range-table", "network-cache"])
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(_v4, _v6, _near), min_size=1, max_size=40))
-def test_cache_is_transparent(city_db: Path, ips: list[ipaddress.IPv4Address]) -> None:
+def test_cache_is_transparent(
+    city_db: Path, ranges: bool, ips: list[ipaddress.IPv4Address]
+) -> None:
     """Whatever the order, a cached answer equals what the database says for that address."""
-    geo = Geolocator(city_db)
+    geo = Geolocator(city_db, ranges=ranges)
     plain = DatabaseLookup(city_db)
     for ip in ips:
         key = address_key(ip)

@@ -272,7 +272,9 @@ def test_cli_ingest_says_where_it_resumed_and_its_rate(
     again = CliRunner().invoke(app, [str(f)])
     assert again.exit_code == 0, again.output
     assert "resumed after line 51" in again.output
-    assert "50 sightings there were stored by an earlier run" in again.output
+    assert "50 sightings skipped as already counted by an earlier ingest; nothing new" in (
+        again.output
+    )
 
 
 INGEST_CHILD = """

@@ -16,7 +16,7 @@ from swarmwatch.analysis.scope import resolve_scope
 from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import SightingColumns, SightingRow
 from swarmwatch.store.database import alembic_config, upgrade_database
 from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
 from swarmwatch.store.rollups import (
@@ -94,14 +94,14 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
 
 
 def _frames_as_rows(db: Database) -> None:
-    """A head-schema database's packed frames as rows again (0011's downgrade): the
-    form every revision before 0011_i17f_query kept frames in."""
+    """A head-schema database's packed frames as rows again (0012's downgrade): the
+    form every revision before 0012_i17f_query kept frames in."""
     from alembic import command
 
     cfg = alembic_config(db.url)
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0010_i15c_privacy")
+        command.downgrade(cfg, "0011_i17g_replay")
 
 
 def _rollups_as_0005_wrote_them(
@@ -233,7 +233,7 @@ def test_0007_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_p
             return summary, [r.peers for r in ranking.rows], frames["frames"]
 
         before = counts()
-        # Rows as they were up to 0010 (0011 packs the frames' rows: its own test).
+        # Rows as they were up to 0010 (0012 packs the frames' rows: its own test).
         upgrade_database(db.engine, "0010_i15c_privacy")
         assert counts() == before
         db.upgrade()
@@ -377,13 +377,13 @@ def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
 
         before = rollups(db)
         assert any(any(rk) for rows in before.values() for rk in rows.values()) is False
-        upgrade_database(db.engine, "0010_i15c_privacy")  # 0011 packs frames: its own test
+        upgrade_database(db.engine, "0010_i15c_privacy")  # 0012 packs frames: its own test
         after = rollups(db)
         # What the writer keeps, folding the same sightings with the peers' record keys.
         scratch = Database(f"sqlite:///{tmp_path / 'with-keys.db'}")
         try:
             scratch.upgrade()
-            rows = [SightingRow(*astuple_fields(a)) for a in sightings]
+            rows = SightingColumns.of(SightingRow(*astuple_fields(a)) for a in sightings)
             new = [i for i, a in enumerate(sightings) if a.new_peer]
             rks = [record_keys[a.peer_key[0]] for a in sightings]
             with scratch.engine.begin() as conn:
@@ -430,8 +430,8 @@ def astuple_fields(a: AnonymousSighting) -> tuple[object, ...]:
     return tuple(getattr(a, f) for f in SightingRow._fields)
 
 
-def test_0011_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
-    """From the head before it (0010), with frames as rows: 0011_i17f_query packs every
+def test_0012_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
+    """From the head before it (0011_i17g), with frames as rows: 0012_i17f_query packs every
     frame into rollup_frame_packed, drops ix_rollup_frame_city_top, and every frame the
     owner or the public reads is as it was; the writer goes on from there."""
     import random
@@ -445,7 +445,7 @@ def test_0011_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
     try:
         db.upgrade()
         with db.session() as s:
-            s.add(Study(id=1, name="before 0011", k_threshold=2))
+            s.add(Study(id=1, name="before 0012", k_threshold=2))
             s.flush()
             s.add_all([Title(id=1, study_id=1, name="a"), Title(id=2, study_id=1, name="b")])
             s.flush()
@@ -492,7 +492,7 @@ def test_0011_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
 
         want = answers()
         assert any(f["frames"] for f in want)  # type: ignore[index]
-        _frames_as_rows(db)  # 0010's form: every frame as rows, with the top-cities index
+        _frames_as_rows(db)  # the form before: every frame as rows, with the top-cities index
         with db.engine.connect() as conn:
             assert "rollup_frame_packed" not in inspect(conn).get_table_names()
             rows = conn.execute(select(func.count()).select_from(rollup_frame)).scalar_one()
@@ -526,15 +526,15 @@ def test_0011_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
 LONDON_7 = h3i.latlng_to_cell(51.51, -0.09, 7)
 
 
-def test_0011_packs_as_the_store_does() -> None:
-    """0011's own copy of the packed layout writes what store.packed writes, and reads it."""
+def test_0012_packs_as_the_store_does() -> None:
+    """0012's own copy of the packed layout writes what store.packed writes, and reads it."""
     import importlib.util
     import random
 
     from swarmwatch.store.packed import FrameCounts, pack, unpack
 
-    path = Path(__file__).parents[1] / "migrations" / "versions" / "0011_i17f_packed_frames.py"
-    spec = importlib.util.spec_from_file_location("m0011", path)
+    path = Path(__file__).parents[1] / "migrations" / "versions" / "0012_i17f_packed_frames.py"
+    spec = importlib.util.spec_from_file_location("m0012", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -15,7 +15,7 @@ from swarmwatch.config import get_settings
 from swarmwatch.custody import KeyCustody
 from swarmwatch.pipeline.anonymise import StudySealed, ensure_study_key, seal_study
 from swarmwatch.pipeline.binning import cell_for
-from swarmwatch.pipeline.geolocate import Geolocator
+from swarmwatch.pipeline.geolocate import Geolocator, address_key
 from swarmwatch.pipeline.pipeline import Pipeline, PipelineClosed
 from swarmwatch.pipeline.places import load_places
 from swarmwatch.sightings import PeerSighting, SampleRecord, Source
@@ -37,7 +37,11 @@ def sighting(
 
 
 async def run(db: Database, city_db: Path, items: list[PeerSighting], **kw: object) -> Pipeline:
-    geo = Geolocator(city_db, workers=int(kw.pop("workers", 0)))  # type: ignore[call-overload]
+    geo = Geolocator(
+        city_db,
+        workers=int(kw.pop("workers", 0)),  # type: ignore[call-overload]
+        ranges=bool(kw.pop("ranges", True)),
+    )
     try:
         async with Pipeline(db, geolocator=geo, batch_size=7, **kw) as p:  # type: ignore[arg-type]
             for s in items:
@@ -271,8 +275,21 @@ def test_put_waits_when_the_buffer_is_full(db: Database, city_db: Path) -> None:
 def test_geolocation_in_a_worker_process(db: Database, city_db: Path) -> None:
     register(db, ("alpha", [INFOHASH]))
     items = [sighting(k.address) for k in KNOWN]
-    p = asyncio.run(run(db, city_db, items, workers=1))
+    p = asyncio.run(run(db, city_db, items, workers=1, ranges=False))
     assert p.stats.geo_lookups == len(KNOWN) - 1  # ::ffff:81.2.69.161 hit the cached /27
+    with db.session() as s:
+        got = {r.geoname_id for r in s.scalars(select(Peer))}
+    assert got == {k.geoname_id for k in KNOWN}
+
+
+def test_ipv4_is_placed_from_the_range_table(db: Database, city_db: Path) -> None:
+    """With the range table, only IPv6 addresses are looked up in the database (the
+    worker); the places are the same."""
+    register(db, ("alpha", [INFOHASH]))
+    items = [sighting(k.address) for k in KNOWN]
+    v6 = {key for k in KNOWN if (key := address_key(addr(k.address))) >= 1 << 32}
+    p = asyncio.run(run(db, city_db, items, workers=1))
+    assert p.stats.geo_lookups == len(v6)
     with db.session() as s:
         got = {r.geoname_id for r in s.scalars(select(Peer))}
     assert got == {k.geoname_id for k in KNOWN}

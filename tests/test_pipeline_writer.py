@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 
 from swarmwatch.pipeline.pipeline import write_failure_kind
 from swarmwatch.store import Database
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import SightingColumns, SightingRow
 from swarmwatch.store.models import Peer
 from swarmwatch.store.rollups import (
     frame_cells,
@@ -161,7 +161,9 @@ def test_peer_times_follow_the_peer_table(db: Database, seed: int) -> None:
 def distinct_batch(n: int, ids: dict[tuple[str, str], int]) -> WriteBatch:
     """batch_of() with keys that differ in their first 64 bits (the presence key)."""
     batch = batch_of(n, ids)
-    batch.sightings = [r._replace(peer_key=r.peer_key[::-1]) for r in batch.sightings]
+    batch.sightings = SightingColumns.of(
+        r._replace(peer_key=r.peer_key[::-1]) for r in batch.sightings
+    )
     return batch
 
 

@@ -113,6 +113,7 @@ def test_no_address_on_any_path(
     city = write_city_db(tmp_path / "city.mmdb")
     monkeypatch.setenv("SWARMWATCH_GEOIP_CITY", str(city))
     monkeypatch.setenv("SWARMWATCH_VANTAGE", "privacy")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the range table's
     get_settings.cache_clear()
     settings = get_settings()
     db = Database(db_url)
@@ -181,6 +182,10 @@ def test_no_address_on_any_path(
         f = Path(db_url.removeprefix("sqlite:///") + suffix)
         if f.exists():
             blobs[f"database {f.name}"] = f.read_bytes()
+    for f in (tmp_path / "cache").rglob("*"):  # the geolocation range table
+        if f.is_file():
+            blobs[f"cache {f.name}"] = f.read_bytes()
+    assert any(where.startswith("cache ") for where in blobs)
     blobs["log"] = caplog.text.encode()
     assert len(blobs["log"]) > 1000, "DEBUG logging was not captured"
     assert scan(blobs, ips) == []

@@ -68,6 +68,10 @@ class AnalysisCaches:
     #: one-off reader (export, video, tests) that neither reads nor writes them.
     persisted: PersistedFrames | None = None
 
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop refreshing in the background (before the engine goes): True if stopped."""
+        return self.refresher.close(timeout)
+
     def __post_init__(self) -> None:
         self.refresher = Refresher(after=self.settle)
         self.levels = PerEngine(max_entries=64, refresher=self.refresher)

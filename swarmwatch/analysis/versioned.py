@@ -198,20 +198,42 @@ class Refresher:
 
     def __init__(self, after: Callable[[], None] | None = None) -> None:
         self.after = after
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
-        self._queue.put(job)
         with self._lock:
+            if self._closed:  # the owner is shutting down: nobody will read the answer
+                return
+            self._queue.put(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="refresher")
                 self._thread.start()
 
+    def close(self, timeout: float) -> bool:
+        """Run no more jobs; wait at most `timeout` s for the one running. True if stopped.
+
+        Its owner closes it before disposing of the engine the jobs read: a refresh
+        still holding a connection then would hand it back to a disposed pool, which
+        drops it unclosed (psycopg's ResourceWarning, at some later garbage collection).
+        """
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._queue.put(None)
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
     def _run(self) -> None:
         while True:
-            self._queue.get()()
+            job = self._queue.get()
+            if job is None:
+                return
+            job()
             if self.after is not None:
                 self.after()
 

@@ -14,13 +14,22 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from swarmwatch.custody import KeyCustody, WrappedKey, WrongSecret
-from swarmwatch.store.models import DeploymentSecret, StoreSecret, Study, StudyKey, utcnow
+from swarmwatch.store.models import (
+    DeploymentSecret,
+    ReplayEdge,
+    StoreSecret,
+    Study,
+    StudyKey,
+    Torrent,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +179,33 @@ def seal_study(session: Session, study_id: int, *, now: datetime | None = None) 
         row.tag = bytes(len(row.tag))
         session.flush()
     session.execute(delete(StudyKey).where(StudyKey.study_id == study_id))
+    _forget_replay_digests(session, study_id)
     if study.sealed_at is not None:
         return SealResult(study_id, study.sealed_at, already_sealed=True)
     study.sealed_at = now or utcnow()
     session.flush()
     log.info("study %d sealed: its key is destroyed", study_id)
     return SealResult(study_id, study.sealed_at, already_sealed=False)
+
+
+def _forget_replay_digests(session: Session, study_id: int) -> None:
+    """Delete the replay digests (store.coverage's edges) of the study's swarms that no
+    unsealed study watches: keyed with the store's replay key, which the deployment
+    secret unwraps, they would let its holder test a guessed address against a sealed
+    study's swarms. Spans hold no digest and stay, so no file counts those minutes again."""
+
+    def infohashes(*where: Any) -> set[str]:
+        rows = session.execute(
+            select(Torrent.infohash_v1, Torrent.infohash_v2)
+            .join(Study, Study.id == Torrent.study_id)
+            .where(*where)
+        )
+        return {ih.lower() for row in rows for ih in row if ih}
+
+    sealed = infohashes(Torrent.study_id == study_id)
+    watched = infohashes(Torrent.study_id != study_id, Study.sealed_at.is_(None))
+    if sealed - watched:
+        session.execute(delete(ReplayEdge).where(ReplayEdge.infohash.in_(sorted(sealed - watched))))
 
 
 def active_study_keys(session: Session, custody: KeyCustody) -> dict[int, bytes]:

@@ -64,15 +64,34 @@ def ingest_command(
         console.print(f"... and {report.bad - len(report.errors)} more bad lines")
     if report.resumed_lines:
         typer.echo(
-            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes; "
-            f"{report.already_stored} sightings there were stored by an earlier run)"
+            f"resumed after line {report.resumed_lines} ({report.resumed_bytes} bytes): "
+            "an earlier run of this file (or of its beginning) stored that far"
+        )
+    if report.already_stored:
+        where = (
+            f"the first new one on line {report.first_new_line}"
+            if report.first_new_line
+            else "nothing new"
+        )
+        typer.echo(
+            f"{report.already_stored} sightings skipped as already counted by an earlier "
+            f"ingest; {where}"
+        )
+    if report.late:
+        console.print(
+            f"[yellow]{report.late} lines out of time order[/yellow] (older than the minute "
+            "before the newest of their swarm, source and vantage): not counted; sort "
+            "the file by time and run it again to count them",
+            soft_wrap=True,
         )
     stats = report.pipeline
     typer.echo(
         f"{report.accepted} sightings read, {report.bad} bad lines skipped; "
         f"{stats.get('stored', 0)} stored, {stats.get('new_peers', 0)} new peers, "
-        f"{stats.get('anomalies', 0)} anomalies, {stats.get('coalesced', 0)} repeats, "
-        f"{stats.get('unknown_infohash', 0)} for unregistered torrents, "
+        f"{stats.get('anomalies', 0)} anomalies, "
+        f"{report.repeats + stats.get('coalesced', 0)} repeats, "
+        f"{report.already_stored} already counted, {report.late} late, "
+        f"{report.unregistered + stats.get('unknown_infohash', 0)} for unregistered torrents, "
         f"{stats.get('sealed', 0)} for sealed studies"
     )
     typer.echo(f"{report.lines} lines in {report.seconds:.1f} s: {report.lines_per_second:,.0f}/s")

@@ -1,7 +1,8 @@
 """Geolocation: an address to a place (country, GeoNames city, metro, H3 cell, ASN) or an anomaly.
 
 Any MaxMind-format City database works (GeoIP2/GeoLite2 City, DB-IP City Lite).
-A database record covers a whole network, so lookups are cached per network.
+IPv4 addresses are placed a batch at a time from the database's range table
+(rangetable); IPv6 ones by a tree walk, cached per network.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import maxminddb
 
 from swarmwatch.parentwatch import exit_with_parent
 from swarmwatch.pipeline.binning import cell_for
+from swarmwatch.pipeline.rangetable import RangeTable
 
 log = logging.getLogger(__name__)
 
@@ -436,12 +438,26 @@ def _worker_resolve(keys: list[int]) -> list[tuple[int, RawPlace]]:
     return _worker_lookup.resolve(keys)
 
 
+_NOT_FOUND: RawPlace = (AnomalyReason.NOT_FOUND.value, None, None, None, None)
+
+
+def range_table(city_db: Path, cache_dir: Path | None = None) -> RangeTable:
+    """The City database's IPv4 range table, from the user's cache (built there if new)."""
+    specials = [(lo, hi, reason.value) for lo, hi, reason in _SPECIAL[4]._ranges]
+    return RangeTable.for_database(city_db, _city_place, specials, _NOT_FOUND, cache_dir)
+
+
 class Geolocator:
-    """Addresses to Placements: network cache first, then the database.
+    """Addresses to Placements: IPv4 from the range table, a batch at a time; the rest
+    (IPv6, or everything when there is no table) network cache first, then the database.
 
     With workers=1 the database lookups run in a separate process (the other
     core); the cache stays here, so only misses cross the process boundary.
     Addresses travel to the worker through a pipe in memory, never a file.
+
+    ranges: use the IPv4 range table (built once per database file and kept in
+    range_cache_dir, by default the user's cache directory). Not with an ASN
+    database, whose networks the table does not hold.
     """
 
     def __init__(
@@ -452,12 +468,19 @@ class Geolocator:
         metro_of: dict[int, int] | None = None,
         workers: int = 0,
         cache_entries: int = 1_000_000,
+        ranges: bool = True,
+        range_cache_dir: Path | None = None,
     ) -> None:
         self.city_db = Path(city_db)
         self.asn_db = Path(asn_db) if asn_db else None
         self.metro_of = metro_of or {}
         self.cache = NetworkCache(cache_entries)
         self._local = DatabaseLookup(self.city_db, self.asn_db)
+        self.ranges: RangeTable | None = None
+        if ranges and self.asn_db is None:
+            self.ranges = range_table(self.city_db, range_cache_dir)
+        # Placements of the range table's places met so far, by place index.
+        self._range_places: dict[int, Placement] = {}
         self._executor: Executor | None = None
         if workers > 0:
             self._executor = ProcessPoolExecutor(
@@ -508,6 +531,42 @@ class Geolocator:
             resolved = self._local.resolve(keys)
         return self.store(keys, resolved)
 
+    async def place_batch(self, keys: list[int]) -> tuple[list[Placement], int]:
+        """Placements of address keys, and how many were looked up in the database
+        (the rest came from the range table or the network cache)."""
+        table = self.ranges
+        if table is None:
+            return await self._place_cached(keys)
+        v6_at = [i for i, k in enumerate(keys) if k >= 1 << 32]
+        if not v6_at:  # the usual batch: IPv4 only
+            return self._place_ranged(keys), 0
+        v4_at = [i for i, k in enumerate(keys) if k < 1 << 32]
+        ranged = self._place_ranged([keys[i] for i in v4_at])
+        placed, lookups = await self._place_cached([keys[i] for i in v6_at])
+        by_index = dict(zip(v4_at, ranged, strict=True))
+        by_index.update(zip(v6_at, placed, strict=True))
+        return [by_index[i] for i in range(len(keys))], lookups
+
+    def _place_ranged(self, keys: list[int]) -> list[Placement]:
+        assert self.ranges is not None
+        table = self.ranges
+        ids = table.place_ids(keys).tolist()
+        known = self._range_places
+        for i in set(ids).difference(known):
+            known[i] = self._placement(table.place(i))
+        return list(map(known.__getitem__, ids))
+
+    async def _place_cached(self, keys: list[int]) -> tuple[list[Placement], int]:
+        cached = self.cache.get
+        out = [cached(k) for k in keys]
+        misses = list(dict.fromkeys(k for k, p in zip(keys, out, strict=True) if p is None))
+        if not misses:
+            return out, 0  # type: ignore[return-value]  # no None left
+        found = dict(zip(misses, await self.locate_many(misses), strict=True))
+        return [p if p is not None else found[k] for k, p in zip(keys, out, strict=True)], len(
+            misses
+        )
+
     async def warm(self) -> None:
         """Start the worker process now (it starts on first use), so that its start-up
         is not paid by the first batch (or inside a benchmark's clock)."""
@@ -523,9 +582,12 @@ class Geolocator:
         placements lack them, so the cache starts again."""
         self.metro_of.update(metro_of)
         self.cache.clear()
+        self._range_places.clear()
 
     def locate(self, key: int) -> Placement:
         """One address, synchronously (tests, the replay path's first look)."""
+        if self.ranges is not None and key < 1 << 32:
+            return self._place_ranged([key])[0]
         hit = self.cache.get(key)
         if hit is not None:
             return hit
@@ -548,5 +610,6 @@ __all__ = [
     "V6_FLAG",
     "address_key",
     "packed_key",
+    "range_table",
     "special_reason",
 ]

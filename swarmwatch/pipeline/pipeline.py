@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from ipaddress import IPv6Address
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -23,16 +24,11 @@ from swarmwatch.custody import KeyCustody
 from swarmwatch.geoip import is_embedded
 from swarmwatch.pipeline.anonymise import active_study_keys, peer_key
 from swarmwatch.pipeline.geoipdb import active_asn_db, active_city_db
-from swarmwatch.pipeline.geolocate import (
-    V6_FLAG,
-    Geolocator,
-    Placement,
-    packed_key,
-)
+from swarmwatch.pipeline.geolocate import V6_FLAG, Geolocator, packed_key
 from swarmwatch.pipeline.places import metro_map
-from swarmwatch.sightings import PeerSighting, SampleRecord
+from swarmwatch.sightings import PeerSighting, SampleRecord, Source
 from swarmwatch.store import Database
-from swarmwatch.store.batch import ReplayMark, SightingRow
+from swarmwatch.store.batch import ReplayMark
 from swarmwatch.store.models import Torrent
 from swarmwatch.store.writer import (
     BatchWriter,
@@ -66,6 +62,9 @@ WRITE_ATTEMPTS = 3
 #: capped so that a restarted server is noticed within seconds.
 WRITE_BACKOFF_FIRST_SECONDS = 0.1
 WRITE_BACKOFF_MAX_SECONDS = 5.0
+
+
+_SOURCE_NAME = {member: str(member.value) for member in Source}
 
 
 class PipelineClosed(Exception):
@@ -446,12 +445,12 @@ class Pipeline:
             batch.samples.extend((ref.torrent_id, sample) for ref in refs)
             stats.samples += 1
 
-        geo = self.geolocator
-        cached = geo.cached
         window = self.window_seconds
         coalesce = self._coalesce
-        kept: list[tuple[PeerSighting, int, list[TorrentRef], Placement | None]] = []
-        misses: dict[int, None] = {}
+        # The sightings kept, their address keys and torrents (lists, not a tuple each).
+        kept: list[PeerSighting] = []
+        kept_keys: list[int] = []
+        kept_refs: list[list[TorrentRef]] = []
         for s in items:
             refs = torrents.get(s.infohash)
             if refs is None:
@@ -463,35 +462,47 @@ class Pipeline:
                 continue
             ip = s.ip
             key = int(ip)
-            if ip.version == 6:
+            if isinstance(ip, IPv6Address):  # (ip.version is a Python-level property)
                 key = key & 0xFFFFFFFF if key >> 32 == 0xFFFF else key | V6_FLAG
             bucket = int(seen.timestamp()) // window
             members = coalesce.get(bucket)
             if members is None:
                 members = self._open_window(bucket)
-            ckey = (s.infohash, key, s.source, s.vantage, s.seed)
+            # Only str, int and None: the garbage collector stops tracking such a tuple,
+            # and a window holds one per peer (a Source member would keep it tracked).
+            ckey = (s.infohash, key, _SOURCE_NAME[s.source], s.vantage, s.seed)
             if ckey in members:
                 stats.coalesced += 1
                 continue
             members.add(ckey)
             self._coalesce_size += 1
-            place = cached(key)
-            if place is None:
-                misses[key] = None
-            kept.append((s, key, refs, place))
+            kept.append(s)
+            kept_keys.append(key)
+            kept_refs.append(refs)
 
-        found: dict[int, Placement] = {}
-        if misses:
-            keys = list(misses)
-            stats.geo_lookups += len(keys)
-            found = dict(zip(keys, await geo.locate_many(keys), strict=True))
+        places, lookups = await self.geolocator.place_batch(kept_keys)
+        stats.geo_lookups += lookups
 
         study_keys = self._keys
-        rows: list[SightingRow] = batch.sightings
-        append = rows.append
-        for s, key, refs, place in kept:
-            if place is None:
-                place = found[key]
+        rows = batch.sightings
+        # Column appends bound once: a batch is thousands of rows.
+        add_study, add_title, add_torrent = (
+            rows.study_id.append, rows.title_id.append, rows.torrent_id.append,
+        )  # fmt: skip
+        add_key, add_seen, add_source = (
+            rows.peer_key.append,
+            rows.seen_at.append,
+            rows.source.append,
+        )
+        add_vantage, add_seed, add_country = (
+            rows.vantage.append,
+            rows.seed.append,
+            rows.country.append,
+        )
+        add_geoname, add_metro, add_cell, add_asn = (
+            rows.geoname_id.append, rows.metro_id.append, rows.h3_cell.append, rows.asn.append,
+        )  # fmt: skip
+        for s, key, refs, place in zip(kept, kept_keys, kept_refs, places, strict=True):
             packed = packed_key(key)
             source = str(s.source)
             for ref in refs:
@@ -499,30 +510,34 @@ class Pipeline:
                 if secret is None:
                     stats.sealed += 1
                     continue
-                append(
-                    SightingRow(
-                        study_id=ref.study_id,
-                        title_id=ref.title_id,
-                        torrent_id=ref.torrent_id,
-                        peer_key=peer_key(secret, packed),
-                        seen_at=s.seen_at,
-                        source=source,
-                        vantage=s.vantage,
-                        seed=s.seed,
-                        country=place.country,
-                        geoname_id=place.geoname_id,
-                        metro_id=place.metro_id,
-                        h3_cell=place.h3_cell,
-                        asn=place.asn,
-                    )
-                )
+                add_study(ref.study_id)
+                add_title(ref.title_id)
+                add_torrent(ref.torrent_id)
+                add_key(peer_key(secret, packed))
+                add_seen(s.seen_at)
+                add_source(source)
+                add_vantage(s.vantage)
+                add_seed(s.seed)
+                add_country(place.country)
+                add_geoname(place.geoname_id)
+                add_metro(place.metro_id)
+                add_cell(place.h3_cell)
+                add_asn(place.asn)
                 if place.anomaly is not None:
                     batch.add_anomaly(
                         ref.torrent_id, ref.study_id, source, place.anomaly, s.seen_at
                     )
         # The writer's pure-Python part of the batch, done here: this stage runs while
         # the writer thread is inside the database with the GIL released.
-        self.writer.prepare(batch)
+        prepared = self.writer.prepare(batch)
+        if prepared.unknown_vantages:  # a vantage new to the writer: learnt now, once
+            try:
+                await asyncio.to_thread(self.writer.learn_vantages, prepared.unknown_vantages)
+            except Exception as exc:  # the writer learns it itself when the database is back
+                log.warning("pipeline: vantages not registered yet (%s)", type(exc).__name__)
+            else:
+                batch.prepared = None
+                self.writer.prepare(batch)
         return batch
 
     def _open_window(self, bucket: int) -> set[tuple[Any, ...]]:

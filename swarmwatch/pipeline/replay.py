@@ -4,12 +4,14 @@ Each line is untrusted input: a bad line raises ReplayRowError inside the parser
 is reported with its line number (never its content: it may hold an address), and
 is skipped; good lines are never lost because of a bad neighbour.
 
-Resumable and idempotent: each write batch stores, in its own transaction, a keyed
-digest of the file's bytes up to the last line its sightings came from
-(replay_progress). Run again after any interruption, the same file (or one that
-starts with it, such as a log that grew) resumes after the last stored line, so no
-line is counted twice. A file whose overlap with an earlier one is not a common
-prefix is not recognised: its lines are counted again.
+Resumable and idempotent, whatever the overlap: every sighting is checked against the
+stored coverage of its stream (pipeline.overlap: the minutes of each swarm, source and
+vantage that earlier ingests counted), and what this run counts is added to it in the
+transaction of the batch that stores it. A file run again after any interruption, a
+longer or rotated log, a copy cut elsewhere, or a merge of several, counts each
+sighting once. Each batch also stores a keyed digest of the file's bytes up to its
+last line (replay_progress): the same file, or one that starts with it, says where it
+resumed, and files ingested before coverage was kept are recognised by it.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from sqlalchemy import select
 from swarmwatch.config import get_settings
 from swarmwatch.custody import KeyCustody
 from swarmwatch.pipeline.anonymise import REPLAY_SECRET, check_custody, stored_secret
+from swarmwatch.pipeline.overlap import ReplayOverlap, Verdict
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.batch import ReplayMark
-from swarmwatch.store.models import ReplayProgress, StoreSecret
+from swarmwatch.store.coverage import ReplayLedger, load_coverage
+from swarmwatch.store.models import ReplayProgress, StoreSecret, Torrent
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,13 @@ class ReplayReport:
     # Where this run resumed: lines (and bytes) of the file an earlier run had stored.
     resumed_lines: int = 0
     resumed_bytes: int = 0
-    already_stored: int = 0  # sightings of those lines, read and not put again
+    # Sightings read and not put, because an earlier ingest counted them: on the lines
+    # above, or anywhere else (its stream's coverage, pipeline.overlap).
+    already_stored: int = 0
+    first_new_line: int = 0  # the first line this run counted (0: none)
+    repeats: int = 0  # the same sighting again in its minute, in this file
+    late: int = 0  # out of time order in its stream by more than a minute: not counted
+    unregistered: int = 0  # no torrent with its infohash when the run began: not counted
     seconds: float = 0.0
 
     @property
@@ -238,29 +248,64 @@ async def ingest_lines(
     vantage: str = "replay",
     cursor: FileCursor | None = None,
     resume_after: int = 0,
+    overlap: ReplayOverlap | None = None,
 ) -> ReplayReport:
     """Feed parsed lines into a running pipeline; returns once they are all written.
 
     With a cursor (the reader of `raw`), a replay mark follows each sighting, and the
     sightings of lines up to `resume_after` (stored by an earlier run) are not put.
+    With an overlap, only the sightings it finds new are put (and the lines up to
+    `resume_after` still pass through it, so it knows where each stream stands).
     """
+    if overlap is not None and cursor is None:
+        raise ValueError("an overlap needs a cursor: its marks carry the coverage")
     report = ReplayReport()
+    ledger = overlap.ledger if overlap is not None else None
     for item in parse_lines(raw, fmt=fmt, vantage=vantage):
-        if cursor is not None and cursor.lines <= resume_after:
+        done_before = cursor is not None and cursor.lines <= resume_after
+        if done_before and overlap is None:
             if not isinstance(item, ReplayError):
                 report.already_stored += 1
             continue
-        report.lines += 1
         if isinstance(item, ReplayError):
-            report.add_error(item)
-            log.warning("replay: skipped %s", item)
+            if not done_before:
+                report.lines += 1
+                report.add_error(item)
+                log.warning("replay: skipped %s", item)
             continue
+        if overlap is not None:
+            if item.infohash not in overlap.registered:
+                if not done_before:
+                    report.lines += 1
+                    report.unregistered += 1
+                continue
+            verdict = overlap.verdict(item)
+            if done_before:
+                # Stored by an earlier run of this file: passed through the overlap
+                # (which adds it to coverage if that run predates coverage), not put.
+                report.already_stored += 1
+                continue
+            report.lines += 1
+            if verdict is Verdict.ALREADY:
+                report.already_stored += 1
+                continue
+            if verdict is Verdict.REPEAT:
+                report.repeats += 1
+                continue
+            if verdict is Verdict.LATE:
+                report.late += 1
+                continue
+        else:
+            report.lines += 1
         await pipeline.put(item)
         report.accepted += 1
+        if not report.first_new_line and cursor is not None:
+            report.first_new_line = cursor.lines
         if cursor is not None:
-            await pipeline.put_mark(cursor.mark())
-    if cursor is not None and cursor.lines > resume_after:
-        await pipeline.put_mark(cursor.mark())  # the lines after the last sighting
+            await pipeline.put_mark(cursor.mark(ledger))
+    if cursor is not None and (cursor.lines > resume_after or ledger is not None):
+        # The lines after the last sighting, and what the overlap decided on them.
+        await pipeline.put_mark(cursor.mark(ledger))
     await pipeline.flush()
     report.pipeline = pipeline.stats.as_dict()
     return report
@@ -282,8 +327,10 @@ class FileCursor:
         self.bytes_read = 0
         self.lines = 0
 
-    def mark(self) -> ReplayMark:
-        return ReplayMark(self.sha.copy().digest(), self.bytes_read, self.lines)
+    def mark(self, ledger: ReplayLedger | None = None) -> ReplayMark:
+        """Where the reader is, and (with a ledger) how far the coverage decisions are."""
+        position = ledger.position if ledger is not None else 0
+        return ReplayMark(self.sha.copy().digest(), self.bytes_read, self.lines, ledger, position)
 
     def read(self, path: Path) -> Iterator[bytes]:
         """The lines of `path` (a line longer than MAX_LINE_BYTES comes as a too-long
@@ -337,28 +384,56 @@ def replay_key(db: Database, custody: KeyCustody) -> bytes:
     return key
 
 
-def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
-    """(lines, bytes) of the file that an earlier run stored: the furthest replay mark
-    whose digest is that of the file's own prefix, or (0, 0)."""
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """How much of a file earlier runs stored, by their marks of its prefixes."""
+
+    lines: int = 0  # the furthest mark of this file (what `ingest` says it resumed after)
+    bytes_read: int = 0
+    # The furthest mark written before coverage was kept (migration 0011): lines up to
+    # here are counted but not covered, so they are skipped by this mark alone.
+    uncovered_lines: int = 0
+
+
+def resume_points(path: Path, db: Database, key: bytes) -> ResumePoint:
+    """Where an earlier run of this file (or of a file it starts with) got to: the
+    furthest replay marks whose digest is that of the file's own prefix."""
     size = path.stat().st_size
     with db.session() as session:
         known = {
-            bytes(digest): (int(lines), int(read))
-            for digest, lines, read in session.execute(
+            bytes(digest): (int(lines), int(read), bool(covered))
+            for digest, lines, read, covered in session.execute(
                 select(
-                    ReplayProgress.digest, ReplayProgress.lines, ReplayProgress.bytes_read
+                    ReplayProgress.digest,
+                    ReplayProgress.lines,
+                    ReplayProgress.bytes_read,
+                    ReplayProgress.covered,
                 ).where(ReplayProgress.bytes_read <= size)
             )
         }
-    best = (0, 0)
+    best = ResumePoint()
     if not known:
         return best
-    sizes = {read for _, read in known.values()}  # hash only where a mark could match
+    sizes = {read for _, read, _ in known.values()}  # hash only where a mark could match
     cursor = FileCursor(key)
     for _ in cursor.read(path):
-        if cursor.bytes_read in sizes and cursor.mark().digest in known:
-            best = (cursor.lines, cursor.bytes_read)
+        if cursor.bytes_read in sizes and (found := known.get(cursor.mark().digest)):
+            uncovered = best.uncovered_lines if found[2] else cursor.lines
+            best = ResumePoint(cursor.lines, cursor.bytes_read, uncovered)
     return best
+
+
+def resume_point(path: Path, db: Database, key: bytes) -> tuple[int, int]:
+    """(lines, bytes) of the file that an earlier run stored, or (0, 0)."""
+    point = resume_points(path, db, key)
+    return point.lines, point.bytes_read
+
+
+def registered_infohashes(db: Database) -> set[str]:
+    """Every registered torrent's infohashes (v1 and v2), lower case, as sightings name them."""
+    with db.session() as session:
+        rows = session.execute(select(Torrent.infohash_v1, Torrent.infohash_v2)).all()
+    return {ih.lower() for row in rows for ih in row if ih}
 
 
 def ingest_file(
@@ -369,7 +444,11 @@ def ingest_file(
     vantage: str = "replay",
     pipeline_options: dict[str, Any] | None = None,
 ) -> ReplayReport:
-    """`swarmwatch ingest FILE`: replay a CSV/JSONL file through a fresh pipeline."""
+    """`swarmwatch ingest FILE`: replay a CSV/JSONL file through a fresh pipeline.
+
+    One ingest at a time per database: two at once could both count a line that
+    neither has stored yet.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -382,7 +461,13 @@ def ingest_file(
     if options.get("custody") is None:  # one secret for the digests and the peer keys
         options["custody"] = KeyCustody.from_settings(options.get("settings") or get_settings())
     key = replay_key(db, options["custody"])
-    resume_lines, resume_bytes = resume_point(path, db, key)
+    resume = resume_points(path, db, key)
+    # Lines of torrents registered later are not counted now, and so not covered: run
+    # the file again once they are.
+    registered = registered_infohashes(db)
+    with db.engine.connect() as conn:
+        stored = load_coverage(conn, registered)
+    overlap = ReplayOverlap(key, stored, registered)
     cursor = FileCursor(key)
 
     async def run() -> ReplayReport:
@@ -393,11 +478,12 @@ def ingest_file(
                 fmt=kind,
                 vantage=vantage,
                 cursor=cursor,
-                resume_after=resume_lines,
+                resume_after=resume.uncovered_lines,
+                overlap=overlap,
             )
 
     report = asyncio.run(run())
-    report.resumed_lines, report.resumed_bytes = resume_lines, resume_bytes
+    report.resumed_lines, report.resumed_bytes = resume.lines, resume.bytes_read
     report.seconds = time.perf_counter() - started
     return report
 
@@ -413,5 +499,8 @@ __all__ = [
     "parse_lines",
     "parse_record",
     "parse_time",
+    "registered_infohashes",
+    "ResumePoint",
     "resume_point",
+    "resume_points",
 ]

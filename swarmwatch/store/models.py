@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -369,6 +370,40 @@ class ReplayProgress(Base):
     bytes_read: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[int] = mapped_column(BigInteger)
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Written with the coverage of its lines (replay_span, replay_edge); false for marks
+    # from before migration 0011, which alone say those lines are counted.
+    covered: Mapped[bool] = mapped_column(Boolean, server_default=true())
+
+
+class ReplaySpan(Base):
+    """Minutes of one replayed stream (a swarm as one source and vantage saw it) whose
+    every line is counted: slots lo..hi, Unix time // 60 (store.coverage).
+
+    Written in the transaction of the write batch that holds those lines' sightings, so
+    a later ingest of any file that overlaps them skips exactly what was counted.
+    """
+
+    __tablename__ = "replay_span"
+    infohash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lo: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hi: Mapped[int] = mapped_column(Integer)
+
+
+class ReplayEdge(Base):
+    """A minute of a replayed stream that is counted only in part (where a file began or
+    ended): the keyed digests of the sightings counted in it, 8 bytes each, in parts
+    (one per write batch that added some). A minute has rows here or is in a span,
+    never both, so storage grows with files and streams, not with sightings."""
+
+    __tablename__ = "replay_edge"
+    infohash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    part: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    digests: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class StoreSecret(Base):
@@ -471,7 +506,9 @@ __all__ = [
     "GeoipDatabase",
     "Metro",
     "Peer",
+    "ReplayEdge",
     "ReplayProgress",
+    "ReplaySpan",
     "Sample",
     "Sighting",
     "StoreSecret",

@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 from h3.api import basic_int as h3i
@@ -61,7 +61,7 @@ from sqlalchemy import (
 )
 
 from swarmwatch.sightings import AnonymousSighting
-from swarmwatch.store.batch import SightingRow
+from swarmwatch.store.batch import SightingColumns, SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.models import Base
 from swarmwatch.store.packed import FrameCounts, merge_counts, pack, triples, unpack
@@ -502,7 +502,7 @@ def apply_batch(
     """
     if not batch:
         return
-    rows = [
+    rows = SightingColumns.of(
         SightingRow(
             s.study_id,
             s.title_id,
@@ -519,7 +519,7 @@ def apply_batch(
             s.asn,
         )
         for s in batch
-    ]
+    )
     new: list[int] = []
     counted: set[tuple[int, bytes]] = set()
     for i, s in enumerate(batch):
@@ -542,7 +542,7 @@ _NO_PEERS: frozenset[int] = frozenset()
 
 def apply_rows(
     conn: Connection,
-    rows: Sequence[SightingRow],
+    rows: SightingColumns,
     new_rows: Iterable[int],
     presence: PresenceCache,
     record_keys: Sequence[int] | None = None,
@@ -551,7 +551,7 @@ def apply_rows(
 ) -> None:
     """Fold one writer batch into every rollup, in the caller's transaction.
 
-    rows are the writer's SightingRows; new_rows are the indexes of the rows that
+    rows are the writer's batch (columns); new_rows are the indexes of the rows that
     first saw a peer new to its title, one per new peer. Everything is first summed
     per row key (column-wise, with Counters, which count in C), so each table gets
     one statement per batch
@@ -580,17 +580,22 @@ def apply_rows(
     frames_known = presence.frames
     hour_s, day_s = FRAME_INTERVALS
     n = len(rows)
-    stamps = [r.seen_at.timestamp() for r in rows]
-    titles = [r.title_id for r in rows]
+    stamps = [x.timestamp() for x in rows.seen_at]
+    titles = rows.title_id
+    sources, vantages, seeds = rows.source, rows.vantage, rows.seed
+    geonames, countries, metros_of, cells = (
+        rows.geoname_id,
+        rows.country,
+        rows.metro_id,
+        rows.h3_cell,
+    )
     days = [int(ts // day_s) for ts in stamps]
     hours = [int(ts // hour_s) for ts in stamps]
 
     # Sightings, seed sightings and new peers by day, source and vantage.
-    akeys = list(
-        zip(titles, days, [r.source for r in rows], [r.vantage for r in rows], strict=True)
-    )
+    akeys = list(zip(titles, days, sources, vantages, strict=True))
     seen_n = Counter(akeys)
-    seed_n = Counter([k for k, r in zip(akeys, rows, strict=True) if r.seed is True])
+    seed_n = Counter([k for k, seed in zip(akeys, seeds, strict=True) if seed is True])
     new = sorted(set(new_rows))
     rks: Sequence[int] = record_keys if record_keys is not None else [0] * n
     new_n = Counter([akeys[i] for i in new])
@@ -606,42 +611,40 @@ def apply_rows(
 
     # Presence candidates: each (frame, peer) once, with the first row that has it,
     # less those the cache knows are committed already.
-    pids = [int.from_bytes(r.peer_key[:8], "big", signed=True) for r in rows]
+    pids = [int.from_bytes(k[:8], "big", signed=True) for k in rows.peer_key]
     candidates: dict[Key, int] = {}
     for interval, buckets in ((hour_s, hours), (day_s, days)):
-        keys = list(zip(titles, [interval] * n, buckets, pids, strict=True))
+        keys = list(zip(titles, repeat(interval), buckets, pids))
         first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # first row wins
-        if any(frames_known.get(f) for f in set(zip(titles, [interval] * n, buckets, strict=True))):
+        if any(frames_known.get(f) for f in set(zip(titles, repeat(interval), buckets))):
             first = {
                 k: i for k, i in first.items() if k[3] not in frames_known.get(k[:3], _NO_PEERS)
             }
         candidates.update(first)
 
     # Unique peers by place, day and cell, at their first sighting.
-    nrows = [rows[i] for i in new]
+    ntitles = [titles[i] for i in new]
     ndays = [days[i] for i in new]
-    pkeys = [(r.title_id, r.geoname_id or 0, r.country or "") for r in nrows]
-    dkeys = [
-        (r.title_id, d, r.vantage, r.geoname_id or 0, r.country or "")
-        for r, d in zip(nrows, ndays, strict=True)
-    ]
-    nseeds = [r.seed is True for r in nrows]
+    nvantages = [vantages[i] for i in new]
+    ngeo = [geonames[i] or 0 for i in new]
+    ncountry = [countries[i] or "" for i in new]
+    pkeys = list(zip(ntitles, ngeo, ncountry, strict=True))
+    dkeys = list(zip(ntitles, ndays, nvantages, ngeo, ncountry, strict=True))
+    nseeds = [seeds[i] is True for i in new]
     nrks = [rks[i] for i in new]
-    metros = [(r.metro_id or 0,) for r in nrows]
+    metros = [(metros_of[i] or 0,) for i in new]
     place = _with_seeds(pkeys, nseeds, nrks)
     place_day = _with_seeds(dkeys, nseeds, nrks)
     # The metro a place row is created with: that of its first sighting in the batch.
     metro = dict(zip(reversed(pkeys), reversed(metros), strict=True))
     metro_day = dict(zip(reversed(dkeys), reversed(metros), strict=True))
     res = CELL_STORED_RES
-    parents = [_stored_parent(r.h3_cell, res) if r.h3_cell else None for r in nrows]
-    celled = [i for i, p in enumerate(parents) if p is not None]
-    cell = _counted(
-        [(nrows[i].title_id, res, parents[i]) for i in celled], [nrks[i] for i in celled]
-    )
+    parents = [_stored_parent(c, res) if (c := cells[i]) else None for i in new]
+    celled = [j for j, p in enumerate(parents) if p is not None]
+    cell = _counted([(ntitles[j], res, parents[j]) for j in celled], [nrks[j] for j in celled])
     cell_day = _counted(
-        [(nrows[i].title_id, ndays[i], nrows[i].vantage, res, parents[i]) for i in celled],
-        [nrks[i] for i in celled],
+        [(ntitles[j], ndays[j], nvantages[j], res, parents[j]) for j in celled],
+        [nrks[j] for j in celled],
     )
 
     # Distinct active peers per frame: the candidates the database did not know either.
@@ -658,21 +661,23 @@ def apply_rows(
         counted = _new_presence(conn, first_seen, all_new=True) + _new_presence(conn, known)
     else:
         counted = _counted_presence(conn, rows, hours, days, pids, candidates, prior)
-    fresh = [(k, rows[candidates[k]], rks[candidates[k]]) for k in counted]
-    active_n = Counter([k[:3] for k, _, _ in fresh])
-    active_rk = _sum_by([k[:3] for k, _, _ in fresh], [rk for _, _, rk in fresh])
-    citied = [(k, r, rk) for k, r, rk in fresh if r.geoname_id]
-    city_n = Counter([k[:3] for k, _, _ in citied])
-    city_rk = _sum_by([k[:3] for k, _, _ in citied], [rk for _, _, rk in citied])
+    frames = [k[:3] for k in counted]
+    at = [candidates[k] for k in counted]
+    frks = [rks[i] for i in at]
+    active_n = Counter(frames)
+    active_rk = _sum_by(frames, frks)
+    citied = [j for j, i in enumerate(at) if geonames[i]]
+    city_frames = [frames[j] for j in citied]
+    city_rks = [frks[j] for j in citied]
+    city_n = Counter(city_frames)
+    city_rk = _sum_by(city_frames, city_rks)
     active = {k: (c, city_n[k], active_rk[k], city_rk.get(k, 0)) for k, c in active_n.items()}
-    frame_city = _counted(
-        [(*k[:3], r.geoname_id) for k, r, _ in citied], [rk for _, _, rk in citied]
-    )
+    frame_city = _counted([(*frames[j], geonames[at[j]]) for j in citied], city_rks)
     fres = FRAME_STORED_RES
     in_cells = [
-        ((k[0], k[1], fres, k[2], p), rk)
-        for k, r, rk in fresh
-        if r.h3_cell and (p := _stored_parent(r.h3_cell, fres)) is not None
+        ((f[0], f[1], fres, f[2], p), rk)
+        for f, i, rk in zip(frames, at, frks, strict=True)
+        if (c := cells[i]) and (p := _stored_parent(c, fres)) is not None
     ]
     frame = _counted([k for k, _ in in_cells], [rk for _, rk in in_cells])
 
@@ -778,7 +783,7 @@ def add_increments(conn: Connection, inc: RollupIncrements) -> None:
 
 def _counted_presence(
     conn: Connection,
-    rows: Sequence[SightingRow],
+    rows: SightingColumns,
     hours: list[int],
     days: list[int],
     pids: list[int],
@@ -789,23 +794,24 @@ def _counted_presence(
     the peers' latest frames kept in their rows (see apply_rows): rows are written
     only for frames a peer has moved on from, and asked only for frames before a
     peer's latest."""
-    latest: dict[tuple[int, bytes], list[int]] = {}
-    pid_of: dict[tuple[int, bytes], int] = {}
-    for i, r in enumerate(rows):
-        pk = (r.title_id, r.peer_key)
-        top = latest.get(pk)
-        if top is None:
-            latest[pk] = [hours[i], days[i]]
-            pid_of[pk] = pids[i]
-        else:
-            top[0] = max(top[0], hours[i])
-            top[1] = max(top[1], days[i])
+    # Each peer's latest hour and day in the batch, as ints (a list per peer would be
+    # an object per peer for the garbage collector to track until the batch is done).
+    keys = list(zip(rows.title_id, rows.peer_key, strict=True))
+    pid_of = dict(zip(keys, pids, strict=True))
+    latest_hour = dict(zip(keys, hours, strict=True))
+    latest_day = dict(zip(keys, days, strict=True))
+    if len(latest_hour) < len(keys):  # a peer with several rows: its latest frames
+        for pk, hour, day in zip(keys, hours, days, strict=True):
+            if hour > latest_hour[pk]:
+                latest_hour[pk] = hour
+            if day > latest_day[pk]:
+                latest_day[pk] = day
+    latest = (latest_hour, latest_day)
     fresh: list[Key] = []  # counted; the peer's latest frame now, so no row
     moved_on: list[Key] = []  # counted, and left within this batch: a row, known new
     ask: list[Key] = []  # before the peer's latest: counted if its row was not there
     for k, i in candidates.items():
-        r = rows[i]
-        pk = (r.title_id, r.peer_key)
+        pk = keys[i]
         before = prior.get(pk)
         if before is None:
             ask.append(k)
@@ -814,7 +820,7 @@ def _counted_presence(
         bucket = k[2]
         last = before.latest(at)
         if bucket > last:
-            (moved_on if bucket < latest[pk][at] else fresh).append(k)
+            (moved_on if bucket < latest[at][pk] else fresh).append(k)
         elif bucket < last and not before.in_bitmap(at, bucket):
             ask.append(k)  # not in the bitmaps (or outside them): maybe a row
         # bucket == the peer's latest before: counted then, and kept when it moves on
@@ -824,7 +830,7 @@ def _counted_presence(
         (pk[0], interval, before.latest(at), pid_of[pk])
         for pk, before in prior.items()
         for at, interval in ((0, HOUR), (1, DAY))
-        if 0 <= before.latest(at) < latest[pk][at]
+        if 0 <= before.latest(at) < latest[at][pk]
         and before.in_bitmap(at, before.latest(at)) is None
     ]
     _new_presence(conn, left, all_new=True)
@@ -1026,7 +1032,9 @@ def _with_seeds(
 
 def _sum_by(keys: Sequence[Key], values: Sequence[int]) -> dict[Key, int]:
     """values summed per key."""
-    out: defaultdict[Key, int] = defaultdict(int)
+    # Every key made at once (in C), so the loop never meets a missing one: a
+    # defaultdict's miss calls its factory, and most keys here are met once.
+    out: dict[Key, int] = dict.fromkeys(keys, 0)
     for k, v in zip(keys, values, strict=True):
         out[k] += v
     return out

@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import os
 from array import array
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import chain
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.sightings import AnonymousSighting, SampleRecord, Source
-from swarmwatch.store.batch import ReplayMark, SightingRow
+from swarmwatch.store.batch import ReplayMark, SightingColumns, SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.rollups import (
     DAY,
@@ -38,11 +40,11 @@ from swarmwatch.store.rollups import (
 log = logging.getLogger(__name__)
 
 ApplyRollups = Callable[[Connection, list[AnonymousSighting]], None]
-#: The same, fed the writer's own row tuples and the indexes of new peers' first rows.
+#: The same, fed the writer's own columns and the indexes of new peers' first rows.
 ApplyRows = Callable[
     [
         Connection,
-        list[SightingRow],
+        SightingColumns,
         list[int],
         PresenceCache,
         list[int],
@@ -71,7 +73,12 @@ _PEER_COLUMNS = (
     " geoname_id, metro_id, h3_cell, asn, seed, sightings, sources, vantages, record_key,"
     " last_hour, last_day, hour_base, day_base"
 )
-_PEER_WIDTH = _PEER_COLUMNS.count(",") + 1
+_PEER_COLUMNS_LIST = [c.strip() for c in _PEER_COLUMNS.split(",")]
+_PEER_WIDTH = len(_PEER_COLUMNS_LIST)
+#: An upsert row's (title, peer key).
+_PEER_ORDER = itemgetter(0, 1)
+
+
 # Counts add up and first/last widen, so a second writer racing this one loses nothing.
 # One statement upserts a chunk of peers and RETURNS each one's count: a row that
 # comes back with exactly the batch's count was inserted (an existing row had >= 1
@@ -155,10 +162,11 @@ VANTAGE_BITS = 63
 
 def source_bit(source: str) -> int:
     """A source's bit in peer.sources (Source's members in declared order)."""
-    return _SOURCE_BITS.get(source, 1 << (len(_SOURCE_BITS)))
+    return _SOURCE_BITS.get(source, _OTHER_SOURCE_BIT)
 
 
 _SOURCE_BITS = {str(member): 1 << i for i, member in enumerate(Source)}
+_OTHER_SOURCE_BIT = 1 << len(_SOURCE_BITS)
 
 
 def sources_of(mask: int) -> set[str]:
@@ -215,7 +223,7 @@ def draw_record_keys(n: int) -> array[int]:
 class WriteBatch:
     """Everything one transaction writes. Holds no address: only keys and places."""
 
-    sightings: list[SightingRow] = field(default_factory=list)
+    sightings: SightingColumns = field(default_factory=SightingColumns)
     # (torrent_id, study_id, source, reason) -> [count, first_seen, last_seen]
     anomalies: dict[tuple[int, int, str, str], list[Any]] = field(default_factory=dict)
     samples: list[tuple[int, SampleRecord]] = field(default_factory=list)
@@ -254,18 +262,24 @@ class PreparedRows:
     while the writer thread waits on the database with the GIL released.
     """
 
-    rows: list[SightingRow]  # the list these were made from (a changed list: made again)
+    rows: SightingColumns  # the batch these were made from (a changed one: made again)
     count: int
-    # (statement, parameters) per peer upsert, and (title, peer) -> (first row, sightings)
+    # (statement, parameters) per peer upsert
     peer_statements: list[tuple[str, tuple[Any, ...]]]
+    # Each row's (title, peer); each peer's (first row, sightings in the batch).
+    keys: list[tuple[int, bytes]]
     peers: dict[tuple[int, bytes], tuple[int, int]]
-    # (title, peer) -> {source bit: its earliest row}, {vantage bit: its earliest row}
+    # Each row's source and vantage bit.
+    source_bits: list[int]
+    vantage_bits: list[int]
+    # Peers with more than one row: {source bit: its earliest row}, {vantage bit: ...};
+    # a peer with one row enters its source and vantage with that row.
     entries: dict[tuple[int, bytes], tuple[dict[int, int], dict[int, int]]]
     # Vantages of the rows this writer has no vantage.id for yet: write() registers
     # them and prepares again (their bits were left out).
     unknown_vantages: frozenset[str]
 
-    def fits(self, rows: list[SightingRow]) -> bool:
+    def fits(self, rows: SightingColumns) -> bool:
         return self.rows is rows and self.count == len(rows)
 
 
@@ -352,7 +366,7 @@ class BatchWriter:
         """
         prepared = self.prepare(batch)
         if prepared.unknown_vantages:
-            self._learn_vantages(prepared.unknown_vantages)
+            self.learn_vantages(prepared.unknown_vantages)
             batch.prepared = None
             prepared = self.prepare(batch)
         with self.engine.connect() as conn:
@@ -406,14 +420,19 @@ class BatchWriter:
                 self._sql(_NOTE_REPLAY),
                 (mark.digest, mark.bytes_read, mark.lines, self._time(now)),
             )
+            if mark.ledger is not None:
+                mark.ledger.write(conn, mark.position, self._sql)
         self._batches += 1
         if self._batches % PRUNE_EVERY_BATCHES == 0:
             cutoff = now - timedelta(days=BATCH_TOKEN_DAYS)
             conn.exec_driver_sql(self._sql(_PRUNE_BATCHES), (self._time(cutoff),))
 
-    def _learn_vantages(self, names: frozenset[str]) -> None:
+    def learn_vantages(self, names: frozenset[str]) -> None:
         """Register vantages new to this writer (in a short transaction of their own:
-        a vantage row is true whether or not the batch that brought it commits)."""
+        a vantage row is true whether or not the batch that brought it commits).
+
+        The pipeline calls it from its prepare stage, so a batch prepared there need
+        not be prepared again in the writer thread for want of a vantage's bit."""
         with self.engine.begin() as conn:
             conn.exec_driver_sql(self._sql(_INSERT_VANTAGE), [(name,) for name in sorted(names)])
             rows = conn.exec_driver_sql(_SELECT_VANTAGES).fetchall()
@@ -426,71 +445,117 @@ class BatchWriter:
             prepared = batch.prepared = self._prepare_rows(batch.sightings)
         return prepared
 
-    def _prepare_rows(self, rows: list[SightingRow]) -> PreparedRows:
+    def _prepare_rows(self, rows: SightingColumns) -> PreparedRows:
+        n = len(rows)
+        seen_at = rows.seen_at
         # Each row's time in storage form, once: peers refer to their rows' times.
-        times = [self._time(r.seen_at) for r in rows] if self.sqlite else [r.seen_at for r in rows]
-        # One upsert per distinct (title, peer) in the batch, folded here first:
-        # [first row, last row, row whose place is kept, seed, sightings, sources, vantages,
-        #  {source bit: earliest row}, {vantage bit: earliest row}]
+        if self.sqlite:  # self._time, inlined: one call less per row
+            times: list[Any] = [
+                (x if x.tzinfo is UTC else x.astimezone(UTC)).isoformat(" ", "microseconds")[:26]
+                for x in seen_at
+            ]
+        else:
+            times = seen_at
+        stamps = [int(x.timestamp()) for x in seen_at]
         vantage_ids = self._vantage_ids
-        unknown = frozenset({r.vantage for r in rows} - vantage_ids.keys())
+        unknown = frozenset(set(rows.vantage) - vantage_ids.keys())
+        vbit_of = {name: vantage_bit(vid) for name, vid in vantage_ids.items()}
+        sbits = [_SOURCE_BITS.get(x, _OTHER_SOURCE_BIT) for x in rows.source]
+        vbits = [vbit_of.get(x, 0) for x in rows.vantage]
+        keys = list(zip(rows.title_id, rows.peer_key, strict=True))
+        counts = Counter(keys)
+        # A fixed random key per peer for the cell-key method (DESIGN.md): drawn for
+        # every upserted row, kept only by the row that is inserted.
+        record_keys = draw_record_keys(len(counts))
+        hours = [x // HOUR for x in stamps]
+        days = [x // DAY for x in stamps]
+        single: range | list[int]
+        if len(counts) == n:  # every row a peer of its own (the usual case): no folding
+            single = range(n)
+            multi: dict[tuple[int, bytes], list[Any]] = {}
+        else:
+            single = [i for i, k in enumerate(keys) if counts[k] == 1]
+            multi = self._fold(rows, keys, counts, sbits, vbits)
+        # One upsert row per peer (the columns of _PEER_COLUMNS):
+        # (title, peer, study, first, last, country, geoname, metro, h3, asn, seed,
+        #  sightings, sources, vantages, record key, last hour, last day, first hour, first day)
+        cols = (
+            rows.title_id, rows.peer_key, rows.study_id, times, times, rows.country,
+            rows.geoname_id, rows.metro_id, rows.h3_cell, rows.asn, rows.seed,
+        )  # fmt: skip
+        if isinstance(single, range):
+            peer_rows: list[tuple[Any, ...]] = list(
+                zip(*cols, repeat(1), sbits, vbits, repeat(0), hours, days, hours, days)
+            )
+        else:
+            peer_rows = [
+                tuple(c[i] for c in cols) + (1, sbits[i], vbits[i], 0, hours[i], days[i])
+                + (hours[i], days[i])
+                for i in single
+            ]  # fmt: skip
+        for (title_id, key), (first, last, placed, seed, count, src, van, *_) in multi.items():
+            peer_rows.append(
+                (title_id, key, rows.study_id[placed], times[first], times[last])
+                + tuple(c[placed] for c in cols[5:10])
+                + (seed, count, src, van, 0, hours[last], days[last], hours[first], days[first])
+            )
+        # Sorted by key, so the B-tree inserts walk the index in order.
+        peer_rows.sort(key=_PEER_ORDER)
+        row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
+        peer_statements = []
+        rk_at = _PEER_COLUMNS_LIST.index("record_key")
+        for start, stop in row_chunks(len(peer_rows)):
+            chunk = peer_rows[start:stop]
+            params = list(chain.from_iterable(chunk))
+            params[rk_at::_PEER_WIDTH] = [k & RECORD_KEY_MASK for k in record_keys[start:stop]]
+            statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
+            peer_statements.append((self._sql(statement), tuple(params)))
+        peers = {k: (i, 1) for k, i in zip(keys, range(n), strict=True) if k not in multi}
+        peers.update((k, (p[0], p[4])) for k, p in multi.items())
+        entries = {k: (p[7], p[8]) for k, p in multi.items()}
+        return PreparedRows(rows, n, peer_statements, keys, peers, sbits, vbits, entries, unknown)
+
+    @staticmethod
+    def _fold(
+        rows: SightingColumns,
+        keys: list[tuple[int, bytes]],
+        counts: Counter[tuple[int, bytes]],
+        sbits: list[int],
+        vbits: list[int],
+    ) -> dict[tuple[int, bytes], list[Any]]:
+        """The peers with more than one row in the batch, folded:
+        [first row, last row, row whose place is kept, seed, sightings, sources, vantages,
+        {source bit: earliest row}, {vantage bit: earliest row}]"""
+        seen_at, geoname_id, seeds = rows.seen_at, rows.geoname_id, rows.seed
         folded: dict[tuple[int, bytes], list[Any]] = {}
-        for i, r in enumerate(rows):
-            pk = (r.title_id, r.peer_key)
+        for i, pk in enumerate(keys):
+            if counts[pk] == 1:
+                continue
             p = folded.get(pk)
-            vbit = vantage_bit(vantage_ids[r.vantage]) if r.vantage in vantage_ids else 0
-            sbit = source_bit(r.source)
+            vbit = vbits[i]
+            sbit = sbits[i]
             if p is None:
-                folded[pk] = [i, i, i, r.seed, 1, sbit, vbit, {sbit: i}, {vbit: i}]
+                folded[pk] = [i, i, i, seeds[i], 1, sbit, vbit, {sbit: i}, {vbit: i}]
                 continue
             p[5] |= sbit
             p[6] |= vbit
-            seen = r.seen_at
+            seen = seen_at[i]
             at = p[7].get(sbit)
-            if at is None or seen < rows[at].seen_at:
+            if at is None or seen < seen_at[at]:
                 p[7][sbit] = i
             at = p[8].get(vbit)
-            if at is None or seen < rows[at].seen_at:
+            if at is None or seen < seen_at[at]:
                 p[8][vbit] = i
-            if seen < rows[p[0]].seen_at:
+            if seen < seen_at[p[0]]:
                 p[0] = i
-            if seen > rows[p[1]].seen_at:
+            if seen > seen_at[p[1]]:
                 p[1] = i
-            if r.geoname_id is not None or rows[p[2]].geoname_id is None:
+            if geoname_id[i] is not None or geoname_id[p[2]] is None:
                 p[2] = i
-            if r.seed is not None and p[3] is not True:
-                p[3] = r.seed
+            if seeds[i] is not None and p[3] is not True:
+                p[3] = seeds[i]
             p[4] += 1
-
-        # Sorted by key, so the B-tree inserts walk the index in order.
-        ordered = sorted(folded.items())
-        row_sql = "(" + ", ".join(["?"] * _PEER_WIDTH) + ")"
-        # A fixed random key per peer for the cell-key method (DESIGN.md): drawn for
-        # every upserted row, kept only by the row that is inserted.
-        record_keys = draw_record_keys(len(ordered))
-        peer_statements = []
-        for start, stop in row_chunks(len(ordered)):
-            chunk = ordered[start:stop]
-            params: list[Any] = []
-            extend = params.extend
-            for n, ((title_id, key), (first, last, placed, seed, count, src, van, *_)) in enumerate(
-                chunk, start
-            ):
-                r = rows[placed]
-                latest = int(rows[last].seen_at.timestamp())
-                earliest = int(rows[first].seen_at.timestamp())
-                extend(
-                    (title_id, key, r.study_id, times[first], times[last])
-                    + (r.country, r.geoname_id, r.metro_id, r.h3_cell, r.asn)
-                    + (seed, count, src, van, record_keys[n] & RECORD_KEY_MASK)
-                    + (latest // HOUR, latest // DAY)
-                    + (earliest // HOUR, earliest // DAY)
-                )
-            statement = _UPSERT_PEER_HEAD + ", ".join([row_sql] * len(chunk)) + _UPSERT_PEER_TAIL
-            peer_statements.append((self._sql(statement), tuple(params)))
-        peers = {pk: (p[0], p[4]) for pk, p in folded.items()}
-        entries = {pk: (p[7], p[8]) for pk, p in folded.items()}
-        return PreparedRows(rows, len(rows), peer_statements, peers, entries, unknown)
+        return folded
 
     def _write_sightings(self, conn: Connection, prepared: PreparedRows) -> int:
         rows = prepared.rows
@@ -504,14 +569,22 @@ class BatchWriter:
         record_key: dict[tuple[int, bytes], int] = {}
         # Each peer's latest hour and day before this batch (see apply_rows).
         prior: dict[tuple[int, bytes], PeerFrames] = {}
-        returned = (
-            conn.exec_driver_sql(st, params).fetchall() for st, params in prepared.peer_statements
-        )
+        # On the driver's own cursor (the same connection and transaction): SQLAlchemy's
+        # result wraps every RETURNING row in a Row object, and these return one per peer.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        returned = []
+        try:
+            for st, params in prepared.peer_statements:
+                cursor.execute(st, params)
+                returned.append(cursor.fetchall())
+        finally:
+            cursor.close()
         # The rows that bring a peer to a source or vantage it had not reached (see
         # rollups.SourceEntries): the sources and vantages the upsert saw before it.
         source_rows: list[int] = []
         vantage_rows: list[int] = []
         entries = prepared.entries
+        sbits, vbits = prepared.source_bits, prepared.vantage_bits
         for (
             title_id,
             key,
@@ -526,9 +599,15 @@ class BatchWriter:
             pk = (title_id, bytes(key))
             first, sightings = peers[pk]
             record_key[pk] = rk
-            src_firsts, van_firsts = entries[pk]
-            source_rows += [at for bit, at in src_firsts.items() if not bit & was_src]
-            vantage_rows += [at for bit, at in van_firsts.items() if bit and not bit & was_van]
+            if sightings == 1:
+                if not sbits[first] & was_src:
+                    source_rows.append(first)
+                if vbits[first] and not vbits[first] & was_van:
+                    vantage_rows.append(first)
+            else:
+                src_firsts, van_firsts = entries[pk]
+                source_rows += [at for bit, at in src_firsts.items() if not bit & was_src]
+                vantage_rows += [at for bit, at in van_firsts.items() if bit and not bit & was_van]
             if count == sightings:
                 new_rows.append(first)
                 prior[pk] = NEW_PEER
@@ -540,7 +619,7 @@ class BatchWriter:
         if self._apply_rows is not None or self.rollups is not None:
             add_peer_times(conn, times)
         if self._apply_rows is not None:
-            rks = [record_key[(r.title_id, r.peer_key)] for r in rows]
+            rks = list(map(record_key.__getitem__, prepared.keys))
             self._apply_rows(
                 conn,
                 rows,

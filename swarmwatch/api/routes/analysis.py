@@ -44,24 +44,41 @@ from swarmwatch.store.rollups import CELL_RESOLUTIONS, FRAME_INTERVALS, FRAME_RE
 
 log = logging.getLogger(__name__)
 
+#: How long shutdown waits for the warm-up and background refreshes to finish their step.
+SHUTDOWN_WAIT_S = 30.0
+
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Keep the default time-lapse warm in the background while the server runs."""
+    """Keep the default time-lapse warm in the background while the server runs.
+
+    At shutdown the background readers end before the server does: whoever disposes of
+    the engine next (the CLI, a test) must find no connection still out, or the pool
+    it returns to is already gone and drops it unclosed.
+    """
     stop = threading.Event()
     database = getattr(app.state, "database", None)
     caches = getattr(app.state, "analysis_caches", None)
+    warm: threading.Thread | None = None
     if database is not None and caches is not None:
-        threading.Thread(
+        warm = threading.Thread(
             target=keep_frames_warm,
             args=(database, caches, stop),
             daemon=True,
             name="warm-frames",
-        ).start()
+        )
+        warm.start()
     try:
         yield
     finally:
         stop.set()
+        if warm is not None:
+            warm.join(SHUTDOWN_WAIT_S)
+        stopped = (warm is None or not warm.is_alive()) and (
+            caches is None or caches.close(SHUTDOWN_WAIT_S)
+        )
+        if not stopped:
+            log.warning("background analysis still running after %.0f s", SHUTDOWN_WAIT_S)
 
 
 def _in_flight(caches: CachesDep) -> Iterator[None]:

@@ -14,8 +14,8 @@ published frames kept across server starts.
    so that the next server start reads them back instead of computing every frame again
    (swarmwatch.store.keptframes). It starts empty.
 
-Revision ID: 0011_i17f_query
-Revises: 0010_i15c_privacy
+Revision ID: 0012_i17f_query
+Revises: 0011_i17g_replay
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from itertools import accumulate, chain
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011_i17f_query"
-down_revision: str | None = "0010_i15c_privacy"
+revision: str = "0012_i17f_query"
+down_revision: str | None = "0011_i17g_replay"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
