@@ -5,8 +5,8 @@ baseline measured in the same run: the naive Plotly.restyle() of z per frame. Al
 prints what the page transfers (plotly.js, basemap, frames, outlines) and how long
 the API takes to answer the frames request, cold and cached.
 
-The dataset is written straight into the frame rollups the API reads (a diurnal
-wave around the globe); the page, the API and the browser are the real ones.
+The dataset's frame counts (a diurnal wave around the globe) go through the store's
+rollup upkeep (add_increments); the page, the API and the browser are the real ones.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import h3
 from bench.server import serve, stop
 from swarmwatch.registry import create_study
 from swarmwatch.store import Database
-from swarmwatch.store.rollups import FRAME_STORED_RES, rollup_active, rollup_frame
+from swarmwatch.store.rollups import FRAME_STORED_RES, RollupIncrements, add_increments
 from swarmwatch.timelapse import CHROMIUM_PATH, READY, chromium_page
 
 START_BUCKET = 1_500_000_000 // 3600  # 2017-07-14T02:00Z, hourly buckets
+#: A peer's record key on average (keys are uniform in [0, 4096)): the record-key sums.
+RK_MEAN = 2048
 
 
 def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int = 1) -> int:
@@ -50,40 +52,23 @@ def build_dataset(db: Database, frames: int, cells: int, res: int = 4, seed: int
         study = create_study(session, "browser benchmark", titles=["E1"])
         session.flush()
         study_id, title_id = study.id, study.titles[0].id
-    frame_rows: list[dict[str, Any]] = []
-    active_rows: list[dict[str, Any]] = []
+    # Through the store's own rollup upkeep (one transaction per frame, as hours pass), so
+    # the frames are stored as ingest stores them (open ones as rows, closed ones packed).
     for f in range(frames):
         bucket = START_BUCKET + f
         utc_hour = (bucket % 24) + 0.5
+        frame: dict[tuple[Any, ...], tuple[int, int]] = {}
         total = 0
         for cell, lon, w in zip(stored, lons, weights, strict=True):
             local = (utc_hour + lon / 15) % 24
             evening = 0.15 + max(0.0, math.sin(math.pi * (local - 6) / 18))  # peak ~15-21h
             # k + 3: the public's cell-key noise (at most 3) never withholds a cell.
             peers = 8 + int(min(5000.0, 3 * w * evening * (0.8 + 0.4 * rng.random())))
-            frame_rows.append(
-                {
-                    "title_id": title_id,
-                    "interval_s": 3600,
-                    "res": FRAME_STORED_RES,
-                    "bucket": bucket,
-                    "h3_cell": cell,
-                    "peers": peers,
-                }
-            )
+            frame[(title_id, 3600, FRAME_STORED_RES, bucket, cell)] = (peers, peers * RK_MEAN)
             total += peers
-        active_rows.append(
-            {
-                "title_id": title_id,
-                "interval_s": 3600,
-                "bucket": bucket,
-                "peers": total,
-                "city_peers": 0,
-            }
-        )
-    with db.engine.begin() as conn:
-        conn.execute(rollup_frame.insert(), frame_rows)
-        conn.execute(rollup_active.insert(), active_rows)
+        active = {(title_id, 3600, bucket): (total, 0, total * RK_MEAN, 0)}
+        with db.engine.begin() as conn:
+            add_increments(conn, RollupIncrements(frame=frame, active=active))
     return study_id
 
 

@@ -5,8 +5,9 @@ Loads peer + rollup tables directly (bulk), then times a real uvicorn server ove
 The synthetic study: `scale` x 33.8 M unique peers, 274 torrents of one title,
 five days (120 hours). Peers live in GeoNames cities (population-weighted); each
 city's arrivals follow a daily curve shifted by its longitude, every peer stays
-ACTIVE_HOURS hours. Rollups are derived from those counts exactly as ingest
-would keep them, so queries see the same table shapes and sizes.
+ACTIVE_HOURS hours. The rollups of those counts go through the store's own upkeep
+(rollups.add_increments, which the writer's apply_rows ends in), so queries see the
+tables, frame packing and sizes ingest makes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from swarmwatch.store.rollups import (
     CELL_STORED_RES,
     FRAME_STORED_RES,
     ROLLUP_TABLES,
+    RollupIncrements,
+    add_increments,
     apply_batch,
     rebuild_peer_times,
 )
@@ -78,59 +81,119 @@ def _city_rows(scale: float) -> tuple[list[dict[str, Any]], list[int]]:
     return cities, per_city
 
 
-_OFFSETS = " UNION ALL ".join(f"SELECT {o} AS o" for o in range(ACTIVE_HOURS))
+#: A peer's record key on average (keys are uniform in [0, 4096)): the record-key sums.
+RK_MEAN = 2048
+#: Vantages the synthetic peers are first seen from, by arrival hour (hour % 3).
+VANTAGES = ("v1", "v2", "v3")
 
-# Rollups derived in SQL from bench_arrival (city x hour arrivals) exactly as ingest keeps
-# them: unique peers at the place/day/vantage of their arrival, distinct active peers per
-# frame (a peer is active ACTIVE_HOURS hours from its arrival).
-_DERIVE = (
-    "CREATE TABLE bench_active (gid INTEGER NOT NULL, hour INTEGER NOT NULL, m BIGINT NOT NULL)",
-    f"INSERT INTO bench_active SELECT a.gid, a.hour + o.o, sum(a.n) FROM bench_arrival a"
-    f" JOIN ({_OFFSETS}) o ON a.hour + o.o < {HOURS} GROUP BY a.gid, a.hour + o.o",
-    "CREATE TABLE bench_active_day (gid INTEGER NOT NULL, day INTEGER NOT NULL, m BIGINT NOT NULL)",
-    # Active on day d iff the arrival hour h lies in [24d - ACTIVE_HOURS + 1, 24d + 23].
-    f"INSERT INTO bench_active_day SELECT gid, day, sum(n) FROM ("
-    f" SELECT gid, hour / 24 AS day, n FROM bench_arrival UNION ALL"
-    f" SELECT gid, (hour + {ACTIVE_HOURS - 1}) / 24, n FROM bench_arrival"
-    f" WHERE (hour + {ACTIVE_HOURS - 1}) / 24 > hour / 24"
-    f" AND (hour + {ACTIVE_HOURS - 1}) / 24 < {HOURS // 24}) AS x GROUP BY gid, day",
-    "INSERT INTO rollup_place (title_id, geoname_id, country, metro_id, peers, seeds)"
-    " SELECT 1, c.geoname_id, c.country, c.metro_id, sum(a.n), sum(a.n) / 5"
-    " FROM bench_arrival a JOIN city c ON c.geoname_id = a.gid"
-    " GROUP BY c.geoname_id, c.country, c.metro_id",
-    "INSERT INTO rollup_place_day"
-    " (title_id, day, vantage, geoname_id, country, metro_id, peers, seeds)"
-    " SELECT 1, :day0 + a.hour / 24, 'v' || (a.hour % 3 + 1), c.geoname_id, c.country,"
-    " c.metro_id, sum(a.n), sum(a.n) / 5 FROM bench_arrival a JOIN city c"
-    " ON c.geoname_id = a.gid GROUP BY a.hour / 24, a.hour % 3, c.geoname_id, c.country,"
-    " c.metro_id",
-    "INSERT INTO rollup_cell (title_id, res, h3_cell, peers)"
-    " SELECT 1, b.res, b.cell, sum(a.n) FROM bench_arrival a"
-    " JOIN bench_cell b ON b.gid = a.gid AND b.res IN ({cell_res}) GROUP BY b.res, b.cell",
-    "INSERT INTO rollup_cell_day (title_id, day, vantage, res, h3_cell, peers)"
-    " SELECT 1, :day0 + a.hour / 24, 'v' || (a.hour % 3 + 1), b.res, b.cell, sum(a.n)"
-    " FROM bench_arrival a JOIN bench_cell b ON b.gid = a.gid AND b.res IN ({cell_res})"
-    " GROUP BY a.hour / 24, a.hour % 3, b.res, b.cell",
-    "INSERT INTO rollup_frame (title_id, interval_s, res, bucket, h3_cell, peers)"
-    " SELECT 1, 3600, b.res, :hour0 + t.hour, b.cell, sum(t.m) FROM bench_active t"
-    " JOIN bench_cell b ON b.gid = t.gid AND b.res IN ({frame_res}) GROUP BY b.res, t.hour, b.cell",
-    "INSERT INTO rollup_frame (title_id, interval_s, res, bucket, h3_cell, peers)"
-    " SELECT 1, 86400, b.res, :day0 + t.day, b.cell, sum(t.m) FROM bench_active_day t"
-    " JOIN bench_cell b ON b.gid = t.gid AND b.res IN ({frame_res}) GROUP BY b.res, t.day, b.cell",
-    "INSERT INTO rollup_frame_city (title_id, interval_s, bucket, geoname_id, peers)"
-    " SELECT 1, 3600, :hour0 + hour, gid, m FROM bench_active",
-    "INSERT INTO rollup_frame_city (title_id, interval_s, bucket, geoname_id, peers)"
-    " SELECT 1, 86400, :day0 + day, gid, m FROM bench_active_day",
-    "INSERT INTO rollup_active (title_id, interval_s, bucket, peers, city_peers)"
-    " SELECT 1, 3600, :hour0 + hour, sum(m), sum(m) FROM bench_active GROUP BY hour",
-    "INSERT INTO rollup_active (title_id, interval_s, bucket, peers, city_peers)"
-    " SELECT 1, 86400, :day0 + day, sum(m), sum(m) FROM bench_active_day GROUP BY day",
-    # Sightings per peer average ~12 (see the peer table); all first seen via trackers.
-    "INSERT INTO rollup_activity"
-    " (title_id, day, source, vantage, sightings, new_peers, seed_sightings)"
-    " SELECT 1, :day0 + hour / 24, 'tracker', 'v' || (hour % 3 + 1), 12 * sum(n), sum(n),"
-    " 12 * (sum(n) / 5) FROM bench_arrival GROUP BY hour / 24, hour % 3",
-)
+
+def _rollups(
+    db: Database,
+    cities: list[dict[str, Any]],
+    per_city: list[int],
+    hour0: int,
+    day0: int,
+) -> None:
+    """Every rollup the queries read, from the study's arrivals (city x hour), through the
+    store's own upkeep (rollups.add_increments: the upserts and the frame packing ingest
+    uses). A peer is active ACTIVE_HOURS hours from its arrival; it is new at the place,
+    day and vantage (by arrival hour) of its arrival, and seen 12 times by trackers
+    (2 % of peers once or twice: see _TIMES). Hourly frames go one transaction per hour,
+    as a live study's do, so each closes (and is packed) when the next hours come."""
+    placed = []  # (gid, country, cell at CELL_STORED_RES, at FRAME_STORED_RES, arrivals)
+    for c, n in zip(cities, per_city, strict=True):
+        if n:
+            base = h3i.latlng_to_cell(c["latitude"], c["longitude"], BASE_RES)
+            placed.append(
+                (
+                    int(c["geonameid"]),
+                    str(c["countrycode"]),
+                    h3i.cell_to_parent(base, CELL_STORED_RES),
+                    h3i.cell_to_parent(base, FRAME_STORED_RES),
+                    _arrivals(n, c["longitude"]),
+                )
+            )
+    for h in range(HOURS):
+        frame: dict[tuple[Any, ...], list[int]] = {}
+        frame_city: dict[tuple[Any, ...], list[int]] = {}
+        total = 0
+        for gid, _, _, fcell, arrivals in placed:
+            m = sum(arrivals[max(0, h - ACTIVE_HOURS + 1) : h + 1])
+            if m:
+                _plus(frame, (1, 3600, FRAME_STORED_RES, hour0 + h, fcell), m, m * RK_MEAN)
+                frame_city[(1, 3600, hour0 + h, gid)] = [m, m * RK_MEAN]
+                total += m
+        active = {(1, 3600, hour0 + h): (total, total, total * RK_MEAN, total * RK_MEAN)}
+        with db.engine.begin() as conn:
+            add_increments(
+                conn, RollupIncrements(frame=frame, frame_city=frame_city, active=active)
+            )
+    days = HOURS // 24
+    sums: dict[str, dict[tuple[Any, ...], list[int]]] = {
+        name: {} for name in ("activity", "place", "place_day", "cell", "cell_day", "frame")
+    }
+    sums.update(frame_city={}, active={})
+    metro: dict[tuple[Any, ...], tuple[int]] = {}
+    for gid, country, ccell, fcell, arrivals in placed:
+        n_all = sum(arrivals)
+        seeds = n_all // 5
+        _plus(sums["place"], (1, gid, country), n_all, seeds, n_all * RK_MEAN, seeds * RK_MEAN)
+        metro[(1, gid, country)] = (gid,)  # every city its own metro (see _load)
+        _plus(sums["cell"], (1, CELL_STORED_RES, ccell), n_all, n_all * RK_MEAN)
+        by_day_vantage: dict[tuple[int, str], int] = {}
+        active_day = [0] * days
+        for h, n in enumerate(arrivals):
+            if not n:
+                continue
+            key = (day0 + h // 24, VANTAGES[h % 3])
+            by_day_vantage[key] = by_day_vantage.get(key, 0) + n
+            active_day[h // 24] += n
+            # Still active the next day (its ACTIVE_HOURS reach past midnight).
+            later = (h + ACTIVE_HOURS - 1) // 24
+            if h // 24 < later < days:
+                active_day[later] += n
+        for (day, vantage), n in by_day_vantage.items():
+            rk = n * RK_MEAN
+            seeds = n // 5
+            place_day = (1, day, vantage, gid, country)
+            _plus(sums["place_day"], place_day, n, seeds, rk, seeds * RK_MEAN)
+            metro[place_day] = (gid,)
+            _plus(sums["cell_day"], (1, day, vantage, CELL_STORED_RES, ccell), n, rk)
+            # Every peer is first seen by a tracker, from one vantage: its key goes to
+            # new_peers_rk, source_rk and vantage_rk alike.
+            _plus(sums["activity"], (1, day, "tracker", vantage), 12 * n, n, 12 * seeds, rk, rk, rk)
+        for d, m in enumerate(active_day):
+            if m:
+                rk = m * RK_MEAN
+                _plus(sums["frame"], (1, 86400, FRAME_STORED_RES, day0 + d, fcell), m, rk)
+                _plus(sums["frame_city"], (1, 86400, day0 + d, gid), m, rk)
+                _plus(sums["active"], (1, 86400, day0 + d), m, m, rk, rk)
+    with db.engine.begin() as conn:
+        add_increments(
+            conn,
+            RollupIncrements(
+                activity=sums["activity"],
+                place=sums["place"],
+                place_metro=metro,
+                place_day=sums["place_day"],
+                place_day_metro=metro,
+                cell=sums["cell"],
+                cell_day=sums["cell_day"],
+                frame=sums["frame"],
+                frame_city=sums["frame_city"],
+                active=sums["active"],
+            ),
+        )
+
+
+def _plus(into: Any, key: tuple[Any, ...], *values: int) -> None:
+    """Add values to a key's running sums."""
+    got = into.get(key)
+    if got is None:
+        into[key] = list(values)
+    else:
+        for i, v in enumerate(values):
+            got[i] += v
 
 
 _t_phase = [time.perf_counter()]
@@ -149,8 +212,8 @@ def _load(db: Database, scale: float) -> dict[str, int]:
     What is loaded: city and metro (GeoNames), one title with 274 torrents, the peer
     table (one row per unique peer, keys are 32-byte counters rather than keyed
     hashes so the B-tree fills in order, as a sorted bulk load would) and every
-    rollup the queries read, derived in SQL. Sightings are not loaded: no query
-    reads them (apply_batch's own rate is `swarmwatch bench rollups`).
+    rollup the queries read, through the store's rollup upkeep (_rollups). Sightings
+    are not loaded: no query reads them (apply_batch's rate is `swarmwatch bench rollups`).
     """
     _t_phase[0] = time.perf_counter()
     cities, per_city = _city_rows(scale)
@@ -194,45 +257,15 @@ def _load(db: Database, scale: float) -> dict[str, int]:
             [(*p, p[0]) for p in places],
         )
         _bulk(conn, "metro", "id, name, country, lat, lon, population", places)
-        conn.exec_driver_sql(
-            "CREATE TABLE bench_cell (gid INTEGER NOT NULL, res INTEGER NOT NULL,"
-            " cell BIGINT NOT NULL, PRIMARY KEY (gid, res))"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE bench_arrival (gid INTEGER NOT NULL, hour INTEGER NOT NULL,"
-            " n BIGINT NOT NULL)"
-        )
-        cell_rows: list[tuple[int, int, int]] = []
-        arrivals: list[tuple[int, int, int]] = []
-        for c, n in zip(cities, per_city, strict=True):
-            gid = int(c["geonameid"])
-            base = h3i.latlng_to_cell(c["latitude"], c["longitude"], BASE_RES)
-            for r in sorted({CELL_STORED_RES, FRAME_STORED_RES, BASE_RES}):
-                cell_rows.append((gid, r, base if r == BASE_RES else h3i.cell_to_parent(base, r)))
-            if n:
-                arrivals.extend(
-                    (gid, h, a) for h, a in enumerate(_arrivals(n, c["longitude"])) if a
-                )
-            if len(arrivals) > 200_000:
-                _bulk(conn, "bench_arrival", "gid, hour, n", arrivals)
-                arrivals = []
-        _bulk(conn, "bench_arrival", "gid, hour, n", arrivals)
-        _bulk(conn, "bench_cell", "gid, res, cell", cell_rows)
-        _phase("cities and arrivals")
-        params = {"day0": day0, "hour0": hour0}
-        for sql in _DERIVE:
-            # Only the resolutions ingest writes (coarser cells are summed at query time).
-            sql = sql.format(cell_res=CELL_STORED_RES, frame_res=FRAME_STORED_RES)
-            conn.execute(text(sql), params)
-            _phase(sql[:60])
+        _phase("cities and metros")
+    _rollups(db, cities, per_city, hour0, day0)
+    _phase("rollups (through rollups.add_increments)")
     _peers(db, cities, per_city)
     with db.engine.begin() as conn:
         rebuild_peer_times(conn)  # written by the writer as it upserts peers
     _phase("peer table")
     sizes: dict[str, int] = {}
     with db.engine.begin() as conn:
-        for table in ("bench_arrival", "bench_active", "bench_active_day", "bench_cell"):
-            conn.exec_driver_sql(f"DROP TABLE {table}")
         for table in ("city", *(t.name for t in ROLLUP_TABLES), "peer"):
             sizes[table] = int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
     return sizes
@@ -591,6 +624,17 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         figures["ingest_batches_during"] = float(feeder.batches)
         figures["ingest_apply_batch_ms"] = 1000 * feeder.seconds / max(feeder.batches, 1)
         figures["server_peak_rss_mib"] = max(peak_before, _rss_mib(proc.pid, "VmHWM"))
+        # A server start with the frames a server computed before kept in the database
+        # (store.keptframes): the map's first question again, on a new server process.
+        # frames_first_ms above is the same question with nothing kept (a fresh load).
+        stop(proc)
+        proc, base = serve(db.url, bench_env)
+        with httpx.Client(base_url=f"{base}/api/v1/studies/1", timeout=600) as client:
+            figures["frames_first_after_restart_ms"] = _timed(client, "/frames", frames)
+            figures["frames_after_restart_p95_ms"] = _p95(
+                [_timed(client, "/frames", frames) for _ in range(10)]
+            )
+        figures["server_restart_peak_rss_mib"] = _rss_mib(proc.pid, "VmHWM")
     finally:
         feeder.stop.set()
         stop(proc)

@@ -618,8 +618,9 @@ def server_caches() -> AnalysisCaches:
     import gc
 
     from swarmwatch.analysis.caches import AnalysisCaches
+    from swarmwatch.store.keptframes import PersistedFrames
 
-    return AnalysisCaches(settle=gc.freeze)
+    return AnalysisCaches(settle=gc.freeze, persisted=PersistedFrames())
 
 
 #: Set by `swarmwatch serve --workers N` to its own pid for its uvicorn worker processes.

@@ -17,7 +17,7 @@ from swarmwatch.analysis.summary import compute_summary
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
 from swarmwatch.store.batch import SightingColumns, SightingRow
-from swarmwatch.store.database import upgrade_database
+from swarmwatch.store.database import alembic_config, upgrade_database
 from swarmwatch.store.models import Base, Peer, Sighting, Study, Title, Torrent, Vantage
 from swarmwatch.store.rollups import (
     PEER_TIMES_FROM_PEERS,
@@ -93,6 +93,17 @@ def test_peer_times_are_backfilled_from_existing_peers(db_url: str) -> None:
         db.dispose()
 
 
+def _frames_as_rows(db: Database) -> None:
+    """A head-schema database's packed frames as rows again (0012's downgrade): the
+    form every revision before 0012_i17f_query kept frames in."""
+    from alembic import command
+
+    cfg = alembic_config(db.url)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011_i17g_replay")
+
+
 def _rollups_as_0005_wrote_them(
     sightings: list[AnonymousSighting], tmp_path: Path
 ) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
@@ -104,9 +115,12 @@ def _rollups_as_0005_wrote_them(
         with scratch.engine.begin() as conn:
             conn.execute(text("PRAGMA foreign_keys=OFF"))
             apply_batch(conn, sightings)
+        _frames_as_rows(scratch)
         out = {}
         with scratch.engine.connect() as conn:
             for table in ROLLUP_TABLES:
+                if table.name not in inspect(conn).get_table_names():
+                    continue
                 cols = [c.name for c in table.c if not c.name.endswith("_rk")]
                 rows = conn.execute(select(*[table.c[c] for c in cols])).all()
                 out[table.name] = (cols, [tuple(r) for r in rows])
@@ -219,8 +233,10 @@ def test_0007_keeps_a_database_with_sightings_and_its_answers(db_url: str, tmp_p
             return summary, [r.peers for r in ranking.rows], frames["frames"]
 
         before = counts()
-        db.upgrade()
+        # Rows as they were up to 0010 (0012 packs the frames' rows: its own test).
+        upgrade_database(db.engine, "0010_i15c_privacy")
         assert counts() == before
+        db.upgrade()
         summary, countries, frames = answers()
         assert isinstance(summary, dict) and summary["unique_peers"] == 3
         assert countries == [3] and isinstance(frames, list) and frames
@@ -361,7 +377,7 @@ def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
 
         before = rollups(db)
         assert any(any(rk) for rows in before.values() for rk in rows.values()) is False
-        db.upgrade()
+        upgrade_database(db.engine, "0010_i15c_privacy")  # 0012 packs frames: its own test
         after = rollups(db)
         # What the writer keeps, folding the same sightings with the peers' record keys.
         scratch = Database(f"sqlite:///{tmp_path / 'with-keys.db'}")
@@ -373,6 +389,7 @@ def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
             with scratch.engine.begin() as conn:
                 conn.execute(text("PRAGMA foreign_keys=OFF"))
                 apply_rows(conn, rows, new, PresenceCache(), rks)
+            _frames_as_rows(scratch)
             expected = rollups(scratch)
         finally:
             scratch.dispose()
@@ -411,3 +428,125 @@ def test_0010_backfills_the_record_key_sums_of_rollups_counted_before_0007(
 def astuple_fields(a: AnonymousSighting) -> tuple[object, ...]:
     """An AnonymousSighting's fields in SightingRow's order (the same fields, less new_peer)."""
     return tuple(getattr(a, f) for f in SightingRow._fields)
+
+
+def test_0012_packs_every_frame_and_keeps_its_answers(db_url: str) -> None:
+    """From the head before it (0011_i17g), with frames as rows: 0012_i17f_query packs every
+    frame into rollup_frame_packed, drops ix_rollup_frame_city_top, and every frame the
+    owner or the public reads is as it was; the writer goes on from there."""
+    import random
+
+    import h3
+
+    from swarmwatch.analysis.frames import compute_compact_frames
+    from swarmwatch.store.rollups import frame_cells, rollup_frame, rollup_frame_packed
+
+    db = Database(db_url)
+    try:
+        db.upgrade()
+        with db.session() as s:
+            s.add(Study(id=1, name="before 0012", k_threshold=2))
+            s.flush()
+            s.add_all([Title(id=1, study_id=1, name="a"), Title(id=2, study_id=1, name="b")])
+            s.flush()
+            s.add_all(
+                [
+                    Torrent(id=1, study_id=1, title_id=1, infohash_v1="a" * 40),
+                    Torrent(id=2, study_id=1, title_id=2, infohash_v1="b" * 40),
+                ]
+            )
+        places = [  # (geoname id, country, lat, lon)
+            (2643743, "GB", 51.51, -0.09),
+            (2950159, "DE", 52.52, 13.40),
+            (1850147, "JP", 35.68, 139.69),
+            (5128581, "US", 40.71, -74.01),
+        ]
+        rng = random.Random(11)
+        at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+        writer = BatchWriter(db.engine)
+        for hour in range(30):  # frames close as the hours pass: most get packed
+            batch = WriteBatch()
+            for _ in range(rng.randrange(20, 60)):
+                title = rng.choice((1, 2))
+                gid, cc, lat, lon = rng.choice(places)
+                cell = h3.str_to_int(h3.latlng_to_cell(lat + rng.random(), lon, 7))
+                batch.sightings.append(
+                    SightingRow(1, title, title, rng.randrange(40).to_bytes(16, "little"),
+                                at + timedelta(hours=hour, minutes=rng.randrange(60)), "tracker",
+                                "v1", None, cc, gid, gid, cell, None)
+                )  # fmt: skip
+            writer.write(batch)
+
+        def answers() -> list[object]:
+            out: list[object] = []
+            with db.engine.connect() as conn:
+                study = conn.execute(select(Study.__table__)).one()
+                for exact in (True, False):
+                    scope = resolve_scope(conn, study, exact=exact)
+                    for interval in (3600, 86400):
+                        for res in (3, 4, 5):
+                            frames = compute_compact_frames(conn, scope, interval=interval, res=res)
+                            frames.pop("method")
+                            out.append(frames)
+            return out
+
+        want = answers()
+        assert any(f["frames"] for f in want)  # type: ignore[index]
+        _frames_as_rows(db)  # the form before: every frame as rows, with the top-cities index
+        with db.engine.connect() as conn:
+            assert "rollup_frame_packed" not in inspect(conn).get_table_names()
+            rows = conn.execute(select(func.count()).select_from(rollup_frame)).scalar_one()
+            assert rows > 0
+            assert "ix_rollup_frame_city_top" in {
+                ix["name"] for ix in inspect(conn).get_indexes("rollup_frame_city")
+            }
+        db.upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(rollup_frame)).scalar_one() == 0
+            packed = conn.execute(select(func.count()).select_from(rollup_frame_packed))
+            assert packed.scalar_one() == 2 * (30 + 2)  # two titles' hours and days
+            assert "ix_rollup_frame_city_top" not in {
+                ix["name"] for ix in inspect(conn).get_indexes("rollup_frame_city")
+            }
+        assert answers() == want
+        # The writer goes on: a later hour adds to its frame, packed or not.
+        batch = WriteBatch()
+        batch.sightings.append(
+            SightingRow(1, 1, 1, (99).to_bytes(16, "little"), at + timedelta(hours=30), "tracker",
+                        "v1", None, "GB", 2643743, 2643743, LONDON_7, None)
+        )  # fmt: skip
+        writer.write(batch)
+        with db.engine.connect() as conn:
+            bucket = int((at + timedelta(hours=30)).timestamp()) // 3600
+            assert list(frame_cells(conn, [1], 3600, bucket).peers) == [1]
+    finally:
+        db.dispose()
+
+
+LONDON_7 = h3i.latlng_to_cell(51.51, -0.09, 7)
+
+
+def test_0012_packs_as_the_store_does() -> None:
+    """0012's own copy of the packed layout writes what store.packed writes, and reads it."""
+    import importlib.util
+    import random
+
+    from swarmwatch.store.packed import FrameCounts, pack, unpack
+
+    path = Path(__file__).parents[1] / "migrations" / "versions" / "0012_i17f_packed_frames.py"
+    spec = importlib.util.spec_from_file_location("m0012", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = random.Random(3)
+    for n in (0, 1, 2, 50, 3000):
+        counts = FrameCounts.from_dict(
+            {
+                rng.randrange(1 << 62): (rng.randrange(1, 999), rng.randrange(1 << 40))
+                for _ in range(n)
+            }
+        )
+        triples = list(zip(counts.keys, counts.peers, counts.rks, strict=True))
+        assert module.pack_v1(triples) == pack(counts)
+        assert module.unpack_v1(pack(counts)) == triples
+        assert unpack(module.pack_v1(triples)) == counts

@@ -17,6 +17,7 @@ from swarmwatch.analysis.versioned import Activity, PerEngine, Refresher
 if TYPE_CHECKING:
     from swarmwatch.analysis.frames import CompactFrames, Frame
     from swarmwatch.analysis.rankings import PublishedLevel
+    from swarmwatch.store.keptframes import PersistedFrames
 
 #: Published frames kept per engine (a frame at res 4 is ~10-400 KB of Python objects).
 FRAME_CACHE_SIZE = 2_000
@@ -63,6 +64,9 @@ class AnalysisCaches:
     #: Residents per H3 cell by (database URL, res, city count).
     cell_population: dict[tuple[str, int, int], dict[int, int]] = field(default_factory=dict)
     cell_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Frames kept in the database across server starts (store.keptframes); None: a
+    #: one-off reader (export, video, tests) that neither reads nor writes them.
+    persisted: PersistedFrames | None = None
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stop refreshing in the background (before the engine goes): True if stopped."""

@@ -46,7 +46,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -58,7 +60,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import h3
-from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from swarmwatch.analysis.caches import AnalysisCaches
 from swarmwatch.analysis.cellkey import BOUND, DEFAULT_TABLE, protected_rate
@@ -67,14 +69,15 @@ from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
+from swarmwatch.store.keptframes import COMPACT_BUCKET, OPEN_FRAMES, Kept
 from swarmwatch.store.models import City, Metro
+from swarmwatch.store.packed import FrameCounts, merge_counts, triples
 from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
-    FRAME_STORED_RES,
+    frame_cells,
+    frame_cities,
     rollup_active,
-    rollup_frame,
-    rollup_frame_city,
 )
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,40 @@ class Frame:
             "top_cities": self.top_cities,
             "top_metros": self.top_metros,
         }
+
+    def to_bytes(self) -> bytes:
+        """The frame as store.keptframes keeps it: its cells and counts as int64 arrays
+        after a JSON head, deflated."""
+        head = json.dumps(
+            {
+                "t": self.t,
+                "peers": self.peers,
+                "n": len(self.cells),
+                "top_cities": self.top_cities,
+                "top_metros": self.top_metros,
+            },
+            separators=(",", ":"),
+        ).encode()
+        cells, counts = array("q", self.cells), array("q", self.counts)
+        if sys.byteorder != "little":
+            cells.byteswap()
+            counts.byteswap()
+        raw = struct.pack("<I", len(head)) + head + cells.tobytes() + counts.tobytes()
+        return zlib.compress(raw, 1)
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Frame:
+        raw = zlib.decompress(body)
+        (size,) = struct.unpack_from("<I", raw)
+        head = json.loads(raw[4 : 4 + size])
+        n = int(head["n"])
+        cells, counts = array("q"), array("q")
+        cells.frombytes(raw[4 + size : 4 + size + 8 * n])
+        counts.frombytes(raw[4 + size + 8 * n : 4 + size + 16 * n])
+        if sys.byteorder != "little":
+            cells.byteswap()
+            counts.byteswap()
+        return cls(head["t"], head["peers"], cells, counts, head["top_cities"], head["top_metros"])
 
     @property
     def encoded(self) -> bytes:
@@ -267,12 +304,8 @@ def compact_dict(
     metro_index: dict[Hashable, int] = {}
     out: list[dict[str, Any]] = []
     for frame in frames:
-        gaps: list[int] = []
-        last = 0
-        for c in frame.cells:  # ascending, so the indices are too
-            i = index[c]
-            gaps.append(i - last)
-            last = i
+        at = list(map(index.__getitem__, frame.cells))  # ascending, as the cells are
+        gaps = at[:1] + list(map(operator.sub, at[1:], at[:-1]))
         city_ids = [_intern(c, CITY_FIELDS, city_index, cities) for c in frame.top_cities]
         metro_ids = [_intern(m, METRO_FIELDS, metro_index, metros) for m in frame.top_metros]
         out.append(
@@ -355,9 +388,18 @@ def frames_compact(
         if lock is None:
             lock = caches.building[key] = threading.Lock()
 
+    # The answer a server encoded before (store.keptframes), gzipped, by the frames' version.
+    persisted = caches.persisted
+    asked = persisted.question(("compact", key)) if persisted is not None else b""
+
     def encode(frame_set: FrameSet) -> CompactFrames:
+        read_at = frame_set.stale_since or datetime.now(UTC)
         body = _dumps_in_pieces(compact_dict(frame_set.frames, interval, res, frame_set.method))
-        return CompactFrames(tuple(frame_set.frames), body, _gzip(body), frame_set.stale_since)
+        gzipped = _gzip(body)
+        if persisted is not None and frame_set.version:
+            kept = Kept(frame_set.version, gzipped, read_at)
+            persisted.save(engine, scope.study_id, asked, [(COMPACT_BUCKET, kept)])
+        return CompactFrames(tuple(frame_set.frames), body, gzipped, frame_set.stale_since)
 
     def refresh() -> tuple[Hashable, CompactFrames]:
         with engine.connect() as own:
@@ -370,7 +412,20 @@ def frames_compact(
     try:
         frame_set = frame_set_of(conn, scope, interval, res, top, between, caches)
         version = _identity(frame_set.frames)
-        entry = caches.compact.of(engine).get(key, version, lambda: encode(frame_set), refresh)
+        cache = caches.compact.of(engine)
+        if persisted is not None and not cache.has(key):
+            found = persisted.load(conn, asked).get(COMPACT_BUCKET)
+            if found is not None:
+                body = zlib.decompress(found.body, 16 + zlib.MAX_WBITS)
+                if found.version == frame_set.version:  # the same frames: the same answer
+                    kept = CompactFrames(
+                        tuple(frame_set.frames), body, found.body, frame_set.stale_since
+                    )
+                    cache.seed(key, version, kept, found.read_at)
+                else:  # as kept, marked stale, re-encoded in the background (if recent)
+                    kept = CompactFrames((), body, found.body, found.read_at)
+                    cache.seed(key, found.version, kept, found.read_at)
+        entry = cache.get(key, version, lambda: encode(frame_set), refresh)
     finally:
         lock.release()
     answer = entry.value
@@ -472,9 +527,15 @@ def keep_frames_warm(
             return
 
 
+#: The compact time-lapse's gzip level. It is compressed whole at every change of a frame
+#: and at a server's first request: at alpha60's scale (6.6 MB) level 6 took 0.64 s of the
+#: first frames after a start, level 2 takes 0.06 s for 15 % more bytes (1.89 MB, not 1.64).
+COMPACT_GZIP_LEVEL = 2
+
+
 def _gzip(data: bytes) -> bytes:
-    """One gzip member (RFC 1952) of data; level 6, as the frames' own deflate pieces."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    """One gzip member (RFC 1952) of data, at COMPACT_GZIP_LEVEL."""
+    compressor = zlib.compressobj(COMPACT_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
 
 
@@ -487,6 +548,8 @@ class FrameSet:
     # When the data behind the oldest frame served from before the latest change was
     # read (None: every frame counts the data as of this request).
     stale_since: datetime | None
+    # What the frames are, across server starts (store.keptframes; b"": none kept).
+    version: bytes = b""
 
 
 def _frames(
@@ -525,28 +588,65 @@ def frame_set_of(
         .order_by(a.c.bucket)
     ).all()
     engine = conn.engine
-    cache = (caches or AnalysisCaches()).frames.of(engine)
+    caches = caches or AnalysisCaches()
+    cache = caches.frames.of(engine)
+    metros = MetroLookup(conn)  # each city's metro asked once for all the frames computed here
     frames: list[Frame] = []
     stale_since: datetime | None = None
+    # Frames a server computed before (store.keptframes), read on the first miss.
+    persisted = caches.persisted
+    question = (scope.title_ids, interval, res, scope.k, scope.exact, top)
+    asked = persisted.question(question) if persisted is not None else b""
+    kept: dict[int, Kept] | None = None
+    to_keep: list[tuple[int, Kept]] = []
+    served: list[tuple[int, Hashable]] = []
+    newest = totals[-1][0] if totals else 0
     for bucket, total, city_total, total_rk in totals:
         key = (scope.title_ids, interval, res, bucket, scope.k, scope.exact, top)
+        counts = (int(total), int(city_total), int(total_rk))
+        if persisted is not None and not cache.has(key):
+            if kept is None:
+                kept = persisted.load(conn, asked)
+            found = kept.get(bucket)
+            if found is not None and found.version == persisted.version(conn, counts):
+                cache.seed(key, int(total), Frame.from_bytes(found.body), found.read_at)
+            elif found is not None and bucket > newest - OPEN_FRAMES:
+                # An open frame as a previous server last computed it: served as that old
+                # (if within the cache's lag) while it is recomputed in the background.
+                cache.seed(key, found.version, Frame.from_bytes(found.body), found.read_at)
 
         def compute(
-            b: int = bucket, n: int = int(total), c: int = int(city_total), rk: int = int(total_rk)
+            b: int = bucket, n: int = counts[0], c: int = counts[1], rk: int = counts[2]
         ) -> Frame:
             if between is not None:
                 between()  # only before real work: a cached frame costs nothing
-            return _frame(conn, scope, interval, res, b, n, c, top, rk)
+            read_at = datetime.now(UTC)
+            frame = _frame(conn, scope, interval, res, b, n, c, top, rk, metros)
+            if persisted is not None:
+                version = persisted.version(conn, (n, c, rk))
+                to_keep.append((b, Kept(version, frame.to_bytes(), read_at)))
+            return frame
 
         def refresh(b: int = bucket) -> tuple[Hashable, Frame]:
             # The open frame, recomputed off the request path from a fresh read.
             with engine.connect() as own:
+                read_at = datetime.now(UTC)
                 n, c, rk = own.execute(
                     select(
                         func.sum(a.c.peers), func.sum(a.c.city_peers), func.sum(a.c.peers_rk)
                     ).where(a.c.title_id.in_(titles), a.c.interval_s == interval, a.c.bucket == b)
                 ).one()
-                return int(n), _frame(own, scope, interval, res, b, int(n), int(c), top, int(rk))
+                counted = (int(n), int(c), int(rk))
+                frame = _frame(own, scope, interval, res, b, *counted[:2], top, counted[2])
+                if persisted is not None:
+                    version = persisted.version(own, counted)
+                    persisted.save(
+                        engine,
+                        scope.study_id,
+                        asked,
+                        [(b, Kept(version, frame.to_bytes(), read_at))],
+                    )
+                return counted[0], frame
 
         # A frame's total is its version: closed frames never change, so they are always
         # hits; the open one is served as last computed while ingest moves it on.
@@ -554,6 +654,9 @@ def frame_set_of(
         if entry.version != int(total):
             stale_since = entry.read_at if stale_since is None else min(stale_since, entry.read_at)
         frames.append(entry.value)
+        served.append((bucket, entry.version))
+    if persisted is not None and to_keep:
+        persisted.save(engine, scope.study_id, asked, to_keep)
     method = {
         **scope.describe(),
         "counting": "distinct peers active (seen at least once) in each frame, per title",
@@ -561,19 +664,23 @@ def frame_set_of(
         if scope.exact
         else str(DEFAULT_TABLE.describe()["small_counts"]),
     }
-    return FrameSet(frames, method, stale_since)
+    version = persisted.answer_version(conn, served) if persisted is not None else b""
+    return FrameSet(frames, method, stale_since, version)
 
 
-def _parent_column(column: Any, stored: int, res: int) -> Any:
-    """SQL for an H3 cell's parent at `res`: the cell index with its resolution field set
-    and the digits below `res` set to 7, which is what h3's cell_to_parent does (H3 index
-    bit layout: resolution in bits 52-55, 3 bits per digit below). Grouping by it in the
-    database returns one row per served cell instead of one per stored child."""
-    if res == stored:
-        return column
-    keep = ~(0xF << 52) & (2**63 - 1)
+def _parent_mask(res: int) -> tuple[int, int]:
+    """(keep, fill): a cell's parent at `res` is (cell & keep) | fill, which is what h3's
+    cell_to_parent does (H3 index bit layout: resolution in bits 52-55, 3 bits per digit
+    below it, set to 7 below the resolution)."""
+    keep = ~(0xF << 52) & (2**63 - 1) & ~((1 << 3 * (15 - res)) - 1)
     fill = (res << 52) | ((1 << 3 * (15 - res)) - 1)
-    return column.bitwise_and(literal(keep, BigInteger)).bitwise_or(literal(fill, BigInteger))
+    return keep, fill
+
+
+def _parent_of(cell: int, res: int) -> int:
+    """A stored cell's parent at `res` (frames sum a coarser cell from its children)."""
+    keep, fill = _parent_mask(res)
+    return (cell & keep) | fill
 
 
 def _frame(
@@ -586,24 +693,20 @@ def _frame(
     city_total: int,
     top: int,
     total_rk: int,
+    metros: MetroLookup | None = None,
 ) -> Frame:
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
-    f = rollup_frame
     # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
-    parent = _parent_column(f.c.h3_cell, FRAME_STORED_RES, res).label("cell")
-    rows = {
-        int(cell): (int(n), int(rk))
-        for cell, n, rk in conn.execute(
-            select(parent, func.sum(f.c.peers), func.sum(f.c.peers_rk))
-            .where(
-                f.c.title_id.in_(titles),
-                f.c.interval_s == interval,
-                f.c.res == FRAME_STORED_RES,
-                f.c.bucket == bucket,
-            )
-            .group_by(parent)
-        )
-    }
+    stored = frame_cells(conn, scope.title_ids, interval, bucket)
+    rows: dict[int, list[int]] = {}
+    keep, fill = _parent_mask(res)
+    for cell, n, rk in zip(stored.keys, stored.peers, stored.rks, strict=True):
+        parent = (cell & keep) | fill
+        got = rows.get(parent)
+        if got is None:
+            rows[parent] = [n, rk]
+        else:
+            got[0] += n
+            got[1] += rk
     t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
     # Owners: every cell and city exact. Anyone else: each cell, city and the frame's
     # total perturbed by its own peers' record keys (analysis.cellkey), so no sum or
@@ -615,8 +718,9 @@ def _frame(
             published[cell] = value
     shown = sorted(published)
     peers = scope.count(total, total_rk)
-    top_cities = _top_cities_perturbed(conn, scope, interval, bucket, top) if peers else []
-    top_metros = _top_metros_per_capita(conn, scope, interval, bucket, top) if peers else []
+    cities = frame_cities(conn, scope.title_ids, interval, bucket) if peers else {}
+    top_cities = _top_cities_perturbed(conn, scope, cities, top) if peers else []
+    top_metros = _top_metros_per_capita(conn, scope, cities, top, metros) if peers else []
     return Frame(
         t,
         peers,
@@ -632,34 +736,113 @@ def _rounded(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _summed(cities: dict[int, FrameCounts], keys: set[int] | None = None) -> dict[int, list[int]]:
+    """[peers, record-key sum] per city over the titles (only `keys`, if given)."""
+    out: dict[int, list[int]] = {}
+    for counts in cities.values():
+        for gid, n, rk in zip(counts.keys, counts.peers, counts.rks, strict=True):
+            if keys is not None and gid not in keys:
+                continue
+            got = out.get(gid)
+            if got is None:
+                out[gid] = [n, rk]
+            else:
+                got[0] += n
+                got[1] += rk
+    return out
+
+
+#: Ids per lookup statement (well under SQLite's bound-parameter limit).
+_LOOKUP_CHUNK = 2_000
+
+
+class MetroLookup:
+    """city -> (metro id, population) for cities in metros of DEFAULT_MIN_POPULATION or
+    more, asked of the database once per city for all the frames of one request.
+
+    Read through the city table (its metro ids are the current ones, as in the
+    rankings). Two lookups by primary key rather than a join: with thousands of ids
+    SQLite's planner turns a join into a scan of every metro (2 s a frame at 3,000
+    cities, against 25 ms by key)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.known: dict[int, tuple[int, int] | None] = {}
+
+    def _by_ids(self, select_sql: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Rows of `select_sql` (its first column the table's key) for these keys."""
+        if not ids:
+            return []
+        key = select_sql.split()[1].rstrip(",")
+        if self.conn.dialect.name == "postgresql":
+            result = self.conn.exec_driver_sql(f"{select_sql} WHERE {key} = ANY(%s)", (list(ids),))
+        else:
+            marks = ", ".join("?" * len(ids))
+            result = self.conn.exec_driver_sql(f"{select_sql} WHERE {key} IN ({marks})", tuple(ids))
+        return [tuple(r) for r in result.all()]  # fetchall: one driver call
+
+    def __call__(self, gids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        missing = [g for g in gids if g not in self.known]
+        for start in range(0, len(missing), _LOOKUP_CHUNK):
+            chunk = missing[start : start + _LOOKUP_CHUNK]
+            # Driver SQL: compiling an expanding IN of thousands of ids cost more than
+            # the lookups themselves.
+            metro_of = {
+                int(gid): int(metro_id)
+                for gid, metro_id in self._by_ids("SELECT geoname_id, metro_id FROM city", chunk)
+                if metro_id is not None
+            }
+            population = {
+                int(metro_id): int(pop)
+                for metro_id, pop in self._by_ids(
+                    "SELECT id, population FROM metro", sorted(set(metro_of.values()))
+                )
+                if pop is not None and pop >= DEFAULT_MIN_POPULATION
+            }
+            for gid in chunk:
+                metro_id = metro_of.get(gid)
+                pop = population.get(metro_id) if metro_id is not None else None
+                self.known[gid] = (metro_id, pop) if metro_id is not None and pop else None
+        out: dict[int, tuple[int, int]] = {}
+        for gid in gids:
+            found = self.known[gid]
+            if found is not None:
+                out[gid] = found
+        return out
+
+
 def _top_metros_per_capita(
-    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
+    conn: Connection,
+    scope: Scope,
+    cities: dict[int, FrameCounts],
+    top: int,
+    metros: MetroLookup | None = None,
 ) -> list[dict[str, Any]]:
     """The frame's metro areas of DEFAULT_MIN_POPULATION or more with the highest rates,
-    published as the per-capita rankings publish them (module docstring).
-
-    Metros are read through the city table (its metro ids are the current ones, as in
-    the rankings); the frame's city rows are few, so grouping them all is cheap.
-    """
-    if top <= 0:
+    published as the per-capita rankings publish them (module docstring)."""
+    if top <= 0 or not cities:
         return []
-    t = rollup_frame_city
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
-    # Counts per metro first, names only for the listed ones: grouping and fetching every
-    # metro's name and point cost more than the rest of the frame's places together.
-    rows = conn.execute(
-        select(Metro.id, Metro.population, func.sum(t.c.peers), func.sum(t.c.peers_rk))
-        .select_from(
-            t.join(City, City.geoname_id == t.c.geoname_id).join(Metro, Metro.id == City.metro_id)
-        )
-        .where(
-            t.c.title_id.in_(titles),
-            t.c.interval_s == interval,
-            t.c.bucket == bucket,
-            Metro.population >= DEFAULT_MIN_POPULATION,
-        )
-        .group_by(Metro.id, Metro.population)
-    ).all()
+    # One title (the usual study): its counts as they are, already one per city.
+    by_city = (
+        next(iter(cities.values()))
+        if len(cities) == 1
+        else merge_counts(map(triples, cities.values()))
+    )
+    metro_of = (metros or MetroLookup(conn))(by_city.keys)
+    sums: dict[int, list[int]] = {}
+    population: dict[int, int] = {}
+    for gid, n, rk in zip(by_city.keys, by_city.peers, by_city.rks, strict=True):
+        found = metro_of.get(gid)
+        if found is None:
+            continue
+        metro_id, population[metro_id] = found
+        got = sums.get(metro_id)
+        if got is None:
+            sums[metro_id] = [n, rk]
+        else:
+            got[0] += n
+            got[1] += rk
+    rows = [(m, population[m], n, rk) for m, (n, rk) in sums.items()]
     # Only metros that could make the list are perturbed: a published count is within
     # BOUND of the true one, so none whose highest possible rate is below the top-th
     # lowest possible rate of those surely published (n - BOUND >= k) can.
@@ -670,12 +853,12 @@ def _top_metros_per_capita(
     )
     floor = sure[top - 1] if len(sure) >= top else 0.0
     published = []
-    for metro_id, population, n, rk in rows:
-        if (int(n) + slack) / int(population) < floor:
+    for metro_id, pop, n, rk in rows:
+        if (int(n) + slack) / int(pop) < floor:
             continue
         value = scope.count(int(n), int(rk))
         if value:  # else no peers, or withheld
-            published.append((value, int(metro_id), int(population)))
+            published.append((value, int(metro_id), int(pop)))
     # Ranked by the published rate; only the listed ones need their interval and name.
     published.sort(key=lambda m: (-m[0] / m[2], m[1]))
     listed = published[:top]
@@ -691,11 +874,9 @@ def _top_metros_per_capita(
         )
     }
     out = []
-    for value, metro_id, population in listed:
+    for value, metro_id, pop in listed:
         name, country, lat, lon = names[metro_id]
-        rate = (
-            rate_per_100k(value, population) if scope.exact else protected_rate(value, population)
-        )
+        rate = rate_per_100k(value, pop) if scope.exact else protected_rate(value, pop)
         if rate is not None:
             out.append(
                 {
@@ -704,7 +885,7 @@ def _top_metros_per_capita(
                     "country": country,
                     "lat": lat,
                     "lon": lon,
-                    "population": population,
+                    "population": pop,
                     "peers": value,
                     "per_100k": _rounded(rate.per_100k),
                     "ci_low": _rounded(rate.ci_low),
@@ -715,52 +896,40 @@ def _top_metros_per_capita(
 
 
 def _top_cities_perturbed(
-    conn: Connection, scope: Scope, interval: int, bucket: int, top: int
+    conn: Connection, scope: Scope, cities: dict[int, FrameCounts], top: int
 ) -> list[dict[str, Any]]:
     """The frame's largest cities as this reader may see them (exact for owners,
     perturbed for anyone else), ranked by the published value.
 
-    Candidates are each title's largest cities (an index range scan, not a sort of all
-    cities), with room for noise to reorder the last few; summed over the titles.
+    Candidates are each title's largest cities (ties at the cut included), with room
+    for noise to reorder the last few; summed over the titles.
     """
-    t = rollup_frame_city
+    room = top + 2 * BOUND
     candidates: set[int] = set()
-    for title_id in scope.title_ids:
-        candidates.update(
-            conn.execute(
-                select(t.c.geoname_id)
-                .where(t.c.title_id == title_id, t.c.interval_s == interval, t.c.bucket == bucket)
-                .order_by(t.c.peers.desc())
-                .limit(top + 2 * BOUND)
-            ).scalars()
-        )
+    for counts in cities.values():
+        if len(counts) <= room:
+            candidates.update(counts.keys)
+        else:
+            cut = sorted(counts.peers, reverse=True)[room - 1]
+            candidates.update(
+                gid for gid, n in zip(counts.keys, counts.peers, strict=True) if n >= cut
+            )
     if not candidates:
         return []
-    titles: Any = bindparam("titles", list(scope.title_ids), expanding=True)
     ids: Any = bindparam("ids", sorted(candidates), expanding=True)
-    rows = conn.execute(
-        select(
-            t.c.geoname_id,
-            func.sum(t.c.peers),
-            func.sum(t.c.peers_rk),
-            City.name,
-            City.country,
-            City.lat,
-            City.lon,
+    names = {
+        int(gid): (name, country, lat, lon)
+        for gid, name, country, lat, lon in conn.execute(
+            select(City.geoname_id, City.name, City.country, City.lat, City.lon).where(
+                City.geoname_id.in_(ids)
+            )
         )
-        .select_from(t.outerjoin(City, City.geoname_id == t.c.geoname_id))
-        .where(
-            t.c.title_id.in_(titles),
-            t.c.interval_s == interval,
-            t.c.bucket == bucket,
-            t.c.geoname_id.in_(ids),
-        )
-        .group_by(t.c.geoname_id, City.name, City.country, City.lat, City.lon)
-    ).all()
-    out = []
-    for gid, n, rk, name, country, lat, lon in rows:
+    }
+    out: list[dict[str, Any]] = []
+    for gid, (n, rk) in _summed(cities, candidates).items():
         value = scope.count(int(n), int(rk))
         if value:
+            name, country, lat, lon = names.get(gid, (None, None, None, None))
             out.append(
                 {
                     "geoname_id": gid,

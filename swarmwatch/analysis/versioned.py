@@ -150,6 +150,20 @@ class VersionedCache(Generic[T]):
         self._store(key, fresh)
         return fresh
 
+    def has(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def seed(self, key: Hashable, version: Hashable, value: T, read_at: datetime) -> None:
+        """An answer computed elsewhere (a previous server: store.keptframes) from data
+        read at read_at, unless one is cached already: served, and refreshed, like any
+        answer of that age."""
+        age = max(0.0, (datetime.now(UTC) - read_at).total_seconds())
+        with self._lock:
+            if key in self._entries:
+                return
+        self._store(key, Versioned(value, version, read_at, self.clock() - age))
+
     def _refresh(self, key: Hashable, refresh: Callable[[], tuple[Hashable, T]]) -> None:
         try:
             stamp, read_at = self.clock(), datetime.now(UTC)

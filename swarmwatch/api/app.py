@@ -30,6 +30,7 @@ from swarmwatch.api.schemas import TorrentCreate
 from swarmwatch.config import Settings, get_settings
 from swarmwatch.metrics import ServiceMetrics
 from swarmwatch.store import Database
+from swarmwatch.store.keptframes import PersistedFrames
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.analysis_caches = caches or AnalysisCaches()
+    app.state.analysis_caches = caches or AnalysisCaches(persisted=PersistedFrames())
     app.state.metrics = ServiceMetrics()
     app.state.geometry = GeometryLimits(settings)
 

@@ -153,6 +153,24 @@ class PublicationKey(Base):
     key: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
+class FrameAnswer(Base):
+    """A published time-lapse frame as last computed, kept across server starts
+    (store.keptframes): one row per question and frame, replaced when the frame's
+    version (its counts, record-key sums and the place tables) moves on. What it holds
+    is what the API publishes for that question (exact counts for an owner's), derived
+    from the rollups beside it; no peer and no address."""
+
+    __tablename__ = "frame_answer"
+    question: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    #: Whose frames: they go with the study (a deleted study leaves no published trace).
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    version: Mapped[bytes] = mapped_column(LargeBinary(16))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    #: When the data behind it was read (an open frame's, served stale after a restart).
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class DeploymentSecret(Base):
     """The id of the deployment secret this database's study keys are wrapped with.
 

@@ -32,8 +32,10 @@ titles is two downloads, which is what the study counts.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain, repeat
 from typing import Any, NamedTuple
@@ -44,19 +46,25 @@ from sqlalchemy import (
     Column,
     Connection,
     ForeignKey,
-    Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     bindparam,
+    cast,
     func,
+    null,
     select,
+    text,
+    union,
+    union_all,
 )
 
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store.batch import SightingColumns, SightingRow
 from swarmwatch.store.chunks import row_chunks
 from swarmwatch.store.models import Base
+from swarmwatch.store.packed import FrameCounts, merge_counts, pack, triples, unpack
 
 #: Frame lengths with exact distinct counts: hourly for the time-lapse, daily for the series.
 FRAME_INTERVALS: tuple[int, ...] = (3600, 86400)
@@ -225,9 +233,21 @@ rollup_frame_city = Table(
     Column("geoname_id", Integer, primary_key=True, autoincrement=False),
     _count("peers"),
     _rk("peers_rk"),
-    # Top cities of a frame are an index range scan, not a sort of every city.
-    Index("ix_rollup_frame_city_top", "title_id", "interval_s", "bucket", "peers"),
     **_KW,
+)
+# Closed frames, packed: a frame's cells (at FRAME_STORED_RES) and cities as one blob each
+# (store.packed), so a frame costs a few bytes per cell and city rather than a row each.
+# rollup_frame and rollup_frame_city hold a frame's rows only while it is open (the latest
+# FRAME_OPEN_BUCKETS of its title) and late sightings' rows until the next batch folds
+# them in; a frame's counts are its blob plus its rows (frame_cells, frame_cities).
+rollup_frame_packed = Table(
+    "rollup_frame_packed",
+    Base.metadata,
+    _title_fk(),
+    Column("interval_s", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("cells", LargeBinary, nullable=False),
+    Column("cities", LargeBinary, nullable=False),
 )
 rollup_active = Table(
     "rollup_active",
@@ -293,6 +313,7 @@ ROLLUP_TABLES: tuple[Table, ...] = (
     rollup_cell_day,
     rollup_frame,
     rollup_frame_city,
+    rollup_frame_packed,
     rollup_active,
     rollup_activity,
     rollup_presence,
@@ -660,6 +681,61 @@ def apply_rows(
     ]
     frame = _counted([k for k, _ in in_cells], [rk for _, rk in in_cells])
 
+    add_increments(
+        conn,
+        RollupIncrements(
+            activity=activity,
+            place=place,
+            place_metro=metro,
+            place_day=place_day,
+            place_day_metro=metro_day,
+            cell=cell,
+            cell_day=cell_day,
+            frame=frame,
+            frame_city=frame_city,
+            active=active,
+        ),
+    )
+
+
+@dataclass(slots=True)
+class RollupIncrements:
+    """What a batch adds to each rollup, summed per row key (the keys and values are the
+    tables' own columns, in the order add_increments names them). apply_rows makes one
+    from sightings; a loader that knows the sums already (bench query's synthetic study)
+    hands one in, so both go through the same upserts and frame packing."""
+
+    #: (title, day, source, vantage) -> (sightings, new peers, seed sightings, and the
+    #: record-key sums new_peers_rk, source_rk, vantage_rk)
+    activity: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, geoname id, country) -> (peers, seeds, peers_rk, seeds_rk); its metro id
+    place: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    place_metro: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, day, vantage, geoname id, country) -> as place; its metro id
+    place_day: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    place_day_metro: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, res, cell) and (title, day, vantage, res, cell) -> (peers, peers_rk)
+    cell: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    cell_day: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, interval, res, bucket, cell) and (title, interval, bucket, geoname id)
+    #: -> (peers, peers_rk): distinct peers newly counted in the frame
+    frame: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    frame_city: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+    #: (title, interval, bucket) -> (peers, city_peers, peers_rk, city_peers_rk)
+    active: Mapping[Key, Sequence[int]] = field(default_factory=dict)
+
+
+def add_increments(conn: Connection, inc: RollupIncrements) -> None:
+    """Add increments to every rollup (one statement per table), then pack the frames
+    they closed, in the caller's transaction."""
+    activity, place, metro = inc.activity, inc.place, inc.place_metro
+    place_day, metro_day, cell, cell_day = (
+        inc.place_day,
+        inc.place_day_metro,
+        inc.cell,
+        inc.cell_day,
+    )
+    frame, frame_city, active = inc.frame, inc.frame_city, inc.active
     _add(
         conn,
         rollup_activity,
@@ -697,6 +773,12 @@ def apply_rows(
         active,
         ("peers", "city_peers", "peers_rk", "city_peers_rk"),
     )
+    # A frame closes when a later one of its title gets counts (a new hour always does).
+    latest: dict[tuple[int, int], int] = {}
+    for title_id, interval, bucket in active:
+        if bucket > latest.get((title_id, interval), bucket - 1):
+            latest[(title_id, interval)] = bucket
+    fold_closed_frames(conn, latest)
 
 
 def _counted_presence(
@@ -753,6 +835,144 @@ def _counted_presence(
     ]
     _new_presence(conn, left, all_new=True)
     return fresh + _new_presence(conn, moved_on, all_new=True) + _new_presence(conn, ask)
+
+
+#: The latest frames of a title (per interval) whose counts stay rows: the open one, and
+#: the one before it for sightings a crawl delivers a little late. Older frames are packed.
+FRAME_OPEN_BUCKETS = 2
+
+
+def fold_closed_frames(conn: Connection, latest: Mapping[tuple[int, int], int]) -> int:
+    """Pack every frame of (title, interval) before the latest FRAME_OPEN_BUCKETS up to
+    latest[(title, interval)] that has rows (closed frames, and late sightings' rows of
+    frames packed before) into its blob, in the caller's transaction; the frames' rows go.
+    Returns how many frames were packed."""
+    f, c = rollup_frame, rollup_frame_city
+    folded = 0
+    for (title_id, interval), last in latest.items():
+        below = last - FRAME_OPEN_BUCKETS + 1
+        buckets = conn.execute(
+            union(
+                select(f.c.bucket).where(
+                    f.c.title_id == title_id,
+                    f.c.interval_s == interval,
+                    f.c.res == FRAME_STORED_RES,
+                    f.c.bucket < below,
+                ),
+                select(c.c.bucket).where(
+                    c.c.title_id == title_id, c.c.interval_s == interval, c.c.bucket < below
+                ),
+            )
+        ).scalars()
+        for bucket in sorted(buckets):
+            _fold_frame(conn, title_id, interval, bucket)
+            folded += 1
+    return folded
+
+
+def _fold_frame(conn: Connection, title_id: int, interval: int, bucket: int) -> None:
+    cells = frame_cells(conn, [title_id], interval, bucket)
+    cities = frame_cities(conn, [title_id], interval, bucket).get(title_id, FrameCounts())
+    key = {"t": title_id, "i": interval, "b": bucket}
+    conn.execute(
+        text(
+            "INSERT INTO rollup_frame_packed (title_id, interval_s, bucket, cells, cities)"
+            " VALUES (:t, :i, :b, :cells, :cities) ON CONFLICT (title_id, interval_s, bucket)"
+            " DO UPDATE SET cells = excluded.cells, cities = excluded.cities"
+        ),
+        {**key, "cells": pack(cells), "cities": pack(cities)},
+    )
+    conn.execute(
+        text(
+            "DELETE FROM rollup_frame WHERE title_id = :t AND interval_s = :i AND res = :r"
+            " AND bucket = :b"
+        ),
+        {**key, "r": FRAME_STORED_RES},
+    )
+    conn.execute(
+        text(
+            "DELETE FROM rollup_frame_city WHERE title_id = :t AND interval_s = :i AND bucket = :b"
+        ),
+        key,
+    )
+
+
+def _frame_parts(
+    conn: Connection, rows: Table, key_col: str, blob_col: str, where: Sequence[Any]
+) -> dict[int, FrameCounts]:
+    """Per title, a frame's blob and rows summed. One statement, so one snapshot: a fold
+    committed between two statements could otherwise hide rows or count them twice."""
+    p = rollup_frame_packed
+    blobs = select(
+        p.c.title_id,
+        p.c[blob_col],
+        cast(null(), BigInteger),
+        cast(null(), BigInteger),
+        cast(null(), BigInteger),
+    ).where(*[w(p) for w in where])
+    counted = select(
+        rows.c.title_id,
+        cast(null(), LargeBinary),
+        rows.c[key_col],
+        rows.c.peers,
+        rows.c.peers_rk,
+    ).where(*[w(rows) for w in where])
+    if rows is rollup_frame:
+        counted = counted.where(rows.c.res == FRAME_STORED_RES)
+    packed: dict[int, FrameCounts] = {}
+    loose: defaultdict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    # .all(): one fetchall, not a fetchone per row (tens of thousands in an open frame).
+    for title_id, blob, key, n, rk in conn.execute(union_all(blobs, counted)).all():
+        if blob is not None:
+            packed[title_id] = unpack(blob)  # one per title (the primary key)
+        else:
+            loose[title_id].append((int(key), int(n), int(rk)))
+    out: dict[int, FrameCounts] = {}
+    for t in sorted({*packed, *loose}):
+        blob_counts, late = packed.get(t), loose.get(t)
+        if late is None and blob_counts is not None:
+            out[t] = blob_counts  # a closed frame is its blob alone (the common case)
+            continue
+        if blob_counts is None and late is not None:
+            # An open frame is its rows alone, one per key: as they are if in key order.
+            keys, peers, rks = zip(*late, strict=True)
+            if list(keys) == sorted(set(keys)):
+                out[t] = FrameCounts(array("q", keys), array("q", peers), array("q", rks))
+                continue
+        out[t] = merge_counts([triples(blob_counts or FrameCounts()), late or []])
+    return out
+
+
+def _frame_where(title_ids: Iterable[int], interval: int, bucket: int) -> list[Any]:
+    ids = list(title_ids)
+    return [
+        lambda t: t.c.title_id.in_(bindparam("titles", ids, expanding=True)),
+        lambda t: t.c.interval_s == interval,
+        lambda t: t.c.bucket == bucket,
+    ]
+
+
+def frame_cells(
+    conn: Connection, title_ids: Iterable[int], interval: int, bucket: int
+) -> FrameCounts:
+    """A frame's distinct active peers (and record-key sums) per H3 cell at
+    FRAME_STORED_RES, summed over the titles: its blob and its rows."""
+    parts = _frame_parts(
+        conn, rollup_frame, "h3_cell", "cells", _frame_where(title_ids, interval, bucket)
+    )
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    return merge_counts(triples(counts) for counts in parts.values())
+
+
+def frame_cities(
+    conn: Connection, title_ids: Iterable[int], interval: int, bucket: int
+) -> dict[int, FrameCounts]:
+    """A frame's distinct active peers (and record-key sums) per city (GeoNames id), per
+    title: its blob and its rows."""
+    return _frame_parts(
+        conn, rollup_frame_city, "geoname_id", "cities", _frame_where(title_ids, interval, bucket)
+    )
 
 
 def add_peer_times(conn: Connection, changes: Iterable[tuple[int, int, int, int]]) -> None:
@@ -831,6 +1051,7 @@ __all__ = [
     "CELL_STORED_RES",
     "FRAME_INTERVALS",
     "FRAME_RESOLUTIONS",
+    "FRAME_OPEN_BUCKETS",
     "FRAME_STORED_RES",
     "HOUR",
     "NEW_PEER",
@@ -838,12 +1059,17 @@ __all__ = [
     "PEER_TIMES_FROM_PEERS",
     "PresenceCache",
     "PeerFrames",
+    "RollupIncrements",
     "SourceEntries",
     "ROLLUP_TABLES",
+    "add_increments",
     "add_peer_times",
     "apply_batch",
     "apply_rows",
     "cell_parents",
+    "fold_closed_frames",
+    "frame_cells",
+    "frame_cities",
     "parent_at",
     "peer_id",
     "rebuild_peer_times",
@@ -853,6 +1079,7 @@ __all__ = [
     "rollup_cell_day",
     "rollup_frame",
     "rollup_frame_city",
+    "rollup_frame_packed",
     "rollup_peer_times",
     "rollup_place",
     "rollup_place_day",
