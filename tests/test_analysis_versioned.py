@@ -200,3 +200,41 @@ def test_reads_and_warm_ups_leave_the_process_garbage_collector_alone(
         compute_ranking(conn, scope_of(study_db), level="city", caches=caches)
     assert gc.get_freeze_count() == before
     assert server_caches().settle is gc.freeze
+
+
+def test_a_closed_refresher_drops_new_jobs_and_runs_again_when_reopened() -> None:
+    """A stopping server closes its refresher (no connection may outlive the engine);
+    an app served again reopens it, and its refreshes run again."""
+    from swarmwatch.analysis.versioned import Refresher
+
+    refresher = Refresher()
+    assert refresher.close(5)  # never started: nothing to wait for
+    refresher.reopen()
+    first = threading.Event()
+    refresher.submit(first.set)
+    assert first.wait(30)
+    ran: list[str] = []
+    release = threading.Event()
+    refresher.submit(lambda: (release.wait(30), ran.append("queued before close")))
+    closer = threading.Thread(target=lambda: ran.append(f"closed {refresher.close(30)}"))
+    closer.start()
+    release.set()
+    closer.join(30)
+    assert ran == ["queued before close", "closed True"]
+    refresher.submit(lambda: ran.append("after close"))  # dropped, not queued
+    refresher.reopen()
+    again = threading.Event()
+    refresher.submit(again.set)
+    assert again.wait(30)
+    assert "after close" not in ran
+
+
+def test_the_warm_up_stops_between_frames(study_db: Database) -> None:  # noqa: F811
+    """A stopping server need not wait for a whole time-lapse to be warmed."""
+    from swarmwatch.analysis.frames import WarmUpStopped, keep_frames_warm, warm_frames
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(WarmUpStopped):
+        warm_frames(study_db, AnalysisCaches(), stop=stop)
+    keep_frames_warm(study_db, AnalysisCaches(), stop)  # returns, nothing logged as failed

@@ -68,6 +68,10 @@ class AnalysisCaches:
     #: one-off reader (export, video, tests) that neither reads nor writes them.
     persisted: PersistedFrames | None = None
 
+    def open(self) -> None:
+        """Refresh in the background again (a server starting; see close())."""
+        self.refresher.reopen()
+
     def close(self, timeout: float = 30.0) -> bool:
         """Stop refreshing in the background (before the engine goes): True if stopped."""
         return self.refresher.close(timeout)

@@ -457,6 +457,10 @@ def _identity(frames: list[Frame]) -> tuple[int, ...]:
 WARM_STUDIES = 8
 
 
+class WarmUpStopped(Exception):
+    """The warm-up was asked to stop between two frames (the server is stopping)."""
+
+
 def warm_frames(
     db: Database,
     caches: AnalysisCaches,
@@ -464,6 +468,7 @@ def warm_frames(
     interval: int = 3600,
     res: int = 4,
     studies: int = WARM_STUDIES,
+    stop: threading.Event | None = None,
 ) -> None:
     """Build the default time-lapse (every title, hourly, res 4: what the map page asks
     first) of the most recent studies, so no visitor waits for a cold one.
@@ -471,12 +476,16 @@ def warm_frames(
     Run on a background thread at server start (swarmwatch.api.routes.analysis). At
     alpha60's scale a cold time-lapse is 120 frames of thousands of cells through
     suppression, seconds of CPU; a request arriving meanwhile waits for this build
-    (frames_compact's per-question lock) instead of starting a second one.
+    (frames_compact's per-question lock) instead of starting a second one. Once `stop`
+    is set it ends at the next frame (WarmUpStopped), so a stopping server need not
+    wait for a whole time-lapse.
     """
     from swarmwatch.analysis.scope import resolve_scope
     from swarmwatch.store.models import Study
 
     def between_frames() -> None:
+        if stop is not None and stop.is_set():
+            raise WarmUpStopped
         # Step aside for requests (at most 50 ms per frame), and let the owner settle
         # the frames built so far (a server keeps them out of full garbage collections,
         # whose pauses would stop those requests).
@@ -520,7 +529,9 @@ def keep_frames_warm(
     """
     while True:
         try:
-            warm_frames(db, caches)
+            warm_frames(db, caches, stop=stop)
+        except WarmUpStopped:
+            return
         except Exception:  # a failed warm-up only means the next visitor waits
             log.exception("warming the time-lapse cache failed")
         if stop.wait(every):
@@ -951,6 +962,7 @@ __all__ = [
     "CompactFrames",
     "Frame",
     "FrameSet",
+    "WarmUpStopped",
     "compact_dict",
     "compute_compact_frames",
     "compute_frames",

@@ -222,17 +222,27 @@ class Refresher:
         with self._lock:
             self._closed = True
             thread = self._thread
-            self._queue.put(None)
+            if thread is not None:
+                self._queue.put(None)  # after the jobs already queued
         if thread is None:
             return True
         thread.join(timeout)
         return not thread.is_alive()
 
+    def reopen(self) -> None:
+        """Run jobs again after close() (an app served a second time, as tests do)."""
+        with self._lock:
+            self._closed = False
+
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
-                return
+                with self._lock:
+                    if self._closed:
+                        self._thread = None  # the next submit after reopen() starts one
+                        return
+                continue  # reopened before this thread got here: carry on
             job()
             if self.after is not None:
                 self.after()

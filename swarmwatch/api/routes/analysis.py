@@ -60,6 +60,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     database = getattr(app.state, "database", None)
     caches = getattr(app.state, "analysis_caches", None)
     warm: threading.Thread | None = None
+    if caches is not None:
+        caches.open()
     if database is not None and caches is not None:
         warm = threading.Thread(
             target=keep_frames_warm,
