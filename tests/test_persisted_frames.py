@@ -156,10 +156,14 @@ def test_an_open_frame_that_moved_on_is_served_as_kept_if_recent(
 
     monkeypatch.setattr(frames_module, "_frame", counting)
     newest = int((AT + timedelta(hours=HOURS - 1)).timestamp()) // 3600
+    caches = AnalysisCaches(persisted=PersistedFrames())
     with study.engine.connect() as conn:
         row = conn.execute(select(Study.__table__)).one()
         scope = resolve_scope(conn, row, exact=True)
-        served = frames_compact(conn, scope, caches=AnalysisCaches(persisted=PersistedFrames()))
+        served = frames_compact(conn, scope, caches=caches)
+    # The stale answer's background refresh ends before the fixture disposes of the
+    # engine, as a server's does at shutdown (else its connection outlives the pool).
+    assert caches.close(60)
     if recent:
         assert computed == [] and served.stale_since is not None
     else:

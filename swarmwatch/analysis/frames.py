@@ -71,7 +71,7 @@ from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
 from swarmwatch.store.keptframes import COMPACT_BUCKET, OPEN_FRAMES, Kept
 from swarmwatch.store.models import City, Metro
-from swarmwatch.store.packed import FrameCounts, merge_counts, triples
+from swarmwatch.store.packed import FrameCounts, merge_counts, sum_triples, triples
 from swarmwatch.store.rollups import (
     FRAME_INTERVALS,
     FRAME_RESOLUTIONS,
@@ -708,16 +708,8 @@ def _frame(
 ) -> Frame:
     # Stored at FRAME_STORED_RES only: a coarser cell is the sum of its children.
     stored = frame_cells(conn, scope.title_ids, interval, bucket)
-    rows: dict[int, list[int]] = {}
     keep, fill = _parent_mask(res)
-    for cell, n, rk in zip(stored.keys, stored.peers, stored.rks, strict=True):
-        parent = (cell & keep) | fill
-        got = rows.get(parent)
-        if got is None:
-            rows[parent] = [n, rk]
-        else:
-            got[0] += n
-            got[1] += rk
+    rows = sum_triples([(((cell & keep) | fill, n, rk) for cell, n, rk in triples(stored))])
     t = datetime.fromtimestamp(bucket * interval, UTC).isoformat()
     # Owners: every cell and city exact. Anyone else: each cell, city and the frame's
     # total perturbed by its own peers' record keys (analysis.cellkey), so no sum or
@@ -749,18 +741,10 @@ def _rounded(x: float) -> float:
 
 def _summed(cities: dict[int, FrameCounts], keys: set[int] | None = None) -> dict[int, list[int]]:
     """[peers, record-key sum] per city over the titles (only `keys`, if given)."""
-    out: dict[int, list[int]] = {}
-    for counts in cities.values():
-        for gid, n, rk in zip(counts.keys, counts.peers, counts.rks, strict=True):
-            if keys is not None and gid not in keys:
-                continue
-            got = out.get(gid)
-            if got is None:
-                out[gid] = [n, rk]
-            else:
-                got[0] += n
-                got[1] += rk
-    return out
+    parts = (triples(counts) for counts in cities.values())
+    if keys is None:
+        return sum_triples(parts)
+    return sum_triples((t for t in part if t[0] in keys) for part in parts)
 
 
 #: Ids per lookup statement (well under SQLite's bound-parameter limit).

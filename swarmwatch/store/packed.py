@@ -54,11 +54,8 @@ class FrameCounts:
         )
 
 
-def merge_counts(parts: Iterable[Iterable[tuple[int, int, int]]]) -> FrameCounts:
-    """(key, peers, rk) triples of several parts (a blob's, rows'), summed per key.
-
-    Keys whose sums are both 0 are dropped, as a row that only ever got zeros
-    counts nothing."""
+def sum_triples(parts: Iterable[Iterable[tuple[int, int, int]]]) -> dict[int, list[int]]:
+    """(key, peers, rk) triples of several parts, summed per key: {key: [peers, rk]}."""
     out: dict[int, list[int]] = {}
     for part in parts:
         for key, n, rk in part:
@@ -68,6 +65,15 @@ def merge_counts(parts: Iterable[Iterable[tuple[int, int, int]]]) -> FrameCounts
             else:
                 got[0] += n
                 got[1] += rk
+    return out
+
+
+def merge_counts(parts: Iterable[Iterable[tuple[int, int, int]]]) -> FrameCounts:
+    """(key, peers, rk) triples of several parts (a blob's, rows'), summed per key.
+
+    Keys whose sums are both 0 are dropped, as a row that only ever got zeros
+    counts nothing."""
+    out = sum_triples(parts)
     return FrameCounts.from_dict({k: (v[0], v[1]) for k, v in out.items() if v[0] or v[1]})
 
 
@@ -116,4 +122,13 @@ def unpack(blob: bytes) -> FrameCounts:
     return FrameCounts(keys, columns[n : 2 * n], columns[2 * n :])
 
 
-__all__ = ["PACKED_V1", "FrameCounts", "PackedError", "merge_counts", "pack", "triples", "unpack"]
+__all__ = [
+    "PACKED_V1",
+    "FrameCounts",
+    "PackedError",
+    "merge_counts",
+    "pack",
+    "sum_triples",
+    "triples",
+    "unpack",
+]
