@@ -66,6 +66,19 @@ def answers(db: Database, caches: AnalysisCaches) -> list[Any]:
     return out
 
 
+def frames_computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The buckets of the frames computed from here on (not read from the cache or kept)."""
+    computed: list[int] = []
+    real = frames_module._frame
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frames_module, "_frame", counting)
+    return computed
+
+
 def test_a_new_server_reads_closed_frames_back(
     study: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,14 +91,7 @@ def test_a_new_server_reads_closed_frames_back(
     # Every frame and the whole compact answer, for the public and the owner.
     assert kept == 2 * HOURS + 2
 
-    computed: list[int] = []
-    real = frames_module._frame
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        computed.append(args[4])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(frames_module, "_frame", counting)
+    computed = frames_computed(monkeypatch)
     # A restart: new caches, the same database. No frame is computed again.
     assert answers(study, AnalysisCaches(persisted=PersistedFrames())) == fresh
     assert computed == []
@@ -101,14 +107,7 @@ def test_a_frame_whose_counts_moved_on_is_computed_again(
     BatchWriter(study.engine).write(batch)
     age_kept(study)  # not recent: the kept time-lapse is not served stale meanwhile
     fresh = answers(study, AnalysisCaches())
-    computed: list[int] = []
-    real = frames_module._frame
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        computed.append(args[4])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(frames_module, "_frame", counting)
+    computed = frames_computed(monkeypatch)
     assert answers(study, AnalysisCaches(persisted=PersistedFrames())) == fresh
     first = int(AT.timestamp()) // 3600
     assert computed.count(first) == 2  # public and owner: its kept version was stale
@@ -147,14 +146,7 @@ def test_an_open_frame_that_moved_on_is_served_as_kept_if_recent(
     BatchWriter(study.engine).write(batch)
     if not recent:
         age_kept(study)
-    computed: list[int] = []
-    real = frames_module._frame
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        computed.append(args[4])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(frames_module, "_frame", counting)
+    computed = frames_computed(monkeypatch)
     newest = int((AT + timedelta(hours=HOURS - 1)).timestamp()) // 3600
     caches = AnalysisCaches(persisted=PersistedFrames())
     with study.engine.connect() as conn:
