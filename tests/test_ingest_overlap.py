@@ -189,6 +189,12 @@ def order_independent(*answers: dict[str, object]) -> None:
         del a["new_by_source_vantage"], a["peer_seconds"]
 
 
+def assert_each_equal(got: dict[str, object], expected: dict[str, object]) -> None:
+    """Every answer of `expected` equal in `got`, failing with the name of the first that is not."""
+    for key in expected:
+        assert got[key] == expected[key], key
+
+
 def union_once(tmp_path: Path, lines: Sequence[str]) -> dict[str, object]:
     """The answers of one ingest of the whole log into a fresh database, with the number
     of sightings it put into the pipeline (as "accepted")."""
@@ -255,8 +261,7 @@ def test_overlapping_files_publish_what_the_union_once_does(
     if not in_time_order:
         order_independent(got, expected)
     assert got.keys() == expected.keys()
-    for key in expected:
-        assert got[key] == expected[key], key
+    assert_each_equal(got, expected)
 
 
 def test_without_the_coverage_the_same_pieces_count_twice(
@@ -532,8 +537,7 @@ def test_cli_kill_9_then_a_rotated_log_then_the_whole_counts_each_sighting_once(
     expected.pop("accepted")
     # The rotated log came before the rest of the killed piece: out of time order.
     order_independent(got, expected)
-    for key in expected:
-        assert got[key] == expected[key], key
+    assert_each_equal(got, expected)
 
 
 def test_a_file_ingested_before_0011_is_not_counted_again(
@@ -570,8 +574,7 @@ def test_a_file_ingested_before_0011_is_not_counted_again(
     finally:
         db.dispose()
     order_independent(got, expected)
-    for key in expected:
-        assert got[key] == expected[key], key
+    assert_each_equal(got, expected)
 
 
 def test_sealing_a_study_deletes_its_swarms_replay_digests(
@@ -663,5 +666,4 @@ def test_random_pieces_through_the_real_ingest_publish_the_union_once(
     finally:
         db.dispose()
     order_independent(got, expected)
-    for key in expected:
-        assert got[key] == expected[key], key
+    assert_each_equal(got, expected)
