@@ -76,10 +76,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         if warm is not None:
             warm.join(SHUTDOWN_WAIT_S)
-        stopped = (warm is None or not warm.is_alive()) and (
-            caches is None or caches.close(SHUTDOWN_WAIT_S)
-        )
-        if not stopped:
+        # Both, even when the warm-up overran its wait: the refresher must close too.
+        refresher_stopped = caches is None or caches.close(SHUTDOWN_WAIT_S)
+        if not refresher_stopped or (warm is not None and warm.is_alive()):
             log.warning("background analysis still running after %.0f s", SHUTDOWN_WAIT_S)
 
 
