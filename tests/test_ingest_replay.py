@@ -277,6 +277,62 @@ def test_cli_ingest_says_where_it_resumed_and_its_rate(
     )
 
 
+def test_cli_ingest_keeps_the_maps_frames_for_the_first_server_start(
+    db: Database, city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    _replay_file(f, 400)  # 14 two-minute rounds: a day's first hour
+    app = typer.Typer()
+    app.command()(ingest_command)
+    skipped = CliRunner().invoke(app, [str(f), "--no-keep-frames"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "time-lapse" not in skipped.output
+    assert _kept(db) == 0  # the control: nothing is kept unless ingest keeps it
+    f.write_text(f.read_text() + f"81.2.69.160,6881,{INFOHASH},1795784400,tracker\n")
+    result = CliRunner().invoke(app, [str(f)])
+    assert result.exit_code == 0, result.output
+    assert "time-lapse kept in" in result.output
+    assert _kept(db) > 0
+
+    # A server's first start: its warm-up asks the map's question with new caches.
+    # Every frame is read back as kept; none is computed, and each is what a fresh
+    # computation from the rollups gives.
+    from swarmwatch.analysis import frames as frames_module
+    from swarmwatch.analysis.caches import AnalysisCaches
+    from swarmwatch.analysis.scope import resolve_scope
+    from swarmwatch.store.keptframes import PersistedFrames
+    from swarmwatch.store.models import Study
+
+    def map_answer(caches: AnalysisCaches) -> bytes:
+        with db.engine.connect() as conn:
+            study = conn.execute(select(Study.__table__)).one()
+            return frames_module.frames_compact(
+                conn, resolve_scope(conn, study), caches=caches
+            ).body
+
+    fresh = map_answer(AnalysisCaches())
+    computed: list[object] = []
+    real = frames_module._frame
+    monkeypatch.setattr(
+        frames_module, "_frame", lambda *a, **k: computed.append(a[4]) or real(*a, **k)
+    )
+    caches = AnalysisCaches(persisted=PersistedFrames())
+    try:
+        assert map_answer(caches) == fresh
+    finally:
+        caches.close()
+    assert computed == []
+    assert len(json.loads(fresh)["frames"]) == 2  # two hours, both kept
+
+
+def _kept(db: Database) -> int:
+    from swarmwatch.store.models import FrameAnswer
+
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one())
+
+
 INGEST_CHILD = """
 import sys
 from swarmwatch.pipeline.replay import ingest_file

@@ -69,7 +69,7 @@ from swarmwatch.analysis.rankings import DEFAULT_MIN_POPULATION
 from swarmwatch.analysis.scope import Scope, ScopeError
 from swarmwatch.analysis.versioned import Versioned
 from swarmwatch.store import Database
-from swarmwatch.store.keptframes import COMPACT_BUCKET, OPEN_FRAMES, Kept
+from swarmwatch.store.keptframes import COMPACT_BUCKET, OPEN_FRAMES, Kept, PersistedFrames
 from swarmwatch.store.models import City, Metro
 from swarmwatch.store.packed import FrameCounts, merge_counts, sum_triples, triples
 from swarmwatch.store.rollups import (
@@ -510,6 +510,22 @@ def warm_frames(
     log.debug(
         "time-lapse cache warm (%d studies) in %.1f s", len(recent), time.perf_counter() - started
     )
+
+
+def keep_frames(db: Database, persisted: PersistedFrames, *, studies: int = WARM_STUDIES) -> None:
+    """warm_frames() with one-off caches that keep what they build (persisted): the
+    default time-lapse of the most recent studies goes into the database, where the next
+    server start reads it back instead of computing it (19 s at alpha60's scale).
+
+    `swarmwatch ingest` ends with it, so the first start of a server on freshly loaded
+    data answers the map at once, as every later start does. Frames already kept at
+    their current version are read, not computed again.
+    """
+    caches = AnalysisCaches(persisted=persisted)
+    try:
+        warm_frames(db, caches, studies=studies)
+    finally:
+        caches.close()
 
 
 #: How often the warmed time-lapses are looked at again (as a visitor would).
@@ -954,6 +970,7 @@ __all__ = [
     "frames_compact",
     "frames_gzip",
     "frames_json",
+    "keep_frames",
     "keep_frames_warm",
     "warm_frames",
 ]

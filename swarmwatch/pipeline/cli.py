@@ -5,6 +5,7 @@ Thin typer wrappers over plain functions; swarmwatch/cli.py mounts them.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,13 @@ def ingest_command(
         str | None, typer.Option("--format", help="csv or jsonl (default: guess)")
     ] = None,
     vantage: Annotated[str, typer.Option(help="vantage for rows that name none")] = "replay",
+    keep_frames: Annotated[
+        bool,
+        typer.Option(
+            help="end by building the map's time-lapse of the latest studies and keeping it "
+            "in the database, so the next server start answers the map at once",
+        ),
+    ] = True,
 ) -> None:
     """Replay sightings collected elsewhere through the pipeline."""
     db = _database()
@@ -56,8 +64,25 @@ def ingest_command(
         except CustodyError as exc:  # no study key is made or used without the secret
             console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
+        _report(report)
+        if keep_frames and report.pipeline.get("stored", 0):
+            _keep_frames(db)
     finally:
         db.dispose()
+
+
+def _keep_frames(db: Database) -> None:
+    """The map's first question, answered now and kept (analysis.frames.keep_frames)."""
+    from swarmwatch.analysis.frames import keep_frames
+    from swarmwatch.store.keptframes import PersistedFrames
+
+    typer.echo("building the map's time-lapse for the next server start (--no-keep-frames skips)")
+    started = time.perf_counter()
+    keep_frames(db, PersistedFrames())
+    typer.echo(f"time-lapse kept in {time.perf_counter() - started:.1f} s")
+
+
+def _report(report: ReplayReport) -> None:
     for error in report.errors:
         console.print(f"[yellow]skipped[/yellow] {error}")
     if report.bad > len(report.errors):
