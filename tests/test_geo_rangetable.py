@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import logging
 import os
 import time
 from pathlib import Path
@@ -87,18 +88,31 @@ def test_agrees_on_small_databases(tmp_path: Path, ip_version: int) -> None:
     lookup.close()
 
 
-def test_cached_by_the_database_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_by_the_database_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     city = write_city_db(tmp_path / "city.mmdb")
     cache = tmp_path / "cache"
-    first = range_table(city, cache)
+    with caplog.at_level(logging.INFO, logger="swarmwatch.pipeline.rangetable"):
+        first = range_table(city, cache)
     [file] = cache.iterdir()
     assert hashlib.sha256(city.read_bytes()).hexdigest() in file.name
+    # A build says so before and after (seconds on a real database: not a hang).
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        said[0]
+        == "building the IPv4 range table of city.mmdb (once per GeoIP database, about 10 s)"
+    )
+    assert said[1].startswith("IPv4 range table built in ") and str(cache) in said[1]
+    caplog.clear()
 
     def no_build(*args: object) -> RangeTable:
         raise AssertionError("built again")
 
     monkeypatch.setattr(RangeTable, "build", classmethod(no_build))
-    again = range_table(city, cache)
+    with caplog.at_level(logging.INFO, logger="swarmwatch.pipeline.rangetable"):
+        again = range_table(city, cache)
+    assert caplog.records == []  # read from the cache: nothing to say
     assert (again.starts == first.starts).all() and (again.ids == first.ids).all()
     assert [again.place(i) for i in range(len(again.places))] == [
         first.place(i) for i in range(len(first.places))

@@ -268,7 +268,20 @@ class RangeTable:
             pass
         except (OSError, ValueError, KeyError) as exc:
             log.warning("geolocation range table %s unreadable (%s): rebuilt", path, exc)
+        # Seconds of CPU (8-17 s for GeoLite2 City), once per database file: said, so a
+        # first start that pauses here is not taken for a hang.
+        log.info(
+            "building the IPv4 range table of %s (once per GeoIP database, about 10 s)",
+            city_db.name,
+        )
+        started = time.perf_counter()
         table = cls.build(city_db, decode, specials, not_found)
+        log.info(
+            "IPv4 range table built in %.1f s: %d ranges, kept in %s",
+            time.perf_counter() - started,
+            len(table),
+            directory,
+        )
         try:
             table.save(path)
             _prune(directory)
