@@ -27,7 +27,8 @@ from swarmwatch.pipeline.replay import (
     parse_lines,
 )
 from swarmwatch.sightings import PeerSighting, Source
-from swarmwatch.store import Database
+from swarmwatch.store import Database, ingestlock
+from swarmwatch.store.ingestlock import IngestBusy, ingest_lock
 from swarmwatch.store.models import Peer, Vantage
 from swarmwatch.store.writer import sources_of, vantage_bit
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
@@ -331,6 +332,62 @@ def _kept(db: Database) -> int:
 
     with db.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one())
+
+
+def test_a_second_ingest_is_refused_and_stores_nothing(
+    db: Database, city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    _replay_file(f, 50)
+    app = typer.Typer()
+    app.command()(ingest_command)
+    monkeypatch.setattr(ingestlock, "WAIT_SECONDS", 0.2)
+    with ingest_lock(db):  # another ingest, as far as the database can tell
+        refused = CliRunner().invoke(app, [str(f)])
+    assert refused.exit_code == 1, refused.output
+    assert "another ingest is running on this database" in refused.output
+    # Who holds it: this process (SQLite's lock file) or its server connection.
+    assert (f"pid {os.getpid()} since" if db.is_sqlite else "PostgreSQL backend") in (
+        refused.output
+    )
+    with db.engine.connect() as conn:
+        for table in ("peer", "replay_progress", "replay_span", "rollup_activity"):
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+    done = CliRunner().invoke(app, [str(f)])  # the other one ended: this one runs
+    assert done.exit_code == 0, done.output
+    assert "50 sightings read" in done.output
+
+
+LOCK_CHILD = """
+import sys, time
+from swarmwatch.store import Database
+from swarmwatch.store.ingestlock import ingest_lock
+with ingest_lock(Database(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_ingest_leaves_no_lock_behind(db: Database, db_url: str) -> None:
+    """The lock ends with its holder, however it ends: after a kill -9 the next ingest
+    runs at once, with nothing to expire or clear by hand."""
+    child = subprocess.Popen([sys.executable, "-c", LOCK_CHILD, db_url], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"held\n"
+        with pytest.raises(IngestBusy), ingest_lock(db, wait=0.2):
+            pass
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+        with ingest_lock(db):  # the default wait: a server notices the closed connection
+            pass
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 INGEST_CHILD = """

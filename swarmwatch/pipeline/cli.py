@@ -25,6 +25,7 @@ from swarmwatch.pipeline.places import load_places
 from swarmwatch.pipeline.replay import ReplayReport, ingest_file
 from swarmwatch.pipeline.urban_areas import UrbanAreaTableError, load_urban_areas
 from swarmwatch.store import Database
+from swarmwatch.store.ingestlock import IngestBusy
 
 console = Console(stderr=True)
 
@@ -62,6 +63,9 @@ def ingest_command(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
         except CustodyError as exc:  # no study key is made or used without the secret
+            console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except IngestBusy as exc:
             console.print(f"[red]refusing to ingest: {exc}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
         _report(report)

@@ -42,6 +42,7 @@ from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.batch import ReplayMark
 from swarmwatch.store.coverage import ReplayLedger, load_coverage
+from swarmwatch.store.ingestlock import ingest_lock
 from swarmwatch.store.models import ReplayProgress, StoreSecret, Torrent
 
 log = logging.getLogger(__name__)
@@ -446,8 +447,8 @@ def ingest_file(
 ) -> ReplayReport:
     """`swarmwatch ingest FILE`: replay a CSV/JSONL file through a fresh pipeline.
 
-    One ingest at a time per database: two at once could both count a line that
-    neither has stored yet.
+    One ingest at a time per database (store.ingestlock): two at once could both count
+    a line that neither has stored yet. IngestBusy if another holds it.
     """
     path = Path(path)
     if not path.is_file():
@@ -460,6 +461,16 @@ def ingest_file(
     options = dict(pipeline_options or {})
     if options.get("custody") is None:  # one secret for the digests and the peer keys
         options["custody"] = KeyCustody.from_settings(options.get("settings") or get_settings())
+    # From before the coverage is read until the last batch is committed.
+    with ingest_lock(db):
+        report = _ingest_locked(path, db, kind, vantage, options)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _ingest_locked(
+    path: Path, db: Database, kind: str, vantage: str, options: dict[str, Any]
+) -> ReplayReport:
     key = replay_key(db, options["custody"])
     resume = resume_points(path, db, key)
     # Lines of torrents registered later are not counted now, and so not covered: run
@@ -484,7 +495,6 @@ def ingest_file(
 
     report = asyncio.run(run())
     report.resumed_lines, report.resumed_bytes = resume.lines, resume.bytes_read
-    report.seconds = time.perf_counter() - started
     return report
 
 
