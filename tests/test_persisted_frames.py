@@ -170,3 +170,37 @@ def test_a_deleted_study_leaves_no_kept_frame(study: Database) -> None:
         conn.execute(Study.__table__.delete().where(Study.__table__.c.id == 1))
     with study.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one() == 0
+
+
+def test_only_the_maps_questions_are_kept(study: Database) -> None:
+    """Any other question is answered, and cached in memory, but leaves nothing in the
+    database: a reader of a public study asking every list length, resolution and
+    window in turn cannot grow it."""
+    caches = AnalysisCaches(persisted=PersistedFrames())
+    try:
+        with study.engine.connect() as conn:
+            row = conn.execute(select(Study.__table__)).one()
+            scope = resolve_scope(conn, row)
+            for top in (0, 1, 2, 99, 100):
+                frames_compact(conn, scope, top=top, caches=caches)
+                frames_module.frames_json(conn, scope, top=top, caches=caches)
+            for res in (3, 5):
+                frames_compact(conn, scope, res=res, caches=caches)
+            assert kept_rows(study) == 0
+            frames_compact(conn, scope, caches=caches)  # the map's question: kept
+            kept = kept_rows(study)
+            assert kept == HOURS + 1  # its frames and its compact answer
+            day = AT.date().isoformat()
+            windowed = resolve_scope(conn, row, start=datetime.fromisoformat(day))
+            frames_compact(conn, windowed, caches=caches)  # its frames, in a window
+            frames_module.frames_json(conn, scope, caches=caches)  # the same frames
+            assert kept_rows(study) == kept
+    finally:
+        caches.close()
+
+
+def kept_rows(db: Database) -> int:
+    """Kept frames, read on a connection of its own (one with a read open since before
+    the save, as the test's is, would not see them on SQLite)."""
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one())

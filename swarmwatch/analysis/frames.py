@@ -389,7 +389,10 @@ def frames_compact(
             lock = caches.building[key] = threading.Lock()
 
     # The answer a server encoded before (store.keptframes), gzipped, by the frames' version.
-    persisted = caches.persisted
+    windowed = scope.day_from is not None or scope.day_to is not None
+    persisted = (
+        None if windowed or not keeps_question(interval, res, top) else caches.persisted
+    )
     asked = persisted.question(("compact", key)) if persisted is not None else b""
 
     def encode(frame_set: FrameSet) -> CompactFrames:
@@ -453,6 +456,23 @@ def _identity(frames: list[Frame]) -> tuple[int, ...]:
     return tuple(id(frame) for frame in frames)
 
 
+def keeps_question(interval: int, res: int, top: int) -> bool:
+    """Whether a question's frames are kept in the database (store.keptframes).
+
+    Only the map's questions are: hourly, res 4, the default list of top cities (what
+    warm_frames builds at a server start), for every title or one, public or exact; a
+    compact answer only without a window. That is at most (titles + 1) x 2 questions a
+    study. Any other is computed on demand and cached in memory (bounded) only: keeping
+    every question a client can ask (intervals x resolutions x 101 list lengths x
+    windows) would let anyone who can read a public study grow the database without
+    bound.
+    """
+    return interval == MAP_INTERVAL and res == MAP_RES and top == DEFAULT_TOP_CITIES
+
+
+#: The map page's first question: hourly frames of H3 resolution 4.
+MAP_INTERVAL = 3600
+MAP_RES = 4
 #: Studies whose default time-lapse is built at server start (the most recent first).
 WARM_STUDIES = 8
 
@@ -465,8 +485,8 @@ def warm_frames(
     db: Database,
     caches: AnalysisCaches,
     *,
-    interval: int = 3600,
-    res: int = 4,
+    interval: int = MAP_INTERVAL,
+    res: int = MAP_RES,
     studies: int = WARM_STUDIES,
     stop: threading.Event | None = None,
 ) -> None:
@@ -621,7 +641,7 @@ def frame_set_of(
     frames: list[Frame] = []
     stale_since: datetime | None = None
     # Frames a server computed before (store.keptframes), read on the first miss.
-    persisted = caches.persisted
+    persisted = caches.persisted if keeps_question(interval, res, top) else None
     question = (scope.title_ids, interval, res, scope.k, scope.exact, top)
     asked = persisted.question(question) if persisted is not None else b""
     kept: dict[int, Kept] | None = None
@@ -970,7 +990,10 @@ __all__ = [
     "frames_compact",
     "frames_gzip",
     "frames_json",
+    "MAP_INTERVAL",
+    "MAP_RES",
     "keep_frames",
+    "keeps_question",
     "keep_frames_warm",
     "warm_frames",
 ]
