@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+from array import array
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from swarmwatch.pipeline.geolocate import Geolocator
 from swarmwatch.pipeline.pipeline import Pipeline
 from swarmwatch.pipeline.replay import ingest_lines
 from swarmwatch.sightings import PeerSighting, SightingSink, Source
-from swarmwatch.store import Database
+from swarmwatch.store import Database, writer
 from tests.pipeline_fixtures import INFOHASH, KNOWN, T0, register, write_city_db
 
 ADDRESSES = [k.address for k in KNOWN] + ["81.2.69.170", "2a02:8108::4242", "24.1.2.3"]
@@ -62,11 +63,26 @@ def forms(text: str) -> list[bytes]:
     return out
 
 
+#: Every peer's record key in this test (see below): its multiples are "xx 00" as bytes.
+FIXED_RECORD_KEY = 0x400
+
+
+def fixed_record_keys(n: int) -> array[int]:
+    return array("l", [FIXED_RECORD_KEY] * n)
+
+
 def test_no_address_in_database_logs_or_exports(
-    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not db_url.startswith("sqlite"):
         pytest.skip("scans the SQLite file's bytes")
+    # Record keys are the one random small number the store writes (each peer's, and
+    # their sums per place, cell and frame). Random, they made this test fail about 1
+    # run in 100: a place with one peer, a seed, stores its key twice side by side
+    # (peers_rk, seeds_rk), and a key of 0x0505 is then the bytes 05 05 05 05, the
+    # packed form of 5.5.5.5 (0x0808: 8.8.8.8). Fixed, every byte scanned but the keyed
+    # hashes is the same in every run: a hit is a path that writes an address, and repeats.
+    monkeypatch.setattr(writer, "draw_record_keys", fixed_record_keys)
     caplog.set_level(logging.DEBUG)
     db = Database(db_url)
     db.upgrade()
