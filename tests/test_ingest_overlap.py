@@ -53,6 +53,7 @@ from swarmwatch.store.coverage import SLOT_SECONDS, load_coverage
 from swarmwatch.store.database import upgrade_database
 from swarmwatch.store.models import Base, Peer, ReplayEdge, ReplaySpan, Study
 from tests.pipeline_fixtures import INFOHASH, INFOHASH_B, register, write_city_db
+from tests.procs import reap
 
 HEADER = "ip,port,infohash,time,source,vantage,seed"
 START = 1795780800  # 2026-11-27 12:00 UTC
@@ -509,9 +510,7 @@ def test_cli_kill_9_then_a_rotated_log_then_the_whole_counts_each_sighting_once(
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL  # killed mid-file, not finished
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        reap(child)
     rotated = write(tmp_path / "peers.log", cut(LOG, 0.6, 1))
     second = subprocess.run(
         [*cli, str(rotated)], env=env, capture_output=True, text=True, timeout=300

@@ -32,6 +32,7 @@ from swarmwatch.store.ingestlock import IngestBusy, ingest_lock
 from swarmwatch.store.models import Peer, Vantage
 from swarmwatch.store.writer import sources_of, vantage_bit
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
+from tests.procs import reap
 
 CSV = f"""ip,port,infohash,time,source
 81.2.69.160,6881,{INFOHASH},2026-11-27T12:00:00Z,tracker
@@ -109,12 +110,18 @@ def test_jsonl_and_format_detection(db: Database, city: Path, tmp_path: Path) ->
         assert {p.vantages for p in s.scalars(select(Peer))} == bits  # one peer each
 
 
+def ingest_app() -> typer.Typer:
+    """`swarmwatch ingest` as a command of its own, for CliRunner."""
+    app = typer.Typer()
+    app.command()(ingest_command)
+    return app
+
+
 def test_cli_ingest(db: Database, city: Path, tmp_path: Path) -> None:
     register(db, ("alpha", [INFOHASH]))
     f = tmp_path / "peers.csv"
     f.write_text(CSV)
-    app = typer.Typer()
-    app.command()(ingest_command)
+    app = ingest_app()
     result = CliRunner().invoke(app, [str(f)])
     assert result.exit_code == 0, result.output
     assert "4 sightings read, 5 bad lines skipped" in result.output
@@ -265,8 +272,7 @@ def test_cli_ingest_says_where_it_resumed_and_its_rate(
     register(db, ("alpha", [INFOHASH]))
     f = tmp_path / "peers.csv"
     _replay_file(f, 50)
-    app = typer.Typer()
-    app.command()(ingest_command)
+    app = ingest_app()
     first = CliRunner().invoke(app, [str(f)])
     assert first.exit_code == 0, first.output
     assert "resumed" not in first.output and "lines in" in first.output
@@ -284,8 +290,7 @@ def test_cli_ingest_keeps_the_maps_frames_for_the_first_server_start(
     register(db, ("alpha", [INFOHASH]))
     f = tmp_path / "peers.csv"
     _replay_file(f, 400)  # 14 two-minute rounds: a day's first hour
-    app = typer.Typer()
-    app.command()(ingest_command)
+    app = ingest_app()
     skipped = CliRunner().invoke(app, [str(f), "--no-keep-frames"])
     assert skipped.exit_code == 0, skipped.output
     assert "time-lapse" not in skipped.output
@@ -340,8 +345,7 @@ def test_a_second_ingest_is_refused_and_stores_nothing(
     register(db, ("alpha", [INFOHASH]))
     f = tmp_path / "peers.csv"
     _replay_file(f, 50)
-    app = typer.Typer()
-    app.command()(ingest_command)
+    app = ingest_app()
     monkeypatch.setattr(ingestlock, "WAIT_SECONDS", 0.2)
     with ingest_lock(db):  # another ingest, as far as the database can tell
         refused = CliRunner().invoke(app, [str(f)])
@@ -383,11 +387,7 @@ def test_a_killed_ingest_leaves_no_lock_behind(db: Database, db_url: str) -> Non
         with ingest_lock(db):  # the default wait: a server notices the closed connection
             pass
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        reap(child)
 
 
 INGEST_CHILD = """
@@ -425,9 +425,7 @@ def test_kill_9_mid_ingest_then_again_counts_every_line_once(
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL  # killed mid-file, not finished
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        reap(child)
 
     again = ingest_file(whole, db)
     assert 0 < again.resumed_lines < 20_001

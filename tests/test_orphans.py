@@ -20,6 +20,7 @@ import pytest
 
 from swarmwatch.store import Database
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
+from tests.procs import reap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,11 +126,7 @@ def test_sigkilled_pipeline_leaves_no_geolocation_worker(
             timeout=30,
         )
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        if parent.stdout is not None:
-            parent.stdout.close()
+        reap(parent)
         _kill_all(children)  # a failed run must not leave them running either
 
 
@@ -175,11 +172,7 @@ def test_exit_with_parent_follows_the_process_not_the_forking_thread() -> None:
         middle.wait(timeout=30)
         wait_until("the watched child to exit", lambda: not alive(pid), timeout=30)
     finally:
-        if middle.poll() is None:
-            middle.kill()
-            middle.wait()
-        if middle.stdout is not None:
-            middle.stdout.close()
+        reap(middle)
         _kill_all(watched)
 
 
@@ -233,11 +226,7 @@ def test_sigkilled_benchmark_leaves_no_server(tmp_path: Path) -> None:
         parent.wait(timeout=30)
         wait_until("the benchmark's server to exit", lambda: not alive(server), timeout=30)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        if parent.stdout is not None:
-            parent.stdout.close()
+        reap(parent)
         _kill_all(children)
 
 
@@ -274,7 +263,5 @@ def test_sigkilled_serve_with_workers_leaves_no_worker(tmp_path: Path) -> None:
             timeout=30,
         )
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        reap(parent)
         _kill_all(children)

@@ -25,6 +25,7 @@ from swarmwatch.sightings import PeerSighting, Source
 from swarmwatch.store import Database
 from swarmwatch.store.models import Peer
 from tests.pipeline_fixtures import INFOHASH, T0, addr, register, write_city_db
+from tests.procs import reap
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -213,11 +214,7 @@ def test_kill_9_loses_only_what_was_not_flushed(db: Database, db_url: str, city_
         for line in child.stdout.read().split("\n")[:-1]:
             accepted = max(accepted, int(line.split()[1]))
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        reap(child)
     assert child.returncode == -signal.SIGKILL and flushed
     with db.session() as s:
         stored = s.scalar(select(func.sum(Peer.sightings))) or 0
