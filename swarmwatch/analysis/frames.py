@@ -390,9 +390,7 @@ def frames_compact(
 
     # The answer a server encoded before (store.keptframes), gzipped, by the frames' version.
     windowed = scope.day_from is not None or scope.day_to is not None
-    persisted = (
-        None if windowed or not keeps_question(interval, res, top) else caches.persisted
-    )
+    persisted = None if windowed or not keeps_question(interval, res, top) else caches.persisted
     asked = persisted.question(("compact", key)) if persisted is not None else b""
 
     def encode(frame_set: FrameSet) -> CompactFrames:
