@@ -69,6 +69,8 @@ CRAWL_SECONDS = float(os.environ.get("SWARMWATCH_INTEROP_SECONDS", "100"))
 ROUND_SECONDS = 5.0
 #: "Late rounds": every client must be sighted again within this many of the last ones.
 LATE_ROUNDS = 3
+#: Whole rounds before this one may still be connecting to the clients (all are by ~2 s).
+STEADY_FROM_ROUND = 3
 #: BEP 9 from each client alone: the deadline for its answer.
 METADATA_SECONDS = 30.0
 #: Payload: big enough that a leecher fed by five peers at 4 KB/s each stays a leecher for
@@ -325,7 +327,13 @@ def test_counts_match_the_real_clients(
 
     per_round = " ".join(connected(r) for r in rounds)
     assert last_full and all(r.known_peers == len(swarm.clients) for r in last_full), per_round
-    assert all(r.peers_returned == r.known_peers for r in last_full), per_round
+    # Every whole round once the crawl is under way, not only the last: a client whose
+    # connection closed is dialled again within seconds (a fifth of a round), so no
+    # round goes without it. Dialled again only after a round's length (session 7, loop
+    # run A1: 5/6 in a late round), a drop early in a round left the next one without it.
+    steady = whole[STEADY_FROM_ROUND:]
+    assert len(steady) >= LATE_ROUNDS, per_round
+    assert all(r.peers_returned == r.known_peers == len(swarm.clients) for r in steady), per_round
     # No payload: the tripwire never fired and nothing reached the session's save path.
     assert swarm_crawler.stats.payload_bytes_down == 0
     assert swarm_crawler.stats.payload_bytes_up == 0

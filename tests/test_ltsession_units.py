@@ -137,6 +137,13 @@ def test_loopback_session_settings() -> None:
     )
 
 
+def test_a_dropped_peer_is_dialled_again_well_within_a_round() -> None:
+    from swarmwatch.ltsession.crawler import reconnect_seconds
+
+    # libtorrent's min_reconnect_time: a fifth of the round, at least a second.
+    assert [reconnect_seconds(r) for r in (1, 5, 30, 60)] == [1, 1, 6, 12]
+
+
 def test_new_session_filters_everything_but_loopback() -> None:
     ses = new_session(loopback_only=True, listen_interfaces="127.0.0.1:0", enable_dht=False)
     f = ses.get_ip_filter()

@@ -61,7 +61,8 @@ def session_settings(
         "close_redundant_connections": False,
         # libtorrent dials a peer again only (failures + 1) x this many seconds after its
         # last connection closed (60 by default): a crawler re-sights every round, so a
-        # peer that dropped an idle connection is dialled again the next round.
+        # peer that dropped an idle connection is dialled again well within the next
+        # round (the crawler passes a fifth of a round: ltsession.crawler.reconnect_seconds).
         "min_reconnect_time": max(1, reconnect_seconds),
         # Dial TCP only, which every BitTorrent client accepts. libtorrent dials uTP
         # first; a client without uTP (aria2) lets that time out, and when a dropped
