@@ -332,6 +332,25 @@ def test_cli_ingest_keeps_the_maps_frames_for_the_first_server_start(
     assert len(json.loads(fresh)["frames"]) == 2  # two hours, both kept
 
 
+def test_cli_ingest_that_cannot_keep_the_frames_still_succeeds(
+    db: Database, city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarmwatch.analysis import frames as frames_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(frames_module, "keep_frames", broken)
+    register(db, ("alpha", [INFOHASH]))
+    f = tmp_path / "peers.csv"
+    _replay_file(f, 50)
+    result = CliRunner().invoke(ingest_app(), [str(f)])
+    assert result.exit_code == 0, result.output
+    assert "50 sightings read" in result.output
+    assert "time-lapse not kept (RuntimeError): the ingest is complete" in result.output
+    assert "disk full" not in result.output  # a name, never the message
+
+
 def _kept(db: Database) -> int:
     from swarmwatch.store.models import FrameAnswer
 

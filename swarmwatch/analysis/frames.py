@@ -533,7 +533,7 @@ def warm_frames(
 def keep_frames(db: Database, persisted: PersistedFrames, *, studies: int = WARM_STUDIES) -> None:
     """warm_frames() with one-off caches that keep what they build (persisted): the
     default time-lapse of the most recent studies goes into the database, where the next
-    server start reads it back instead of computing it (19 s at alpha60's scale).
+    server start reads it back instead of computing it (19-29 s at alpha60's scale).
 
     `swarmwatch ingest` ends with it, so the first start of a server on freshly loaded
     data answers the map at once, as every later start does. Frames already kept at

@@ -82,7 +82,15 @@ def _keep_frames(db: Database) -> None:
 
     typer.echo("building the map's time-lapse for the next server start (--no-keep-frames skips)")
     started = time.perf_counter()
-    keep_frames(db, PersistedFrames())
+    try:
+        keep_frames(db, PersistedFrames())
+    except Exception as exc:  # the sightings are stored: only the first start is slower
+        console.print(
+            f"[yellow]time-lapse not kept ({type(exc).__name__}): the ingest is complete, "
+            "and a server builds the time-lapse when it starts[/yellow]",
+            soft_wrap=True,
+        )
+        return
     typer.echo(f"time-lapse kept in {time.perf_counter() - started:.1f} s")
 
 
