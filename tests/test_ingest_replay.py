@@ -33,6 +33,7 @@ from swarmwatch.store.models import Peer, Vantage
 from swarmwatch.store.writer import sources_of, vantage_bit
 from tests.pipeline_fixtures import INFOHASH, register, write_city_db
 from tests.procs import reap
+from tests.test_persisted_frames import frames_computed, kept_rows
 
 CSV = f"""ip,port,infohash,time,source
 81.2.69.160,6881,{INFOHASH},2026-11-27T12:00:00Z,tracker
@@ -294,12 +295,12 @@ def test_cli_ingest_keeps_the_maps_frames_for_the_first_server_start(
     skipped = CliRunner().invoke(app, [str(f), "--no-keep-frames"])
     assert skipped.exit_code == 0, skipped.output
     assert "time-lapse" not in skipped.output
-    assert _kept(db) == 0  # the control: nothing is kept unless ingest keeps it
+    assert kept_rows(db) == 0  # the control: nothing is kept unless ingest keeps it
     f.write_text(f.read_text() + f"81.2.69.160,6881,{INFOHASH},1795784400,tracker\n")
     result = CliRunner().invoke(app, [str(f)])
     assert result.exit_code == 0, result.output
     assert "time-lapse kept in" in result.output
-    assert _kept(db) > 0
+    assert kept_rows(db) > 0
 
     # A server's first start: its warm-up asks the map's question with new caches.
     # Every frame is read back as kept; none is computed, and each is what a fresh
@@ -318,11 +319,7 @@ def test_cli_ingest_keeps_the_maps_frames_for_the_first_server_start(
             ).body
 
     fresh = map_answer(AnalysisCaches())
-    computed: list[object] = []
-    real = frames_module._frame
-    monkeypatch.setattr(
-        frames_module, "_frame", lambda *a, **k: computed.append(a[4]) or real(*a, **k)
-    )
+    computed = frames_computed(monkeypatch)
     caches = AnalysisCaches(persisted=PersistedFrames())
     try:
         assert map_answer(caches) == fresh
@@ -349,13 +346,6 @@ def test_cli_ingest_that_cannot_keep_the_frames_still_succeeds(
     assert "50 sightings read" in result.output
     assert "time-lapse not kept (RuntimeError): the ingest is complete" in result.output
     assert "disk full" not in result.output  # a name, never the message
-
-
-def _kept(db: Database) -> int:
-    from swarmwatch.store.models import FrameAnswer
-
-    with db.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(FrameAnswer)).scalar_one())
 
 
 def test_a_second_ingest_is_refused_and_stores_nothing(

@@ -124,13 +124,12 @@ def _advisory_lock(db: Database, wait: float) -> Iterator[None]:
                     {"hi": ADVISORY_KEY >> 32, "lo": ADVISORY_KEY & 0xFFFFFFFF},
                 ).first()
                 conn.rollback()
-                raise IngestBusy(
-                    _busy(
-                        f"PostgreSQL backend {holder[0]}, connected {holder[1]:%Y-%m-%d %H:%M:%S}"
-                    )
+                who = (
+                    f"PostgreSQL backend {holder[0]}, connected {holder[1]:%Y-%m-%d %H:%M:%S}"
                     if holder is not None
-                    else _busy("")
+                    else ""
                 )
+                raise IngestBusy(_busy(who))
         try:
             yield
         finally:
