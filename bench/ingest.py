@@ -18,6 +18,12 @@ INSERTs on a bare sqlite3 connection (same pragmas, same number of transactions)
 nothing else: no geolocation, no hashing, no upsert logic, no rollups. No pipeline
 that stores those rows can beat it, so it shows how much of a goal is in reach of the
 schema itself, and how much of the pipeline's time is its own.
+
+Last, a CPU budget: the all-unique stream runs a second time without the rollups, and
+from the CPU a sighting costs (every process) and the machine's cores the bench
+prints the best rates those cores could reach with every core busy. No split of the
+work into threads or processes beats them, so a goal above its ceiling needs less
+work per sighting, not more parallelism.
 """
 
 from __future__ import annotations
@@ -199,17 +205,20 @@ def _fresh_database(path: Path) -> Database:
 def _ingest_measured(
     db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
 ) -> tuple[float, dict[str, int], tuple[float, float]]:
-    """_ingest, plus CPU microseconds per sighting (this process, the worker process)."""
-    own0, children0 = _cpu_seconds()
-    rate, stats = asyncio.run(_ingest(db, city_db, stream, workers, rollups))
-    own1, children1 = _cpu_seconds()  # the worker has ended: geo.close() waited for it
+    """_ingest, plus CPU microseconds per sighting: this process's while the clock ran,
+    and the worker process's (all its life: a child's CPU is known once it has ended)."""
+    _, children0 = _cpu_seconds()
+    rate, stats, own = asyncio.run(_ingest(db, city_db, stream, workers, rollups))
+    _, children1 = _cpu_seconds()  # the worker has ended: geo.close() waited for it
     n = max(1, len(stream))
-    return rate, stats, (1e6 * (own1 - own0) / n, 1e6 * (children1 - children0) / n)
+    return rate, stats, (1e6 * own / n, 1e6 * (children1 - children0) / n)
 
 
 async def _ingest(
     db: Database, city_db: Path, stream: list[PeerSighting], workers: int, rollups: bool
-) -> tuple[float, dict[str, int]]:
+) -> tuple[float, dict[str, int], float]:
+    """Sightings per second, the pipeline's counters, and this process's CPU seconds
+    while the clock ran (not the setup's: the range table's load, the pipeline's start)."""
     geo = await asyncio.to_thread(Geolocator, city_db, workers=workers)
     # A throw-away database: a secret that lives only in this process wraps its keys.
     pipeline = Pipeline(db, geolocator=geo, rollups=rollups, custody=KeyCustody.ephemeral())
@@ -219,19 +228,41 @@ async def _ingest(
     # holds at once): its first full garbage collection belongs before the clock, not to
     # whichever batch it would otherwise interrupt.
     gc.collect()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for s in stream:
         await pipeline.put(s)
     await pipeline.close()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     geo.close()
-    return len(stream) / elapsed, pipeline.stats.as_dict()
+    return len(stream) / elapsed, pipeline.stats.as_dict(), cpu
+
+
+def cpu_budget(
+    *,
+    cores: int,
+    bare_cpu: float,
+    unique_cpu: float,
+    unique_cpu_without_rollups: float,
+    repeat_cpu: float,
+) -> dict[str, float]:
+    """The best rates the machine's cores allow at the CPU a sighting costs (microseconds,
+    every process): no split into threads or processes can beat them, since it only
+    spreads the same work over the cores. `*_ceiling_vs_bare` is the all-unique goal's
+    ratio at that best (the bare loop uses one core at bare_cpu per lookup)."""
+    return {
+        "cores": float(cores),
+        "unique_cpu_vs_bare": unique_cpu / bare_cpu,
+        "unique_rollups_cpu_us_per_sighting": unique_cpu - unique_cpu_without_rollups,
+        "unique_ceiling_vs_bare": cores * bare_cpu / unique_cpu,
+        "unique_ceiling_vs_bare_without_rollups": cores * bare_cpu / unique_cpu_without_rollups,
+        "repeat_ceiling_sightings_per_s": cores * 1e6 / repeat_cpu,
+    }
 
 
 def run_benchmark(**options: Any) -> dict[str, float]:
     """Options: peers=100000 (repeat stream: peers x 5), unique=200000, repeats=5,
     workers=0 (geolocation processes: with the range table they serve IPv6 only),
-    rollups=True, seed=1."""
+    rollups=True (False also leaves out the CPU budget's second all-unique run), seed=1."""
     peers = int(options.get("peers", 100_000))
     unique = int(options.get("unique", 200_000))
     repeats = int(options.get("repeats", 5))
@@ -259,6 +290,14 @@ def run_benchmark(**options: Any) -> dict[str, float]:
             db, city_db, unique_stream(unique_addrs), workers, rollups
         )
         db.dispose()
+        # The same stream again without the rollups: what they cost, for the CPU budget.
+        no_rollups_cpu = unique_cpu
+        if rollups:
+            db = _fresh_database(Path(tmp) / "unique-no-rollups.db")
+            _, _, no_rollups_cpu = _ingest_measured(
+                db, city_db, unique_stream(unique_addrs), workers, False
+            )
+            db.dispose()
         # Peak RSS of the pipeline runs, before the floors read their rows into memory.
         rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -275,6 +314,13 @@ def run_benchmark(**options: Any) -> dict[str, float]:
     load = os.getloadavg()
 
     unique_hit = 1 - unique_stats["geo_lookups"] / max(1, unique)
+    budget = cpu_budget(
+        cores=len(os.sched_getaffinity(0)),
+        bare_cpu=baseline_cpu,
+        unique_cpu=sum(unique_cpu),
+        unique_cpu_without_rollups=sum(no_rollups_cpu),
+        repeat_cpu=sum(repeat_cpu),
+    )
     repeat_n = peers * repeats
     # The floor as sightings of the stream per second: what the schema allows at best.
     repeat_floor_rate = repeat_n / repeat_floor[0]
@@ -307,6 +353,7 @@ def run_benchmark(**options: Any) -> dict[str, float]:
         "range_table_seconds": table_seconds,
         "range_table_ranges": float(len(table)),
         "load_average_1min": load[0],
+        **budget,
     }
     print(
         "ingest benchmark: embedded GeoLite2 City into SQLite, "
@@ -349,6 +396,21 @@ def run_benchmark(**options: Any) -> dict[str, float]:
     print(
         f"  IPv4 range table: {len(table):,} ranges, ready in {table_seconds:.2f} s before the "
         "clocks started (built once per database file, then read from the user's cache)"
+    )
+    print(
+        f"  CPU budget on {budget['cores']:.0f} core(s), at the CPU each sighting cost here "
+        "(main and worker), with every core busy and nothing lost to waiting:"
+    )
+    print(
+        f"    all-unique: {sum(unique_cpu):.1f} us = {budget['unique_cpu_vs_bare']:.1f}x a bare "
+        f"lookup, of which the rollups {budget['unique_rollups_cpu_us_per_sighting']:.1f} us; "
+        f"at best {budget['unique_ceiling_vs_bare']:.2f}x the bare loop "
+        f"({budget['unique_ceiling_vs_bare_without_rollups']:.2f}x without the rollups)"
+    )
+    print(
+        f"    repeat: {sum(repeat_cpu):.1f} us per sighting; at best "
+        f"{budget['repeat_ceiling_sightings_per_s']:,.0f} sightings/s "
+        f"({budget['repeat_ceiling_sightings_per_s'] / REPEAT_GOAL_PER_S:.2f}x the 200k goal)"
     )
     print(f"  peak RSS: {rss_self:,.0f} MiB (main), {rss_children:,.0f} MiB (worker)")
     print(f"  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

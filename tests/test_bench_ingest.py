@@ -55,7 +55,13 @@ def test_the_benchmark_prints_its_figures_and_both_baselines(
 ) -> None:
     figures = run_benchmark(peers=400, unique=800, workers=1)
     printed = capsys.readouterr().out
-    for line in ("repeat stream", "all-unique stream", "bare maxminddb", "storage floor"):
+    for line in (
+        "repeat stream",
+        "all-unique stream",
+        "bare maxminddb",
+        "storage floor",
+        "CPU budget",
+    ):
         assert line in printed
     assert figures["repeat_rows_stored"] >= 400  # 5 repeats within seconds: coalesced
     assert figures["unique_rows_stored"] == 800
@@ -68,5 +74,18 @@ def test_the_benchmark_prints_its_figures_and_both_baselines(
         "repeat_floor_sightings_per_s",
         "unique_floor_sightings_per_s",
         "peak_rss_mib",
+        "unique_ceiling_vs_bare_without_rollups",
     ):
         assert figures[name] > 0, name
+    # The ceilings are the cores' CPU over what a sighting cost (main and worker).
+    unique_cpu = (
+        figures["unique_cpu_us_per_sighting"] + figures["unique_worker_cpu_us_per_sighting"]
+    )
+    repeat_cpu = (
+        figures["repeat_cpu_us_per_sighting"] + figures["repeat_worker_cpu_us_per_sighting"]
+    )
+    cores, bare = figures["cores"], figures["bare_cpu_us_per_lookup"]
+    assert cores >= 1
+    assert figures["unique_ceiling_vs_bare"] == pytest.approx(cores * bare / unique_cpu)
+    assert figures["unique_cpu_vs_bare"] == pytest.approx(unique_cpu / bare)
+    assert figures["repeat_ceiling_sightings_per_s"] == pytest.approx(cores * 1e6 / repeat_cpu)
