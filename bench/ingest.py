@@ -181,11 +181,10 @@ def storage_floor(path: Path, batches: int, into: Path) -> tuple[float, float, i
         conn.close()
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """CPU seconds used so far by this process and by its ended children (the worker)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
+def _children_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's ended children (the worker)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    return children.ru_utime + children.ru_stime
 
 
 def _fresh_database(path: Path) -> Database:
@@ -207,9 +206,9 @@ def _ingest_measured(
 ) -> tuple[float, dict[str, int], tuple[float, float]]:
     """_ingest, plus CPU microseconds per sighting: this process's while the clock ran,
     and the worker process's (all its life: a child's CPU is known once it has ended)."""
-    _, children0 = _cpu_seconds()
+    children0 = _children_cpu_seconds()
     rate, stats, own = asyncio.run(_ingest(db, city_db, stream, workers, rollups))
-    _, children1 = _cpu_seconds()  # the worker has ended: geo.close() waited for it
+    children1 = _children_cpu_seconds()  # the worker has ended: geo.close() waited for it
     n = max(1, len(stream))
     return rate, stats, (1e6 * own / n, 1e6 * (children1 - children0) / n)
 
